@@ -1,0 +1,1 @@
+"""hcsflow benchmarks (`make bench`)."""

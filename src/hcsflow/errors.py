@@ -1,0 +1,241 @@
+"""One exception hierarchy for hcsflow, rooted at :class:`HcsflowError`.
+
+Every error also inherits the builtin a Python user would reach for, so
+``except FileNotFoundError`` catches :class:`NotFoundError` and
+``except ValueError`` catches :class:`InvalidPathError`.  Storage errors carry
+the virtual ``path`` and the ``backend`` name and mention both in the message.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "HcsflowError",
+    "StorageError",
+    "NotFoundError",
+    "AlreadyExistsError",
+    "IsADirectoryStorageError",
+    "NotADirectoryStorageError",
+    "DirectoryNotEmptyError",
+    "InvalidPathError",
+    "PathEscapeError",
+    "SymlinkLoopError",
+    "UnknownBackendError",
+    "BackendRegistrationError",
+    "UnsupportedFormatError",
+    "DataFormatError",
+    "CorruptDataError",
+    "PickleRefusedError",
+    "BatchError",
+    "MemoryTypeError",
+    "MemoryConversionError",
+    "DeviceError",
+    "DtypeError",
+    "ShapeError",
+    "OutOfMemoryRecoveryError",
+    "ZarrError",
+    "PlateLayoutError",
+    "PlateMetadataError",
+    "ObjectStoreError",
+    "PipelineError",
+    "ConfigurationError",
+    "CompilationError",
+    "SpecialIOError",
+    "StepExecutionError",
+    "MaterializationError",
+    "RunDirectoryError",
+]
+
+
+class HcsflowError(Exception):
+    """Root of every error hcsflow raises on purpose."""
+
+
+# --------------------------------------------------------------------------- storage
+
+
+class StorageError(HcsflowError):
+    """An error about one virtual path on one backend."""
+
+    def __init__(self, message: str, *, path: str | None = None, backend: str | None = None):
+        self.path = path
+        self.backend = backend
+        where = []
+        if path is not None:
+            where.append(f"path {path!r}")
+        if backend is not None:
+            where.append(f"backend {backend!r}")
+        full = f"{message} ({', '.join(where)})" if where else message
+        super().__init__(full)
+
+
+class NotFoundError(StorageError, FileNotFoundError):
+    """The path (or its parent directory) does not exist."""
+
+
+class AlreadyExistsError(StorageError, FileExistsError):
+    """The target exists and the call did not ask to overwrite it."""
+
+
+class IsADirectoryStorageError(StorageError, IsADirectoryError):
+    """A file was expected but the path is a directory."""
+
+
+class NotADirectoryStorageError(StorageError, NotADirectoryError):
+    """A directory was expected but the path (or a parent) is a file."""
+
+
+class DirectoryNotEmptyError(StorageError, OSError):
+    """A plain delete was asked of a non-empty directory (use ``delete_all``)."""
+
+
+class InvalidPathError(StorageError, ValueError):
+    """The path is not a valid virtual path (empty, NUL byte, wrong type...)."""
+
+
+class PathEscapeError(InvalidPathError):
+    """The path resolves outside the backend's root."""
+
+
+class SymlinkLoopError(StorageError, OSError):
+    """Resolving a symlink chain came back to a link already visited."""
+
+
+class UnknownBackendError(HcsflowError, ValueError):
+    """No backend is registered under that name."""
+
+
+class BackendRegistrationError(HcsflowError, ValueError):
+    """A backend name is already registered (or the object is not a backend)."""
+
+
+class UnsupportedFormatError(StorageError, ValueError):
+    """No codec is registered for the path's extension."""
+
+
+class DataFormatError(StorageError, TypeError):
+    """The data cannot be written in the format the extension selects."""
+
+
+class CorruptDataError(StorageError, ValueError):
+    """Stored bytes could not be decoded (truncated or corrupt file)."""
+
+
+class PickleRefusedError(StorageError, ValueError):
+    """Loading a pickle-based format needs an explicit ``allow_pickle=True``."""
+
+
+class BatchError(StorageError):
+    """One item of a batch failed; ``index`` and ``path`` name it, ``__cause__`` says why."""
+
+    def __init__(
+        self, message: str, *, index: int, path: str | None = None, backend: str | None = None
+    ):
+        self.index = index
+        super().__init__(message, path=path, backend=backend)
+
+
+# --------------------------------------------------------------------------- memory types
+
+
+class MemoryTypeError(HcsflowError, TypeError):
+    """An array is of an unsupported or unexpected memory type."""
+
+
+class MemoryConversionError(HcsflowError, TypeError):
+    """A conversion between two memory types failed or would need a forbidden copy.
+
+    The attributes follow the specification exactly.
+    """
+
+    def __init__(self, source_type: str, target_type: str, method: str, reason: str):
+        self.source_type = str(source_type)
+        self.target_type = str(target_type)
+        self.method = method
+        self.reason = reason
+        super().__init__(
+            f"Failed to convert {self.source_type} → {self.target_type} via {method}: {reason}"
+        )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.source_type, self.target_type, self.method, self.reason))
+
+
+class DeviceError(HcsflowError, RuntimeError):
+    """A device was asked for that does not exist or is not usable."""
+
+
+class DtypeError(HcsflowError, ValueError):
+    """A dtype conversion would lose information."""
+
+
+class ShapeError(HcsflowError, ValueError):
+    """An array has the wrong number of dimensions or mismatched shapes."""
+
+
+class OutOfMemoryRecoveryError(HcsflowError, MemoryError):
+    """Every out-of-memory recovery strategy failed; ``attempts`` tells the story."""
+
+    def __init__(self, message: str, attempts: list[str] | None = None):
+        self.attempts = list(attempts or [])
+        story = "; ".join(self.attempts)
+        super().__init__(f"{message}. Attempts: {story}" if story else message)
+
+
+# --------------------------------------------------------------------------- zarr / plates
+
+
+class ZarrError(StorageError):
+    """An error from the zarr backend naming the store and key."""
+
+
+class PlateLayoutError(ZarrError, ValueError):
+    """Images cannot be placed on the plate (bad well name, collision, hole, mixed shapes)."""
+
+
+class PlateMetadataError(ZarrError, ValueError):
+    """OME-Zarr plate/well/image metadata is missing or malformed."""
+
+
+class ObjectStoreError(ZarrError, OSError):
+    """An object store could not be reached or denied access."""
+
+
+# --------------------------------------------------------------------------- pipelines
+
+
+class PipelineError(HcsflowError):
+    """Base for pipeline definition, compilation and execution errors."""
+
+
+class ConfigurationError(PipelineError, ValueError):
+    """A configuration value is invalid."""
+
+
+class CompilationError(PipelineError, ValueError):
+    """The pipeline cannot be compiled; ``problems`` lists every problem found."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = list(problems)
+        lines = "\n".join(f"  - {p}" for p in self.problems)
+        super().__init__(f"pipeline compilation found {len(self.problems)} problem(s):\n{lines}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.problems,))
+
+
+class SpecialIOError(PipelineError, ValueError):
+    """A special input/output contract was broken (wrong count, missing key...)."""
+
+
+class StepExecutionError(PipelineError, RuntimeError):
+    """A step failed while processing one well."""
+
+
+class MaterializationError(PipelineError, RuntimeError):
+    """A materialization function failed or returned something other than a path."""
+
+
+class RunDirectoryError(PipelineError, FileExistsError):
+    """The output directory already holds a previous run and overwrite was not asked for."""

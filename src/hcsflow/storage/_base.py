@@ -1,0 +1,316 @@
+"""The storage extension point: :class:`Backend` names and the :class:`StorageBackend` ABC.
+
+A backend implements a small abstract core over *normalised virtual paths*
+(see :mod:`hcsflow.paths`); everything else (``exists``, ``is_file``, ``list_files``,
+``mirror_directory``, batch I/O, ``find_file_recursive``...) is derived here once, so
+every backend shares one set of semantics.  The rules (documented in
+``docs/storage.md``) are:
+
+* **Overwrite**: ``save``/``copy``/``create_symlink`` refuse an existing target
+  (:class:`~hcsflow.errors.AlreadyExistsError`) unless ``overwrite=True``; a directory
+  is never overwritten by a file.
+* **Parents**: the parent directory must exist (:class:`~hcsflow.errors.NotFoundError`
+  otherwise); ``ensure_directory`` creates a whole chain.
+* **Symlinks**: links point at virtual paths of the same backend; reading follows
+  them (a chain, with loop detection); ``delete`` on a link removes the link only;
+  ``exists`` of a dangling link is ``False`` while ``is_symlink`` is ``True``.
+* **Listing**: names in natural order (:func:`hcsflow.paths.natural_sorted`).
+"""
+
+from __future__ import annotations
+
+import enum
+import fnmatch
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
+
+from hcsflow import paths as vpaths
+from hcsflow.errors import (
+    AlreadyExistsError,
+    InvalidPathError,
+    IsADirectoryStorageError,
+    NotADirectoryStorageError,
+    NotFoundError,
+)
+
+__all__ = ["Backend", "EntryKind", "FileInfo", "StorageBackend", "IMAGE_EXTENSIONS"]
+
+EntryKind = Literal["file", "directory", "symlink"]
+
+IMAGE_EXTENSIONS: tuple[str, ...] = (".tif", ".tiff", ".png", ".npy")
+"""Extensions ``list_image_files`` uses when none are given."""
+
+
+class Backend(str, enum.Enum):
+    """Names of the built-in storage backends; ``Backend.MEMORY == "memory"``."""
+
+    MEMORY = "memory"
+    DISK = "disk"
+    ZARR = "zarr"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@dataclass(frozen=True, slots=True)
+class FileInfo:
+    """What :meth:`StorageBackend.stat` reports about one entry (without following links)."""
+
+    path: str
+    kind: EntryKind
+    size: int | None = None
+    """Bytes on storage for files (``None`` where a backend cannot tell cheaply)."""
+    target: str | None = None
+    """For symlinks: the virtual path the link points at."""
+    mtime: float | None = None
+    """Modification time (POSIX seconds) where the backend keeps one."""
+
+
+class StorageBackend(ABC):
+    """Abstract storage backend over normalised virtual paths.
+
+    Subclasses implement the abstract core; public methods accept any path-like and
+    normalise it with :meth:`norm` first.  Implementations must be thread-safe.
+    """
+
+    #: registry name (``Backend`` value for built-ins)
+    name: ClassVar[str] = "abstract"
+    supports_symlinks: ClassVar[bool] = True
+    supports_writes: ClassVar[bool] = True
+
+    # ------------------------------------------------------------------ core (abstract)
+
+    @abstractmethod
+    def save(self, data: Any, path: vpaths.PathLike, *, overwrite: bool = False,
+             **options: Any) -> None:
+        """Store ``data`` at ``path``; refuse an existing target unless ``overwrite``."""
+
+    @abstractmethod
+    def load(self, path: vpaths.PathLike, **options: Any) -> Any:
+        """Return the data stored at ``path`` (following symlinks)."""
+
+    @abstractmethod
+    def entry_kind(self, path: vpaths.PathLike, *, follow_symlinks: bool = True
+                   ) -> EntryKind | None:
+        """``"file"``, ``"directory"``, ``"symlink"`` (only when not following) or ``None``."""
+
+    @abstractmethod
+    def list_dir(self, directory: vpaths.PathLike) -> list[str]:
+        """Names (not paths) of the entries directly in ``directory``, naturally sorted."""
+
+    @abstractmethod
+    def ensure_directory(self, directory: vpaths.PathLike) -> str:
+        """Create ``directory`` and missing parents; return its normalised path."""
+
+    @abstractmethod
+    def delete(self, path: vpaths.PathLike) -> None:
+        """Delete a file, a symlink (not its target) or an empty directory."""
+
+    @abstractmethod
+    def delete_all(self, path: vpaths.PathLike) -> None:
+        """Delete ``path`` and, for a directory, everything below it."""
+
+    @abstractmethod
+    def create_symlink(self, target: vpaths.PathLike, link: vpaths.PathLike, *,
+                       overwrite: bool = False) -> None:
+        """Create ``link`` pointing at ``target`` (which must exist)."""
+
+    @abstractmethod
+    def read_link(self, link: vpaths.PathLike) -> str:
+        """The virtual path a symlink points at."""
+
+    @abstractmethod
+    def stat(self, path: vpaths.PathLike) -> FileInfo:
+        """Information about ``path`` itself (a symlink is reported as a symlink)."""
+
+    @abstractmethod
+    def move(self, src: vpaths.PathLike, dst: vpaths.PathLike, *,
+             replace_symlinks: bool = False) -> None:
+        """Rename ``src`` to ``dst`` atomically where the backend allows.
+
+        ``dst`` must not exist, except that an existing *symlink* at ``dst`` is replaced
+        when ``replace_symlinks=True``.
+        """
+
+    @abstractmethod
+    def copy(self, src: vpaths.PathLike, dst: vpaths.PathLike, *,
+             overwrite: bool = False) -> None:
+        """Copy a file (its resolved content) or a directory tree to ``dst``."""
+
+    # ------------------------------------------------------------------ helpers
+
+    def norm(self, path: vpaths.PathLike) -> str:
+        """Normalise a virtual path, naming this backend in errors."""
+        return vpaths.normalize_path(path, backend=self.name)
+
+    def _check_can_write(self, path: str, overwrite: bool) -> None:
+        """Common target checks for writes: parent is a directory, no silent overwrite."""
+        parent = vpaths.parent(path)
+        pkind = self.entry_kind(parent)
+        if pkind is None:
+            raise NotFoundError("parent directory does not exist", path=parent, backend=self.name)
+        if pkind != "directory":
+            raise NotADirectoryStorageError("parent is not a directory", path=parent,
+                                            backend=self.name)
+        kind = self.entry_kind(path, follow_symlinks=False)
+        if kind == "directory":
+            raise IsADirectoryStorageError("target is a directory", path=path, backend=self.name)
+        if kind is not None and not overwrite:
+            raise AlreadyExistsError("target exists; pass overwrite=True to replace it",
+                                     path=path, backend=self.name)
+
+    # ------------------------------------------------------------------ derived API
+
+    def exists(self, path: vpaths.PathLike) -> bool:
+        """Whether ``path`` exists (a dangling symlink does not)."""
+        return self.entry_kind(path) is not None
+
+    def is_file(self, path: vpaths.PathLike) -> bool:
+        """Whether ``path`` is (or links to) a file."""
+        return self.entry_kind(path) == "file"
+
+    def is_dir(self, path: vpaths.PathLike) -> bool:
+        """Whether ``path`` is (or links to) a directory."""
+        return self.entry_kind(path) == "directory"
+
+    def is_symlink(self, path: vpaths.PathLike) -> bool:
+        """Whether ``path`` itself is a symlink (dangling or not)."""
+        return self.entry_kind(path, follow_symlinks=False) == "symlink"
+
+    def _require_dir(self, directory: str) -> None:
+        kind = self.entry_kind(directory)
+        if kind is None:
+            raise NotFoundError("directory does not exist", path=directory, backend=self.name)
+        if kind != "directory":
+            raise NotADirectoryStorageError("not a directory", path=directory,
+                                            backend=self.name)
+
+    def walk(self, directory: vpaths.PathLike, *, recursive: bool = True) -> Iterator[str]:
+        """Yield the paths of files below ``directory`` in natural, depth-first order.
+
+        Symlinked directories are not descended into (prevents cycles); symlinked files
+        are yielded.
+        """
+        root = self.norm(directory)
+        self._require_dir(root)
+        stack = [root]
+        while stack:
+            current = stack.pop()
+            subdirs: list[str] = []
+            for entry in self.list_dir(current):
+                full = vpaths.join(current, entry)
+                own = self.entry_kind(full, follow_symlinks=False)
+                if own == "directory":
+                    subdirs.append(full)
+                elif own == "file" or (own == "symlink" and self.entry_kind(full) == "file"):
+                    yield full
+            if recursive:
+                stack.extend(reversed(subdirs))
+
+    def list_files(
+        self,
+        directory: vpaths.PathLike,
+        pattern: str | None = None,
+        extensions: Iterable[str] | None = None,
+        recursive: bool = False,
+    ) -> list[str]:
+        """Full virtual paths of files in ``directory`` filtered by glob and extension.
+
+        ``pattern`` is an ``fnmatch`` glob matched against the file name; ``extensions``
+        are matched case-insensitively (``".TIF"`` matches ``".tif"``).  Results are in
+        natural order of their full path.
+        """
+        exts = _normalize_extensions(extensions)
+        found = []
+        for full in self.walk(directory, recursive=recursive):
+            fname = vpaths.name(full)
+            if pattern is not None and not fnmatch.fnmatchcase(fname, pattern):
+                continue
+            if exts is not None and not fname.lower().endswith(exts):
+                continue
+            found.append(full)
+        return vpaths.natural_sorted(found)
+
+    def list_image_files(
+        self,
+        directory: vpaths.PathLike,
+        extensions: Iterable[str] | None = None,
+        recursive: bool = False,
+    ) -> list[str]:
+        """``list_files`` restricted to image extensions (default :data:`IMAGE_EXTENSIONS`)."""
+        return self.list_files(directory, extensions=extensions or IMAGE_EXTENSIONS,
+                               recursive=recursive)
+
+    def find_file_recursive(self, directory: vpaths.PathLike, filename: str) -> str:
+        """Path of the first file named ``filename`` below ``directory`` (natural order)."""
+        root = self.norm(directory)
+        for full in self.walk(root, recursive=True):
+            if vpaths.name(full) == filename:
+                return full
+        raise NotFoundError(f"no file named {filename!r} below the directory", path=root,
+                            backend=self.name)
+
+    def save_batch(self, data_list: Sequence[Any], paths: Sequence[vpaths.PathLike], *,
+                   overwrite: bool = False, **options: Any) -> None:
+        """Save each item to its path; all targets are checked before anything is written."""
+        norm = _check_batch(self, data_list, paths)
+        for p in norm:
+            self._check_can_write(p, overwrite)
+        for item, p in zip(data_list, norm, strict=True):
+            self.save(item, p, overwrite=overwrite, **options)
+
+    def load_batch(self, paths: Sequence[vpaths.PathLike], **options: Any) -> list[Any]:
+        """Load every path, in order."""
+        return [self.load(p, **options) for p in paths]
+
+    def mirror_directory(self, src: vpaths.PathLike, dst: vpaths.PathLike, *,
+                         overwrite_symlinks_only: bool = False) -> int:
+        """Recreate ``src``'s directory tree under ``dst`` with a symlink for every file.
+
+        Existing entries at link locations raise :class:`AlreadyExistsError` (checked
+        before anything is created), except existing symlinks when
+        ``overwrite_symlinks_only=True``, which are replaced.  Returns the number of
+        links created.
+        """
+        src_n, dst_n = self.norm(src), self.norm(dst)
+        if vpaths.is_relative_to(dst_n, src_n):
+            raise InvalidPathError("cannot mirror a directory into itself", path=dst_n,
+                                   backend=self.name)
+        files = list(self.walk(src_n, recursive=True))
+        plan = [(f, vpaths.join(dst_n, vpaths.relative_to(f, src_n))) for f in files]
+        for _, link in plan:
+            own = self.entry_kind(link, follow_symlinks=False)
+            if own is None:
+                continue
+            if own == "symlink" and overwrite_symlinks_only:
+                continue
+            raise AlreadyExistsError("mirror target exists", path=link, backend=self.name)
+        self.ensure_directory(dst_n)
+        for target, link in plan:
+            self.ensure_directory(vpaths.parent(link))
+            self.create_symlink(target, link, overwrite=overwrite_symlinks_only)
+        return len(plan)
+
+
+def _normalize_extensions(extensions: Iterable[str] | None) -> tuple[str, ...] | None:
+    if extensions is None:
+        return None
+    if isinstance(extensions, str):
+        extensions = [extensions]
+    return tuple(e.lower() if e.startswith(".") else "." + e.lower() for e in extensions)
+
+
+def _check_batch(backend: StorageBackend, data_list: Sequence[Any],
+                 paths: Sequence[vpaths.PathLike]) -> list[str]:
+    if len(data_list) != len(paths):
+        raise ValueError(
+            f"save_batch got {len(data_list)} items for {len(paths)} paths "
+            f"(backend {backend.name!r})"
+        )
+    norm = [backend.norm(p) for p in paths]
+    if len(set(norm)) != len(norm):
+        dup = next(p for p in norm if norm.count(p) > 1)
+        raise InvalidPathError("path appears twice in one batch", path=dup, backend=backend.name)
+    return norm

@@ -29,9 +29,17 @@ def backend_name(backend: Backend | str) -> str:
 class BackendRegistry:
     """A thread-safe mapping from backend names to :class:`StorageBackend` instances."""
 
-    def __init__(self, backends: dict[str, StorageBackend] | None = None):
-        self._lock = threading.Lock()
+    def __init__(
+        self,
+        backends: dict[str, StorageBackend] | None = None,
+        *,
+        factories: dict[str, Callable[[], StorageBackend]] | None = None,
+    ):
+        self._lock = threading.RLock()
         self._backends: dict[str, StorageBackend] = {}
+        # Factories are instantiated on first use, so that naming a backend never costs
+        # importing every other backend's libraries.
+        self._factories: dict[str, Callable[[], StorageBackend]] = dict(factories or {})
         for key, value in (backends or {}).items():
             self.register_backend(key, value)
 
@@ -49,7 +57,7 @@ class BackendRegistry:
                 f"{type(backend).__name__}"
             )
         with self._lock:
-            if key in self._backends:
+            if key in self._backends or key in self._factories:
                 raise BackendRegistrationError(f"a backend named {key!r} is already registered")
             self._backends[key] = backend
 
@@ -63,37 +71,64 @@ class BackendRegistry:
     def get(self, name: Backend | str) -> StorageBackend:
         """The backend registered under ``name``."""
         key = backend_name(name)
-        try:
-            return self._backends[key]
-        except KeyError:
+        found = self._backends.get(key)
+        if found is not None:
+            return found
+        with self._lock:
+            factory = self._factories.get(key)
+            if factory is not None:
+                instance = factory()
+                self._backends[key] = instance
+                del self._factories[key]
+                return instance
+            if key in self._backends:
+                return self._backends[key]
             hint = _INSTALL_HINTS.get(key, "")
-            known = ", ".join(sorted(self._backends)) or "none"
+            known = ", ".join(sorted(self)) or "none"
             raise UnknownBackendError(
                 f"unknown backend {key!r} (registered: {known}){'; ' + hint if hint else ''}"
-            ) from None
+            )
 
     __getitem__ = get
 
     def __contains__(self, name: object) -> bool:
-        return isinstance(name, (str, Backend)) and backend_name(name) in self._backends
+        if not isinstance(name, (str, Backend)):
+            return False
+        key = backend_name(name)
+        return key in self._backends or key in self._factories
 
     def __iter__(self) -> Iterator[str]:
-        return iter(list(self._backends))
+        return iter(sorted({*self._backends, *self._factories}))
 
     def __len__(self) -> int:
-        return len(self._backends)
+        return len({*self._backends, *self._factories})
+
+
+def _memory() -> StorageBackend:
+    from hcsflow.storage._memory import MemoryStorageBackend
+
+    return MemoryStorageBackend()
+
+
+def _disk() -> StorageBackend:
+    from hcsflow.storage._disk import DiskStorageBackend
+
+    return DiskStorageBackend()
+
+
+def _zarr() -> StorageBackend:
+    from hcsflow.storage._zarr import ZarrStorageBackend
+
+    return ZarrStorageBackend()
 
 
 def _create_storage_registry() -> BackendRegistry:
-    from hcsflow.storage._disk import DiskStorageBackend
-    from hcsflow.storage._memory import MemoryStorageBackend
-    from hcsflow.storage._zarr import ZarrStorageBackend
-
+    """Factory for the default registry: memory, disk and zarr, each built on first use."""
     return BackendRegistry(
-        {
-            Backend.MEMORY.value: MemoryStorageBackend(),
-            Backend.DISK.value: DiskStorageBackend(),
-            Backend.ZARR.value: ZarrStorageBackend(),
+        factories={
+            Backend.MEMORY.value: _memory,
+            Backend.DISK.value: _disk,
+            Backend.ZARR.value: _zarr,
         }
     )
 

@@ -29,6 +29,8 @@ from typing import Any, ClassVar, Literal
 from hcsflow import paths as vpaths
 from hcsflow.errors import (
     AlreadyExistsError,
+    BatchError,
+    HcsflowError,
     InvalidPathError,
     IsADirectoryStorageError,
     NotADirectoryStorageError,
@@ -43,15 +45,12 @@ IMAGE_EXTENSIONS: tuple[str, ...] = (".tif", ".tiff", ".png", ".npy")
 """Extensions ``list_image_files`` uses when none are given."""
 
 
-class Backend(str, enum.Enum):
+class Backend(enum.StrEnum):
     """Names of the built-in storage backends; ``Backend.MEMORY == "memory"``."""
 
     MEMORY = "memory"
     DISK = "disk"
     ZARR = "zarr"
-
-    def __str__(self) -> str:
-        return self.value
 
 
 @dataclass(frozen=True, slots=True)
@@ -254,16 +253,35 @@ class StorageBackend(ABC):
 
     def save_batch(self, data_list: Sequence[Any], paths: Sequence[vpaths.PathLike], *,
                    overwrite: bool = False, **options: Any) -> None:
-        """Save each item to its path; all targets are checked before anything is written."""
+        """Save each item to its path; all targets are checked before anything is written.
+
+        A failing item raises :class:`~hcsflow.errors.BatchError` naming its index and
+        path, with the underlying error chained as ``__cause__``.
+        """
         norm = _check_batch(self, data_list, paths)
-        for p in norm:
-            self._check_can_write(p, overwrite)
-        for item, p in zip(data_list, norm, strict=True):
-            self.save(item, p, overwrite=overwrite, **options)
+        for index, p in enumerate(norm):
+            try:
+                self._check_can_write(p, overwrite)
+            except HcsflowError as exc:
+                raise BatchError(f"batch item {index} cannot be written", index=index, path=p,
+                                 backend=self.name) from exc
+        for index, (item, p) in enumerate(zip(data_list, norm, strict=True)):
+            try:
+                self.save(item, p, overwrite=overwrite, **options)
+            except HcsflowError as exc:
+                raise BatchError(f"batch item {index} could not be written", index=index,
+                                 path=p, backend=self.name) from exc
 
     def load_batch(self, paths: Sequence[vpaths.PathLike], **options: Any) -> list[Any]:
-        """Load every path, in order."""
-        return [self.load(p, **options) for p in paths]
+        """Load every path, in order; a failing item raises :class:`~hcsflow.errors.BatchError`."""
+        out = []
+        for index, p in enumerate(paths):
+            try:
+                out.append(self.load(p, **options))
+            except HcsflowError as exc:
+                raise BatchError(f"batch item {index} could not be loaded", index=index,
+                                 path=str(p), backend=self.name) from exc
+        return out
 
     def mirror_directory(self, src: vpaths.PathLike, dst: vpaths.PathLike, *,
                          overwrite_symlinks_only: bool = False) -> int:

@@ -1,0 +1,516 @@
+"""File formats of the disk backend, chosen by the path's lower-cased extension.
+
+A :class:`Codec` works in two steps so that bad data is refused before any file is
+touched: :meth:`Codec.prepare` checks and converts the data (raising
+:class:`CodecRefusal`), and :meth:`Codec.encode` writes the prepared value into an open
+binary file.  :meth:`Codec.decode` reads a real file path back.  The backend turns a
+refusal into :class:`~hcsflow.errors.DataFormatError` and a decoding failure into
+:class:`~hcsflow.errors.CorruptDataError`, both naming the path and backend.
+
+Array-like data of other memory types is converted to numpy here only when that is a
+host operation: GPU-resident arrays and torch tensors that require grad are refused
+(convert them with :mod:`hcsflow.memory` first) instead of being copied behind the
+caller's back.  Optional frameworks are recognised by module name, never imported.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import pickle
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Mapping
+from typing import IO, Any, ClassVar
+
+import numpy as np
+
+__all__ = [
+    "Codec",
+    "CodecRefusal",
+    "CodecRegistry",
+    "PickleNotAllowed",
+    "default_codecs",
+    "to_host_array",
+]
+
+#: load options every codec accepts (and non-pickle codecs ignore), so generic code can
+#: pass ``allow_pickle`` to a batch of mixed formats
+_UNIVERSAL_LOAD_OPTIONS = frozenset({"allow_pickle"})
+
+
+class CodecRefusal(Exception):
+    """The data cannot be written in this format (the message says why)."""
+
+
+class PickleNotAllowed(Exception):
+    """Decoding would unpickle and the caller did not pass ``allow_pickle=True``."""
+
+
+class Codec(ABC):
+    """One file format: which extensions select it, how data goes in and comes back."""
+
+    #: short name used in messages and docs
+    name: ClassVar[str]
+    #: lower-case extensions with the leading dot
+    extensions: ClassVar[tuple[str, ...]]
+    #: what ``load`` returns, for docs and error messages
+    loads_as: ClassVar[str]
+    save_options: ClassVar[frozenset[str]] = frozenset()
+    load_options: ClassVar[frozenset[str]] = frozenset()
+
+    def check_options(self, options: Mapping[str, Any], *, loading: bool) -> str | None:
+        """The first option this codec does not understand, or ``None``."""
+        allowed = (self.load_options | _UNIVERSAL_LOAD_OPTIONS) if loading else self.save_options
+        for key in options:
+            if key not in allowed:
+                return key
+        return None
+
+    @abstractmethod
+    def prepare(self, data: Any, **options: Any) -> Any:
+        """Validate and convert ``data``; raise :class:`CodecRefusal` if unsuitable."""
+
+    @abstractmethod
+    def encode(self, prepared: Any, fh: IO[bytes], **options: Any) -> None:
+        """Write a value returned by :meth:`prepare` into the binary file ``fh``."""
+
+    @abstractmethod
+    def decode(self, real_path: str, **options: Any) -> Any:
+        """Read the file at ``real_path``."""
+
+
+# --------------------------------------------------------------------------- host arrays
+
+
+def _type_name(obj: Any) -> str:
+    cls = type(obj)
+    return f"{cls.__module__}.{cls.__qualname__}" if cls.__module__ != "builtins" \
+        else cls.__qualname__
+
+
+def to_host_array(data: Any) -> np.ndarray:
+    """``data`` as a numpy array when that needs no device transfer; else :class:`CodecRefusal`.
+
+    numpy arrays are returned as they are; CPU torch tensors without grad share memory
+    through ``.numpy()``; other objects exposing ``__array__`` or the buffer protocol go
+    through ``np.asarray`` unless they live on a GPU or OpenCL device.
+    """
+    if isinstance(data, np.ndarray):
+        return data
+    tname = _type_name(data)
+    root = type(data).__module__.partition(".")[0]
+    if hasattr(data, "__cuda_array_interface__"):
+        raise CodecRefusal(f"{tname} lives on a GPU; move it to the host (for example with "
+                           "hcsflow.memory) before saving it to a file")
+    if root == "torch":
+        if getattr(data, "requires_grad", False):
+            raise CodecRefusal(f"{tname} requires grad; call .detach() before saving it")
+        if data.device.type != "cpu":
+            raise CodecRefusal(f"{tname} lives on device {data.device}; move it to the CPU "
+                               "before saving it to a file")
+        return data.numpy()
+    if root in ("jax", "jaxlib"):
+        platforms = {d.platform for d in data.devices()}
+        if platforms != {"cpu"}:
+            raise CodecRefusal(f"{tname} lives on {sorted(platforms)}; move it to the CPU "
+                               "before saving it to a file")
+    elif root == "tensorflow":
+        if "GPU" in str(getattr(data, "device", "")).upper():
+            raise CodecRefusal(f"{tname} lives on {data.device}; move it to the CPU before "
+                               "saving it to a file")
+    elif root.startswith("pyclesperanto"):
+        raise CodecRefusal(f"{tname} lives on an OpenCL device; pull it to numpy (for "
+                           "example with hcsflow.memory) before saving it to a file")
+    if not hasattr(data, "__array__") and not _has_buffer(data):
+        raise CodecRefusal(f"{tname} is not array data")
+    try:
+        arr = np.asarray(data)
+    except Exception as exc:
+        raise CodecRefusal(f"{tname} could not be viewed as a numpy array: {exc}") from exc
+    if arr.dtype == object:
+        raise CodecRefusal(f"{tname} converts to an object array, which is not image data")
+    return arr
+
+
+def _has_buffer(data: Any) -> bool:
+    if isinstance(data, (str, bytes, bytearray)):
+        return False
+    try:
+        memoryview(data)
+    except TypeError:
+        return False
+    return True
+
+
+def _image_array(data: Any, fmt: str) -> np.ndarray:
+    arr = to_host_array(data)
+    if arr.ndim < 2:
+        raise CodecRefusal(f"a {fmt} image needs at least 2 dimensions, got shape {arr.shape}")
+    return arr
+
+
+# --------------------------------------------------------------------------- codecs
+
+# ImageJ hyperstacks can hold only these sample types
+_IMAGEJ_DTYPES = frozenset(np.dtype(t) for t in ("uint8", "uint16", "int16", "float32"))
+
+
+class TiffCodec(Codec):
+    """TIFF through tifffile; 3-D stacks become ImageJ hyperstacks (axes ZYX)."""
+
+    name = "tiff"
+    extensions = (".tif", ".tiff")
+    loads_as = "numpy.ndarray (same dtype and shape)"
+    save_options = frozenset({"compression", "compressionargs", "predictor"})
+    load_options = frozenset({"key"})
+
+    def prepare(self, data: Any, **options: Any) -> np.ndarray:
+        return _image_array(data, "TIFF")
+
+    def encode(self, prepared: np.ndarray, fh: IO[bytes], **options: Any) -> None:
+        import tifffile
+
+        if prepared.ndim == 3:
+            imagej = prepared.dtype in _IMAGEJ_DTYPES
+            tifffile.imwrite(fh, prepared, imagej=imagej, metadata={"axes": "ZYX"}, **options)
+        else:
+            tifffile.imwrite(fh, prepared, **options)
+
+    def decode(self, real_path: str, **options: Any) -> np.ndarray:
+        import tifffile
+
+        options.pop("allow_pickle", None)
+        with tifffile.TiffFile(real_path) as tif:
+            if len(tif.pages) == 0:
+                raise ValueError("no image in the file (not a TIFF, or truncated)")
+            data = tif.asarray(**options)
+            if "key" not in options:
+                # tifffile recovers from a broken page chain by returning fewer planes
+                # (with only a log message); the declared shape catches that
+                expected = _declared_size(tif)
+                if expected is not None and expected != data.size:
+                    raise ValueError(f"the file declares {expected} samples but holds "
+                                     f"{data.size} (truncated?)")
+        return data
+
+
+def _declared_size(tif: Any) -> int | None:
+    """Number of samples a TIFF's own metadata (shaped or ImageJ) says it holds."""
+    if tif.is_shaped and tif.shaped_metadata:
+        shape = tif.shaped_metadata[0].get("shape")
+        if shape:
+            return int(np.prod(shape))
+    if tif.is_imagej:
+        meta = tif.imagej_metadata or {}
+        images = int(meta.get("images", 1))
+        return images * int(np.prod(tif.pages.first.shape))
+    return None
+
+
+class PngCodec(Codec):
+    """PNG through Pillow: 2-D uint8/uint16/bool, or uint8 RGB/RGBA (``Y, X, 3|4``)."""
+
+    name = "png"
+    extensions = (".png",)
+    loads_as = "numpy.ndarray (same dtype and shape)"
+    save_options = frozenset({"compress_level"})
+
+    def prepare(self, data: Any, **options: Any) -> np.ndarray:
+        arr = _image_array(data, "PNG")
+        if arr.ndim == 2 and arr.dtype in (np.uint8, np.uint16, np.bool_):
+            return arr
+        if arr.ndim == 3 and arr.shape[2] in (3, 4) and arr.dtype == np.uint8:
+            return arr
+        raise CodecRefusal(
+            f"PNG holds 2-D uint8/uint16/bool images or uint8 RGB/RGBA (Y, X, 3|4); got "
+            f"shape {arr.shape} dtype {arr.dtype} (save stacks and other types as .tif)"
+        )
+
+    def encode(self, prepared: np.ndarray, fh: IO[bytes], **options: Any) -> None:
+        from PIL import Image
+
+        Image.fromarray(np.ascontiguousarray(prepared)).save(fh, format="PNG", **options)
+
+    def decode(self, real_path: str, **options: Any) -> np.ndarray:
+        from PIL import Image
+
+        with Image.open(real_path) as image:
+            if image.format != "PNG":
+                raise ValueError(f"file is {image.format}, not PNG")
+            return np.array(image)
+
+
+class NpyCodec(Codec):
+    """One numpy array in ``.npy`` format (object arrays only with ``allow_pickle``)."""
+
+    name = "npy"
+    extensions = (".npy",)
+    loads_as = "numpy.ndarray (same dtype and shape)"
+    save_options = frozenset({"allow_pickle"})
+    load_options = frozenset({"mmap_mode"})
+
+    def prepare(self, data: Any, **options: Any) -> np.ndarray:
+        if isinstance(data, np.ndarray) and data.dtype == object:
+            if not options.get("allow_pickle", False):
+                raise CodecRefusal("an object array needs allow_pickle=True (it is pickled)")
+            return data
+        return to_host_array(data)
+
+    def encode(self, prepared: np.ndarray, fh: IO[bytes], **options: Any) -> None:
+        np.save(fh, prepared, allow_pickle=bool(options.get("allow_pickle", False)))
+
+    def decode(self, real_path: str, **options: Any) -> np.ndarray:
+        allow = bool(options.get("allow_pickle", False))
+        try:
+            return np.load(real_path, allow_pickle=allow, mmap_mode=options.get("mmap_mode"))
+        except ValueError as exc:
+            if not allow and "allow_pickle" in str(exc):
+                raise PickleNotAllowed("the file holds an object array") from exc
+            raise
+
+
+class NpzCodec(Codec):
+    """Several named arrays (a ``dict[str, array]``) in ``.npz`` format."""
+
+    name = "npz"
+    extensions = (".npz",)
+    loads_as = "dict[str, numpy.ndarray]"
+    save_options = frozenset({"compressed"})
+
+    def prepare(self, data: Any, **options: Any) -> dict[str, np.ndarray]:
+        if not isinstance(data, Mapping):
+            raise CodecRefusal(f".npz holds a dict of named arrays, got {_type_name(data)}")
+        out = {}
+        for key, value in data.items():
+            if not isinstance(key, str):
+                raise CodecRefusal(f".npz array names must be str, got {key!r}")
+            out[key] = to_host_array(value)
+        return out
+
+    def encode(self, prepared: dict[str, np.ndarray], fh: IO[bytes], **options: Any) -> None:
+        if options.get("compressed", False):
+            np.savez_compressed(fh, allow_pickle=False, **prepared)
+        else:
+            np.savez(fh, allow_pickle=False, **prepared)
+
+    def decode(self, real_path: str, **options: Any) -> dict[str, np.ndarray]:
+        with np.load(real_path, allow_pickle=False) as npz:
+            return {key: npz[key] for key in npz.files}
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    raise TypeError(f"{_type_name(obj)} is not JSON serialisable")
+
+
+class JsonCodec(Codec):
+    """JSON: any JSON-serialisable object (numpy scalars and arrays become numbers/lists).
+
+    A ``str`` is taken to be a JSON document already and written verbatim after checking
+    that it parses.
+    """
+
+    name = "json"
+    extensions = (".json",)
+    loads_as = "the parsed object (dict, list, str, int, float, bool or None)"
+    save_options = frozenset({"indent", "sort_keys"})
+
+    def prepare(self, data: Any, **options: Any) -> bytes:
+        if isinstance(data, str):
+            try:
+                json.loads(data)
+            except json.JSONDecodeError as exc:
+                raise CodecRefusal(f"the str given is not a JSON document: {exc}") from exc
+            return data.encode("utf-8")
+        try:
+            text = json.dumps(data, default=_json_default, indent=options.get("indent", 2),
+                              sort_keys=bool(options.get("sort_keys", False)))
+        except (TypeError, ValueError) as exc:
+            raise CodecRefusal(str(exc)) from exc
+        return text.encode("utf-8")
+
+    def encode(self, prepared: bytes, fh: IO[bytes], **options: Any) -> None:
+        fh.write(prepared)
+
+    def decode(self, real_path: str, **options: Any) -> Any:
+        with open(real_path, "rb") as fh:
+            return json.loads(fh.read())
+
+
+class CsvCodec(Codec):
+    """CSV: a pandas DataFrame, a list of dicts (one per row) or CSV text in; a DataFrame out."""
+
+    name = "csv"
+    extensions = (".csv",)
+    loads_as = "pandas.DataFrame (an empty file loads as an empty DataFrame)"
+    save_options = frozenset({"index"})
+
+    def prepare(self, data: Any, **options: Any) -> bytes:
+        if isinstance(data, str):
+            return data.encode("utf-8")
+        import pandas as pd
+
+        if isinstance(data, pd.DataFrame):
+            frame = data
+        elif isinstance(data, list) and all(isinstance(row, Mapping) for row in data):
+            frame = pd.DataFrame(data)
+        else:
+            raise CodecRefusal(
+                f".csv takes a pandas DataFrame, a list of dicts or CSV text, got "
+                f"{_type_name(data)}"
+            )
+        if frame.shape[1] == 0:
+            return b""
+        return frame.to_csv(index=bool(options.get("index", False))).encode("utf-8")
+
+    def encode(self, prepared: bytes, fh: IO[bytes], **options: Any) -> None:
+        fh.write(prepared)
+
+    def decode(self, real_path: str, **options: Any) -> Any:
+        import pandas as pd
+
+        with open(real_path, "rb") as fh:
+            raw = fh.read()
+        if not raw.strip():
+            return pd.DataFrame()
+        return pd.read_csv(io.BytesIO(raw))
+
+
+class TextCodec(Codec):
+    """Plain UTF-8 text: ``str`` in, ``str`` out."""
+
+    name = "text"
+    extensions = (".txt",)
+    loads_as = "str"
+
+    def prepare(self, data: Any, **options: Any) -> bytes:
+        if not isinstance(data, str):
+            raise CodecRefusal(f".txt holds str, got {_type_name(data)}")
+        return data.encode("utf-8")
+
+    def encode(self, prepared: bytes, fh: IO[bytes], **options: Any) -> None:
+        fh.write(prepared)
+
+    def decode(self, real_path: str, **options: Any) -> str:
+        with open(real_path, "rb") as fh:
+            return fh.read().decode("utf-8")
+
+
+class BytesCodec(Codec):
+    """Raw bytes: ``bytes``, ``bytearray`` or ``memoryview`` in, ``bytes`` out."""
+
+    name = "bytes"
+    extensions = (".bin",)
+    loads_as = "bytes"
+
+    def prepare(self, data: Any, **options: Any) -> bytes | memoryview:
+        if isinstance(data, (bytes, bytearray, memoryview)):
+            return data
+        raise CodecRefusal(f".bin holds bytes, bytearray or memoryview, got {_type_name(data)}")
+
+    def encode(self, prepared: bytes, fh: IO[bytes], **options: Any) -> None:
+        fh.write(prepared)
+
+    def decode(self, real_path: str, **options: Any) -> bytes:
+        with open(real_path, "rb") as fh:
+            return fh.read()
+
+
+class PickleCodec(Codec):
+    """Any picklable object; loading runs the pickle and needs ``allow_pickle=True``."""
+
+    name = "pickle"
+    extensions = (".pkl", ".pickle")
+    loads_as = "the unpickled object (only with allow_pickle=True)"
+
+    def prepare(self, data: Any, **options: Any) -> bytes:
+        try:
+            return pickle.dumps(data, protocol=pickle.HIGHEST_PROTOCOL)
+        except (pickle.PicklingError, TypeError, AttributeError) as exc:
+            raise CodecRefusal(f"{_type_name(data)} cannot be pickled: {exc}") from exc
+
+    def encode(self, prepared: bytes, fh: IO[bytes], **options: Any) -> None:
+        fh.write(prepared)
+
+    def decode(self, real_path: str, **options: Any) -> Any:
+        if not options.get("allow_pickle", False):
+            raise PickleNotAllowed("loading a pickle can run arbitrary code")
+        with open(real_path, "rb") as fh:
+            return pickle.load(fh)
+
+
+class TorchCodec(Codec):
+    """``torch.save`` files; loading unpickles and needs ``allow_pickle=True``."""
+
+    name = "torch"
+    extensions = (".pt", ".pth")
+    loads_as = "the object torch.load returns (only with allow_pickle=True)"
+
+    @staticmethod
+    def _torch() -> Any:
+        try:
+            import torch
+        except ImportError as exc:
+            raise ImportError(
+                ".pt files need PyTorch: pip install 'hcsflow[torch]'"
+            ) from exc
+        return torch
+
+    def prepare(self, data: Any, **options: Any) -> Any:
+        self._torch()
+        return data
+
+    def encode(self, prepared: Any, fh: IO[bytes], **options: Any) -> None:
+        self._torch().save(prepared, fh)
+
+    def decode(self, real_path: str, **options: Any) -> Any:
+        if not options.get("allow_pickle", False):
+            raise PickleNotAllowed("loading a .pt file can run arbitrary code")
+        return self._torch().load(real_path, weights_only=False)
+
+
+class CodecRegistry:
+    """Extension (lower-case, with dot) to :class:`Codec`."""
+
+    def __init__(self, codecs: Iterable[Codec] = ()):
+        self._by_ext: dict[str, Codec] = {}
+        for codec in codecs:
+            self.register(codec)
+
+    def register(self, codec: Codec, *, replace: bool = False) -> None:
+        """Make ``codec`` handle its extensions; refuses a taken extension unless ``replace``."""
+        for ext in codec.extensions:
+            if not ext.startswith(".") or ext != ext.lower():
+                raise ValueError(f"codec extensions are lower-case with a dot, got {ext!r}")
+            if ext in self._by_ext and not replace:
+                raise ValueError(f"extension {ext!r} already has codec "
+                                 f"{self._by_ext[ext].name!r}")
+        for ext in codec.extensions:
+            self._by_ext[ext] = codec
+
+    def for_name(self, filename: str) -> Codec | None:
+        """The codec for a file name (longest matching extension wins), or ``None``."""
+        lower = filename.lower()
+        dot = lower.rfind(".")
+        if dot <= 0:
+            return None
+        return self._by_ext.get(lower[dot:])
+
+    def extensions(self) -> list[str]:
+        """Every registered extension, sorted."""
+        return sorted(self._by_ext)
+
+    def codecs(self) -> list[Codec]:
+        """Registered codecs, each once, in registration order."""
+        return list(dict.fromkeys(self._by_ext.values()))
+
+
+def default_codecs() -> CodecRegistry:
+    """A fresh registry with every built-in codec."""
+    return CodecRegistry([
+        TiffCodec(), PngCodec(), NpyCodec(), NpzCodec(), JsonCodec(), CsvCodec(),
+        TextCodec(), BytesCodec(), PickleCodec(), TorchCodec(),
+    ])

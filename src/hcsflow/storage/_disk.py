@@ -1,0 +1,840 @@
+"""The disk backend: real files and directories, formats chosen by extension.
+
+Path mapping: without a root a virtual path *is* the real absolute path; with a root,
+virtual ``/a/b`` is ``<root>/a/b``.  Virtual paths cannot climb above ``/`` (see
+:mod:`hcsflow.paths`), and when a root is set every path is also checked after the
+operating system resolves symlinks, so a link cannot lead outside the root either.
+
+Writes are atomic: data goes to ``.hcsflow-<name>.<random>.tmp`` in the target's
+directory, is flushed and fsynced, then published with ``os.replace`` (overwrite) or
+``os.link`` + unlink (no overwrite: the kernel refuses an existing target, so a file
+that appears concurrently is never clobbered).  Listings hide those temporary names.
+Symlinks are real OS symlinks storing the absolute real path of their target, so a
+link keeps pointing at the same virtual path when it (or a directory holding it) is
+moved or copied - the same as the memory backend.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import functools
+import os
+import secrets
+import shutil
+import stat as stat_mod
+import tempfile
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import IO, Any
+
+from hcsflow import paths as vpaths
+from hcsflow.errors import (
+    AlreadyExistsError,
+    BatchError,
+    CorruptDataError,
+    DataFormatError,
+    DirectoryNotEmptyError,
+    HcsflowError,
+    InvalidPathError,
+    IsADirectoryStorageError,
+    NotADirectoryStorageError,
+    NotFoundError,
+    PathEscapeError,
+    PickleRefusedError,
+    StorageError,
+    SymlinkLoopError,
+    UnsupportedFormatError,
+)
+from hcsflow.storage._base import Backend, EntryKind, FileInfo, StorageBackend, _check_batch
+from hcsflow.storage._codecs import (
+    Codec,
+    CodecRefusal,
+    CodecRegistry,
+    PickleNotAllowed,
+    default_codecs,
+)
+
+__all__ = ["DiskStorageBackend", "TEMP_PREFIX", "TEMP_SUFFIX", "is_temp_name"]
+
+TEMP_PREFIX = ".hcsflow-"
+TEMP_SUFFIX = ".tmp"
+
+
+def is_temp_name(name: str) -> bool:
+    """Whether ``name`` is an in-flight temporary file of an atomic write."""
+    return name.startswith(TEMP_PREFIX) and name.endswith(TEMP_SUFFIX)
+
+
+@functools.cache
+def _new_file_mode() -> int:
+    """Mode for new files: what ``open()`` would give under the process umask."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return 0o666 & ~int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)  # no read-only umask query outside /proc
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def _temp_name(directory: str, base: str) -> str:
+    return os.path.join(directory, f"{TEMP_PREFIX}{base[:64]}.{secrets.token_hex(6)}{TEMP_SUFFIX}")
+
+
+def _fsync_dir(directory: str) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class DiskStorageBackend(StorageBackend):
+    """Files on a local file system.
+
+    ``root``: directory that virtual ``/`` maps to (``None``: the file system root).
+    ``codecs``: the format registry (default: :func:`default_codecs`).
+    ``fsync``: flush data to the device before publishing a write (durability across
+    power loss; atomicity does not depend on it).
+    ``max_workers``: threads for ``save_batch``/``load_batch``
+    (default ``min(32, cpu_count * 4)``).
+    """
+
+    name = Backend.DISK.value
+
+    def __init__(self, root: str | os.PathLike[str] | None = None, *,
+                 codecs: CodecRegistry | None = None, fsync: bool = True,
+                 max_workers: int | None = None):
+        if root is not None:
+            real = os.path.abspath(os.fspath(root))
+            if not os.path.isdir(real):
+                raise NotFoundError("the disk backend root is not an existing directory",
+                                    path=real, backend=self.name)
+            self._root: str | None = None if real == "/" else real.rstrip("/")
+            self._real_root = os.path.realpath(real)
+        else:
+            self._root = None
+            self._real_root = "/"
+        self.codecs = codecs if codecs is not None else default_codecs()
+        self.fsync = fsync
+        if max_workers is not None and max_workers < 1:
+            raise ValueError(f"max_workers must be at least 1, got {max_workers}")
+        self.max_workers = max_workers or min(32, (os.cpu_count() or 1) * 4)
+        self._pool: ThreadPoolExecutor | None = None
+        self._pool_lock = threading.Lock()
+
+    @property
+    def root(self) -> str | None:
+        """The real directory virtual ``/`` maps to (``None`` for the file system root)."""
+        return self._root
+
+    def __repr__(self) -> str:
+        return f"DiskStorageBackend(root={self._root!r})"
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_pool"] = None
+        del state["_pool_lock"]
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._pool_lock = threading.Lock()
+
+    # ------------------------------------------------------------------ mapping
+
+    def _real(self, vp: str) -> str:
+        if self._root is None:
+            return vp
+        return self._root if vp == "/" else self._root + vp
+
+    def _virtual(self, real: str) -> str:
+        real = os.path.normpath(real)
+        if self._root is None:
+            return vpaths.normalize_path(real, backend=self.name)
+        if real != self._root and not real.startswith(self._root + "/"):
+            raise PathEscapeError(f"symlink target {real!r} is outside the backend root",
+                                  path=real, backend=self.name)
+        return "/" + real[len(self._root):].lstrip("/")
+
+    def _locate(self, path: vpaths.PathLike, *, follow: bool = True) -> tuple[str, str]:
+        """(virtual, real) for ``path``; under a root, refuse paths resolving outside it."""
+        vp = self.norm(path)
+        real = self._real(vp)
+        if self._root is not None:
+            probe = real if follow or vp == "/" else os.path.dirname(real)
+            resolved = os.path.realpath(probe)
+            root = self._real_root
+            if resolved != root and not resolved.startswith(root + "/"):
+                raise PathEscapeError("path resolves outside the backend root through a "
+                                      "symlink", path=vp, backend=self.name)
+        return vp, real
+
+    def _os_error(self, exc: OSError, vp: str, what: str) -> StorageError | None:
+        """The typed error for an OS error about ``vp`` (``None``: not a path problem)."""
+        if isinstance(exc, FileNotFoundError):
+            return NotFoundError(f"{what}: no such file or directory", path=vp,
+                                 backend=self.name)
+        if isinstance(exc, IsADirectoryError):
+            return IsADirectoryStorageError(f"{what}: is a directory", path=vp,
+                                            backend=self.name)
+        if isinstance(exc, NotADirectoryError):
+            return NotADirectoryStorageError(f"{what}: a parent is not a directory",
+                                             path=vp, backend=self.name)
+        if isinstance(exc, FileExistsError):
+            return AlreadyExistsError(f"{what}: target exists", path=vp, backend=self.name)
+        if exc.errno == errno.ELOOP:
+            return SymlinkLoopError(f"{what}: symlink chain loops", path=vp, backend=self.name)
+        if exc.errno == errno.ENOTEMPTY:
+            return DirectoryNotEmptyError(f"{what}: directory is not empty; use delete_all",
+                                          path=vp, backend=self.name)
+        return None
+
+    def _codec(self, vp: str) -> Codec:
+        codec = self.codecs.for_name(vpaths.name(vp))
+        if codec is None:
+            known = " ".join(self.codecs.extensions())
+            raise UnsupportedFormatError(
+                f"no file format for this extension (known: {known})", path=vp,
+                backend=self.name)
+        return codec
+
+    def _check_options(self, codec: Codec, vp: str, options: dict[str, Any],
+                       loading: bool) -> None:
+        bad = codec.check_options(options, loading=loading)
+        if bad is not None:
+            raise DataFormatError(f"the {codec.name} format does not take option {bad!r}",
+                                  path=vp, backend=self.name)
+
+    # ------------------------------------------------------------------ queries
+
+    def entry_kind(self, path: vpaths.PathLike, *, follow_symlinks: bool = True
+                   ) -> EntryKind | None:
+        """Kind of entry at ``path``; ``None`` when missing, dangling or looping."""
+        _, real = self._locate(path, follow=follow_symlinks)
+        try:
+            st = os.stat(real) if follow_symlinks else os.lstat(real)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                return None
+            raise
+        return _kind(st.st_mode)
+
+    def list_dir(self, directory: vpaths.PathLike) -> list[str]:
+        """Entry names in ``directory`` (in-flight temporary files hidden), naturally sorted."""
+        vp, real = self._locate(directory)
+        try:
+            with os.scandir(real) as it:
+                names = [e.name for e in it if not is_temp_name(e.name)]
+        except OSError as exc:
+            mapped = self._os_error(exc, vp, "cannot list directory")
+            if mapped is None:
+                raise
+            raise mapped from exc
+        return vpaths.natural_sorted(names)
+
+    def walk(self, directory: vpaths.PathLike, *, recursive: bool = True) -> Iterator[str]:
+        """Files below ``directory`` (see :meth:`StorageBackend.walk`), read with scandir."""
+        root_vp, root_real = self._locate(directory)
+        self._require_dir(root_vp)
+        stack = [(root_vp, root_real)]
+        while stack:
+            vdir, rdir = stack.pop()
+            with os.scandir(rdir) as it:
+                entries = sorted((e for e in it if not is_temp_name(e.name)),
+                                 key=lambda e: vpaths.natural_key(e.name))
+            subdirs = []
+            for entry in entries:
+                full = vdir + "/" + entry.name if vdir != "/" else "/" + entry.name
+                if entry.is_symlink():
+                    if self._root is not None:
+                        self._locate(full)
+                    if entry.is_file():
+                        yield full
+                elif entry.is_dir(follow_symlinks=False):
+                    subdirs.append((full, entry.path))
+                elif entry.is_file(follow_symlinks=False):
+                    yield full
+            if recursive:
+                stack.extend(reversed(subdirs))
+
+    def read_link(self, link: vpaths.PathLike) -> str:
+        """The virtual path the symlink ``link`` points at."""
+        vp, real = self._locate(link, follow=False)
+        try:
+            target = os.readlink(real)
+        except OSError as exc:
+            if exc.errno == errno.EINVAL:
+                raise InvalidPathError("not a symlink", path=vp, backend=self.name) from exc
+            mapped = self._os_error(exc, vp, "cannot read link")
+            if mapped is None:
+                raise
+            raise mapped from exc
+        return self._virtual(os.path.join(os.path.dirname(real), target))
+
+    def stat(self, path: vpaths.PathLike) -> FileInfo:
+        """:class:`FileInfo` for ``path`` itself (a symlink is reported as a symlink)."""
+        vp, real = self._locate(path, follow=False)
+        try:
+            st = os.lstat(real)
+        except OSError as exc:
+            mapped = self._os_error(exc, vp, "cannot stat")
+            if mapped is None:
+                raise
+            raise mapped from exc
+        kind = _kind(st.st_mode) if not stat_mod.S_ISLNK(st.st_mode) else "symlink"
+        if kind == "symlink":
+            return FileInfo(vp, "symlink", target=self.read_link(vp), mtime=st.st_mtime)
+        if kind == "directory":
+            return FileInfo(vp, "directory", mtime=st.st_mtime)
+        return FileInfo(vp, "file", size=st.st_size, mtime=st.st_mtime)
+
+    # ------------------------------------------------------------------ load
+
+    def load(self, path: vpaths.PathLike, **options: Any) -> Any:
+        """Decode the file at ``path`` (through symlinks) with its extension's format."""
+        vp, real = self._locate(path)
+        codec = self._codec(vp)
+        self._check_options(codec, vp, options, loading=True)
+        return self._decode(codec, vp, real, options)
+
+    def _decode(self, codec: Codec, vp: str, real: str, options: dict[str, Any]) -> Any:
+        try:
+            return codec.decode(real, **options)
+        except PickleNotAllowed as exc:
+            raise PickleRefusedError(f"{exc}; pass allow_pickle=True only for files you "
+                                     "trust", path=vp, backend=self.name) from exc
+        except (MemoryError, ImportError):
+            raise
+        except OSError as exc:
+            mapped = self._os_error(exc, vp, "cannot load")
+            if mapped is None:
+                raise
+            raise mapped from exc
+        except Exception as exc:
+            raise CorruptDataError(f"cannot decode the file as {codec.name}: {exc}", path=vp,
+                                   backend=self.name) from exc
+
+    def load_batch(self, paths: Sequence[vpaths.PathLike], **options: Any) -> list[Any]:
+        """Load every path on the thread pool; results in the order of ``paths``.
+
+        A failing item raises :class:`BatchError` naming its path (cause chained).
+        """
+        jobs = []
+        for index, path in enumerate(paths):
+            try:
+                vp, real = self._locate(path)
+                codec = self._codec(vp)
+                self._check_options(codec, vp, options, loading=True)
+            except HcsflowError as exc:
+                raise BatchError(f"batch item {index} cannot be loaded", index=index,
+                                 path=str(path), backend=self.name) from exc
+            jobs.append((codec, vp, real))
+        if len(jobs) <= 1:
+            return [self._batch_item(i, job, options) for i, job in enumerate(jobs)]
+        pool = self._executor()
+        futures = [pool.submit(self._batch_item, i, job, options) for i, job in enumerate(jobs)]
+        return _gather(futures)
+
+    def _batch_item(self, index: int, job: tuple[Codec, str, str], options: dict[str, Any]
+                    ) -> Any:
+        codec, vp, real = job
+        try:
+            return self._decode(codec, vp, real, options)
+        except HcsflowError as exc:
+            raise BatchError(f"batch item {index} could not be loaded", index=index, path=vp,
+                             backend=self.name) from exc
+
+    def _executor(self) -> ThreadPoolExecutor:
+        with self._pool_lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self.max_workers,
+                                                thread_name_prefix="hcsflow-disk")
+            return self._pool
+
+    # ------------------------------------------------------------------ save
+
+    def _prepare(self, data: Any, vp: str, options: dict[str, Any]) -> tuple[Codec, Any]:
+        codec = self._codec(vp)
+        self._check_options(codec, vp, options, loading=False)
+        try:
+            return codec, codec.prepare(data, **options)
+        except CodecRefusal as exc:
+            raise DataFormatError(f"cannot save as {codec.name}: {exc}", path=vp,
+                                  backend=self.name) from exc
+
+    def _check_target(self, vp: str, real: str, overwrite: bool) -> None:
+        """Parent must be an existing directory; target must not be a directory or exist."""
+        parent_vp = vpaths.parent(vp)
+        try:
+            pst = os.stat(os.path.dirname(real))
+        except OSError as exc:
+            if isinstance(exc, (FileNotFoundError, NotADirectoryError)):
+                raise NotFoundError("parent directory does not exist", path=parent_vp,
+                                    backend=self.name) from exc
+            mapped = self._os_error(exc, parent_vp, "cannot reach parent directory")
+            if mapped is None:
+                raise
+            raise mapped from exc
+        if not stat_mod.S_ISDIR(pst.st_mode):
+            raise NotADirectoryStorageError("parent is not a directory", path=parent_vp,
+                                            backend=self.name)
+        try:
+            st = os.lstat(real)
+        except FileNotFoundError:
+            return
+        if stat_mod.S_ISDIR(st.st_mode):
+            raise IsADirectoryStorageError("target is a directory", path=vp, backend=self.name)
+        if not overwrite:
+            raise AlreadyExistsError("target exists; pass overwrite=True to replace it",
+                                     path=vp, backend=self.name)
+
+    def save(self, data: Any, path: vpaths.PathLike, *, overwrite: bool = False,
+             **options: Any) -> None:
+        """Encode ``data`` by the path's extension and publish it atomically."""
+        vp, real = self._locate(path, follow=False)
+        codec, prepared = self._prepare(data, vp, options)
+        if vp == "/":
+            raise IsADirectoryStorageError("the root is a directory", path=vp,
+                                           backend=self.name)
+        self._check_target(vp, real, overwrite)
+        tmp = self._write_temp(vp, real, codec, prepared, options)
+        try:
+            self._publish(tmp, vp, real, overwrite)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+        if self.fsync:
+            _fsync_dir(os.path.dirname(real))
+
+    def _write_temp(self, vp: str, real: str, codec: Codec | None, prepared: Any,
+                    options: dict[str, Any],
+                    writer: Callable[[IO[bytes]], None] | None = None) -> str:
+        """Write into a fresh temporary file next to ``real``; return its real path."""
+        directory, base = os.path.split(real)
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=f"{TEMP_PREFIX}{base[:64]}.",
+                                   suffix=TEMP_SUFFIX)
+        try:
+            # reopened by name: some writers (tifffile) need a file object with a real name
+            os.close(fd)
+            with open(tmp, "wb") as fh:
+                if writer is not None:
+                    writer(fh)
+                else:
+                    assert codec is not None
+                    try:
+                        codec.encode(prepared, fh, **options)
+                    except (OSError, MemoryError, ImportError):
+                        raise
+                    except Exception as exc:
+                        raise DataFormatError(f"cannot save as {codec.name}: {exc}", path=vp,
+                                              backend=self.name) from exc
+                fh.flush()
+                if self.fsync:
+                    os.fsync(fh.fileno())
+            os.chmod(tmp, _new_file_mode())
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+        return tmp
+
+    def _publish(self, tmp: str, vp: str, real: str, overwrite: bool) -> None:
+        """Move the finished temporary file to ``real`` (no-clobber unless ``overwrite``)."""
+        try:
+            if overwrite:
+                os.replace(tmp, real)
+                return
+            try:
+                os.link(tmp, real)
+            except FileExistsError as exc:
+                raise AlreadyExistsError("target appeared while writing; not overwritten",
+                                         path=vp, backend=self.name) from exc
+            except OSError as exc:
+                if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP,
+                                     errno.EMLINK):
+                    raise
+                # no hard links on this file system: reserve the name exclusively, then
+                # replace the (empty) reservation with the finished file
+                try:
+                    os.close(os.open(real, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+                except FileExistsError as exc2:
+                    raise AlreadyExistsError("target appeared while writing; not "
+                                             "overwritten", path=vp,
+                                             backend=self.name) from exc2
+                os.replace(tmp, real)
+                return
+            os.unlink(tmp)
+        except OSError as exc:
+            mapped = self._os_error(exc, vp, "cannot publish file")
+            if mapped is None:
+                raise
+            raise mapped from exc
+
+    def save_batch(self, data_list: Sequence[Any], paths: Sequence[vpaths.PathLike], *,
+                   overwrite: bool = False, **options: Any) -> None:
+        """Save many items: all-or-nothing.
+
+        Every item is checked (format, data, target) before anything is written; the
+        files are then written to temporary names on the thread pool and only published
+        once all are written.  If an item fails, temporary files are removed and files
+        already published in this batch are restored to their previous content (or
+        removed), and :class:`BatchError` names the failing item.
+        """
+        norm = _check_batch(self, data_list, paths)
+        plans: list[tuple[str, str, Codec, Any]] = []
+        for index, (item, vp) in enumerate(zip(data_list, norm, strict=True)):
+            try:
+                _, real = self._locate(vp, follow=False)
+                codec, prepared = self._prepare(item, vp, options)
+                if vp == "/":
+                    raise IsADirectoryStorageError("the root is a directory", path=vp,
+                                                   backend=self.name)
+                self._check_target(vp, real, overwrite)
+            except HcsflowError as exc:
+                raise BatchError(f"batch item {index} cannot be written", index=index,
+                                 path=vp, backend=self.name) from exc
+            plans.append((vp, real, codec, prepared))
+
+        temps: list[str | None] = [None] * len(plans)
+
+        def write(index: int) -> None:
+            vp, real, codec, prepared = plans[index]
+            try:
+                temps[index] = self._write_temp(vp, real, codec, prepared, options)
+            except HcsflowError as exc:
+                raise BatchError(f"batch item {index} could not be written", index=index,
+                                 path=vp, backend=self.name) from exc
+            except OSError as exc:
+                raise BatchError(f"batch item {index} could not be written: {exc}",
+                                 index=index, path=vp, backend=self.name) from exc
+
+        try:
+            if len(plans) <= 1:
+                for index in range(len(plans)):
+                    write(index)
+            else:
+                pool = self._executor()
+                _gather([pool.submit(write, i) for i in range(len(plans))])
+        except BaseException:
+            for tmp in temps:
+                if tmp is not None:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(tmp)
+            raise
+
+        published: list[tuple[str, str | None]] = []
+        index = 0
+        try:
+            for index, (vp, real, _, _) in enumerate(plans):
+                backup = self._backup(real) if overwrite else None
+                tmp = temps[index]
+                assert tmp is not None
+                try:
+                    self._publish(tmp, vp, real, overwrite)
+                except BaseException:
+                    if backup is not None:
+                        os.unlink(backup)
+                    raise
+                temps[index] = None
+                published.append((real, backup))
+        except BaseException as exc:
+            for real, backup in reversed(published):
+                if backup is not None:
+                    os.replace(backup, real)
+                else:
+                    os.unlink(real)
+            for tmp in temps:
+                if tmp is not None:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(tmp)
+            if isinstance(exc, Exception):
+                raise BatchError(f"batch item {index} could not be published; the batch "
+                                 "was rolled back", index=index, path=plans[index][0],
+                                 backend=self.name) from exc
+            raise
+        for _, backup in published:
+            if backup is not None:
+                os.unlink(backup)
+        if self.fsync:
+            for directory in dict.fromkeys(os.path.dirname(real) for _, real, _, _ in plans):
+                _fsync_dir(directory)
+
+    def _backup(self, real: str) -> str | None:
+        """A second name for the current entry at ``real`` (for rollback), if any."""
+        backup = _temp_name(os.path.dirname(real), os.path.basename(real))
+        try:
+            os.link(real, backup, follow_symlinks=False)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK):
+                raise
+            shutil.copy2(real, backup, follow_symlinks=False)
+        return backup
+
+    # ------------------------------------------------------------------ structure
+
+    def ensure_directory(self, directory: vpaths.PathLike) -> str:
+        """Create ``directory`` and its missing parents; return its normalised path."""
+        vp, real = self._locate(directory)
+        try:
+            os.makedirs(real, exist_ok=True)
+        except FileExistsError as exc:
+            raise NotADirectoryStorageError("a file is in the way", path=vp,
+                                            backend=self.name) from exc
+        except OSError as exc:
+            mapped = self._os_error(exc, vp, "cannot create directory")
+            if mapped is None:
+                raise
+            raise mapped from exc
+        return vp
+
+    def _delete(self, path: vpaths.PathLike, recursive: bool) -> None:
+        vp, real = self._locate(path, follow=False)
+        if vp == "/":
+            raise InvalidPathError("refusing to delete the root", path=vp, backend=self.name)
+        try:
+            st = os.lstat(real)
+            if stat_mod.S_ISDIR(st.st_mode):
+                if recursive:
+                    shutil.rmtree(real)
+                else:
+                    os.rmdir(real)
+            else:
+                os.unlink(real)
+        except OSError as exc:
+            mapped = self._os_error(exc, vp, "cannot delete")
+            if mapped is None:
+                raise
+            raise mapped from exc
+
+    def delete(self, path: vpaths.PathLike) -> None:
+        """Delete a file, a symlink (not its target) or an empty directory."""
+        self._delete(path, recursive=False)
+
+    def delete_all(self, path: vpaths.PathLike) -> None:
+        """Delete ``path`` and everything below it (a symlink: the link only)."""
+        self._delete(path, recursive=True)
+
+    def create_symlink(self, target: vpaths.PathLike, link: vpaths.PathLike, *,
+                       overwrite: bool = False) -> None:
+        """Create the OS symlink ``link`` to the existing ``target`` (absolute real path)."""
+        tvp, treal = self._locate(target)
+        lvp, lreal = self._locate(link, follow=False)
+        if tvp == lvp:
+            raise InvalidPathError("a symlink cannot point at itself", path=lvp,
+                                   backend=self.name)
+        if self.entry_kind(tvp) is None:
+            raise NotFoundError("symlink target does not exist", path=tvp, backend=self.name)
+        if lvp == "/":
+            raise IsADirectoryStorageError("the root is a directory", path=lvp,
+                                           backend=self.name)
+        self._check_target(lvp, lreal, overwrite)
+        if not overwrite:
+            try:
+                os.symlink(treal, lreal)
+            except OSError as exc:
+                mapped = self._os_error(exc, lvp, "cannot create symlink")
+                if mapped is None:
+                    raise
+                raise mapped from exc
+            return
+        tmp = _temp_name(os.path.dirname(lreal), os.path.basename(lreal))
+        os.symlink(treal, tmp)
+        backup = self._backup(lreal)
+        try:
+            os.replace(tmp, lreal)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            if backup is not None:
+                os.unlink(backup)
+            raise
+        try:
+            os.stat(lreal)
+        except OSError as exc:
+            if exc.errno != errno.ELOOP:
+                raise
+            # replacing a link can make the new target run through the link itself
+            if backup is not None:
+                os.replace(backup, lreal)
+            else:
+                os.unlink(lreal)
+            raise SymlinkLoopError("the new link would form a loop", path=lvp,
+                                   backend=self.name) from exc
+        if backup is not None:
+            os.unlink(backup)
+
+    def move(self, src: vpaths.PathLike, dst: vpaths.PathLike, *,
+             replace_symlinks: bool = False) -> None:
+        """Rename ``src`` (itself, not a link's target) to the new path ``dst``."""
+        svp, sreal = self._locate(src, follow=False)
+        dvp, dreal = self._locate(dst, follow=False)
+        if svp == "/":
+            raise InvalidPathError("cannot move the root", path=svp, backend=self.name)
+        if svp == dvp:
+            raise InvalidPathError("source and destination are the same", path=svp,
+                                   backend=self.name)
+        try:
+            sst = os.lstat(sreal)
+        except OSError as exc:
+            mapped = self._os_error(exc, svp, "cannot move")
+            if mapped is None:
+                raise
+            raise mapped from exc
+        if dvp == "/":
+            raise AlreadyExistsError("destination exists", path=dvp, backend=self.name)
+        self._check_target(dvp, dreal, overwrite=True)
+        dkind = self.entry_kind(dvp, follow_symlinks=False)
+        if dkind is not None and not (dkind == "symlink" and replace_symlinks):
+            raise AlreadyExistsError("destination exists", path=dvp, backend=self.name)
+        is_dir = stat_mod.S_ISDIR(sst.st_mode)
+        if is_dir:
+            rsrc = os.path.realpath(sreal)
+            rdst = os.path.join(os.path.realpath(os.path.dirname(dreal)),
+                                os.path.basename(dreal))
+            if rdst == rsrc or rdst.startswith(rsrc + "/"):
+                raise InvalidPathError("cannot move a directory into itself", path=dvp,
+                                       backend=self.name)
+        try:
+            if dkind == "symlink":
+                if is_dir:
+                    os.unlink(dreal)
+                    os.rename(sreal, dreal)
+                else:
+                    os.replace(sreal, dreal)
+            elif is_dir:
+                os.rename(sreal, dreal)
+            else:
+                self._move_no_clobber(sreal, dvp, dreal)
+        except OSError as exc:
+            if exc.errno == errno.EXDEV:
+                self._move_across_devices(sreal, dvp, dreal, is_dir)
+                return
+            mapped = self._os_error(exc, dvp, "cannot move")
+            if mapped is None:
+                raise
+            raise mapped from exc
+
+    def _move_no_clobber(self, sreal: str, dvp: str, dreal: str) -> None:
+        try:
+            os.link(sreal, dreal, follow_symlinks=False)
+        except FileExistsError as exc:
+            raise AlreadyExistsError("destination appeared; not overwritten", path=dvp,
+                                     backend=self.name) from exc
+        except OSError as exc:
+            if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK):
+                raise
+            if os.path.lexists(dreal):
+                raise AlreadyExistsError("destination exists", path=dvp,
+                                         backend=self.name) from exc
+            os.rename(sreal, dreal)
+            return
+        os.unlink(sreal)
+
+    def _move_across_devices(self, sreal: str, dvp: str, dreal: str, is_dir: bool) -> None:
+        directory, base = os.path.split(dreal)
+        tmp = _temp_name(directory, base)
+        try:
+            if is_dir:
+                shutil.copytree(sreal, tmp, symlinks=True)
+                os.rename(tmp, dreal)
+            else:
+                shutil.copy2(sreal, tmp, follow_symlinks=False)
+                self._publish(tmp, dvp, dreal, overwrite=False)
+        except BaseException:
+            if os.path.isdir(tmp) and not os.path.islink(tmp):
+                shutil.rmtree(tmp)
+            elif os.path.lexists(tmp):
+                os.unlink(tmp)
+            raise
+        if is_dir:
+            shutil.rmtree(sreal)
+        else:
+            os.unlink(sreal)
+
+    def copy(self, src: vpaths.PathLike, dst: vpaths.PathLike, *,
+             overwrite: bool = False) -> None:
+        """Copy a file's bytes (atomically) or a directory tree (links kept as links).
+
+        A file copy needs ``dst`` to have the same format as ``src`` (it copies bytes,
+        it does not convert); ``overwrite`` applies to files; a directory copy needs a
+        new ``dst``.
+        """
+        svp, sreal = self._locate(src)
+        dvp, dreal = self._locate(dst, follow=False)
+        kind = self.entry_kind(svp)
+        if kind is None:
+            raise NotFoundError("no such file or directory", path=svp, backend=self.name)
+        if kind == "file":
+            scodec, dcodec = self.codecs.for_name(vpaths.name(svp)), self._codec(dvp)
+            if scodec is not dcodec:
+                raise DataFormatError(
+                    f"copy does not convert formats ({scodec.name if scodec else 'unknown'} "
+                    f"to {dcodec.name}); load and save instead", path=dvp, backend=self.name)
+            self._check_target(dvp, dreal, overwrite)
+
+            def writer(fh: IO[bytes]) -> None:
+                with open(sreal, "rb") as source:
+                    shutil.copyfileobj(source, fh, 1 << 20)
+
+            tmp = self._write_temp(dvp, dreal, None, None, {}, writer=writer)
+            try:
+                self._publish(tmp, dvp, dreal, overwrite)
+            except BaseException:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(tmp)
+                raise
+            return
+        if dvp == "/" or os.path.lexists(dreal):
+            raise AlreadyExistsError("copy destination exists", path=dvp, backend=self.name)
+        self._check_target(dvp, dreal, overwrite=False)
+        rsrc = os.path.realpath(sreal)
+        rdst = os.path.join(os.path.realpath(os.path.dirname(dreal)), os.path.basename(dreal))
+        if rdst == rsrc or rdst.startswith(rsrc + "/"):
+            raise InvalidPathError("cannot copy a directory into itself", path=dvp,
+                                   backend=self.name)
+        tmp = _temp_name(os.path.dirname(dreal), os.path.basename(dreal))
+        try:
+            shutil.copytree(rsrc, tmp, symlinks=True,
+                            ignore=lambda _d, names: [n for n in names if is_temp_name(n)])
+            os.rename(tmp, dreal)
+        except BaseException:
+            if os.path.isdir(tmp):
+                shutil.rmtree(tmp)
+            raise
+
+
+def _kind(mode: int) -> EntryKind:
+    if stat_mod.S_ISDIR(mode):
+        return "directory"
+    if stat_mod.S_ISLNK(mode):
+        return "symlink"
+    return "file"
+
+
+def _gather(futures: list[Future[Any]]) -> list[Any]:
+    """Results in order; on the first failure cancel what has not started and re-raise
+    it once the rest have finished (so no worker is still writing when we return)."""
+    results = []
+    for position, future in enumerate(futures):
+        try:
+            results.append(future.result())
+        except BaseException:
+            for later in futures[position + 1:]:
+                later.cancel()
+            for later in futures[position + 1:]:
+                if not later.cancelled():
+                    with contextlib.suppress(BaseException):
+                        later.result()
+            raise
+    return results

@@ -1,0 +1,192 @@
+"""OME-NGFF metadata (0.5 on zarr format 3, 0.4 on zarr format 2): build and read.
+
+In NGFF 0.5 everything lives under ``attributes["ome"]`` with one ``version``; in 0.4
+the blocks (``plate``, ``well``, ``multiscales``...) are top-level attributes each
+carrying their own ``version``.  Code elsewhere works on the version-free *block* and
+calls :func:`wrap` / :func:`unwrap` at the boundary.  hcsflow's own bookkeeping is kept
+under a separate top-level ``"hcsflow"`` attribute that NGFF readers ignore.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from hcsflow.errors import PlateMetadataError
+from hcsflow.storage._zarr_io import BACKEND, Location
+
+__all__ = [
+    "NodeMeta",
+    "read_node",
+    "write_group",
+    "wrap",
+    "unwrap",
+    "axes_for",
+    "multiscales",
+    "well_block",
+    "plate_block",
+]
+
+NGFF_VERSIONS = ("0.5", "0.4")
+
+
+@dataclass(frozen=True)
+class NodeMeta:
+    """A zarr node's kind, format and attributes."""
+
+    zarr_format: int
+    node_type: str  # "group" | "array"
+    attributes: dict[str, Any]
+    raw: dict[str, Any]
+
+
+def read_node(loc: Location) -> NodeMeta | None:
+    """Metadata of the zarr node at ``loc`` (format 3 or 2), ``None`` when there is none."""
+    doc = loc.read_json("zarr.json")
+    if doc is not None:
+        node_type = doc.get("node_type")
+        if doc.get("zarr_format") != 3 or node_type not in ("group", "array"):
+            raise PlateMetadataError(
+                f"malformed zarr metadata: store {loc.url!r}, key 'zarr.json': "
+                f"zarr_format={doc.get('zarr_format')!r}, node_type={node_type!r}",
+                path=f"{loc.url}/zarr.json",
+                backend=BACKEND,
+            )
+        attrs = doc.get("attributes", {})
+        if not isinstance(attrs, dict):
+            raise PlateMetadataError(
+                f"malformed zarr metadata: store {loc.url!r}, key 'zarr.json': "
+                "attributes is not an object",
+                path=f"{loc.url}/zarr.json",
+                backend=BACKEND,
+            )
+        return NodeMeta(3, node_type, attrs, doc)
+    for key, kind in ((".zarray", "array"), (".zgroup", "group")):
+        doc = loc.read_json(key)
+        if doc is not None:
+            attrs = loc.read_json(".zattrs") or {}
+            return NodeMeta(2, kind, attrs, doc)
+    return None
+
+
+def group_document(attributes: dict[str, Any]) -> bytes:
+    """The bytes of a zarr v3 group ``zarr.json`` holding ``attributes``."""
+    doc = {"zarr_format": 3, "node_type": "group", "attributes": attributes}
+    return json.dumps(doc, indent=2, allow_nan=False).encode()
+
+
+def write_group(loc: Location, attributes: dict[str, Any], zarr_format: int) -> None:
+    """Write group metadata at ``loc`` in one atomic step (the attributes object is last).
+
+    In zarr format 3 one ``zarr.json`` holds everything; in format 2 ``.zgroup`` is
+    created once and ``.zattrs`` (the part readers act on) is replaced atomically.
+    """
+    if zarr_format == 3:
+        loc.write("zarr.json", group_document(attributes))
+    else:
+        loc.write_once(".zgroup", b'{\n  "zarr_format": 2\n}')
+        loc.write_json(".zattrs", attributes)
+
+
+def wrap(block: dict[str, Any], version: str) -> dict[str, Any]:
+    """Attributes for an NGFF ``block`` in ``version``'s layout."""
+    if version == "0.5":
+        # ome-zarr-models also wants the plate block to state its version (the 0.5
+        # schema allows the extra key)
+        if isinstance(block.get("plate"), dict):
+            block = {**block, "plate": {**block["plate"], "version": "0.5"}}
+        return {"ome": {"version": "0.5", **block}}
+    out: dict[str, Any] = {}
+    for key, value in block.items():
+        if key in ("plate", "well", "image-label") and isinstance(value, dict):
+            out[key] = {**value, "version": "0.4"}
+        elif key == "multiscales" and isinstance(value, list):
+            out[key] = [{**m, "version": "0.4"} for m in value]
+        else:
+            out[key] = value
+    return out
+
+
+def unwrap(attributes: dict[str, Any]) -> tuple[str | None, dict[str, Any]]:
+    """(NGFF version, block) of a node's attributes; version ``None`` when not NGFF."""
+    ome = attributes.get("ome")
+    if isinstance(ome, dict):
+        version = ome.get("version")
+        return (str(version) if version is not None else None), ome
+    for key in ("plate", "well", "image-label"):
+        value = attributes.get(key)
+        if isinstance(value, dict) and "version" in value:
+            return str(value["version"]), attributes
+    ms = attributes.get("multiscales")
+    if isinstance(ms, list) and ms and isinstance(ms[0], dict) and "version" in ms[0]:
+        return str(ms[0]["version"]), attributes
+    if any(k in attributes for k in ("plate", "well", "multiscales", "labels")):
+        return "0.4", attributes
+    return None, attributes
+
+
+def axes_for(ndim: int) -> tuple[str, ...]:
+    """Axis names of a field image: ``(c, z, y, x)`` or ``(t, c, z, y, x)``."""
+    if ndim == 4:
+        return ("c", "z", "y", "x")
+    if ndim == 5:
+        return ("t", "c", "z", "y", "x")
+    raise ValueError(f"a field image has 4 or 5 dimensions, not {ndim}")
+
+
+_AXIS_TYPES = {"t": "time", "c": "channel", "z": "space", "y": "space", "x": "space"}
+
+
+def multiscales(axes: tuple[str, ...], paths: list[str], name: str) -> list[dict[str, Any]]:
+    """A ``multiscales`` list for datasets ``paths`` (level ``i`` halves y and x ``i`` times)."""
+    datasets = []
+    for level, path in enumerate(paths):
+        scale = [float(2**level) if a in ("y", "x") else 1.0 for a in axes]
+        datasets.append(
+            {"path": path, "coordinateTransformations": [{"type": "scale", "scale": scale}]}
+        )
+    return [
+        {
+            "name": name,
+            "axes": [{"name": a, "type": _AXIS_TYPES[a]} for a in axes],
+            "datasets": datasets,
+        }
+    ]
+
+
+def well_block(field_paths: list[str]) -> dict[str, Any]:
+    """A ``well`` block listing the field image groups in field order."""
+    return {"well": {"images": [{"path": p, "acquisition": 0} for p in field_paths]}}
+
+
+def plate_block(
+    wells: list[tuple[int, int]],
+    n_rows: int,
+    n_columns: int,
+    field_count: int,
+    name: str,
+) -> dict[str, Any]:
+    """A ``plate`` block for ``wells`` given as (row, column) indices on the plate.
+
+    ``rows``/``columns`` list the whole physical plate, so ``rowIndex``/``columnIndex``
+    are simply the well's row and column indices, and stay valid as wells are added.
+    """
+    from hcsflow.storage.plate import row_name
+
+    rows = [{"name": row_name(r)} for r in range(n_rows)]
+    columns = [{"name": str(c + 1)} for c in range(n_columns)]
+    entries = [
+        {"path": f"{row_name(r)}/{c + 1}", "rowIndex": r, "columnIndex": c}
+        for r, c in sorted(set(wells))
+    ]
+    block: dict[str, Any] = {
+        "name": name,
+        "rows": rows,
+        "columns": columns,
+        "wells": entries,
+        "acquisitions": [{"id": 0, "name": name, "maximumfieldcount": max(1, field_count)}],
+    }
+    if field_count > 0:
+        block["field_count"] = field_count
+    return {"plate": block}

@@ -1,0 +1,521 @@
+"""Byte-level access to zarr stores on a local disk or any fsspec URL.
+
+Everything the zarr backend and the plate writer do to storage goes through a
+:class:`Location` (a filesystem plus a path on it).  Two implementations share one
+small interface: :class:`_LocalFS` (plain ``os`` calls: atomic ``os.replace`` writes and
+atomic directory renames) and :class:`_RemoteFS` (an fsspec filesystem: object stores,
+``memory://``...).  Errors from the underlying library are translated here, once, into
+:mod:`hcsflow.errors` types naming the store URL and the key.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import shutil
+import threading
+import uuid
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from hcsflow.errors import (
+    CorruptDataError,
+    NotFoundError,
+    ObjectStoreError,
+    PlateMetadataError,
+    ZarrError,
+)
+
+__all__ = ["Location", "location", "store_errors", "BACKEND", "META_FILES"]
+
+BACKEND = "zarr"
+
+#: keys that hold zarr metadata rather than data; hidden from virtual listings
+META_FILES = frozenset({"zarr.json", ".zgroup", ".zarray", ".zattrs", ".zmetadata"})
+
+_NETWORK_MODULES = ("botocore", "aiobotocore", "aiohttp", "s3fs", "gcsfs", "adlfs", "requests")
+
+
+def _is_network_error(exc: BaseException) -> bool:
+    mod = type(exc).__module__ or ""
+    return (
+        isinstance(exc, (PermissionError, ConnectionError, TimeoutError))
+        or mod.split(".")[0] in _NETWORK_MODULES
+    )
+
+
+@contextlib.contextmanager
+def store_errors(url: str, key: str = "") -> Iterator[None]:
+    """Translate storage-library errors raised inside the block into hcsflow errors.
+
+    Network, permission and missing-bucket errors become :class:`ObjectStoreError`;
+    anything already an hcsflow error passes through untouched.
+    """
+    try:
+        yield
+    except ZarrError:
+        raise
+    except NotFoundError:
+        raise
+    except Exception as exc:
+        where = f"{url}/{key}" if key else url
+        if _is_network_error(exc) or "bucket" in str(exc).lower():
+            raise ObjectStoreError(
+                f"object store unreachable or access denied: store {url!r}, key {key!r}: "
+                f"{type(exc).__name__}: {exc}",
+                path=where,
+                backend=BACKEND,
+            ) from exc
+        raise
+
+
+class _FS(ABC):
+    """The operations the zarr backend needs from a filesystem (paths are fs paths)."""
+
+    url_prefix = ""
+    local = False
+
+    def url(self, path: str) -> str:
+        return self.url_prefix + path
+
+    def join(self, base: str, *parts: str) -> str:
+        out = base.rstrip("/")
+        for p in parts:
+            if p:
+                out = f"{out}/{p.strip('/')}" if out else p.strip("/")
+        return out or "/"
+
+    @abstractmethod
+    def read(self, path: str) -> bytes | None:
+        """read (see the implementations)."""
+
+    @abstractmethod
+    def write_atomic(self, path: str, data: bytes) -> None:
+        """write_atomic (see the implementations)."""
+
+    @abstractmethod
+    def write_exclusive(self, path: str, data: bytes) -> bool:
+        """write_exclusive (see the implementations)."""
+
+    @abstractmethod
+    def is_file(self, path: str) -> bool:
+        """is_file (see the implementations)."""
+
+    @abstractmethod
+    def is_dir(self, path: str) -> bool:
+        """is_dir (see the implementations)."""
+
+    @abstractmethod
+    def list(self, path: str) -> list[str]:
+        """list (see the implementations)."""
+
+    @abstractmethod
+    def remove_tree(self, path: str) -> None:
+        """remove_tree (see the implementations)."""
+
+    @abstractmethod
+    def remove_file(self, path: str) -> None:
+        """remove_file (see the implementations)."""
+
+    @abstractmethod
+    def copy_tree(self, src: str, dst: str) -> None:
+        """copy_tree (see the implementations)."""
+
+    @abstractmethod
+    def rename_tree(self, src: str, dst: str) -> None:
+        """rename_tree (see the implementations)."""
+
+    @abstractmethod
+    def makedirs(self, path: str) -> None:
+        """makedirs (see the implementations)."""
+
+    @abstractmethod
+    def zarr_store(self, path: str) -> Any:
+        """zarr_store (see the implementations)."""
+
+
+class _LocalFS(_FS):
+    local = True
+
+    def read(self, path: str) -> bytes | None:
+        try:
+            with open(path, "rb") as fh:
+                return fh.read()
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        except IsADirectoryError:
+            return None
+
+    def write_atomic(self, path: str, data: bytes) -> None:
+        parent = os.path.dirname(path)
+        os.makedirs(parent, exist_ok=True)
+        tmp = f"{path}.{uuid.uuid4().hex}.partial"
+        try:
+            with open(tmp, "wb") as fh:
+                fh.write(data)
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+
+    def write_exclusive(self, path: str, data: bytes) -> bool:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = f"{path}.{uuid.uuid4().hex}.partial"
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+        try:
+            os.link(tmp, path)  # fails if ``path`` exists: an atomic create-once
+            return True
+        except FileExistsError:
+            return False
+        finally:
+            os.unlink(tmp)
+
+    def is_file(self, path: str) -> bool:
+        return os.path.isfile(path)
+
+    def is_dir(self, path: str) -> bool:
+        return os.path.isdir(path)
+
+    def list(self, path: str) -> list[str]:
+        try:
+            return os.listdir(path)
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+
+    def remove_tree(self, path: str) -> None:
+        if os.path.isdir(path) and not os.path.islink(path):
+            # rename first so that a reader never sees a half-deleted node under its name
+            doomed = f"{path}.{uuid.uuid4().hex}.deleting"
+            try:
+                os.rename(path, doomed)
+            except FileNotFoundError:
+                return
+            shutil.rmtree(doomed)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+
+    def remove_file(self, path: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+
+    def copy_tree(self, src: str, dst: str) -> None:
+        if os.path.isdir(src):
+            shutil.copytree(src, dst)
+        else:
+            os.makedirs(os.path.dirname(dst), exist_ok=True)
+            shutil.copyfile(src, dst)
+
+    def rename_tree(self, src: str, dst: str) -> None:
+        os.makedirs(os.path.dirname(dst), exist_ok=True)
+        try:
+            os.rename(src, dst)
+        except OSError as exc:
+            if exc.errno in (errno.ENOTEMPTY, errno.EEXIST):
+                raise FileExistsError(dst) from exc
+            raise
+
+    def makedirs(self, path: str) -> None:
+        os.makedirs(path, exist_ok=True)
+
+    def zarr_store(self, path: str) -> Any:
+        from zarr.storage import LocalStore
+
+        return LocalStore(path)
+
+
+class _RemoteFS(_FS):
+    """An fsspec filesystem; listings bypass fsspec's cache so other writers are seen."""
+
+    def __init__(self, fs: Any, protocol: str, storage_options: dict[str, Any]):
+        self.fs = fs
+        self.protocol = protocol
+        self.storage_options = storage_options
+        self.url_prefix = f"{protocol}://"
+
+    def read(self, path: str) -> bytes | None:
+        try:
+            data: bytes = self.fs.cat_file(path)
+        except FileNotFoundError:
+            return None
+        except IsADirectoryError:
+            return None
+        return data
+
+    def write_atomic(self, path: str, data: bytes) -> None:
+        # a single PUT replaces an object atomically on S3-like stores
+        self.fs.pipe_file(path, data)
+        self.fs.invalidate_cache(self._parent(path))
+
+    def write_exclusive(self, path: str, data: bytes) -> bool:
+        # object stores without conditional writes: best effort check-then-put; callers
+        # only use this for idempotent content
+        if self.is_file(path):
+            return False
+        self.write_atomic(path, data)
+        return True
+
+    @staticmethod
+    def _parent(path: str) -> str:
+        return path.rsplit("/", 1)[0] if "/" in path else path
+
+    def is_file(self, path: str) -> bool:
+        self.fs.invalidate_cache(self._parent(path))
+        try:
+            return bool(self.fs.isfile(path))
+        except FileNotFoundError:
+            return False
+
+    def is_dir(self, path: str) -> bool:
+        self.fs.invalidate_cache(path)
+        try:
+            return bool(self.fs.isdir(path))
+        except FileNotFoundError:
+            return False
+
+    def list(self, path: str) -> list[str]:
+        self.fs.invalidate_cache(path)
+        try:
+            entries = self.fs.ls(path, detail=False)
+        except FileNotFoundError:
+            return []
+        base = path.rstrip("/")
+        out = []
+        for entry in entries:
+            entry = entry.rstrip("/")
+            if entry == base:
+                continue
+            out.append(entry.rsplit("/", 1)[-1])
+        return out
+
+    def remove_tree(self, path: str) -> None:
+        self.fs.invalidate_cache(path)
+        with contextlib.suppress(FileNotFoundError):
+            self.fs.rm(path, recursive=True)
+        self.fs.invalidate_cache(self._parent(path))
+
+    def remove_file(self, path: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.fs.rm_file(path)
+        self.fs.invalidate_cache(self._parent(path))
+
+    def copy_tree(self, src: str, dst: str) -> None:
+        self.fs.invalidate_cache(src)
+        if self.is_file(src):
+            self.fs.copy(src, dst)
+        else:
+            for name in self.fs.find(src):
+                self.fs.copy(name, dst + name[len(src.rstrip("/")) :])
+        self.fs.invalidate_cache(self._parent(dst))
+
+    def rename_tree(self, src: str, dst: str) -> None:
+        # no atomic rename on object stores: copy everything, then delete the source
+        self.copy_tree(src, dst)
+        self.remove_tree(src)
+
+    def makedirs(self, path: str) -> None:
+        # object stores have no directories; zarr group metadata marks them instead
+        return None
+
+    def zarr_store(self, path: str) -> Any:
+        from zarr.storage import FsspecStore
+
+        return FsspecStore.from_url(self.url(path), storage_options=self.storage_options)
+
+
+_LOCAL = _LocalFS()
+_REMOTE_CACHE: dict[tuple[str, str], _RemoteFS] = {}
+_CACHE_LOCK = threading.Lock()
+
+
+@dataclass(frozen=True)
+class Location:
+    """A path on a filesystem: the root of a store, a node within it, or a key."""
+
+    fs: _FS
+    path: str
+    _meta: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def url(self) -> str:
+        """The URL (or absolute local path) of this location, for users and messages."""
+        return self.fs.url(self.path)
+
+    def child(self, *parts: str) -> Location:
+        """The location ``parts`` below this one."""
+        return Location(self.fs, self.fs.join(self.path, *parts))
+
+    @property
+    def parent(self) -> Location:
+        """The location one level up."""
+        head = self.path.rstrip("/").rsplit("/", 1)[0]
+        return Location(self.fs, head or "/")
+
+    @property
+    def name(self) -> str:
+        """Last path component."""
+        return self.path.rstrip("/").rsplit("/", 1)[-1]
+
+    # ------------------------------------------------------------------ bytes
+
+    def read(self, key: str = "") -> bytes | None:
+        """Bytes stored at ``key`` below this location, ``None`` when absent."""
+        target = self.fs.join(self.path, key) if key else self.path
+        with store_errors(self.url, key):
+            return self.fs.read(target)
+
+    def write(self, key: str, data: bytes) -> None:
+        """Store ``data`` at ``key`` atomically (readers see the old or the new bytes)."""
+        with store_errors(self.url, key):
+            self.fs.write_atomic(self.fs.join(self.path, key), data)
+
+    def write_once(self, key: str, data: bytes) -> bool:
+        """Create ``key`` unless it exists; ``True`` when this call created it."""
+        with store_errors(self.url, key):
+            return self.fs.write_exclusive(self.fs.join(self.path, key), data)
+
+    def read_json(self, key: str) -> dict[str, Any] | None:
+        """Parsed JSON object at ``key``; ``None`` when absent.
+
+        Raises :class:`PlateMetadataError` for bytes that are not a JSON object.
+        """
+        raw = self.read(key)
+        if raw is None:
+            return None
+        try:
+            doc = json.loads(raw)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise PlateMetadataError(
+                f"malformed metadata: store {self.url!r}, key {key!r}: {exc}",
+                path=f"{self.url}/{key}",
+                backend=BACKEND,
+            ) from exc
+        if not isinstance(doc, dict):
+            raise PlateMetadataError(
+                f"malformed metadata: store {self.url!r}, key {key!r}: expected a JSON "
+                f"object, found {type(doc).__name__}",
+                path=f"{self.url}/{key}",
+                backend=BACKEND,
+            )
+        return doc
+
+    def write_json(self, key: str, doc: dict[str, Any]) -> None:
+        """Store ``doc`` as JSON at ``key`` atomically."""
+        self.write(key, json.dumps(doc, indent=2, allow_nan=False).encode())
+
+    # ------------------------------------------------------------------ tree
+
+    def exists_file(self, key: str = "") -> bool:
+        """Whether a plain object/file exists at ``key``."""
+        target = self.fs.join(self.path, key) if key else self.path
+        with store_errors(self.url, key):
+            return self.fs.is_file(target)
+
+    def is_dir(self) -> bool:
+        """Whether this location is a directory (a prefix with objects on object stores)."""
+        with store_errors(self.url):
+            return self.fs.is_dir(self.path)
+
+    def list(self) -> list[str]:
+        """Names directly below this location (fresh, never from a cache)."""
+        with store_errors(self.url):
+            return self.fs.list(self.path)
+
+    def remove(self) -> None:
+        """Delete this location and everything below it."""
+        with store_errors(self.url):
+            self.fs.remove_tree(self.path)
+
+    def remove_key(self, key: str) -> None:
+        """Delete one plain object/file below this location."""
+        with store_errors(self.url, key):
+            self.fs.remove_file(self.fs.join(self.path, key))
+
+    def copy_to(self, dst: Location) -> None:
+        """Copy this location's tree to ``dst`` (same filesystem)."""
+        with store_errors(self.url):
+            self.fs.copy_tree(self.path, dst.path)
+
+    def rename_to(self, dst: Location) -> None:
+        """Rename this tree to ``dst``: atomic on local disks, copy+delete on object stores."""
+        with store_errors(self.url):
+            self.fs.rename_tree(self.path, dst.path)
+
+    def makedirs(self) -> None:
+        """Create this directory on filesystems that have directories."""
+        with store_errors(self.url):
+            self.fs.makedirs(self.path)
+
+    def zarr_store(self) -> Any:
+        """A zarr-python store rooted at this location."""
+        with store_errors(self.url):
+            return self.fs.zarr_store(self.path)
+
+
+def location(
+    url: str | os.PathLike[str], storage_options: dict[str, Any] | None = None
+) -> Location:
+    """Resolve a local path, ``file://`` URL or any fsspec URL to a :class:`Location`.
+
+    ``storage_options`` go to fsspec (``endpoint_url``, ``anon``...); credentials come
+    from the environment or the provider's config files as usual.
+    """
+    raw = os.fspath(url)
+    if not isinstance(raw, str) or not raw:
+        raise ZarrError(f"a store URL must be a non-empty string, got {raw!r}", backend=BACKEND)
+    if raw.startswith("file://"):
+        raw = raw[len("file://") :]
+    if "://" not in raw:
+        path = os.path.abspath(raw)
+        return Location(_LOCAL, path)
+    protocol, _, rest = raw.partition("://")
+    opts = dict(storage_options or {})
+    key = (protocol, json.dumps(opts, sort_keys=True, default=repr))
+    with _CACHE_LOCK:
+        fs = _REMOTE_CACHE.get(key)
+    if fs is None:
+        import fsspec
+
+        with store_errors(raw):
+            filesystem, _ = fsspec.core.url_to_fs(raw, **opts)
+        fs = _RemoteFS(filesystem, protocol, opts)
+        with _CACHE_LOCK:
+            _REMOTE_CACHE.setdefault(key, fs)
+            fs = _REMOTE_CACHE[key]
+    path = rest.rstrip("/")
+    if protocol == "memory" and not path.startswith("/"):
+        path = "/" + path
+    return Location(fs, path)
+
+
+def check_bucket(loc: Location) -> None:
+    """Raise :class:`ObjectStoreError` when ``loc``'s bucket cannot be reached."""
+    if loc.fs.local or not isinstance(loc.fs, _RemoteFS):
+        return
+    if loc.fs.protocol not in ("s3", "s3a", "gs", "gcs", "az", "abfs"):
+        return
+    bucket = loc.path.lstrip("/").split("/", 1)[0]
+    with store_errors(loc.url):
+        ok = loc.fs.fs.exists(bucket)
+    if not ok:
+        raise ObjectStoreError(
+            f"bucket {bucket!r} does not exist or is not reachable: store {loc.url!r}",
+            path=loc.url,
+            backend=BACKEND,
+        )
+
+
+def corrupt(loc: Location, key: str, exc: BaseException) -> CorruptDataError:
+    """A :class:`CorruptDataError` naming the store and key whose bytes did not decode."""
+    return CorruptDataError(
+        f"corrupt or truncated chunk data: store {loc.url!r}, key {key!r}: "
+        f"{type(exc).__name__}: {exc}",
+        path=f"{loc.url}/{key}",
+        backend=BACKEND,
+    )

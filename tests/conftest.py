@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import shutil
 import subprocess
 
@@ -19,6 +20,12 @@ def _has_nvidia_gpu() -> bool:
 
 
 HAS_GPU = _has_nvidia_gpu()
+
+# pyclesperanto's OpenCL backend crashes the interpreter (segfault) when it is first activated
+# after tensorflow has loaded its libraries (seen with the pocl CPU driver).  Any test module
+# may import tensorflow, so load pyclesperanto first in every test process.
+if importlib.util.find_spec("pyclesperanto") is not None:
+    import pyclesperanto  # noqa: F401
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

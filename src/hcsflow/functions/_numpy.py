@@ -1,0 +1,242 @@
+"""numpy implementations of the built-in library (scipy.ndimage and scikit-image).
+
+Every function takes a ``[Z, Y, X]`` stack and returns a ``[Z, Y, X]`` stack.  Operations
+that are two-dimensional by nature run plane by plane (``slice_by_slice=True``, the
+default), so sites or channels stacked along Z never bleed into each other; pass
+``slice_by_slice=False`` for true 3-D processing.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from scipy import ndimage as ndi
+
+from hcsflow.errors import ShapeError
+
+__all__ = [
+    "disk",
+    "gaussian_filter",
+    "median_filter",
+    "subtract_background",
+    "normalize_percentile",
+    "threshold_otsu",
+    "otsu_threshold_value",
+    "binary_opening",
+    "binary_closing",
+    "fill_holes",
+    "remove_small_objects",
+    "label",
+    "max_projection",
+    "mean_projection",
+]
+
+
+def disk(radius: int, dtype: Any = np.uint8) -> np.ndarray:
+    """A flat 2-D disk footprint of the given radius (like ``skimage.morphology.disk``)."""
+    if int(radius) != radius or radius < 0:
+        raise ValueError(f"disk radius must be a non-negative integer, got {radius!r}")
+    r = int(radius)
+    yy, xx = np.mgrid[-r : r + 1, -r : r + 1]
+    return (yy * yy + xx * xx <= r * r).astype(dtype)
+
+
+def check_stack(image: Any, func: str) -> np.ndarray:
+    """Return ``image`` as a numpy array, raising :class:`ShapeError` unless it is 3-D."""
+    arr = np.asarray(image)
+    if arr.ndim != 3:
+        raise ShapeError(
+            f"{func} expects a 3-D [Z, Y, X] stack, got shape {arr.shape} ({arr.ndim}-D)"
+        )
+    return arr
+
+
+def _float(arr: np.ndarray) -> np.ndarray:
+    return arr if arr.dtype in (np.float32, np.float64) else arr.astype(np.float32)
+
+
+def _footprint(footprint: Any, slice_by_slice: bool, func: str) -> np.ndarray:
+    fp = disk(1) if footprint is None else np.asarray(footprint)
+    fp = fp.astype(bool)
+    if slice_by_slice:
+        if fp.ndim != 2:
+            raise ShapeError(f"{func}: a plane-by-plane footprint must be 2-D, got {fp.shape}")
+        return fp
+    if fp.ndim == 2:
+        return fp[np.newaxis]
+    if fp.ndim != 3:
+        raise ShapeError(f"{func}: a 3-D footprint must be 3-D, got {fp.shape}")
+    return fp
+
+
+def gaussian_filter(
+    image: Any, sigma: float = 1.0, *, slice_by_slice: bool = True, truncate: float = 4.0
+) -> np.ndarray:
+    """Gaussian blur (float32 out; ``mode='reflect'`` borders); sigma in pixels."""
+    arr = _float(check_stack(image, "gaussian_filter"))
+    sig = (0.0, sigma, sigma) if slice_by_slice else sigma
+    return ndi.gaussian_filter(arr, sigma=sig, truncate=truncate).astype(np.float32, copy=False)
+
+
+def median_filter(image: Any, size: int = 3, *, slice_by_slice: bool = True) -> np.ndarray:
+    """Median filter over a ``size`` x ``size`` window (dtype preserved)."""
+    arr = check_stack(image, "median_filter")
+    window = (1, size, size) if slice_by_slice else (size, size, size)
+    return ndi.median_filter(arr, size=window, mode="reflect")
+
+
+def subtract_background(
+    image: Any, sigma: float = 25.0, *, slice_by_slice: bool = True
+) -> np.ndarray:
+    """Remove a smooth background: image minus its wide Gaussian blur, clipped at 0 (float32).
+
+    ``sigma`` should be several times the object radius, so that objects do not
+    contribute to the estimated background.
+    """
+    arr = _float(check_stack(image, "subtract_background"))
+    sig = (0.0, sigma, sigma) if slice_by_slice else sigma
+    background = ndi.gaussian_filter(arr, sigma=sig, mode="nearest")
+    out = arr - background
+    np.maximum(out, 0, out=out)
+    return out.astype(np.float32, copy=False)
+
+
+def normalize_percentile(
+    image: Any, low: float = 1.0, high: float = 99.8, *, slice_by_slice: bool = True
+) -> np.ndarray:
+    """Rescale so the ``low``/``high`` percentiles map to 0/1, clipped to [0, 1] (float32).
+
+    A plane whose percentiles coincide (a constant plane) maps to zeros.
+    """
+    if not 0 <= low < high <= 100:
+        raise ValueError(f"need 0 <= low < high <= 100, got low={low}, high={high}")
+    arr = _float(check_stack(image, "normalize_percentile"))
+    if slice_by_slice:
+        lo, hi = np.percentile(arr, [low, high], axis=(1, 2), keepdims=True)
+    else:
+        lo, hi = np.percentile(arr, [low, high], keepdims=True)
+    span = hi - lo
+    safe = np.where(span > 0, span, 1.0)
+    out = np.where(span > 0, (arr - lo) / safe, 0.0)
+    return np.clip(out, 0.0, 1.0).astype(np.float32, copy=False)
+
+
+def otsu_threshold_value(values: np.ndarray, nbins: int = 256) -> float:
+    """Otsu's threshold of ``values`` (as ``skimage.filters.threshold_otsu``)."""
+    from skimage.filters import threshold_otsu as _otsu
+
+    flat = np.asarray(values).ravel()
+    if flat.size and flat.min() == flat.max():
+        return float(flat.min())
+    return float(_otsu(flat, nbins=nbins))
+
+
+def threshold_otsu(image: Any, *, slice_by_slice: bool = True, nbins: int = 256) -> np.ndarray:
+    """Boolean mask of pixels above Otsu's threshold (one threshold per plane by default).
+
+    A constant plane gives an all-False mask.
+    """
+    arr = check_stack(image, "threshold_otsu")
+    if not slice_by_slice:
+        return arr > otsu_threshold_value(arr, nbins)
+    out = np.empty(arr.shape, dtype=bool)
+    for z in range(arr.shape[0]):
+        out[z] = arr[z] > otsu_threshold_value(arr[z], nbins)
+    return out
+
+
+def binary_opening(image: Any, footprint: Any = None, *, slice_by_slice: bool = True) -> np.ndarray:
+    """Binary opening (erosion then dilation) with ``footprint`` (default ``disk(1)``)."""
+    arr = check_stack(image, "binary_opening").astype(bool, copy=False)
+    fp = _footprint(footprint, slice_by_slice, "binary_opening")
+    if slice_by_slice:
+        return np.stack([ndi.binary_opening(p, structure=fp) for p in arr]) if len(arr) else arr
+    return ndi.binary_opening(arr, structure=fp)
+
+
+def binary_closing(image: Any, footprint: Any = None, *, slice_by_slice: bool = True) -> np.ndarray:
+    """Binary closing (dilation then erosion) with ``footprint`` (default ``disk(1)``).
+
+    The image is padded by the footprint radius first, so objects touching the border are
+    not eroded by the implicit background outside the image.
+    """
+    arr = check_stack(image, "binary_closing").astype(bool, copy=False)
+    fp = _footprint(footprint, slice_by_slice, "binary_closing")
+    pads = [(s // 2, s // 2) for s in fp.shape]
+
+    def close(x: np.ndarray) -> np.ndarray:
+        padded = np.pad(x, pads, mode="edge")
+        closed = ndi.binary_closing(padded, structure=fp)
+        return closed[tuple(slice(p, p + n) for (p, _), n in zip(pads, x.shape, strict=True))]
+
+    if slice_by_slice:
+        return np.stack([close(p) for p in arr]) if len(arr) else arr
+    return close(arr)
+
+
+def fill_holes(image: Any, *, slice_by_slice: bool = True) -> np.ndarray:
+    """Fill background regions not connected to the image border."""
+    arr = check_stack(image, "fill_holes").astype(bool, copy=False)
+    if slice_by_slice:
+        return np.stack([ndi.binary_fill_holes(p) for p in arr]) if len(arr) else arr
+    return ndi.binary_fill_holes(arr)
+
+
+def remove_small_objects(
+    image: Any, min_size: int = 64, *, connectivity: int = 1, slice_by_slice: bool = True
+) -> np.ndarray:
+    """Remove connected objects smaller than ``min_size`` pixels.
+
+    A boolean mask stays a boolean mask; a label image keeps its labels, with small
+    labels set to 0.
+    """
+    arr = check_stack(image, "remove_small_objects")
+
+    def clean(x: np.ndarray) -> np.ndarray:
+        if x.dtype == bool:
+            lab, _ = ndi.label(x, structure=ndi.generate_binary_structure(x.ndim, connectivity))
+        else:
+            lab = x.astype(np.int64, copy=False)
+        if lab.size == 0 or lab.max() == 0:
+            return x.copy()
+        sizes = np.bincount(lab.ravel())
+        keep = sizes >= min_size
+        keep[0] = False
+        kept = keep[lab]
+        return kept if x.dtype == bool else np.where(kept, x, 0).astype(x.dtype)
+
+    if slice_by_slice:
+        return np.stack([clean(p) for p in arr]) if len(arr) else arr.copy()
+    return clean(arr)
+
+
+def label(image: Any, connectivity: int = 1, *, slice_by_slice: bool = True) -> np.ndarray:
+    """Label connected foreground components (int32; labels restart at 1 in every plane).
+
+    ``connectivity`` 1 uses edge neighbours, 2 adds diagonals (as scikit-image).
+    """
+    from skimage.measure import label as _label
+
+    arr = check_stack(image, "label")
+    if connectivity not in (1, 2, 3):
+        raise ValueError(f"label: connectivity must be 1, 2 or 3, got {connectivity!r}")
+    if slice_by_slice:
+        conn = min(connectivity, 2)
+        out = np.zeros(arr.shape, dtype=np.int32)
+        for z in range(arr.shape[0]):
+            out[z] = _label(arr[z], connectivity=conn)
+        return out
+    return _label(arr, connectivity=connectivity).astype(np.int32)
+
+
+def max_projection(image: Any) -> np.ndarray:
+    """Maximum over Z, returned as a ``[1, Y, X]`` stack (dtype preserved)."""
+    arr = check_stack(image, "max_projection")
+    return arr.max(axis=0, keepdims=True)
+
+
+def mean_projection(image: Any) -> np.ndarray:
+    """Mean over Z, returned as a ``[1, Y, X]`` float32 stack."""
+    arr = check_stack(image, "mean_projection")
+    return arr.mean(axis=0, keepdims=True, dtype=np.float64).astype(np.float32)

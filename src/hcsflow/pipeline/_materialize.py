@@ -1,0 +1,214 @@
+"""Built-in materialization functions and the plate-level table consolidation.
+
+A materializer has the spec's signature ``fn(data, path, filemanager) -> str``.  ``path``
+is the special output's planned virtual path (ending in ``.pkl``, the name it is staged
+under in the well's memory backend); the materializer derives its file names from it
+and writes through the ``filemanager`` on ``filemanager.materialization_backend``.
+
+Tables (CSV + JSON summary) and positions (CSV) are always written to disk, since
+neither is an array; label images follow the materialization backend: a TIFF on disk,
+or an NGFF ``labels/`` image inside the well's OME-Zarr image on zarr.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from hcsflow import paths as vpaths
+from hcsflow.errors import DataFormatError, MaterializationError
+from hcsflow.storage import Backend, FileManager
+
+__all__ = [
+    "MaterializationFileManager",
+    "materialize_table",
+    "materialize_labels",
+    "materialize_positions",
+    "to_dataframe",
+    "base_path",
+]
+
+
+class MaterializationFileManager(FileManager):
+    """The :class:`FileManager` handed to materializers: it also says where to write.
+
+    ``materialization_backend`` is the backend ``VFSConfig.materialization_backend``
+    selected for this step; ``well``, ``slice_coords`` (the plate coordinates of each
+    plane of the stack the function received), ``zarr_store`` (the run's OME-Zarr plate)
+    and ``zarr_config`` let materializers place files beside the well's images.
+    """
+
+    def __init__(
+        self,
+        registry: Any,
+        *,
+        materialization_backend: str,
+        well: str,
+        zarr_store: str | None = None,
+        zarr_config: Any = None,
+        slice_coords: tuple[Any, ...] = (),
+    ):
+        super().__init__(registry)
+        self.materialization_backend = materialization_backend
+        self.well = well
+        self.zarr_store = zarr_store
+        self.zarr_config = zarr_config
+        self.slice_coords = slice_coords
+
+
+def base_path(path: str) -> str:
+    """``path`` without a trailing ``.pkl`` (the staging suffix)."""
+    return path[: -len(".pkl")] if path.endswith(".pkl") else path
+
+
+def to_dataframe(data: Any, *, what: str = "table") -> Any:
+    """Turn a DataFrame, a list of dicts or a dict of columns into a DataFrame."""
+    import pandas as pd
+
+    if isinstance(data, pd.DataFrame):
+        return data
+    if isinstance(data, Mapping):
+        return pd.DataFrame(dict(data))
+    if (
+        isinstance(data, Sequence)
+        and not isinstance(data, str)
+        and all(isinstance(r, Mapping) for r in data)
+    ):
+        return pd.DataFrame(list(data))
+    raise DataFormatError(
+        f"a {what} must be a pandas DataFrame, a list of dicts or a dict of columns, "
+        f"got {type(data).__name__}"
+    )
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (np.floating, float)):
+        f = float(value)
+        return None if math.isnan(f) else f
+    return value
+
+
+def _ensure_parent(filemanager: FileManager, path: str, backend: str) -> None:
+    filemanager.ensure_directory(vpaths.parent(vpaths.normalize_path(path)), backend)
+
+
+def materialize_table(data: Any, path: str, filemanager: FileManager) -> str:
+    """Write a table as ``<base>.csv`` (one tidy row per object or slice) and a JSON summary.
+
+    The summary (``<base>.json``) holds the row count, the columns and, for every numeric
+    column, its sum, mean, min and max.  Returns the CSV path.
+    """
+    df = to_dataframe(data)
+    base = base_path(path)
+    csv_path, json_path = f"{base}.csv", f"{base}.json"
+    backend = Backend.DISK.value
+    _ensure_parent(filemanager, csv_path, backend)
+    numeric = df.select_dtypes(include="number")
+    summary = {
+        "rows": len(df),
+        "columns": [str(c) for c in df.columns],
+        "numeric": {
+            str(c): {
+                "sum": _json_safe(numeric[c].sum()),
+                "mean": _json_safe(numeric[c].mean()) if len(df) else None,
+                "min": _json_safe(numeric[c].min()) if len(df) else None,
+                "max": _json_safe(numeric[c].max()) if len(df) else None,
+            }
+            for c in numeric.columns
+        },
+    }
+    filemanager.save(df, csv_path, backend, overwrite=True)
+    filemanager.save(json.dumps(summary, indent=2), json_path, backend, overwrite=True)
+    return csv_path
+
+
+def materialize_positions(data: Any, path: str, filemanager: FileManager) -> str:
+    """Write object positions as ``<base>_positions.csv`` (columns ``y``, ``x``[, ``z``]).
+
+    ``data`` is an ``(N, 2)`` / ``(N, 3)`` array or list of ``(y, x[, z])`` tuples, or a
+    list with one such array per slice (a ``slice_index`` column is added).
+    """
+    import pandas as pd
+
+    frames = []
+    if isinstance(data, pd.DataFrame):
+        frames.append(data)
+    elif isinstance(data, list) and data and all(np.ndim(d) == 2 for d in data):
+        for i, pts in enumerate(data):
+            frames.append(_points_frame(np.asarray(pts)).assign(slice_index=i))
+    else:
+        frames.append(_points_frame(np.asarray(data)))
+    df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["y", "x"])
+    csv_path = f"{base_path(path)}_positions.csv"
+    backend = Backend.DISK.value
+    _ensure_parent(filemanager, csv_path, backend)
+    filemanager.save(df, csv_path, backend, overwrite=True)
+    return csv_path
+
+
+def _points_frame(points: np.ndarray) -> Any:
+    import pandas as pd
+
+    if points.size == 0:
+        return pd.DataFrame({"y": np.zeros(0), "x": np.zeros(0)})
+    if points.ndim != 2 or points.shape[1] not in (2, 3):
+        raise DataFormatError(f"positions must have shape (N, 2) or (N, 3), got {points.shape}")
+    cols = ["y", "x"] if points.shape[1] == 2 else ["y", "x", "z"]
+    return pd.DataFrame(points, columns=cols)
+
+
+def materialize_labels(data: Any, path: str, filemanager: FileManager) -> str:
+    """Write a label / mask stack ``[Z, Y, X]``.
+
+    On disk: ``<base>.tif`` (uint8 for masks, uint16/uint32 for labels).  On zarr: an NGFF
+    label image named after the special output key inside the well's OME-Zarr image.
+    """
+    from hcsflow.memory import to_numpy
+
+    arr = np.asarray(to_numpy(data))
+    if arr.ndim == 2:
+        arr = arr[np.newaxis]
+    if arr.ndim != 3:
+        raise DataFormatError(f"labels must be a [Z, Y, X] stack, got shape {arr.shape}", path=path)
+    arr = _label_dtype(arr)
+    backend = getattr(filemanager, "materialization_backend", Backend.DISK.value)
+    if backend == Backend.ZARR.value:
+        return _labels_to_zarr(arr, path, filemanager)
+    tif_path = f"{base_path(path)}.tif"
+    _ensure_parent(filemanager, tif_path, Backend.DISK.value)
+    filemanager.save(arr, tif_path, Backend.DISK.value, overwrite=True)
+    return tif_path
+
+
+def _label_dtype(arr: np.ndarray) -> np.ndarray:
+    if arr.dtype == bool:
+        return arr.astype(np.uint8)
+    if not np.issubdtype(arr.dtype, np.integer):
+        raise DataFormatError(f"labels must be integer or boolean, got dtype {arr.dtype}")
+    if arr.size and arr.min() < 0:
+        raise DataFormatError("labels must be non-negative")
+    top = int(arr.max()) if arr.size else 0
+    return arr.astype(np.uint16 if top <= np.iinfo(np.uint16).max else np.uint32)
+
+
+def _labels_to_zarr(arr: np.ndarray, path: str, filemanager: FileManager) -> str:
+    from hcsflow.pipeline._zarr_out import write_labels_zarr
+
+    store = getattr(filemanager, "zarr_store", None)
+    well = getattr(filemanager, "well", None)
+    coords = getattr(filemanager, "slice_coords", ())
+    if store is None or well is None or not coords:
+        raise MaterializationError(
+            f"cannot write labels for {path!r} to zarr: the file manager does not name the "
+            f"well's plate store, well and plane coordinates"
+        )
+    fname = vpaths.name(base_path(path))
+    name = fname[len(well) + 1 :] if fname.startswith(f"{well}_") else fname
+    key = write_labels_zarr(store, well, name, arr, coords, filemanager.zarr_config)
+    return vpaths.join(store, key)

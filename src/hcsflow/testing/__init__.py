@@ -1,0 +1,13 @@
+"""Test kits shipped with hcsflow, for our backends and third-party ones.
+
+* :class:`BackendTests` - the storage conformance suite (pytest); subclass it once.
+* :func:`backend_state_machine` - a hypothesis state machine comparing a backend with
+  the memory backend as reference model.
+
+These need the ``test`` extra (pytest, hypothesis); ``import hcsflow`` never loads them.
+"""
+
+from hcsflow.testing._backend_tests import BackendTests
+from hcsflow.testing._state_machine import backend_state_machine, snapshot
+
+__all__ = ["BackendTests", "backend_state_machine", "snapshot"]

@@ -1,0 +1,161 @@
+"""The memory backend: the conformance suite plus what only memory promises."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+from hcsflow import paths as vpaths
+from hcsflow.errors import BatchError, NotFoundError
+from hcsflow.storage import MemoryStorageBackend
+from hcsflow.storage._memory import _Dir
+from hcsflow.testing import BackendTests
+
+
+def _parent_node(backend: MemoryStorageBackend, path: str) -> tuple[_Dir, str]:
+    node = backend._root
+    parts = path.strip("/").split("/")
+    for part in parts[:-1]:
+        node = node.dirs[part]
+    return node, parts[-1]
+
+
+class TestMemoryBackend(BackendTests):
+    @pytest.fixture
+    def backend(self) -> MemoryStorageBackend:
+        return MemoryStorageBackend()
+
+    def backdoor_write(self, backend, path, value):
+        node, name = _parent_node(backend, path)
+        node.files[name] = value
+
+    def backdoor_read(self, backend, path):
+        node, name = _parent_node(backend, path)
+        return node.files[name]
+
+    def backdoor_exists(self, backend, path):
+        try:
+            node, name = _parent_node(backend, path)
+        except KeyError:
+            return False
+        return name in node.files or name in node.dirs or name in node.links
+
+    def backdoor_mkdir(self, backend, path):
+        node, name = _parent_node(backend, path)
+        node.dirs[name] = child = _Dir()
+        backend._index[vpaths.normalize_path(path)] = child
+
+    def backdoor_symlink(self, backend, target, link):
+        node, name = _parent_node(backend, link)
+        node.links[name] = target
+
+
+def test_arrays_are_stored_without_copy_and_read_only() -> None:
+    backend = MemoryStorageBackend()
+    data = np.arange(10.0)
+    backend.save(data, "/a.npy")
+    out = backend.load("/a.npy")
+    assert np.shares_memory(out, data)
+    assert not out.flags.writeable
+    assert data.flags.writeable  # the caller's array is untouched
+    with pytest.raises(ValueError):
+        out[0] = 5
+    assert backend.load("/a.npy") is out  # load hands back the stored view, no new object
+
+
+def test_read_only_arrays_are_stored_as_they_are() -> None:
+    backend = MemoryStorageBackend()
+    frozen = np.arange(3)
+    frozen.setflags(write=False)
+    backend.save(frozen, "/f")
+    assert backend.load("/f") is frozen
+
+
+def test_any_object_is_storable() -> None:
+    backend = MemoryStorageBackend()
+    lock, fn = threading.Lock(), lambda x: x + 1
+    backend.save(lock, "/lock")
+    backend.save(fn, "/fn.pkl")
+    backend.save(None, "/none")
+    assert backend.load("/lock") is lock and backend.load("/fn.pkl") is fn
+    assert backend.load("/none") is None and backend.is_file("/none")
+
+
+def test_format_options_are_accepted_and_ignored() -> None:
+    backend = MemoryStorageBackend()
+    backend.save(np.zeros((2, 2)), "/x.tif", compression="zlib")
+    assert backend.load("/x.tif", allow_pickle=False).shape == (2, 2)
+
+
+def test_path_like_and_cached_paths() -> None:
+    import pathlib
+
+    backend = MemoryStorageBackend()
+    backend.ensure_directory("/d")
+    backend.save(1, pathlib.PurePosixPath("/d/p"))
+    assert backend.load("/d/p") == 1 and backend.load(pathlib.PurePosixPath("d/p")) == 1
+    backend.delete_all("/d")
+    with pytest.raises(NotFoundError):  # a cached split must not outlive the directory
+        backend.load("/d/p")
+    with pytest.raises(NotFoundError):
+        backend.save(2, "/d/p")
+
+
+def test_listing_reads_one_node() -> None:
+    backend = MemoryStorageBackend()
+    backend.ensure_directory("/big")
+    backend.ensure_directory("/small")
+    for i in range(2000):
+        backend.save(i, f"/big/{i}")
+    backend.save(0, "/small/one")
+    # the directory index holds directories only; files live in their parent node
+    assert set(backend._index) == {"/", "/big", "/small"}
+    assert backend.list_dir("/small") == ["one"]
+
+
+def test_concurrent_overwrites_and_deletes_keep_the_tree_consistent() -> None:
+    backend = MemoryStorageBackend()
+    backend.ensure_directory("/d")
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def churn() -> None:
+        try:
+            while not stop.is_set():
+                backend.ensure_directory("/d/sub")
+                backend.save(1, "/d/sub/f", overwrite=True)
+                backend.delete_all("/d/sub")
+        except BaseException as exc:
+            errors.append(exc)
+
+    def readers() -> None:
+        for _ in range(2000):
+            try:
+                backend.load("/d/sub/f")
+            except NotFoundError:
+                pass
+
+    t = threading.Thread(target=churn)
+    t.start()
+    readers()
+    stop.set()
+    t.join()
+    assert errors == []
+    assert backend.list_dir("/d") == []
+
+
+def test_batches_are_all_or_nothing() -> None:
+    backend = MemoryStorageBackend()
+    backend.save(0, "/b")
+    with pytest.raises(BatchError):
+        backend.save_batch([1, 2, 3], ["/a", "/b", "/c"])
+    assert backend.list_dir("/") == ["b"]
+
+
+def test_not_picklable() -> None:
+    import pickle
+
+    with pytest.raises(TypeError, match="cannot be pickled"):
+        pickle.dumps(MemoryStorageBackend())

@@ -19,7 +19,13 @@ from typing import Any
 
 import numpy as np
 
-from hcsflow.errors import DeviceError, DtypeError, MemoryConversionError, MemoryTypeError
+from hcsflow.errors import (
+    DeviceError,
+    DtypeError,
+    MemoryConversionError,
+    MemoryTypeError,
+    ShapeError,
+)
 from hcsflow.memory._align import ALIGNMENT, aligned_empty, ensure_aligned
 from hcsflow.memory._detect import detect_memory_type
 from hcsflow.memory._devices import HOST, Location, validate_gpu_id
@@ -291,6 +297,8 @@ def _upload(view: np.ndarray, target: MemoryType, loc: Location) -> Any:
 def _cle_push(view: np.ndarray, loc: Location) -> Any:
     cle = import_framework(M.PYCLESPERANTO)
     check_cle_dtype(view.dtype)
+    if view.size == 0:
+        raise ShapeError(f"pyclesperanto cannot hold an empty array (shape {view.shape})")
     if view.dtype == np.bool_:
         # pyclesperanto has no bool: masks travel as uint8 0/1.
         view = view.view(np.uint8)

@@ -317,6 +317,7 @@ def run_pipeline(
     progress: bool | None = None,
     preload: Sequence[str] = (),
     on_well_done: Callable[[WellResult], None] | None = None,
+    post_run: Callable[[Path, list[WellResult], dict[str, str]], None] | None = None,
 ) -> RunResult:
     """Compile and run ``pipeline`` over every well of ``plate``; write into ``output_dir``.
 
@@ -326,7 +327,8 @@ def run_pipeline(
     ``output_dir`` holds a previous run and ``overwrite`` is false, and (with
     ``fail_fast``) :class:`StepExecutionError` at the first failing well, leaving any
     previous run in place.  Otherwise failing wells are reported in the result and the
-    manifest.
+    manifest.  ``post_run(staging_dir, well_results, plate_tables)`` may add files to the
+    run before its manifest is written (they are checksummed with the rest).
     """
     t_start = time.time()
     t0 = time.perf_counter()
@@ -344,6 +346,8 @@ def run_pipeline(
         )
         results = _execute(plan, executor, preload, progress, on_well_done)
         plate_tables = _consolidate(results, staging)
+        if post_run is not None:
+            post_run(staging, results, plate_tables)
         zarr_stores = {
             o["path"]
             for r in results

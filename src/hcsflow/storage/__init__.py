@@ -11,6 +11,21 @@ from hcsflow.storage._registry import (
     register_backend,
     storage_registry,
 )
+from hcsflow.storage._zarr import ZarrStorageBackend
+from hcsflow.storage._zarr_config import ZarrConfig
+from hcsflow.storage._zarr_plate import (
+    PlateInfo,
+    WellInfo,
+    finalize_plate,
+    list_wells,
+    open_image,
+    open_plate,
+    open_well,
+    read_labels,
+    read_well,
+    write_labels,
+    write_well,
+)
 
 __all__ = [
     "Backend",
@@ -29,4 +44,18 @@ __all__ = [
     "backend_name",
     "register_backend",
     "storage_registry",
+    # zarr backend and OME-Zarr plates
+    "ZarrStorageBackend",
+    "ZarrConfig",
+    "PlateInfo",
+    "WellInfo",
+    "write_well",
+    "read_well",
+    "open_image",
+    "open_well",
+    "write_labels",
+    "read_labels",
+    "finalize_plate",
+    "open_plate",
+    "list_wells",
 ]

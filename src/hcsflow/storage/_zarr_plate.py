@@ -457,8 +457,11 @@ def _infer_format(wells: list[tuple[int, int]], fixed: tuple[int, int]) -> tuple
         return fixed[0], fixed[1], n
     max_r = max((r for r, _ in wells), default=0)
     max_c = max((c for _, c in wells), default=0)
+    # without an explicit format, assume a screening plate (96 wells or more): a plate
+    # whose wells all sit in A1..B3 is far more often a sparse 96-well plate than a
+    # 6-well one
     for n, (rows, cols) in sorted(PLATE_FORMATS.items()):
-        if max_r < rows and max_c < cols:
+        if n >= 96 and max_r < rows and max_c < cols:
             return rows, cols, n
     return 32, 48, 1536
 

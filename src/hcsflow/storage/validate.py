@@ -1,0 +1,245 @@
+"""``validate_plate``: check an OME-Zarr plate (NGFF 0.4 or 0.5) and report every problem.
+
+The checks are hcsflow's own reading of the NGFF plate, well and multiscales rules
+(independent of the third-party validators the test suite also runs): plate
+``rows``/``columns``/``wells`` well-formed and consistent (``rowIndex``/``columnIndex``
+match the path, names unique), each listed well group present with ``well`` metadata,
+each field image present with ``multiscales`` whose axes fit the arrays, dataset arrays
+present with matching rank and halving y/x per level, and optionally (``deep=True``)
+every chunk decodable.  Problems are collected, not raised, so one run lists them all.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from hcsflow.errors import HcsflowError
+from hcsflow.storage import _ome
+from hcsflow.storage._zarr_io import Location, location
+
+__all__ = ["PlateReport", "validate_plate"]
+
+_NAME = re.compile(r"^[A-Za-z0-9]+$")
+
+
+@dataclass
+class PlateReport:
+    """The outcome of :func:`validate_plate`: ``ok`` when ``errors`` is empty."""
+
+    url: str
+    ngff_version: str | None = None
+    wells_checked: int = 0
+    images_checked: int = 0
+    errors: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """Whether no error was found."""
+        return not self.errors
+
+    def summary(self) -> str:
+        """A short human-readable report (one line per problem)."""
+        head = (
+            f"{self.url}: {'valid' if self.ok else 'INVALID'} OME-Zarr plate "
+            f"(NGFF {self.ngff_version or '?'}, {self.wells_checked} wells, "
+            f"{self.images_checked} images checked)"
+        )
+        lines = [head] + [f"  error: {e}" for e in self.errors]
+        lines += [f"  warning: {w}" for w in self.warnings]
+        return "\n".join(lines)
+
+
+def validate_plate(
+    url: str | os.PathLike[str],
+    *,
+    deep: bool = False,
+    storage_options: dict[str, Any] | None = None,
+) -> PlateReport:
+    """Validate the plate at ``url`` (a local path or fsspec URL); never raises for bad data.
+
+    ``deep=True`` also decodes every chunk of every level-0 array (slow, finds corrupt
+    chunks).
+    """
+    try:
+        plate = location(url, storage_options)
+    except HcsflowError as exc:
+        return PlateReport(os.fspath(url), errors=[str(exc)])
+    report = PlateReport(plate.url)
+    try:
+        _check_plate(plate, report, deep)
+    except HcsflowError as exc:
+        report.errors.append(str(exc))
+    return report
+
+
+def _check_plate(plate: Location, report: PlateReport, deep: bool) -> None:
+    node = _ome.read_node(plate)
+    if node is None:
+        report.errors.append("no zarr group at the plate URL")
+        return
+    version, block = _ome.unwrap(node.attributes)
+    report.ngff_version = version
+    if version not in ("0.4", "0.5"):
+        report.errors.append(f"NGFF version {version!r} is not 0.4 or 0.5")
+        return
+    expected_format = 3 if version == "0.5" else 2
+    if node.zarr_format != expected_format:
+        report.errors.append(
+            f"NGFF {version} needs zarr format {expected_format}, the "
+            f"plate is format {node.zarr_format}"
+        )
+    meta = block.get("plate")
+    if not isinstance(meta, dict):
+        report.errors.append("the group has no 'plate' metadata")
+        return
+    rows = _names(meta.get("rows"), "rows", report)
+    cols = _names(meta.get("columns"), "columns", report)
+    wells = meta.get("wells")
+    if not isinstance(wells, list) or not wells:
+        report.errors.append("plate 'wells' must be a non-empty list")
+        return
+    seen: set[str] = set()
+    max_fields = 0
+    for i, w in enumerate(wells):
+        if not isinstance(w, dict):
+            report.errors.append(f"plate wells[{i}] is not an object")
+            continue
+        path = w.get("path")
+        ri, ci = w.get("rowIndex"), w.get("columnIndex")
+        if not isinstance(path, str) or path.count("/") != 1:
+            report.errors.append(f"plate wells[{i}].path {path!r} is not 'row/column'")
+            continue
+        if path in seen:
+            report.errors.append(f"well {path!r} is listed twice")
+        seen.add(path)
+        rname, cname = path.split("/")
+        if not isinstance(ri, int) or not isinstance(ci, int):
+            report.errors.append(f"well {path!r}: rowIndex/columnIndex must be integers")
+        elif rows is not None and cols is not None:
+            if not (0 <= ri < len(rows)) or rows[ri] != rname:
+                report.errors.append(f"well {path!r}: rowIndex {ri} does not name row {rname!r}")
+            if not (0 <= ci < len(cols)) or cols[ci] != cname:
+                report.errors.append(
+                    f"well {path!r}: columnIndex {ci} does not name column {cname!r}"
+                )
+        n = _check_well(plate.child(path), path, report, deep, node.zarr_format)
+        max_fields = max(max_fields, n)
+        report.wells_checked += 1
+    fc = meta.get("field_count")
+    if fc is not None and (not isinstance(fc, int) or fc < max_fields):
+        report.errors.append(
+            f"field_count {fc!r} is smaller than the {max_fields} fields a well has"
+        )
+
+
+def _names(items: Any, what: str, report: PlateReport) -> list[str] | None:
+    if not isinstance(items, list) or not items:
+        report.errors.append(f"plate '{what}' must be a non-empty list")
+        return None
+    names = []
+    for i, item in enumerate(items):
+        name = item.get("name") if isinstance(item, dict) else None
+        if not isinstance(name, str) or not _NAME.match(name):
+            report.errors.append(f"plate {what}[{i}].name {name!r} is not alphanumeric")
+            return None
+        names.append(name)
+    if len(set(names)) != len(names):
+        report.errors.append(f"plate '{what}' has duplicate names")
+    return names
+
+
+def _check_well(loc: Location, path: str, report: PlateReport, deep: bool, fmt: int) -> int:
+    node = _ome.read_node(loc)
+    if node is None:
+        report.errors.append(f"well {path!r} is listed but its group is missing")
+        return 0
+    _, block = _ome.unwrap(node.attributes)
+    well = block.get("well")
+    images = well.get("images") if isinstance(well, dict) else None
+    if not isinstance(images, list) or not images:
+        report.errors.append(f"well {path!r} has no 'well.images' list")
+        return 0
+    for i, image in enumerate(images):
+        ipath = image.get("path") if isinstance(image, dict) else None
+        if not isinstance(ipath, str) or not _NAME.match(ipath):
+            report.errors.append(f"well {path!r} images[{i}].path {ipath!r} is not alphanumeric")
+            continue
+        _check_image(loc.child(ipath), f"{path}/{ipath}", report, deep, fmt)
+        report.images_checked += 1
+    return len(images)
+
+
+def _check_image(loc: Location, key: str, report: PlateReport, deep: bool, fmt: int) -> None:
+    node = _ome.read_node(loc)
+    if node is None:
+        report.errors.append(f"image {key!r} is listed but its group is missing")
+        return
+    _, block = _ome.unwrap(node.attributes)
+    ms = block.get("multiscales")
+    if not isinstance(ms, list) or not ms or not isinstance(ms[0], dict):
+        report.errors.append(f"image {key!r} has no 'multiscales' metadata")
+        return
+    axes = ms[0].get("axes")
+    datasets = ms[0].get("datasets")
+    if not isinstance(axes, list) or not 2 <= len(axes) <= 5:
+        report.errors.append(f"image {key!r}: 'axes' must list 2 to 5 axes")
+        return
+    names = [a.get("name") if isinstance(a, dict) else a for a in axes]
+    if len(set(names)) != len(names):
+        report.errors.append(f"image {key!r}: axis names are not unique")
+    if not isinstance(datasets, list) or not datasets:
+        report.errors.append(f"image {key!r}: 'datasets' must be a non-empty list")
+        return
+    prev: tuple[int, ...] | None = None
+    for level, ds in enumerate(datasets):
+        dpath = ds.get("path") if isinstance(ds, dict) else None
+        if not isinstance(dpath, str):
+            report.errors.append(f"image {key!r}: datasets[{level}] has no path")
+            continue
+        ct = ds.get("coordinateTransformations")
+        scale = next(
+            (t.get("scale") for t in ct or [] if isinstance(t, dict) and t.get("type") == "scale"),
+            None,
+        )
+        if not isinstance(scale, list) or len(scale) != len(axes):
+            report.errors.append(
+                f"image {key!r}: datasets[{level}] needs a scale of {len(axes)} values"
+            )
+        arr_node = _ome.read_node(loc.child(dpath))
+        if arr_node is None or arr_node.node_type != "array":
+            report.errors.append(f"image {key!r}: dataset array {dpath!r} is missing")
+            continue
+        if arr_node.zarr_format != fmt:
+            report.errors.append(
+                f"image {key!r}: array {dpath!r} is zarr format "
+                f"{arr_node.zarr_format}, the plate is {fmt}"
+            )
+        shape = tuple(int(s) for s in arr_node.raw.get("shape", []))
+        if len(shape) != len(axes):
+            report.errors.append(
+                f"image {key!r}: array {dpath!r} has {len(shape)} dimensions for {len(axes)} axes"
+            )
+        if (
+            prev is not None
+            and len(shape) == len(prev)
+            and any(s > p for s, p in zip(shape, prev, strict=True))
+        ):
+            report.errors.append(f"image {key!r}: level {level} is larger than level {level - 1}")
+        prev = shape
+        if deep and level == 0:
+            _decode_all(loc.child(dpath), key, dpath, report, arr_node.zarr_format)
+
+
+def _decode_all(loc: Location, key: str, dpath: str, report: PlateReport, fmt: int) -> None:
+    import zarr
+    from hcsflow.storage._zarr_plate import read_array
+
+    try:
+        arr = zarr.open_array(store=loc.zarr_store(), mode="r", zarr_format=fmt)
+        read_array(arr, Ellipsis, loc)
+    except HcsflowError as exc:
+        report.errors.append(f"image {key!r}: array {dpath!r}: {exc}")

@@ -351,8 +351,25 @@ def _info(args: argparse.Namespace) -> int:
 
 
 def _validate(args: argparse.Namespace) -> int:
-    from hcsflow.storage._zarr_plate import validate_plate  # type: ignore[attr-defined]
+    from hcsflow.storage._zarr_plate import open_image, open_plate, open_well
 
-    report = validate_plate(str(Path(args.path).absolute()))
-    print(report)
+    path = str(Path(args.path).absolute())
+    plate = open_plate(path)
+    problems = []
+    for well in plate.wells:
+        try:
+            info = open_well(path, well)
+            for field in range(len(info.field_paths)):
+                open_image(path, well, field)
+        except HcsflowError as exc:
+            problems.append(f"well {well}: {exc}")
+    if problems:
+        print(f"{path}: {len(problems)} problem(s)")
+        for p in problems:
+            print(f"  - {p}")
+        return 1
+    print(
+        f"{path}: valid OME-Zarr plate (NGFF {plate.ngff_version}), {len(plate.wells)} wells, "
+        f"{plate.field_count} field(s) per well"
+    )
     return 0

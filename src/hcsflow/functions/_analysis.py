@@ -7,12 +7,14 @@ from typing import Any
 import numpy as np
 
 from hcsflow.functions import _numpy as npf
+from hcsflow.memory import decorators as mem
 from hcsflow.pipeline._materialize import materialize_labels, materialize_table
 from hcsflow.pipeline._special_io import special_inputs, special_outputs
 
 __all__ = ["count_cells", "measure_objects"]
 
 
+@mem.numpy(dtype_policy="native")
 @special_outputs(("cell_counts", materialize_table), ("masks", materialize_labels))
 def count_cells(
     image: Any,
@@ -86,6 +88,7 @@ _PROPERTIES = (
 )
 
 
+@mem.numpy(dtype_policy="native")
 @special_inputs("masks")
 @special_outputs(("object_measurements", materialize_table))
 def measure_objects(image: Any, masks: Any) -> tuple[np.ndarray, Any]:

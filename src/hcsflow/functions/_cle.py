@@ -12,6 +12,7 @@ from typing import Any
 import pyclesperanto as cle
 
 from hcsflow.errors import ShapeError
+from hcsflow.memory import decorators as mem
 
 __all__ = ["gaussian_filter", "median_filter", "max_projection", "mean_projection"]
 
@@ -23,6 +24,7 @@ def _check(image: Any, func: str) -> Any:
     return image
 
 
+@mem.pyclesperanto(dtype_policy="native")
 def gaussian_filter(
     image: Any, sigma: float = 1.0, *, slice_by_slice: bool = True, truncate: float = 4.0
 ) -> Any:
@@ -34,6 +36,7 @@ def gaussian_filter(
     return cle.gaussian_blur(x, sigma_x=sigma, sigma_y=sigma, sigma_z=sz)
 
 
+@mem.pyclesperanto(dtype_policy="native")
 def median_filter(image: Any, size: int = 3, *, slice_by_slice: bool = True) -> Any:
     """Median over a box of odd ``size`` (``size // 2`` radius)."""
     x = _check(image, "median_filter")
@@ -43,12 +46,14 @@ def median_filter(image: Any, size: int = 3, *, slice_by_slice: bool = True) -> 
     return cle.median_box(x, radius_x=r, radius_y=r, radius_z=0 if slice_by_slice else r)
 
 
+@mem.pyclesperanto(dtype_policy="native")
 def max_projection(image: Any) -> Any:
     """Maximum over Z as a ``[1, Y, X]`` stack."""
     x = _check(image, "max_projection")
     return cle.maximum_z_projection(x, keep_dims=True)
 
 
+@mem.pyclesperanto(dtype_policy="native")
 def mean_projection(image: Any) -> Any:
     """Mean over Z as a ``[1, Y, X]`` float32 stack."""
     x = _check(image, "mean_projection")

@@ -14,6 +14,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from hcsflow.errors import ShapeError
+from hcsflow.memory import decorators as mem
 
 __all__ = [
     "disk",
@@ -70,6 +71,7 @@ def _footprint(footprint: Any, slice_by_slice: bool, func: str) -> np.ndarray:
     return fp
 
 
+@mem.numpy(dtype_policy="native")
 def gaussian_filter(
     image: Any, sigma: float = 1.0, *, slice_by_slice: bool = True, truncate: float = 4.0
 ) -> np.ndarray:
@@ -79,6 +81,7 @@ def gaussian_filter(
     return ndi.gaussian_filter(arr, sigma=sig, truncate=truncate).astype(np.float32, copy=False)
 
 
+@mem.numpy(dtype_policy="native")
 def median_filter(image: Any, size: int = 3, *, slice_by_slice: bool = True) -> np.ndarray:
     """Median filter over a ``size`` x ``size`` window (dtype preserved)."""
     arr = check_stack(image, "median_filter")
@@ -86,6 +89,7 @@ def median_filter(image: Any, size: int = 3, *, slice_by_slice: bool = True) -> 
     return ndi.median_filter(arr, size=window, mode="reflect")
 
 
+@mem.numpy(dtype_policy="native")
 def subtract_background(
     image: Any, sigma: float = 25.0, *, slice_by_slice: bool = True
 ) -> np.ndarray:
@@ -102,6 +106,7 @@ def subtract_background(
     return out.astype(np.float32, copy=False)
 
 
+@mem.numpy(dtype_policy="native")
 def normalize_percentile(
     image: Any, low: float = 1.0, high: float = 99.8, *, slice_by_slice: bool = True
 ) -> np.ndarray:
@@ -132,6 +137,7 @@ def otsu_threshold_value(values: np.ndarray, nbins: int = 256) -> float:
     return float(_otsu(flat, nbins=nbins))
 
 
+@mem.numpy(dtype_policy="native")
 def threshold_otsu(image: Any, *, slice_by_slice: bool = True, nbins: int = 256) -> np.ndarray:
     """Boolean mask of pixels above Otsu's threshold (one threshold per plane by default).
 
@@ -146,6 +152,7 @@ def threshold_otsu(image: Any, *, slice_by_slice: bool = True, nbins: int = 256)
     return out
 
 
+@mem.numpy(dtype_policy="native")
 def binary_opening(image: Any, footprint: Any = None, *, slice_by_slice: bool = True) -> np.ndarray:
     """Binary opening (erosion then dilation) with ``footprint`` (default ``disk(1)``)."""
     arr = check_stack(image, "binary_opening").astype(bool, copy=False)
@@ -155,6 +162,7 @@ def binary_opening(image: Any, footprint: Any = None, *, slice_by_slice: bool = 
     return ndi.binary_opening(arr, structure=fp)
 
 
+@mem.numpy(dtype_policy="native")
 def binary_closing(image: Any, footprint: Any = None, *, slice_by_slice: bool = True) -> np.ndarray:
     """Binary closing (dilation then erosion) with ``footprint`` (default ``disk(1)``).
 
@@ -175,6 +183,7 @@ def binary_closing(image: Any, footprint: Any = None, *, slice_by_slice: bool = 
     return close(arr)
 
 
+@mem.numpy(dtype_policy="native")
 def fill_holes(image: Any, *, slice_by_slice: bool = True) -> np.ndarray:
     """Fill background regions not connected to the image border."""
     arr = check_stack(image, "fill_holes").astype(bool, copy=False)
@@ -183,6 +192,7 @@ def fill_holes(image: Any, *, slice_by_slice: bool = True) -> np.ndarray:
     return ndi.binary_fill_holes(arr)
 
 
+@mem.numpy(dtype_policy="native")
 def remove_small_objects(
     image: Any, min_size: int = 64, *, connectivity: int = 1, slice_by_slice: bool = True
 ) -> np.ndarray:
@@ -211,6 +221,7 @@ def remove_small_objects(
     return clean(arr)
 
 
+@mem.numpy(dtype_policy="native")
 def label(image: Any, connectivity: int = 1, *, slice_by_slice: bool = True) -> np.ndarray:
     """Label connected foreground components (int32; labels restart at 1 in every plane).
 
@@ -230,12 +241,14 @@ def label(image: Any, connectivity: int = 1, *, slice_by_slice: bool = True) -> 
     return _label(arr, connectivity=connectivity).astype(np.int32)
 
 
+@mem.numpy(dtype_policy="native")
 def max_projection(image: Any) -> np.ndarray:
     """Maximum over Z, returned as a ``[1, Y, X]`` stack (dtype preserved)."""
     arr = check_stack(image, "max_projection")
     return arr.max(axis=0, keepdims=True)
 
 
+@mem.numpy(dtype_policy="native")
 def mean_projection(image: Any) -> np.ndarray:
     """Mean over Z, returned as a ``[1, Y, X]`` float32 stack."""
     arr = check_stack(image, "mean_projection")

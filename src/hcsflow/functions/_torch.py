@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from hcsflow.errors import ShapeError
+from hcsflow.memory import decorators as mem
 
 __all__ = [
     "gaussian_filter",
@@ -64,6 +65,7 @@ def _blur_axis(x: torch.Tensor, k: torch.Tensor, axis: int) -> torch.Tensor:
     return out.movedim(-1, axis)
 
 
+@mem.torch(dtype_policy="native")
 def gaussian_filter(
     image: Any, sigma: float = 1.0, *, slice_by_slice: bool = True, truncate: float = 4.0
 ) -> torch.Tensor:
@@ -98,6 +100,7 @@ def _otsu_value(values: torch.Tensor, nbins: int = 256) -> float:
     return float(centers[int(torch.argmax(var))])
 
 
+@mem.torch(dtype_policy="native")
 def threshold_otsu(image: Any, *, slice_by_slice: bool = True, nbins: int = 256) -> torch.Tensor:
     """Boolean mask above Otsu's threshold (per plane by default)."""
     x = _check(image, "threshold_otsu")
@@ -128,6 +131,7 @@ def _erode(x: torch.Tensor, fp: torch.Tensor) -> torch.Tensor:
     return out.squeeze(1) > float(fp.sum()) - 0.5
 
 
+@mem.torch(dtype_policy="native")
 def binary_opening(
     image: Any, footprint: Any = None, *, slice_by_slice: bool = True
 ) -> torch.Tensor:
@@ -140,6 +144,7 @@ def binary_opening(
     return _dilate(eroded.to(torch.float32), fp)
 
 
+@mem.torch(dtype_policy="native")
 def binary_closing(
     image: Any, footprint: Any = None, *, slice_by_slice: bool = True
 ) -> torch.Tensor:
@@ -155,18 +160,21 @@ def binary_closing(
     return closed[:, ph : ph + x.shape[1], pw : pw + x.shape[2]]
 
 
+@mem.torch(dtype_policy="native")
 def max_projection(image: Any) -> torch.Tensor:
     """Maximum over Z as a ``[1, Y, X]`` stack."""
     x = _check(image, "max_projection")
     return x.amax(dim=0, keepdim=True)
 
 
+@mem.torch(dtype_policy="native")
 def mean_projection(image: Any) -> torch.Tensor:
     """Mean over Z as a ``[1, Y, X]`` float32 stack."""
     x = _check(image, "mean_projection")
     return x.to(torch.float64).mean(dim=0, keepdim=True).to(torch.float32)
 
 
+@mem.torch(dtype_policy="native")
 def normalize_percentile(
     image: Any, low: float = 1.0, high: float = 99.8, *, slice_by_slice: bool = True
 ) -> torch.Tensor:

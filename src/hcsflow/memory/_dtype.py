@@ -186,7 +186,8 @@ def _cast_generic(xp: Any, x: Any, src: np.dtype, target: np.dtype) -> Any:
             return xp.clip(x, lo, hi).astype(target)
         return x.astype(target)
     _check_int_to_float(xp, x, src, target)
-    out = x.astype(target)
+    with np.errstate(over="ignore"):  # overflow is detected below and reported as DtypeError
+        out = x.astype(target)
     if target.kind == "f" and src.kind == "f" and bool(xp.any(xp.isinf(out) & ~xp.isinf(x))):
         raise DtypeError(f"values of {src.name} overflow {target.name}")
     return out

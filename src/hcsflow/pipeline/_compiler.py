@@ -303,7 +303,18 @@ def compile_pipeline(
                     pattern, f"{where}[{step.group_by}={key}]", preference, problems
                 )
         else:
-            calls[None] = _chain(step.func, where, preference, problems)
+            pattern = step.func
+            if step.kwargs:
+                # a single function: the step's keyword arguments are its arguments
+                if (
+                    isinstance(pattern, tuple)
+                    and len(pattern) == 2
+                    and isinstance(pattern[1], dict)
+                ):
+                    pattern = (pattern[0], {**step.kwargs, **pattern[1]})
+                else:
+                    pattern = (pattern, dict(step.kwargs))
+            calls[None] = _chain(pattern, where, preference, problems)
         # special I/O: inputs must come from an earlier function, keys produced once
         for chain in calls.values():
             seen_here: set[str] = set()

@@ -372,6 +372,18 @@ class DiskStorageBackend(StorageBackend):
 
     def _check_target(self, vp: str, real: str, overwrite: bool) -> None:
         """Parent must be an existing directory; target must not be a directory or exist."""
+        self._check_parent(vp, real)
+        try:
+            st = os.lstat(real)
+        except FileNotFoundError:
+            return
+        if stat_mod.S_ISDIR(st.st_mode):
+            raise IsADirectoryStorageError("target is a directory", path=vp, backend=self.name)
+        if not overwrite:
+            raise AlreadyExistsError("target exists; pass overwrite=True to replace it",
+                                     path=vp, backend=self.name)
+
+    def _check_parent(self, vp: str, real: str) -> None:
         parent_vp = vpaths.parent(vp)
         try:
             pst = os.stat(os.path.dirname(real))
@@ -386,15 +398,6 @@ class DiskStorageBackend(StorageBackend):
         if not stat_mod.S_ISDIR(pst.st_mode):
             raise NotADirectoryStorageError("parent is not a directory", path=parent_vp,
                                             backend=self.name)
-        try:
-            st = os.lstat(real)
-        except FileNotFoundError:
-            return
-        if stat_mod.S_ISDIR(st.st_mode):
-            raise IsADirectoryStorageError("target is a directory", path=vp, backend=self.name)
-        if not overwrite:
-            raise AlreadyExistsError("target exists; pass overwrite=True to replace it",
-                                     path=vp, backend=self.name)
 
     def save(self, data: Any, path: vpaths.PathLike, *, overwrite: bool = False,
              **options: Any) -> None:
@@ -693,7 +696,7 @@ class DiskStorageBackend(StorageBackend):
             raise mapped from exc
         if dvp == "/":
             raise AlreadyExistsError("destination exists", path=dvp, backend=self.name)
-        self._check_target(dvp, dreal, overwrite=True)
+        self._check_parent(dvp, dreal)
         dkind = self.entry_kind(dvp, follow_symlinks=False)
         if dkind is not None and not (dkind == "symlink" and replace_symlinks):
             raise AlreadyExistsError("destination exists", path=dvp, backend=self.name)
@@ -776,7 +779,8 @@ class DiskStorageBackend(StorageBackend):
         if kind is None:
             raise NotFoundError("no such file or directory", path=svp, backend=self.name)
         if kind == "file":
-            scodec, dcodec = self.codecs.for_name(vpaths.name(svp)), self._codec(dvp)
+            source_name = os.path.basename(os.path.realpath(sreal))
+            scodec, dcodec = self.codecs.for_name(source_name), self._codec(dvp)
             if scodec is not dcodec:
                 raise DataFormatError(
                     f"copy does not convert formats ({scodec.name if scodec else 'unknown'} "

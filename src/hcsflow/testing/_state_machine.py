@@ -135,12 +135,17 @@ def backend_state_machine(
         def delete_all(self, path: str) -> None:
             self.both(lambda b: b.delete_all(path))
 
-        @rule(target=ANY_PATHS, link=ANY_PATHS, overwrite=st.booleans())
-        def create_symlink(self, target: str, link: str, overwrite: bool) -> None:
-            self.both(lambda b: b.create_symlink(target, link, overwrite=overwrite))
+        @rule(to=ANY_PATHS, link=ANY_PATHS, overwrite=st.booleans())
+        def create_symlink(self, to: str, link: str, overwrite: bool) -> None:
+            self.both(lambda b: b.create_symlink(to, link, overwrite=overwrite))
 
-        @rule(src=ANY_PATHS, dst=ANY_PATHS, replace=st.booleans())
-        def move(self, src: str, dst: str, replace: bool) -> None:
+        # files keep file names when moved (a serialising backend needs the extension)
+        @rule(src=FILE_PATHS, dst=FILE_PATHS, replace=st.booleans())
+        def move_file(self, src: str, dst: str, replace: bool) -> None:
+            self.both(lambda b: b.move(src, dst, replace_symlinks=replace))
+
+        @rule(src=DIR_PATHS, dst=DIR_PATHS, replace=st.booleans())
+        def move_dir(self, src: str, dst: str, replace: bool) -> None:
             self.both(lambda b: b.move(src, dst, replace_symlinks=replace))
 
         @rule(src=ANY_PATHS, dst=FILE_PATHS, overwrite=st.booleans())

@@ -170,9 +170,12 @@ class TiffCodec(Codec):
     def encode(self, prepared: np.ndarray, fh: IO[bytes], **options: Any) -> None:
         import tifffile
 
-        if prepared.ndim == 3:
-            imagej = prepared.dtype in _IMAGEJ_DTYPES
-            tifffile.imwrite(fh, prepared, imagej=imagej, metadata={"axes": "ZYX"}, **options)
+        if prepared.ndim == 3 and prepared.dtype in _IMAGEJ_DTYPES:
+            tifffile.imwrite(fh, prepared, imagej=True, metadata={"axes": "ZYX"}, **options)
+        elif prepared.ndim >= 3:
+            # grey planes, never guessed RGB from a length-3 or 4 axis
+            axes = {"axes": "ZYX"} if prepared.ndim == 3 else {}
+            tifffile.imwrite(fh, prepared, photometric="minisblack", metadata=axes, **options)
         else:
             tifffile.imwrite(fh, prepared, **options)
 

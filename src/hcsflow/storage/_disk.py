@@ -315,9 +315,12 @@ class DiskStorageBackend(StorageBackend):
             raise
         except OSError as exc:
             mapped = self._os_error(exc, vp, "cannot load")
-            if mapped is None:
+            if mapped is not None:
+                raise mapped from exc
+            if exc.errno is not None:  # a real I/O failure, not a decoding one
                 raise
-            raise mapped from exc
+            raise CorruptDataError(f"cannot decode the file as {codec.name}: {exc}", path=vp,
+                                   backend=self.name) from exc
         except Exception as exc:
             raise CorruptDataError(f"cannot decode the file as {codec.name}: {exc}", path=vp,
                                    backend=self.name) from exc

@@ -32,7 +32,9 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import tempfile
+import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -89,6 +91,20 @@ def _hidden(name: str) -> bool:
         or name.endswith(".partial")
         or name.endswith(".deleting")
     )
+
+
+_DATA_NAME = re.compile(r"^data[0-9a-f]{8}$")
+
+
+def _in_progress(loc: Location) -> bool:
+    """Whether ``loc`` is a file node still being written (data array, no ``zarr.json``)."""
+    if loc.fs.local:
+        if os.path.exists(os.path.join(loc.path, "zarr.json")) or not os.path.isdir(loc.path):
+            return False
+    elif loc.exists_file("zarr.json"):
+        return False
+    names = loc.list()
+    return bool(names) and all(_DATA_NAME.match(n) or _hidden(n) for n in names)
 
 
 def _is_array_data(data: Any) -> bool:
@@ -179,12 +195,14 @@ class ZarrStorageBackend(StorageBackend):
             return "directory", None
         if loc.fs.local:
             if os.path.isdir(loc.path):
-                return "directory", None
+                if os.path.exists(os.path.join(loc.path, "zarr.json")):
+                    return self._node(vp)  # published between the two looks
+                return ("directory", None) if not _in_progress(loc) else (None, None)
             if os.path.lexists(loc.path):
                 return "file", {"kind": "raw"}
             return None, None
         if loc.is_dir():
-            return "directory", None
+            return ("directory", None) if not _in_progress(loc) else (None, None)
         if loc.exists_file():
             return "file", {"kind": "raw"}
         return None, None
@@ -210,6 +228,8 @@ class ZarrStorageBackend(StorageBackend):
         if parent == vp:
             return vp, None, None
         preal, pkind, _ = self._resolve(parent, True, seen)
+        if pkind == "file":
+            raise NotADirectoryStorageError("not a directory", path=parent, backend=self.name)
         if pkind != "directory" or preal == parent:
             return vp, None, None
         return self._resolve(vpaths.join(preal, vpaths.name(vp)), follow_last, seen)
@@ -307,16 +327,31 @@ class ZarrStorageBackend(StorageBackend):
         """Store ``data`` at ``path`` (arrays as zarr arrays, other objects by extension)."""
         vp = self.norm(path)
         arr, fmt, cfg = self._encode(data, vp, options)
-        real, _ = self._write_target(vp, overwrite)
-        self._write_file(real, arr, fmt, cfg, size=_size_of(data, arr))
+        real, kind = self._write_target(vp, overwrite)
+        self._write_file(
+            real, arr, fmt, cfg, size=_size_of(data, arr), exclusive=kind is None, vp=vp
+        )
 
     def _write_file(
-        self, real: str, arr: np.ndarray, fmt: str, cfg: ZarrConfig, size: int | None
+        self,
+        real: str,
+        arr: np.ndarray,
+        fmt: str,
+        cfg: ZarrConfig,
+        size: int | None,
+        *,
+        exclusive: bool = False,
+        vp: str | None = None,
     ) -> None:
+        """Write a file node: data under a fresh name, then switch ``zarr.json`` to it.
+
+        ``exclusive`` publishes with an atomic create, so of concurrent writers of a new
+        path exactly one wins and the others get :class:`AlreadyExistsError`.
+        """
         loc = self._loc(real)
         old = self._data_children(real)
-        taken = set(loc.list()) | set(old)
-        name = plates._fresh_name(taken, "data")
+        # a random name per write: concurrent writers never share a data array
+        name = f"data{uuid.uuid4().hex[:8]}"
         file_cfg = (
             cfg
             if cfg.zarr_format == 3
@@ -324,10 +359,20 @@ class ZarrStorageBackend(StorageBackend):
         )
         plates.create_array(loc.child(name), arr, file_cfg, None)
         info = {"kind": "file", "format": fmt, "data": name, "size": size}
-        # the switch: readers follow zarr.json to the data array
-        loc.write("zarr.json", _ome.group_document({"hcsflow": info}))
-        for child in set(loc.list()) - {name} - META_FILES:
-            if child in old or child.startswith("data"):
+        doc = _ome.group_document({"hcsflow": info})
+        if exclusive:
+            if not loc.write_once("zarr.json", doc):
+                loc.child(name).remove()
+                raise AlreadyExistsError(
+                    "target exists; pass overwrite=True to replace it",
+                    path=vp or real,
+                    backend=self.name,
+                )
+        else:
+            # the switch: readers follow zarr.json to the data array
+            loc.write("zarr.json", doc)
+        for child in old:
+            if child != name:
                 loc.child(child).remove()
 
     def _data_children(self, real: str) -> list[str]:
@@ -698,7 +743,7 @@ class ZarrStorageBackend(StorageBackend):
         vp = self.norm(path)
         try:
             return self._resolve(vp, follow_symlinks)[1]
-        except SymlinkLoopError:
+        except (SymlinkLoopError, NotADirectoryStorageError):
             return None
 
     def list_dir(self, directory: vpaths.PathLike) -> list[str]:
@@ -709,7 +754,8 @@ class ZarrStorageBackend(StorageBackend):
             raise NotFoundError("directory does not exist", path=vp, backend=self.name)
         if kind != "directory":
             raise NotADirectoryStorageError("not a directory", path=vp, backend=self.name)
-        names = [n for n in self._loc(real).list() if not _hidden(n)]
+        loc = self._loc(real)
+        names = [n for n in loc.list() if not _hidden(n) and not _in_progress(loc.child(n))]
         return vpaths.natural_sorted(names)
 
     def read_link(self, link: vpaths.PathLike) -> str:
@@ -788,13 +834,13 @@ class ZarrStorageBackend(StorageBackend):
             raise InvalidPathError("a symlink cannot point at itself", path=lvp, backend=self.name)
         seen: set[str] = set()
         try:
-            _, tkind, _ = self._resolve(tvp, True, seen)
+            treal, tkind, _ = self._resolve(tvp, True, seen)
         except SymlinkLoopError:
-            tkind = None
+            treal, tkind = tvp, None
         if tkind is None:
             raise NotFoundError("symlink target does not exist", path=tvp, backend=self.name)
         real, _ = self._write_target(lvp, overwrite)
-        if real in seen or vpaths.is_relative_to(tvp, real):
+        if real in seen or vpaths.is_relative_to(treal, real):
             # the target's chain runs through the link being replaced: it would loop
             raise SymlinkLoopError(
                 "the new link would make a symlink loop", path=lvp, backend=self.name
@@ -860,13 +906,11 @@ class ZarrStorageBackend(StorageBackend):
             if info.get("kind") == "file":
                 sloc, dloc = self._loc(sreal), self._loc(dreal)
                 old = self._data_children(dreal)
-                taken = set(dloc.list()) | set(old)
-                name = plates._fresh_name(taken, "data")
+                name = f"data{uuid.uuid4().hex[:8]}"
                 sloc.child(str(info["data"])).copy_to(dloc.child(name))
                 dloc.write("zarr.json", _ome.group_document({"hcsflow": {**info, "data": name}}))
-                for child in set(dloc.list()) - {name} - META_FILES:
-                    if child in old or child.startswith("data"):
-                        dloc.child(child).remove()
+                for child in old:
+                    dloc.child(child).remove()
                 return
             data = self._read_file(svp, sreal, info, {})
             self._write_file(

@@ -254,8 +254,15 @@ class _RemoteFS(_FS):
         self.fs.invalidate_cache(self._parent(path))
 
     def write_exclusive(self, path: str, data: bytes) -> bool:
-        # object stores without conditional writes: best effort check-then-put; callers
-        # only use this for idempotent content
+        if self.protocol in ("s3", "s3a"):
+            # a conditional PUT (If-None-Match: *) is the object store's atomic create
+            try:
+                self.fs.pipe_file(path, data, mode="create")
+            except FileExistsError:
+                return False
+            self.fs.invalidate_cache(self._parent(path))
+            return True
+        # stores without conditional writes: check-then-put
         if self.is_file(path):
             return False
         self.write_atomic(path, data)

@@ -1,0 +1,100 @@
+"""The storage conformance suite and the model-based state machine, run on the zarr backend
+on a local directory and on an S3 server."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from typing import Any
+
+import fsspec
+import numpy as np
+import pytest
+
+import zarr
+from hcsflow.storage import ZarrStorageBackend
+from hcsflow.testing import BackendTests, backend_state_machine
+
+
+def _group(attrs: dict[str, Any]) -> bytes:
+    return json.dumps({"zarr_format": 3, "node_type": "group", "attributes": attrs}).encode()
+
+
+class _ZarrBackdoors:
+    """Back doors through fsspec and zarr-python, bypassing the backend."""
+
+    storage_options: dict[str, Any] = {}
+
+    def _url(self, backend: ZarrStorageBackend, path: str) -> str:
+        return backend.url_of(path)
+
+    def _fs(self, backend: ZarrStorageBackend, path: str) -> tuple[Any, str]:
+        return fsspec.core.url_to_fs(self._url(backend, path), **backend.storage_options)
+
+    def backdoor_write(self, backend, path, value):
+        fs, root = self._fs(backend, path)
+        fs.makedirs(root, exist_ok=True)
+        zarr.create_array(
+            store=self._url(backend, path) + "/data",
+            data=value,
+            storage_options=backend.storage_options or None,
+        )
+        fs.pipe_file(
+            root + "/zarr.json",
+            _group({"hcsflow": {"kind": "file", "format": "array", "data": "data"}}),
+        )
+
+    def backdoor_read(self, backend, path):
+        fs, root = self._fs(backend, path)
+        meta = json.loads(fs.cat_file(root + "/zarr.json"))
+        data = meta["attributes"]["hcsflow"]["data"]
+        arr = zarr.open_array(
+            store=self._url(backend, path) + "/" + data,
+            mode="r",
+            storage_options=backend.storage_options or None,
+        )
+        return np.asarray(arr[...])
+
+    def backdoor_exists(self, backend, path):
+        fs, root = self._fs(backend, path)
+        fs.invalidate_cache()
+        return bool(fs.exists(root + "/zarr.json") or fs.exists(root))
+
+    def backdoor_mkdir(self, backend, path):
+        fs, root = self._fs(backend, path)
+        fs.makedirs(root, exist_ok=True)
+        fs.pipe_file(root + "/zarr.json", _group({}))
+
+    def backdoor_symlink(self, backend, target, link):
+        fs, root = self._fs(backend, link)
+        fs.makedirs(root, exist_ok=True)
+        fs.pipe_file(
+            root + "/zarr.json", _group({"hcsflow": {"kind": "symlink", "target": target}})
+        )
+
+
+class TestZarrLocal(_ZarrBackdoors, BackendTests):
+    @pytest.fixture
+    def backend(self, tmp_path) -> ZarrStorageBackend:
+        return ZarrStorageBackend(tmp_path)
+
+
+class TestZarrS3(_ZarrBackdoors, BackendTests):
+    @pytest.fixture
+    def backend(self, s3_bucket) -> ZarrStorageBackend:
+        url, opts = s3_bucket
+        return ZarrStorageBackend(url + "/root", storage_options=opts)
+
+
+def _make_local() -> ZarrStorageBackend:
+    return ZarrStorageBackend(tempfile.mkdtemp(prefix="hcsflow-zarr-machine-"))
+
+
+def _remove_local(backend: ZarrStorageBackend) -> None:
+    shutil.rmtree(backend.url_of("/"))
+
+
+TestZarrAgainstModel = backend_state_machine(
+    _make_local, cleanup=_remove_local, max_examples=12
+).TestCase

@@ -14,7 +14,13 @@ import numpy as np
 import pytest
 
 from hcsflow.errors import DeviceError, DtypeError, MemoryTypeError, ShapeError
-from hcsflow.memory import MemoryType, detect_memory_type, record_conversions, use_device
+from hcsflow.memory import (
+    MemoryType,
+    aligned_empty,
+    detect_memory_type,
+    record_conversions,
+    use_device,
+)
 from hcsflow.memory import decorators as deco
 from hcsflow.memory.decorators import memory_types
 
@@ -322,7 +328,8 @@ def test_special_outputs_pass_through() -> None:
 
 def test_read_only_input_to_jax_is_copied_and_recorded(mem) -> None:
     mem.need(M.JAX)
-    data = _stack()
+    data = aligned_empty((2, 3, 4), np.float32)
+    data[...] = _stack()
     data.flags.writeable = False
 
     @deco.jax

@@ -30,7 +30,7 @@ from hcsflow.memory._align import ALIGNMENT, aligned_empty, ensure_aligned
 from hcsflow.memory._detect import detect_memory_type
 from hcsflow.memory._devices import HOST, Location, validate_gpu_id
 from hcsflow.memory._dtype import check_cle_dtype, numpy_dtype
-from hcsflow.memory._recorder import emit
+from hcsflow.memory._recorder import active, emit
 from hcsflow.memory._types import MemoryType, import_framework, parse_memory_type
 
 __all__ = ["convert_memory", "to_memory_type", "to_numpy", "location_of", "host_view"]
@@ -102,7 +102,7 @@ def _same_place(a: Location, b: Location) -> bool:
     if a.kind != b.kind:
         return False
     # An OpenCL target without an index means "the current pyclesperanto device".
-    return a.index == b.index or (a.kind == "opencl" and b.index is None)
+    return a.ordinal == b.ordinal or (a.kind == "opencl" and b.ordinal is None)
 
 
 # --------------------------------------------------------------------------- host views
@@ -125,6 +125,8 @@ def host_view(x: Any, memory_type: MemoryType) -> np.ndarray:
     if memory_type is M.NUMPY:
         return x
     try:
+        if memory_type is M.TORCH:
+            return _exportable(x, memory_type).numpy()  # shares memory, cheaper than DLPack
         return np.from_dlpack(_exportable(x, memory_type))
     except (BufferError, TypeError, RuntimeError, ValueError) as exc:
         raise MemoryConversionError(
@@ -180,6 +182,8 @@ def _import_host(obj: Any, view: np.ndarray, source: MemoryType, target: MemoryT
     exporter = view if source is M.NUMPY else _exportable(obj, source)
     if target is M.TORCH:
         torch = import_framework(target)
+        if source is M.NUMPY and view.flags.writeable:
+            return torch.from_numpy(view)  # same sharing as DLPack, a little cheaper
         return torch.from_dlpack(exporter)
     if target is M.JAX:
         jax = import_framework(target)
@@ -207,7 +211,12 @@ def _host_to_target(
         except (BufferError, TypeError, RuntimeError, ValueError) as exc:
             reason = f"{type(exc).__name__}: {exc}"
         else:
-            if view.size == 0 or _pointer(result, target) == int(view.ctypes.data):
+            # torch always shares what it imports; jax and tensorflow may copy silently.
+            if (
+                target is M.TORCH
+                or view.size == 0
+                or _pointer(result, target) == int(view.ctypes.data)
+            ):
                 return result, "dlpack", 0, ""
             if not allow_copy:
                 raise MemoryConversionError(
@@ -255,11 +264,11 @@ def _gpu_cai(x: Any, target: MemoryType, loc: Location) -> Any:
         raise _Refused("source has no __cuda_array_interface__")
     if target is M.CUPY:
         cp = import_framework(target)
-        with cp.cuda.Device(loc.index):
+        with cp.cuda.Device(loc.ordinal):
             return cp.asarray(x)
     if target is M.TORCH:
         torch = import_framework(target)
-        return torch.as_tensor(x, device=f"cuda:{loc.index}")
+        return torch.as_tensor(x, device=f"cuda:{loc.ordinal}")
     raise _Refused(f"{target.value} does not import __cuda_array_interface__")
 
 
@@ -279,18 +288,18 @@ def _upload(view: np.ndarray, target: MemoryType, loc: Location) -> Any:
         return _cle_push(view, loc)
     if target is M.CUPY:
         cp = import_framework(target)
-        with cp.cuda.Device(loc.index):
+        with cp.cuda.Device(loc.ordinal):
             return cp.asarray(view)
     if target is M.TORCH:
         torch = import_framework(target)
         host = torch.from_dlpack(np.ascontiguousarray(view))
-        return host.to(f"cuda:{loc.index}")
+        return host.to(f"cuda:{loc.ordinal}")
     if target is M.JAX:
         jax = import_framework(target)
         _check_jax_dtype(view.dtype, M.NUMPY)
-        return jax.device_put(view, jax.devices("gpu")[loc.index])
+        return jax.device_put(view, jax.devices("gpu")[loc.ordinal])
     tf = import_framework(M.TENSORFLOW)
-    with tf.device(f"/GPU:{loc.index}"):
+    with tf.device(f"/GPU:{loc.ordinal}"):
         return tf.identity(tf.convert_to_tensor(view))
 
 
@@ -302,8 +311,8 @@ def _cle_push(view: np.ndarray, loc: Location) -> Any:
     if view.dtype == np.bool_:
         # pyclesperanto has no bool: masks travel as uint8 0/1.
         view = view.view(np.uint8)
-    if loc.index is not None:
-        _cle_select(loc.index)
+    if loc.ordinal is not None:
+        _cle_select(loc.ordinal)
     return cle.push(np.ascontiguousarray(view))
 
 
@@ -338,17 +347,17 @@ def _download(x: Any, source: MemoryType) -> np.ndarray:
 
 def _move_between_gpus(x: Any, target: MemoryType, loc: Location) -> Any:
     if target is M.TORCH:
-        return x.to(f"cuda:{loc.index}")
+        return x.to(f"cuda:{loc.ordinal}")
     if target is M.CUPY:
         cp = import_framework(target)
-        with cp.cuda.Device(loc.index):
+        with cp.cuda.Device(loc.ordinal):
             return cp.array(x, copy=True)
     if target is M.JAX:
         jax = import_framework(target)
-        return jax.device_put(x, jax.devices("gpu")[loc.index])
+        return jax.device_put(x, jax.devices("gpu")[loc.ordinal])
     if target is M.TENSORFLOW:
         tf = import_framework(target)
-        with tf.device(f"/GPU:{loc.index}"):
+        with tf.device(f"/GPU:{loc.ordinal}"):
             return tf.identity(x)
     raise _Refused(f"{target.value} cannot move between CUDA devices")
 
@@ -463,14 +472,17 @@ def convert_memory(
     if actual is not source:
         raise MemoryTypeError(f"data is a {actual.value} array but source_type is {source.value!r}")
     import_framework(target)
-    validate_gpu_id(target, gpu_id)
-    start = time.perf_counter()
+    if gpu_id is not None:
+        validate_gpu_id(target, gpu_id)
+    observed = bool(active())
+    start = time.perf_counter() if observed else 0.0
     src_loc = location_of(data, source)
     tgt_loc = _target_location(target, gpu_id, src_loc)
     result, route, copied, detail = _convert(
         data, source, target, src_loc, tgt_loc, allow_cpu_roundtrip
     )
-    emit(route, source.value, target.value, copied, time.perf_counter() - start, detail)
+    if observed:
+        emit(route, source.value, target.value, copied, time.perf_counter() - start, detail)
     return result
 
 

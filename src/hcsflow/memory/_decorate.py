@@ -129,7 +129,7 @@ def decorate(func: Callable[..., Any], options: MemoryOptions) -> Callable[..., 
     Call = Callable[..., Any]
 
     def run_once(fn: Call, x: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        device = location_of(x, options.input_type).index
+        device = location_of(x, options.input_type).ordinal
         with stream_scope(options.input_type, device):
             if not options.slice_by_slice:
                 return fn(x, *args, **kwargs)
@@ -167,7 +167,7 @@ def decorate(func: Callable[..., Any], options: MemoryOptions) -> Callable[..., 
 
     def _run_with_recovery(fn: Call, x: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         mt = options.input_type
-        device = location_of(x, mt).index
+        device = location_of(x, mt).ordinal
         where = f"{mt.value} on {location_of(x, mt)}"
         attempts: list[str] = []
         try:

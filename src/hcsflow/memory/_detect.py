@@ -52,11 +52,13 @@ def detect_memory_type(x: Any) -> MemoryType:
     anything that is not an array of a supported library, including numpy masked arrays and
     matrices, whose extra semantics a conversion would silently drop.
     """
-    if isinstance(x, np.ma.MaskedArray | np.matrix):
+    if type(x) is not np.ndarray and isinstance(x, np.ma.MaskedArray | np.matrix):
         raise MemoryTypeError(
             f"unsupported array subclass {type(x).__module__}.{type(x).__qualname__}: "
             "fill the mask (np.ma.filled) or call np.asarray first"
         )
+    if type(x) is np.ndarray:
+        return MemoryType.NUMPY
     found = _detect(x)
     if found is None:
         kinds = ", ".join(m.value for m in MemoryType)

@@ -6,8 +6,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from hcsflow.errors import DeviceError
 from hcsflow.memory._types import MemoryType, import_framework
@@ -23,18 +22,17 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True)
-class Location:
+class Location(NamedTuple):
     """Where an array's memory is: ``kind`` is ``"cpu"``, ``"cuda"`` or ``"opencl"``.
 
-    ``index`` is the device number (``None`` for the host and for the current OpenCL device).
+    ``ordinal`` is the device number (``None`` for the host and for the current OpenCL device).
     """
 
     kind: str
-    index: int | None = None
+    ordinal: int | None = None
 
     def __str__(self) -> str:
-        return self.kind if self.index is None else f"{self.kind}:{self.index}"
+        return self.kind if self.ordinal is None else f"{self.kind}:{self.ordinal}"
 
 
 HOST = Location("cpu")

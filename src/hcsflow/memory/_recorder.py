@@ -73,6 +73,11 @@ def record_conversions() -> Iterator[ConversionRecorder]:
         _ACTIVE.reset(token)
 
 
+def active() -> tuple[ConversionRecorder, ...]:
+    """The recorders of this context (empty when nothing records)."""
+    return _ACTIVE.get()
+
+
 def recording() -> bool:
     """Whether any recorder is active in this context."""
     return bool(_ACTIVE.get())

@@ -55,10 +55,16 @@ _INSTALL_HINT = {
 }
 
 
+# StrEnum members hash and compare like their values: one lookup serves members and strings.
+_BY_VALUE: dict[str, MemoryType] = {m.value: m for m in MemoryType}
+
+
 def parse_memory_type(value: MemoryType | str, *, what: str = "memory type") -> MemoryType:
     """Return the :class:`MemoryType` for ``value`` or raise :class:`MemoryTypeError`."""
-    if isinstance(value, MemoryType):
-        return value
+    if isinstance(value, str):
+        found = _BY_VALUE.get(value)
+        if found is not None:
+            return found
     if isinstance(value, str):
         try:
             return MemoryType(value)

@@ -503,7 +503,7 @@ class ZarrStorageBackend(StorageBackend):
             row, col = well.split("/")
             wname = f"{row}{int(col):02d}"
             img, _, _ = plates._image_loc(plate_loc, wname, field)
-            arr = plates._open_array(img, 0)
+            arr, img = plates._open_array_at(img, 0)
             lead = arr.ndim - 2
             for i in idxs:
                 if len(coords[i]) != lead:

@@ -702,7 +702,8 @@ def _dataset_paths(img: Location) -> tuple[list[str], list[str], int]:
     return paths, axes, node.zarr_format
 
 
-def _open_array(img: Location, level: int) -> Any:
+def _open_array_at(img: Location, level: int) -> tuple[Any, Location]:
+    """The zarr array of resolution ``level`` of an image group, and its location."""
     import zarr
 
     paths, _, fmt = _dataset_paths(img)
@@ -715,7 +716,7 @@ def _open_array(img: Location, level: int) -> Any:
     loc = img.child(paths[level])
     with store_errors(loc.url):
         try:
-            return zarr.open_array(store=loc.zarr_store(), mode="r", zarr_format=fmt)
+            return zarr.open_array(store=loc.zarr_store(), mode="r", zarr_format=fmt), loc
         except (FileNotFoundError, KeyError) as exc:
             raise NotFoundError(
                 f"missing array: store {img.url!r}, key {paths[level]!r}",
@@ -724,6 +725,10 @@ def _open_array(img: Location, level: int) -> Any:
             ) from exc
         except ValueError as exc:
             raise _meta_error(img, paths[level], f"malformed array metadata: {exc}") from exc
+
+
+def _open_array(img: Location, level: int) -> Any:
+    return _open_array_at(img, level)[0]
 
 
 def open_image(
@@ -807,8 +812,8 @@ def read_well(
     """One field image of a well as a numpy array (``(c, z, y, x)`` or with ``t``)."""
     plate = _loc(store, storage_options)
     img, _, _ = _image_loc(plate, well, field)
-    arr = _open_array(img, level)
-    return read_array(arr, Ellipsis, img)
+    arr, loc = _open_array_at(img, level)
+    return read_array(arr, Ellipsis, loc)
 
 
 def open_well(
@@ -952,5 +957,5 @@ def read_labels(
     plate = _loc(store, storage_options)
     img, _, _ = _image_loc(plate, well, field)
     target = img.child("labels", name)
-    arr = _open_array(target, level)
-    return read_array(arr, Ellipsis, target)
+    arr, loc = _open_array_at(target, level)
+    return read_array(arr, Ellipsis, loc)

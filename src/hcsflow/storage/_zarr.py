@@ -584,7 +584,7 @@ class ZarrStorageBackend(StorageBackend):
         for parent in sorted({vpaths.parent(p) for p in norm}):
             self.ensure_directory(parent)
         targets = []
-        for i, p in enumerate(norm):
+        for p in norm:
             real, _ = self._write_target(p, overwrite)
             rel = real[len(store) :].lstrip("/")
             first = rel.split("/", 1)[0]

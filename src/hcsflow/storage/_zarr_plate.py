@@ -521,7 +521,8 @@ def _write_plate_meta(
     plate_name = name or old_name or _default_name(plate)
     block = _ome.plate_block(list(wells), rows, cols, max(wells.values(), default=0), plate_name)
     attrs = _ome.wrap(block, version)
-    attrs["hcsflow"] = {**old_hcs, "plate_format": n}
+    # only an explicitly chosen format binds later writers; an inferred one may grow
+    attrs["hcsflow"] = {**old_hcs, "plate_format": n} if fixed != (0, 0) else old_hcs
     _ome.write_group(plate, attrs, zarr_format)
 
 

@@ -1,0 +1,123 @@
+"""Written plates pass two independent validators and ome-zarr's reader; broken ones fail."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import zarr
+from hcsflow.storage import ZarrConfig, finalize_plate, write_labels, write_well
+from hcsflow.storage.validate import validate_plate
+
+
+def _plate(path, version: str) -> str:
+    url = str(path / f"plate{version}.zarr")
+    cfg = ZarrConfig(ngff_version=version, pyramid_levels=2)
+    rng = np.random.default_rng(0)
+    for well in ("A01", "B03", "AF48"):
+        fields = {f: rng.integers(0, 1000, (2, 2, 32, 32)).astype(np.uint16) for f in range(2)}
+        write_well(url, well, fields, cfg)
+    write_labels(url, "A01", 0, "cells", np.ones((2, 32, 32), np.uint16), cfg)
+    finalize_plate(url)
+    return url
+
+
+def _ome_zarr_models(url: str, version: str) -> int:
+    if version == "0.5":
+        from ome_zarr_models.v05.hcs import HCS
+    else:
+        from ome_zarr_models.v04.hcs import HCS
+    hcs = HCS.from_zarr(zarr.open_group(url, mode="r"))
+    return len(list(hcs.well_groups))
+
+
+def _ngff_zarr(url: str) -> int:
+    import ngff_zarr
+
+    plate = ngff_zarr.from_hcs_zarr(url, validate=True)
+    n = 0
+    for w in plate.metadata.wells:
+        row, col = w.path.split("/")
+        well = plate.get_well(row, col)
+        assert well is not None
+        assert well.get_image(0) is not None
+        n += 1
+    return n
+
+
+@pytest.mark.parametrize("version", ["0.5", "0.4"])
+def test_written_plates_validate(tmp_path, version) -> None:
+    pytest.importorskip("ome_zarr_models")
+    pytest.importorskip("ngff_zarr")
+    url = _plate(tmp_path, version)
+    assert _ome_zarr_models(url, version) == 3
+    assert _ngff_zarr(url) == 3
+    report = validate_plate(url, deep=True)
+    assert report.ok, report.summary()
+    assert report.wells_checked == 3 and report.images_checked == 6
+
+
+@pytest.mark.parametrize("version", ["0.5", "0.4"])
+def test_ome_zarr_reader_opens_the_plate(tmp_path, version) -> None:
+    pytest.importorskip("ome_zarr")
+    from ome_zarr.io import parse_url
+    from ome_zarr.reader import Reader
+
+    url = _plate(tmp_path, version)
+    with warnings.catch_warnings():
+        # ome-zarr reports the format it detected when it differs from its default
+        warnings.simplefilter("ignore")
+        nodes = list(Reader(parse_url(url))())
+    plate_node = nodes[0]
+    assert "plate" in plate_node.metadata or plate_node.specs
+    well_img = zarr.open_array(url + "/B/3/0/0", mode="r")
+    assert well_img.shape == (2, 2, 32, 32)
+
+
+def _break(url: str) -> None:
+    doc = json.loads(Path(url, "zarr.json").read_text())
+    wells = doc["attributes"]["ome"]["plate"]["wells"]
+    wells[1]["rowIndex"] = 5  # B/3 claims to be in row F
+    with open(url + "/zarr.json", "w") as fh:
+        json.dump(doc, fh)
+
+
+def test_validators_catch_a_broken_plate(tmp_path) -> None:
+    pytest.importorskip("ome_zarr_models")
+    ngff_zarr = pytest.importorskip("ngff_zarr")
+    url = _plate(tmp_path, "0.5")
+    _break(url)
+    with pytest.raises(ngff_zarr.ValidationError):
+        ngff_zarr.from_hcs_zarr(url, validate=True)
+    report = validate_plate(url)
+    assert not report.ok
+    assert any("rowIndex 5" in e for e in report.errors), report.errors
+
+
+def test_ome_zarr_models_catches_a_broken_well(tmp_path) -> None:
+    pytest.importorskip("ome_zarr_models")
+    import pydantic
+
+    url = _plate(tmp_path, "0.5")
+    doc = json.loads(Path(url, "A/1/zarr.json").read_text())
+    doc["attributes"]["ome"]["well"]["images"] = [{"path": "0/bad"}]
+    with open(url + "/A/1/zarr.json", "w") as fh:
+        json.dump(doc, fh)
+    with pytest.raises((pydantic.ValidationError, ValueError)):
+        _ome_zarr_models(url, "0.5")
+    assert not validate_plate(url).ok
+
+
+def test_validate_plate_reports_missing_pieces(tmp_path) -> None:
+    import shutil
+
+    url = _plate(tmp_path, "0.5")
+    shutil.rmtree(url + "/B/3")
+    report = validate_plate(url)
+    assert any("B/3" in e and "missing" in e for e in report.errors)
+    assert "INVALID" in report.summary()
+    assert not validate_plate(tmp_path / "nothing.zarr").ok

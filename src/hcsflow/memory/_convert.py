@@ -211,9 +211,10 @@ def _host_to_target(
         except (BufferError, TypeError, RuntimeError, ValueError) as exc:
             reason = f"{type(exc).__name__}: {exc}"
         else:
-            # torch always shares what it imports; jax and tensorflow may copy silently.
+            # torch and tensorflow share what they import (tensorflow aborts rather than copy
+            # an unaligned buffer, which the checks above exclude); jax may copy silently.
             if (
-                target is M.TORCH
+                target is not M.JAX
                 or view.size == 0
                 or _pointer(result, target) == int(view.ctypes.data)
             ):
@@ -323,10 +324,11 @@ def _cle_select(index: int) -> None:
         cle.select_device(index)
 
 
-def _download(x: Any, source: MemoryType) -> np.ndarray:
-    """Copy device memory of ``x`` into a fresh 64-byte aligned host array."""
+def _download(x: Any, source: MemoryType, aligned: bool = True) -> np.ndarray:
+    """Copy device memory of ``x`` to the host (64-byte aligned unless ``aligned=False``)."""
     if source is M.PYCLESPERANTO:
-        return ensure_aligned(np.asarray(import_framework(source).pull(x)))
+        host = np.asarray(import_framework(source).pull(x))
+        return ensure_aligned(host) if aligned else host
     dtype = numpy_dtype(x, source)
     shape = tuple(int(s) for s in x.shape)
     out = aligned_empty(shape, dtype)
@@ -424,7 +426,7 @@ def _convert(
 
     # A device to the host: one download, then share it on the host.
     if tgt_loc == HOST:
-        host = _download(data, source)
+        host = _download(data, source, aligned=target in (M.JAX, M.TENSORFLOW))
         result, route, copied, detail = _host_to_target(host, host, M.NUMPY, target, allow_copy)
         return result, "transfer", host.nbytes + copied, f"{src_loc} -> host"
 
@@ -514,7 +516,7 @@ def to_numpy(x: Any) -> np.ndarray:
         out = host_view(x, source)
         route, copied = "dlpack", 0
     else:
-        out = _download(x, source)
+        out = _download(x, source, aligned=False)
         route, copied = "transfer", out.nbytes
     emit(route, source.value, "numpy", copied, time.perf_counter() - start, "to_numpy")
     return out

@@ -184,8 +184,11 @@ class TiffCodec(Codec):
 
         options.pop("allow_pickle", None)
         with tifffile.TiffFile(real_path) as tif:
-            if len(tif.pages) == 0:
-                raise ValueError("no image in the file (not a TIFF, or truncated)")
+            # pages.first, not len(pages): counting would parse every IFD of a stack
+            try:
+                tif.pages.first  # noqa: B018
+            except IndexError as exc:
+                raise ValueError("no image in the file (not a TIFF, or truncated)") from exc
             data = tif.asarray(**options)
             if "key" not in options:
                 # tifffile recovers from a broken page chain by returning fewer planes

@@ -431,7 +431,7 @@ class DiskStorageBackend(StorageBackend):
         try:
             # reopened by name: some writers (tifffile) need a file object with a real name
             os.close(fd)
-            with open(tmp, "wb") as fh:
+            with open(tmp, "r+b") as fh:  # "wb" would truncate, and ext4 then flushes on close
                 if writer is not None:
                     writer(fh)
                 else:

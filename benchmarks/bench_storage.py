@@ -66,15 +66,23 @@ def bench_memory() -> list[dict[str, Any]]:
         "python object": {"cells": 3},
     }
     for label, value in cases.items():
+
         def round_trip(value: Any = value) -> None:
             for _ in range(n):
                 save(value, path, overwrite=True)
                 load(path)
 
         t = _per_op(round_trip, 1) / n
-        rows.append({"benchmark": f"memory save+load: {label}", "hcsflow_us": t * 1e6,
-                     "reference": "dict set+get", "reference_us": base * 1e6,
-                     "ratio": t / base, "target": "<= 0.5 us, <= 6x"})
+        rows.append(
+            {
+                "benchmark": f"memory save+load: {label}",
+                "hcsflow_us": t * 1e6,
+                "reference": "dict set+get",
+                "reference_us": base * 1e6,
+                "ratio": t / base,
+                "target": "<= 0.5 us, <= 6x",
+            }
+        )
     return rows
 
 
@@ -116,22 +124,39 @@ def bench_disk(tmp: str) -> list[dict[str, Any]]:
             _drop([ref_path, ours_real])
 
         t_ref, t_fast, t_ref_sync, t_sync = paired(
-            [ref_save, our_save(fast), ref_save_fsync, our_save(durable)], repeat=repeat,
-            setup=clean)
+            [ref_save, our_save(fast), ref_save_fsync, our_save(durable)],
+            repeat=repeat,
+            setup=clean,
+        )
         for mode, reference, t, t_base in (
             ("fsync=False", "tifffile.imwrite", t_fast, t_ref),
             ("fsync=True (default)", "tifffile.imwrite + fsync", t_sync, t_ref_sync),
         ):
-            rows.append({"benchmark": f"disk save {label}, {mode}", "hcsflow_us": t * 1e6,
-                         "reference": reference, "reference_us": t_base * 1e6,
-                         "ratio": t / t_base, "target": "<= 1.05x"})
+            rows.append(
+                {
+                    "benchmark": f"disk save {label}, {mode}",
+                    "hcsflow_us": t * 1e6,
+                    "reference": reference,
+                    "reference_us": t_base * 1e6,
+                    "ratio": t / t_base,
+                    "target": "<= 1.05x",
+                }
+            )
         ref_save()
         durable.save(data, ours, overwrite=True)
-        t_ref_load, t_load = paired([lambda: tifffile.imread(ref_path),
-                                     lambda: durable.load(ours)], repeat=repeat)
-        rows.append({"benchmark": f"disk load {label}", "hcsflow_us": t_load * 1e6,
-                     "reference": "tifffile.imread", "reference_us": t_ref_load * 1e6,
-                     "ratio": t_load / t_ref_load, "target": "<= 1.05x"})
+        t_ref_load, t_load = paired(
+            [lambda: tifffile.imread(ref_path), lambda: durable.load(ours)], repeat=repeat
+        )
+        rows.append(
+            {
+                "benchmark": f"disk load {label}",
+                "hcsflow_us": t_load * 1e6,
+                "reference": "tifffile.imread",
+                "reference_us": t_ref_load * 1e6,
+                "ratio": t_load / t_ref_load,
+                "target": "<= 1.05x",
+            }
+        )
         _drop([ref_path, ours_real])
     return rows
 
@@ -158,23 +183,44 @@ def bench_batches(tmp: str) -> list[dict[str, Any]]:
                 os.fsync(fh.fileno())
 
     t_seq_w, t_seq_ws, t_batch_w = paired(
-        [seq_write, seq_write_fsync, lambda: backend.save_batch(images, paths)], repeat=3,
-        setup=lambda: _drop(ref + real))
-    rows.append({"benchmark": "save_batch 100x 1024x1024 uint16 (threads, fsync)",
-                 "hcsflow_us": t_batch_w * 1e6, "reference": "sequential imwrite + fsync",
-                 "reference_us": t_seq_ws * 1e6, "ratio": t_batch_w / t_seq_ws,
-                 "target": "(no target)"})
-    rows.append({"benchmark": "save_batch 100x 1024x1024 uint16 (threads, fsync)",
-                 "hcsflow_us": t_batch_w * 1e6, "reference": "sequential imwrite",
-                 "reference_us": t_seq_w * 1e6, "ratio": t_batch_w / t_seq_w,
-                 "target": "(no target)"})
+        [seq_write, seq_write_fsync, lambda: backend.save_batch(images, paths)],
+        repeat=3,
+        setup=lambda: _drop(ref + real),
+    )
+    rows.append(
+        {
+            "benchmark": "save_batch 100x 1024x1024 uint16 (threads, fsync)",
+            "hcsflow_us": t_batch_w * 1e6,
+            "reference": "sequential imwrite + fsync",
+            "reference_us": t_seq_ws * 1e6,
+            "ratio": t_batch_w / t_seq_ws,
+            "target": "(no target)",
+        }
+    )
+    rows.append(
+        {
+            "benchmark": "save_batch 100x 1024x1024 uint16 (threads, fsync)",
+            "hcsflow_us": t_batch_w * 1e6,
+            "reference": "sequential imwrite",
+            "reference_us": t_seq_w * 1e6,
+            "ratio": t_batch_w / t_seq_w,
+            "target": "(no target)",
+        }
+    )
     backend.save_batch(images, paths, overwrite=True)
-    t_seq_r, t_batch_r = paired([lambda: [tifffile.imread(p) for p in real],
-                                 lambda: backend.load_batch(paths)], repeat=5)
-    rows.append({"benchmark": "load_batch 100x 1024x1024 uint16 (threads)",
-                 "hcsflow_us": t_batch_r * 1e6, "reference": "sequential tifffile.imread",
-                 "reference_us": t_seq_r * 1e6, "ratio": t_batch_r / t_seq_r,
-                 "target": "<= 0.667x (>= 1.5x faster)"})
+    t_seq_r, t_batch_r = paired(
+        [lambda: [tifffile.imread(p) for p in real], lambda: backend.load_batch(paths)], repeat=5
+    )
+    rows.append(
+        {
+            "benchmark": "load_batch 100x 1024x1024 uint16 (threads)",
+            "hcsflow_us": t_batch_r * 1e6,
+            "reference": "sequential tifffile.imread",
+            "reference_us": t_seq_r * 1e6,
+            "ratio": t_batch_r / t_seq_r,
+            "target": "<= 0.667x (>= 1.5x faster)",
+        }
+    )
     return rows
 
 

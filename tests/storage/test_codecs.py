@@ -17,7 +17,7 @@ from hcsflow.errors import (
     UnsupportedFormatError,
 )
 from hcsflow.storage import DiskStorageBackend, default_codecs
-from hcsflow.storage._codecs import Codec, CodecRegistry, CodecRefusal, to_host_array
+from hcsflow.storage._codecs import Codec, CodecRefusal, CodecRegistry, to_host_array
 
 
 @pytest.fixture
@@ -68,9 +68,16 @@ def test_tiff_single_plane_by_key(disk) -> None:
     np.testing.assert_array_equal(disk.load("/s.tif", key=1), data[1])
 
 
-@pytest.mark.parametrize("data", [
-    np.zeros((8, 9), np.uint8), np.arange(72, dtype=np.uint16).reshape(8, 9),
-    np.ones((8, 9), bool), np.zeros((8, 9, 3), np.uint8), np.zeros((8, 9, 4), np.uint8)])
+@pytest.mark.parametrize(
+    "data",
+    [
+        np.zeros((8, 9), np.uint8),
+        np.arange(72, dtype=np.uint16).reshape(8, 9),
+        np.ones((8, 9), bool),
+        np.zeros((8, 9, 3), np.uint8),
+        np.zeros((8, 9, 4), np.uint8),
+    ],
+)
 def test_png_round_trip(disk, data) -> None:
     disk.save(data, "/p.png")
     out = disk.load("/p.png")
@@ -78,9 +85,16 @@ def test_png_round_trip(disk, data) -> None:
     np.testing.assert_array_equal(out, data)
 
 
-@pytest.mark.parametrize("data", [
-    np.zeros((2, 3, 4, 5), np.uint8), np.zeros((3, 8, 9), np.uint8), np.zeros((8, 9), np.float32),
-    np.zeros(5, np.uint8), np.zeros((8, 9, 3), np.uint16)])
+@pytest.mark.parametrize(
+    "data",
+    [
+        np.zeros((2, 3, 4, 5), np.uint8),
+        np.zeros((3, 8, 9), np.uint8),
+        np.zeros((8, 9), np.float32),
+        np.zeros(5, np.uint8),
+        np.zeros((8, 9, 3), np.uint16),
+    ],
+)
 def test_png_refuses_what_it_cannot_hold(disk, data, tmp_path) -> None:
     with pytest.raises(DataFormatError) as info:
         disk.save(data, "/p.png")
@@ -214,9 +228,16 @@ def test_truncated_tiff(disk, tmp_path, shape) -> None:
         disk.load("/t.tif")
 
 
-@pytest.mark.parametrize("name,payload", [("bad.png", b"\x89PNG\r\n"), ("bad.npy", b"\x93NUMPY"),
-                                          ("bad.json", b"{"), ("bad.npz", b"PK"),
-                                          ("bad.txt", b"\xff\xfe\xfa")])
+@pytest.mark.parametrize(
+    "name,payload",
+    [
+        ("bad.png", b"\x89PNG\r\n"),
+        ("bad.npy", b"\x93NUMPY"),
+        ("bad.json", b"{"),
+        ("bad.npz", b"PK"),
+        ("bad.txt", b"\xff\xfe\xfa"),
+    ],
+)
 def test_corrupt_other_formats(disk, tmp_path, name, payload) -> None:
     (tmp_path / name).write_bytes(payload)
     with pytest.raises(CorruptDataError):
@@ -224,8 +245,7 @@ def test_corrupt_other_formats(disk, tmp_path, name, payload) -> None:
 
 
 class _FakeGpuArray:
-    __cuda_array_interface__ = {"shape": (2, 2), "typestr": "<f4", "data": (0, False),
-                                "version": 3}
+    __cuda_array_interface__ = {"shape": (2, 2), "typestr": "<f4", "data": (0, False), "version": 3}
 
     def __array__(self, dtype=None, copy=None):
         raise AssertionError("must not be copied to the host implicitly")

@@ -112,8 +112,9 @@ def test_temporary_files_are_hidden_and_cleaned_up(disk) -> None:
         disk.save([1, 2], "/d/y.tif")
     with pytest.raises(DataFormatError):
         disk.save(np.zeros((2, 2), dtype=np.float64), "/d/z.png")
-    assert sorted(n for n in os.listdir(_real(disk, "/d")) if not n.startswith(".hcsflow-x")) \
-        == ["x.npy"]
+    assert sorted(n for n in os.listdir(_real(disk, "/d")) if not n.startswith(".hcsflow-x")) == [
+        "x.npy"
+    ]
 
 
 def test_failed_encode_removes_the_temporary_file(disk) -> None:

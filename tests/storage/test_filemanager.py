@@ -24,8 +24,9 @@ from hcsflow.storage import (
 
 @pytest.fixture
 def fm(tmp_path) -> FileManager:
-    registry = BackendRegistry({"memory": MemoryStorageBackend(),
-                                "disk": DiskStorageBackend(tmp_path, fsync=False)})
+    registry = BackendRegistry(
+        {"memory": MemoryStorageBackend(), "disk": DiskStorageBackend(tmp_path, fsync=False)}
+    )
     return FileManager(registry)
 
 
@@ -35,8 +36,7 @@ def test_backend_by_member_or_value(fm, name) -> None:
     fm.save(np.arange(4, dtype=np.uint16).reshape(2, 2), "/plate/A01/s1.tif", name)
     assert fm.exists("/plate/A01/s1.tif", name) and fm.is_file("/plate/A01/s1.tif", name)
     assert fm.is_dir("/plate", name) and not fm.is_symlink("/plate", name)
-    np.testing.assert_array_equal(fm.load("/plate/A01/s1.tif", name),
-                                  np.arange(4).reshape(2, 2))
+    np.testing.assert_array_equal(fm.load("/plate/A01/s1.tif", name), np.arange(4).reshape(2, 2))
     assert isinstance(fm.stat("/plate/A01/s1.tif", name), FileInfo)
 
 
@@ -50,7 +50,10 @@ def test_full_surface(fm, name) -> None:
     listed = fm.list_image_files("/src", name, recursive=True)
     assert listed == [f"/src/w1/image_{i}.tif" for i in range(12)]  # natural order
     assert fm.list_files("/src/w1", name, pattern="image_1*") == [
-        "/src/w1/image_1.tif", "/src/w1/image_10.tif", "/src/w1/image_11.tif"]
+        "/src/w1/image_1.tif",
+        "/src/w1/image_10.tif",
+        "/src/w1/image_11.tif",
+    ]
     assert fm.list_files("/src", name, extensions=[".png"], recursive=True) == []
     assert fm.list_dir("/src", name) == ["w1"]
     assert fm.find_file_recursive("/src", "image_7.tif", name) == "/src/w1/image_7.tif"
@@ -122,8 +125,7 @@ def test_spec_materialization_example(fm) -> None:
     fm.ensure_directory("/out", Backend.DISK.value)
     summary = {"analysis_type": "single_channel_cell_counting", "total_slices": 2}
     fm.save(json.dumps(summary, indent=2), "/out/cells.json", Backend.DISK.value)
-    frame = pd.DataFrame([{"slice_index": 0, "cell_count": 3},
-                          {"slice_index": 1, "cell_count": 5}])
+    frame = pd.DataFrame([{"slice_index": 0, "cell_count": 3}, {"slice_index": 1, "cell_count": 5}])
     fm.save(frame.to_csv(index=False), "/out/cells_details.csv", Backend.DISK.value)
     assert fm.load("/out/cells.json", "disk") == summary
     pd.testing.assert_frame_equal(fm.load("/out/cells_details.csv", "disk"), frame)

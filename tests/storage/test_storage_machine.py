@@ -19,5 +19,6 @@ def _remove_disk(backend) -> None:
 
 
 TestMemoryAgainstModel = backend_state_machine(MemoryStorageBackend, max_examples=30).TestCase
-TestDiskAgainstModel = backend_state_machine(_make_disk, cleanup=_remove_disk,
-                                             max_examples=60).TestCase
+TestDiskAgainstModel = backend_state_machine(
+    _make_disk, cleanup=_remove_disk, max_examples=60
+).TestCase

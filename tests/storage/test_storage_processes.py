@@ -12,20 +12,33 @@ import numpy as np
 import pytest
 import tifffile
 
-FRAMEWORKS = ["torch", "jax", "jaxlib", "tensorflow", "cupy", "pyclesperanto",
-              "pyclesperanto_prototype"]
+FRAMEWORKS = [
+    "torch",
+    "jax",
+    "jaxlib",
+    "tensorflow",
+    "cupy",
+    "pyclesperanto",
+    "pyclesperanto_prototype",
+]
 
 
-@pytest.mark.parametrize("statement", [
-    "import hcsflow",
-    "import hcsflow.storage",
-    "import hcsflow.storage; hcsflow.storage.FileManager().backend('disk')",
-    "from hcsflow.storage import DiskStorageBackend, MemoryStorageBackend, default_codecs",
-])
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "import hcsflow",
+        "import hcsflow.storage",
+        "import hcsflow.storage; hcsflow.storage.FileManager().backend('disk')",
+        "from hcsflow.storage import DiskStorageBackend, MemoryStorageBackend, default_codecs",
+    ],
+)
 def test_import_loads_no_optional_framework(statement) -> None:
-    code = f"import sys; {statement}; print(','.join(m for m in {FRAMEWORKS!r} if m in sys.modules))"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True, timeout=120)
+    code = (
+        f"import sys; {statement}; print(','.join(m for m in {FRAMEWORKS!r} if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
+    )
     assert out.stdout.strip() == "", f"{statement!r} imported {out.stdout.strip()}"
 
 
@@ -71,8 +84,9 @@ def test_killed_save_leaves_old_or_new_file(tmp_path, pause) -> None:
     tifffile.imwrite(tmp_path / "stack.tif", old, imagej=True, metadata={"axes": "ZYX"})
     script = tmp_path / "writer.py"
     script.write_text(_WRITER)
-    with subprocess.Popen([sys.executable, str(script), str(tmp_path), "2", pause],
-                          stdout=subprocess.PIPE, text=True) as proc:
+    with subprocess.Popen(
+        [sys.executable, str(script), str(tmp_path), "2", pause], stdout=subprocess.PIPE, text=True
+    ) as proc:
         assert proc.stdout is not None
         assert proc.stdout.readline().strip() == "writing"
         if pause == "none":

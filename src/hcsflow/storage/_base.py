@@ -82,8 +82,9 @@ class StorageBackend(ABC):
     # ------------------------------------------------------------------ core (abstract)
 
     @abstractmethod
-    def save(self, data: Any, path: vpaths.PathLike, *, overwrite: bool = False,
-             **options: Any) -> None:
+    def save(
+        self, data: Any, path: vpaths.PathLike, *, overwrite: bool = False, **options: Any
+    ) -> None:
         """Store ``data`` at ``path``; refuse an existing target unless ``overwrite``."""
 
     @abstractmethod
@@ -91,8 +92,9 @@ class StorageBackend(ABC):
         """Return the data stored at ``path`` (following symlinks)."""
 
     @abstractmethod
-    def entry_kind(self, path: vpaths.PathLike, *, follow_symlinks: bool = True
-                   ) -> EntryKind | None:
+    def entry_kind(
+        self, path: vpaths.PathLike, *, follow_symlinks: bool = True
+    ) -> EntryKind | None:
         """``"file"``, ``"directory"``, ``"symlink"`` (only when not following) or ``None``."""
 
     @abstractmethod
@@ -112,8 +114,9 @@ class StorageBackend(ABC):
         """Delete ``path`` and, for a directory, everything below it."""
 
     @abstractmethod
-    def create_symlink(self, target: vpaths.PathLike, link: vpaths.PathLike, *,
-                       overwrite: bool = False) -> None:
+    def create_symlink(
+        self, target: vpaths.PathLike, link: vpaths.PathLike, *, overwrite: bool = False
+    ) -> None:
         """Create ``link`` pointing at ``target`` (which must exist)."""
 
     @abstractmethod
@@ -125,8 +128,9 @@ class StorageBackend(ABC):
         """Information about ``path`` itself (a symlink is reported as a symlink)."""
 
     @abstractmethod
-    def move(self, src: vpaths.PathLike, dst: vpaths.PathLike, *,
-             replace_symlinks: bool = False) -> None:
+    def move(
+        self, src: vpaths.PathLike, dst: vpaths.PathLike, *, replace_symlinks: bool = False
+    ) -> None:
         """Rename ``src`` to ``dst`` atomically where the backend allows.
 
         ``dst`` must not exist, except that an existing *symlink* at ``dst`` is replaced
@@ -134,8 +138,7 @@ class StorageBackend(ABC):
         """
 
     @abstractmethod
-    def copy(self, src: vpaths.PathLike, dst: vpaths.PathLike, *,
-             overwrite: bool = False) -> None:
+    def copy(self, src: vpaths.PathLike, dst: vpaths.PathLike, *, overwrite: bool = False) -> None:
         """Copy a file (its resolved content) or a directory tree to ``dst``."""
 
     # ------------------------------------------------------------------ helpers
@@ -151,14 +154,16 @@ class StorageBackend(ABC):
         if pkind is None:
             raise NotFoundError("parent directory does not exist", path=parent, backend=self.name)
         if pkind != "directory":
-            raise NotADirectoryStorageError("parent is not a directory", path=parent,
-                                            backend=self.name)
+            raise NotADirectoryStorageError(
+                "parent is not a directory", path=parent, backend=self.name
+            )
         kind = self.entry_kind(path, follow_symlinks=False)
         if kind == "directory":
             raise IsADirectoryStorageError("target is a directory", path=path, backend=self.name)
         if kind is not None and not overwrite:
-            raise AlreadyExistsError("target exists; pass overwrite=True to replace it",
-                                     path=path, backend=self.name)
+            raise AlreadyExistsError(
+                "target exists; pass overwrite=True to replace it", path=path, backend=self.name
+            )
 
     # ------------------------------------------------------------------ derived API
 
@@ -183,8 +188,7 @@ class StorageBackend(ABC):
         if kind is None:
             raise NotFoundError("directory does not exist", path=directory, backend=self.name)
         if kind != "directory":
-            raise NotADirectoryStorageError("not a directory", path=directory,
-                                            backend=self.name)
+            raise NotADirectoryStorageError("not a directory", path=directory, backend=self.name)
 
     def walk(self, directory: vpaths.PathLike, *, recursive: bool = True) -> Iterator[str]:
         """Yield the paths of files below ``directory`` in natural, depth-first order.
@@ -239,8 +243,9 @@ class StorageBackend(ABC):
         recursive: bool = False,
     ) -> list[str]:
         """``list_files`` restricted to image extensions (default :data:`IMAGE_EXTENSIONS`)."""
-        return self.list_files(directory, extensions=extensions or IMAGE_EXTENSIONS,
-                               recursive=recursive)
+        return self.list_files(
+            directory, extensions=extensions or IMAGE_EXTENSIONS, recursive=recursive
+        )
 
     def find_file_recursive(self, directory: vpaths.PathLike, filename: str) -> str:
         """Path of the first file named ``filename`` below ``directory`` (natural order)."""
@@ -248,11 +253,18 @@ class StorageBackend(ABC):
         for full in self.walk(root, recursive=True):
             if vpaths.name(full) == filename:
                 return full
-        raise NotFoundError(f"no file named {filename!r} below the directory", path=root,
-                            backend=self.name)
+        raise NotFoundError(
+            f"no file named {filename!r} below the directory", path=root, backend=self.name
+        )
 
-    def save_batch(self, data_list: Sequence[Any], paths: Sequence[vpaths.PathLike], *,
-                   overwrite: bool = False, **options: Any) -> None:
+    def save_batch(
+        self,
+        data_list: Sequence[Any],
+        paths: Sequence[vpaths.PathLike],
+        *,
+        overwrite: bool = False,
+        **options: Any,
+    ) -> None:
         """Save each item to its path; all targets are checked before anything is written.
 
         A failing item raises :class:`~hcsflow.errors.BatchError` naming its index and
@@ -263,14 +275,19 @@ class StorageBackend(ABC):
             try:
                 self._check_can_write(p, overwrite)
             except HcsflowError as exc:
-                raise BatchError(f"batch item {index} cannot be written", index=index, path=p,
-                                 backend=self.name) from exc
+                raise BatchError(
+                    f"batch item {index} cannot be written", index=index, path=p, backend=self.name
+                ) from exc
         for index, (item, p) in enumerate(zip(data_list, norm, strict=True)):
             try:
                 self.save(item, p, overwrite=overwrite, **options)
             except HcsflowError as exc:
-                raise BatchError(f"batch item {index} could not be written", index=index,
-                                 path=p, backend=self.name) from exc
+                raise BatchError(
+                    f"batch item {index} could not be written",
+                    index=index,
+                    path=p,
+                    backend=self.name,
+                ) from exc
 
     def load_batch(self, paths: Sequence[vpaths.PathLike], **options: Any) -> list[Any]:
         """Load every path, in order; a failing item raises :class:`~hcsflow.errors.BatchError`."""
@@ -279,12 +296,17 @@ class StorageBackend(ABC):
             try:
                 out.append(self.load(p, **options))
             except HcsflowError as exc:
-                raise BatchError(f"batch item {index} could not be loaded", index=index,
-                                 path=str(p), backend=self.name) from exc
+                raise BatchError(
+                    f"batch item {index} could not be loaded",
+                    index=index,
+                    path=str(p),
+                    backend=self.name,
+                ) from exc
         return out
 
-    def mirror_directory(self, src: vpaths.PathLike, dst: vpaths.PathLike, *,
-                         overwrite_symlinks_only: bool = False) -> int:
+    def mirror_directory(
+        self, src: vpaths.PathLike, dst: vpaths.PathLike, *, overwrite_symlinks_only: bool = False
+    ) -> int:
         """Recreate ``src``'s directory tree under ``dst`` with a symlink for every file.
 
         Existing entries at link locations raise :class:`AlreadyExistsError` (checked
@@ -294,8 +316,9 @@ class StorageBackend(ABC):
         """
         src_n, dst_n = self.norm(src), self.norm(dst)
         if vpaths.is_relative_to(dst_n, src_n):
-            raise InvalidPathError("cannot mirror a directory into itself", path=dst_n,
-                                   backend=self.name)
+            raise InvalidPathError(
+                "cannot mirror a directory into itself", path=dst_n, backend=self.name
+            )
         files = list(self.walk(src_n, recursive=True))
         plan = [(f, vpaths.join(dst_n, vpaths.relative_to(f, src_n))) for f in files]
         for _, link in plan:
@@ -320,8 +343,9 @@ def _normalize_extensions(extensions: Iterable[str] | None) -> tuple[str, ...] |
     return tuple(e.lower() if e.startswith(".") else "." + e.lower() for e in extensions)
 
 
-def _check_batch(backend: StorageBackend, data_list: Sequence[Any],
-                 paths: Sequence[vpaths.PathLike]) -> list[str]:
+def _check_batch(
+    backend: StorageBackend, data_list: Sequence[Any], paths: Sequence[vpaths.PathLike]
+) -> list[str]:
     if len(data_list) != len(paths):
         raise ValueError(
             f"save_batch got {len(data_list)} items for {len(paths)} paths "

@@ -84,8 +84,9 @@ class Codec(ABC):
 
 def _type_name(obj: Any) -> str:
     cls = type(obj)
-    return f"{cls.__module__}.{cls.__qualname__}" if cls.__module__ != "builtins" \
-        else cls.__qualname__
+    return (
+        f"{cls.__module__}.{cls.__qualname__}" if cls.__module__ != "builtins" else cls.__qualname__
+    )
 
 
 def to_host_array(data: Any) -> np.ndarray:
@@ -100,27 +101,36 @@ def to_host_array(data: Any) -> np.ndarray:
     tname = _type_name(data)
     root = type(data).__module__.partition(".")[0]
     if hasattr(data, "__cuda_array_interface__"):
-        raise CodecRefusal(f"{tname} lives on a GPU; move it to the host (for example with "
-                           "hcsflow.memory) before saving it to a file")
+        raise CodecRefusal(
+            f"{tname} lives on a GPU; move it to the host (for example with "
+            "hcsflow.memory) before saving it to a file"
+        )
     if root == "torch":
         if getattr(data, "requires_grad", False):
             raise CodecRefusal(f"{tname} requires grad; call .detach() before saving it")
         if data.device.type != "cpu":
-            raise CodecRefusal(f"{tname} lives on device {data.device}; move it to the CPU "
-                               "before saving it to a file")
+            raise CodecRefusal(
+                f"{tname} lives on device {data.device}; move it to the CPU "
+                "before saving it to a file"
+            )
         return data.numpy()
     if root in ("jax", "jaxlib"):
         platforms = {d.platform for d in data.devices()}
         if platforms != {"cpu"}:
-            raise CodecRefusal(f"{tname} lives on {sorted(platforms)}; move it to the CPU "
-                               "before saving it to a file")
+            raise CodecRefusal(
+                f"{tname} lives on {sorted(platforms)}; move it to the CPU "
+                "before saving it to a file"
+            )
     elif root == "tensorflow":
         if "GPU" in str(getattr(data, "device", "")).upper():
-            raise CodecRefusal(f"{tname} lives on {data.device}; move it to the CPU before "
-                               "saving it to a file")
+            raise CodecRefusal(
+                f"{tname} lives on {data.device}; move it to the CPU before saving it to a file"
+            )
     elif root.startswith("pyclesperanto"):
-        raise CodecRefusal(f"{tname} lives on an OpenCL device; pull it to numpy (for "
-                           "example with hcsflow.memory) before saving it to a file")
+        raise CodecRefusal(
+            f"{tname} lives on an OpenCL device; pull it to numpy (for "
+            "example with hcsflow.memory) before saving it to a file"
+        )
     if not hasattr(data, "__array__") and not _has_buffer(data):
         raise CodecRefusal(f"{tname} is not array data")
     try:
@@ -195,8 +205,9 @@ class TiffCodec(Codec):
                 # (with only a log message); the declared shape catches that
                 expected = _declared_size(tif)
                 if expected is not None and expected != data.size:
-                    raise ValueError(f"the file declares {expected} samples but holds "
-                                     f"{data.size} (truncated?)")
+                    raise ValueError(
+                        f"the file declares {expected} samples but holds {data.size} (truncated?)"
+                    )
         return data
 
 
@@ -332,8 +343,12 @@ class JsonCodec(Codec):
                 raise CodecRefusal(f"the str given is not a JSON document: {exc}") from exc
             return data.encode("utf-8")
         try:
-            text = json.dumps(data, default=_json_default, indent=options.get("indent", 2),
-                              sort_keys=bool(options.get("sort_keys", False)))
+            text = json.dumps(
+                data,
+                default=_json_default,
+                indent=options.get("indent", 2),
+                sort_keys=bool(options.get("sort_keys", False)),
+            )
         except (TypeError, ValueError) as exc:
             raise CodecRefusal(str(exc)) from exc
         return text.encode("utf-8")
@@ -412,7 +427,7 @@ class BytesCodec(Codec):
     extensions = (".bin",)
     loads_as = "bytes"
 
-    def prepare(self, data: Any, **options: Any) -> bytes | memoryview:
+    def prepare(self, data: Any, **options: Any) -> bytes | bytearray | memoryview:
         if isinstance(data, (bytes, bytearray, memoryview)):
             return data
         raise CodecRefusal(f".bin holds bytes, bytearray or memoryview, got {_type_name(data)}")
@@ -460,9 +475,7 @@ class TorchCodec(Codec):
         try:
             import torch
         except ImportError as exc:
-            raise ImportError(
-                ".pt files need PyTorch: pip install 'hcsflow[torch]'"
-            ) from exc
+            raise ImportError(".pt files need PyTorch: pip install 'hcsflow[torch]'") from exc
         return torch
 
     def prepare(self, data: Any, **options: Any) -> Any:
@@ -492,8 +505,7 @@ class CodecRegistry:
             if not ext.startswith(".") or ext != ext.lower():
                 raise ValueError(f"codec extensions are lower-case with a dot, got {ext!r}")
             if ext in self._by_ext and not replace:
-                raise ValueError(f"extension {ext!r} already has codec "
-                                 f"{self._by_ext[ext].name!r}")
+                raise ValueError(f"extension {ext!r} already has codec {self._by_ext[ext].name!r}")
         for ext in codec.extensions:
             self._by_ext[ext] = codec
 
@@ -516,7 +528,17 @@ class CodecRegistry:
 
 def default_codecs() -> CodecRegistry:
     """A fresh registry with every built-in codec."""
-    return CodecRegistry([
-        TiffCodec(), PngCodec(), NpyCodec(), NpzCodec(), JsonCodec(), CsvCodec(),
-        TextCodec(), BytesCodec(), PickleCodec(), TorchCodec(),
-    ])
+    return CodecRegistry(
+        [
+            TiffCodec(),
+            PngCodec(),
+            NpyCodec(),
+            NpzCodec(),
+            JsonCodec(),
+            CsvCodec(),
+            TextCodec(),
+            BytesCodec(),
+            PickleCodec(),
+            TorchCodec(),
+        ]
+    )

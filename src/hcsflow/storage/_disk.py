@@ -107,14 +107,22 @@ class DiskStorageBackend(StorageBackend):
 
     name = Backend.DISK.value
 
-    def __init__(self, root: str | os.PathLike[str] | None = None, *,
-                 codecs: CodecRegistry | None = None, fsync: bool = True,
-                 max_workers: int | None = None):
+    def __init__(
+        self,
+        root: str | os.PathLike[str] | None = None,
+        *,
+        codecs: CodecRegistry | None = None,
+        fsync: bool = True,
+        max_workers: int | None = None,
+    ):
         if root is not None:
             real = os.path.abspath(os.fspath(root))
             if not os.path.isdir(real):
-                raise NotFoundError("the disk backend root is not an existing directory",
-                                    path=real, backend=self.name)
+                raise NotFoundError(
+                    "the disk backend root is not an existing directory",
+                    path=real,
+                    backend=self.name,
+                )
             self._root: str | None = None if real == "/" else real.rstrip("/")
             self._real_root = os.path.realpath(real)
         else:
@@ -158,9 +166,10 @@ class DiskStorageBackend(StorageBackend):
         if self._root is None:
             return vpaths.normalize_path(real, backend=self.name)
         if real != self._root and not real.startswith(self._root + "/"):
-            raise PathEscapeError(f"symlink target {real!r} is outside the backend root",
-                                  path=real, backend=self.name)
-        return "/" + real[len(self._root):].lstrip("/")
+            raise PathEscapeError(
+                f"symlink target {real!r} is outside the backend root", path=real, backend=self.name
+            )
+        return "/" + real[len(self._root) :].lstrip("/")
 
     def _locate(self, path: vpaths.PathLike, *, follow: bool = True) -> tuple[str, str]:
         """(virtual, real) for ``path``; under a root, refuse paths resolving outside it."""
@@ -171,28 +180,31 @@ class DiskStorageBackend(StorageBackend):
             resolved = os.path.realpath(probe)
             root = self._real_root
             if resolved != root and not resolved.startswith(root + "/"):
-                raise PathEscapeError("path resolves outside the backend root through a "
-                                      "symlink", path=vp, backend=self.name)
+                raise PathEscapeError(
+                    "path resolves outside the backend root through a symlink",
+                    path=vp,
+                    backend=self.name,
+                )
         return vp, real
 
     def _os_error(self, exc: OSError, vp: str, what: str) -> StorageError | None:
         """The typed error for an OS error about ``vp`` (``None``: not a path problem)."""
         if isinstance(exc, FileNotFoundError):
-            return NotFoundError(f"{what}: no such file or directory", path=vp,
-                                 backend=self.name)
+            return NotFoundError(f"{what}: no such file or directory", path=vp, backend=self.name)
         if isinstance(exc, IsADirectoryError):
-            return IsADirectoryStorageError(f"{what}: is a directory", path=vp,
-                                            backend=self.name)
+            return IsADirectoryStorageError(f"{what}: is a directory", path=vp, backend=self.name)
         if isinstance(exc, NotADirectoryError):
-            return NotADirectoryStorageError(f"{what}: a parent is not a directory",
-                                             path=vp, backend=self.name)
+            return NotADirectoryStorageError(
+                f"{what}: a parent is not a directory", path=vp, backend=self.name
+            )
         if isinstance(exc, FileExistsError):
             return AlreadyExistsError(f"{what}: target exists", path=vp, backend=self.name)
         if exc.errno == errno.ELOOP:
             return SymlinkLoopError(f"{what}: symlink chain loops", path=vp, backend=self.name)
         if exc.errno == errno.ENOTEMPTY:
-            return DirectoryNotEmptyError(f"{what}: directory is not empty; use delete_all",
-                                          path=vp, backend=self.name)
+            return DirectoryNotEmptyError(
+                f"{what}: directory is not empty; use delete_all", path=vp, backend=self.name
+            )
         return None
 
     def _codec(self, vp: str) -> Codec:
@@ -200,21 +212,22 @@ class DiskStorageBackend(StorageBackend):
         if codec is None:
             known = " ".join(self.codecs.extensions())
             raise UnsupportedFormatError(
-                f"no file format for this extension (known: {known})", path=vp,
-                backend=self.name)
+                f"no file format for this extension (known: {known})", path=vp, backend=self.name
+            )
         return codec
 
-    def _check_options(self, codec: Codec, vp: str, options: dict[str, Any],
-                       loading: bool) -> None:
+    def _check_options(self, codec: Codec, vp: str, options: dict[str, Any], loading: bool) -> None:
         bad = codec.check_options(options, loading=loading)
         if bad is not None:
-            raise DataFormatError(f"the {codec.name} format does not take option {bad!r}",
-                                  path=vp, backend=self.name)
+            raise DataFormatError(
+                f"the {codec.name} format does not take option {bad!r}", path=vp, backend=self.name
+            )
 
     # ------------------------------------------------------------------ queries
 
-    def entry_kind(self, path: vpaths.PathLike, *, follow_symlinks: bool = True
-                   ) -> EntryKind | None:
+    def entry_kind(
+        self, path: vpaths.PathLike, *, follow_symlinks: bool = True
+    ) -> EntryKind | None:
         """Kind of entry at ``path``; ``None`` when missing, dangling or looping."""
         _, real = self._locate(path, follow=follow_symlinks)
         try:
@@ -248,8 +261,10 @@ class DiskStorageBackend(StorageBackend):
         while stack:
             vdir, rdir = stack.pop()
             with os.scandir(rdir) as it:
-                entries = sorted((e for e in it if not is_temp_name(e.name)),
-                                 key=lambda e: vpaths.natural_key(e.name))
+                entries = sorted(
+                    (e for e in it if not is_temp_name(e.name)),
+                    key=lambda e: vpaths.natural_key(e.name),
+                )
             subdirs = []
             for entry in entries:
                 full = vdir + "/" + entry.name if vdir != "/" else "/" + entry.name
@@ -309,8 +324,11 @@ class DiskStorageBackend(StorageBackend):
         try:
             return codec.decode(real, **options)
         except PickleNotAllowed as exc:
-            raise PickleRefusedError(f"{exc}; pass allow_pickle=True only for files you "
-                                     "trust", path=vp, backend=self.name) from exc
+            raise PickleRefusedError(
+                f"{exc}; pass allow_pickle=True only for files you trust",
+                path=vp,
+                backend=self.name,
+            ) from exc
         except (MemoryError, ImportError):
             raise
         except OSError as exc:
@@ -319,11 +337,13 @@ class DiskStorageBackend(StorageBackend):
                 raise mapped from exc
             if exc.errno is not None:  # a real I/O failure, not a decoding one
                 raise
-            raise CorruptDataError(f"cannot decode the file as {codec.name}: {exc}", path=vp,
-                                   backend=self.name) from exc
+            raise CorruptDataError(
+                f"cannot decode the file as {codec.name}: {exc}", path=vp, backend=self.name
+            ) from exc
         except Exception as exc:
-            raise CorruptDataError(f"cannot decode the file as {codec.name}: {exc}", path=vp,
-                                   backend=self.name) from exc
+            raise CorruptDataError(
+                f"cannot decode the file as {codec.name}: {exc}", path=vp, backend=self.name
+            ) from exc
 
     def load_batch(self, paths: Sequence[vpaths.PathLike], **options: Any) -> list[Any]:
         """Load every path on the thread pool; results in the order of ``paths``.
@@ -337,8 +357,12 @@ class DiskStorageBackend(StorageBackend):
                 codec = self._codec(vp)
                 self._check_options(codec, vp, options, loading=True)
             except HcsflowError as exc:
-                raise BatchError(f"batch item {index} cannot be loaded", index=index,
-                                 path=str(path), backend=self.name) from exc
+                raise BatchError(
+                    f"batch item {index} cannot be loaded",
+                    index=index,
+                    path=str(path),
+                    backend=self.name,
+                ) from exc
             jobs.append((codec, vp, real))
         if len(jobs) <= 1:
             return [self._batch_item(i, job, options) for i, job in enumerate(jobs)]
@@ -346,20 +370,19 @@ class DiskStorageBackend(StorageBackend):
         futures = [pool.submit(self._batch_item, i, job, options) for i, job in enumerate(jobs)]
         return _gather(futures)
 
-    def _batch_item(self, index: int, job: tuple[Codec, str, str], options: dict[str, Any]
-                    ) -> Any:
+    def _batch_item(self, index: int, job: tuple[Codec, str, str], options: dict[str, Any]) -> Any:
         codec, vp, real = job
         try:
             return self._decode(codec, vp, real, options)
         except HcsflowError as exc:
-            raise BatchError(f"batch item {index} could not be loaded", index=index, path=vp,
-                             backend=self.name) from exc
+            raise BatchError(
+                f"batch item {index} could not be loaded", index=index, path=vp, backend=self.name
+            ) from exc
 
     def _executor(self) -> ThreadPoolExecutor:
         with self._pool_lock:
             if self._pool is None:
-                self._pool = ThreadPoolExecutor(self.max_workers,
-                                                thread_name_prefix="hcsflow-disk")
+                self._pool = ThreadPoolExecutor(self.max_workers, thread_name_prefix="hcsflow-disk")
             return self._pool
 
     # ------------------------------------------------------------------ save
@@ -370,8 +393,9 @@ class DiskStorageBackend(StorageBackend):
         try:
             return codec, codec.prepare(data, **options)
         except CodecRefusal as exc:
-            raise DataFormatError(f"cannot save as {codec.name}: {exc}", path=vp,
-                                  backend=self.name) from exc
+            raise DataFormatError(
+                f"cannot save as {codec.name}: {exc}", path=vp, backend=self.name
+            ) from exc
 
     def _check_target(self, vp: str, real: str, overwrite: bool) -> None:
         """Parent must be an existing directory; target must not be a directory or exist."""
@@ -383,8 +407,9 @@ class DiskStorageBackend(StorageBackend):
         if stat_mod.S_ISDIR(st.st_mode):
             raise IsADirectoryStorageError("target is a directory", path=vp, backend=self.name)
         if not overwrite:
-            raise AlreadyExistsError("target exists; pass overwrite=True to replace it",
-                                     path=vp, backend=self.name)
+            raise AlreadyExistsError(
+                "target exists; pass overwrite=True to replace it", path=vp, backend=self.name
+            )
 
     def _check_parent(self, vp: str, real: str) -> None:
         parent_vp = vpaths.parent(vp)
@@ -392,24 +417,26 @@ class DiskStorageBackend(StorageBackend):
             pst = os.stat(os.path.dirname(real))
         except OSError as exc:
             if isinstance(exc, (FileNotFoundError, NotADirectoryError)):
-                raise NotFoundError("parent directory does not exist", path=parent_vp,
-                                    backend=self.name) from exc
+                raise NotFoundError(
+                    "parent directory does not exist", path=parent_vp, backend=self.name
+                ) from exc
             mapped = self._os_error(exc, parent_vp, "cannot reach parent directory")
             if mapped is None:
                 raise
             raise mapped from exc
         if not stat_mod.S_ISDIR(pst.st_mode):
-            raise NotADirectoryStorageError("parent is not a directory", path=parent_vp,
-                                            backend=self.name)
+            raise NotADirectoryStorageError(
+                "parent is not a directory", path=parent_vp, backend=self.name
+            )
 
-    def save(self, data: Any, path: vpaths.PathLike, *, overwrite: bool = False,
-             **options: Any) -> None:
+    def save(
+        self, data: Any, path: vpaths.PathLike, *, overwrite: bool = False, **options: Any
+    ) -> None:
         """Encode ``data`` by the path's extension and publish it atomically."""
         vp, real = self._locate(path, follow=False)
         codec, prepared = self._prepare(data, vp, options)
         if vp == "/":
-            raise IsADirectoryStorageError("the root is a directory", path=vp,
-                                           backend=self.name)
+            raise IsADirectoryStorageError("the root is a directory", path=vp, backend=self.name)
         self._check_target(vp, real, overwrite)
         tmp = self._write_temp(vp, real, codec, prepared, options)
         try:
@@ -421,13 +448,20 @@ class DiskStorageBackend(StorageBackend):
         if self.fsync:
             _fsync_dir(os.path.dirname(real))
 
-    def _write_temp(self, vp: str, real: str, codec: Codec | None, prepared: Any,
-                    options: dict[str, Any],
-                    writer: Callable[[IO[bytes]], None] | None = None) -> str:
+    def _write_temp(
+        self,
+        vp: str,
+        real: str,
+        codec: Codec | None,
+        prepared: Any,
+        options: dict[str, Any],
+        writer: Callable[[IO[bytes]], None] | None = None,
+    ) -> str:
         """Write into a fresh temporary file next to ``real``; return its real path."""
         directory, base = os.path.split(real)
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=f"{TEMP_PREFIX}{base[:64]}.",
-                                   suffix=TEMP_SUFFIX)
+        fd, tmp = tempfile.mkstemp(
+            dir=directory, prefix=f"{TEMP_PREFIX}{base[:64]}.", suffix=TEMP_SUFFIX
+        )
         try:
             # reopened by name: some writers (tifffile) need a file object with a real name
             os.close(fd)
@@ -441,8 +475,9 @@ class DiskStorageBackend(StorageBackend):
                     except (OSError, MemoryError, ImportError):
                         raise
                     except Exception as exc:
-                        raise DataFormatError(f"cannot save as {codec.name}: {exc}", path=vp,
-                                              backend=self.name) from exc
+                        raise DataFormatError(
+                            f"cannot save as {codec.name}: {exc}", path=vp, backend=self.name
+                        ) from exc
                 fh.flush()
                 if self.fsync:
                     os.fsync(fh.fileno())
@@ -462,20 +497,20 @@ class DiskStorageBackend(StorageBackend):
             try:
                 os.link(tmp, real)
             except FileExistsError as exc:
-                raise AlreadyExistsError("target appeared while writing; not overwritten",
-                                         path=vp, backend=self.name) from exc
+                raise AlreadyExistsError(
+                    "target appeared while writing; not overwritten", path=vp, backend=self.name
+                ) from exc
             except OSError as exc:
-                if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP,
-                                     errno.EMLINK):
+                if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK):
                     raise
                 # no hard links on this file system: reserve the name exclusively, then
                 # replace the (empty) reservation with the finished file
                 try:
                     os.close(os.open(real, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
                 except FileExistsError as exc2:
-                    raise AlreadyExistsError("target appeared while writing; not "
-                                             "overwritten", path=vp,
-                                             backend=self.name) from exc2
+                    raise AlreadyExistsError(
+                        "target appeared while writing; not overwritten", path=vp, backend=self.name
+                    ) from exc2
                 os.replace(tmp, real)
                 return
             os.unlink(tmp)
@@ -485,8 +520,14 @@ class DiskStorageBackend(StorageBackend):
                 raise
             raise mapped from exc
 
-    def save_batch(self, data_list: Sequence[Any], paths: Sequence[vpaths.PathLike], *,
-                   overwrite: bool = False, **options: Any) -> None:
+    def save_batch(
+        self,
+        data_list: Sequence[Any],
+        paths: Sequence[vpaths.PathLike],
+        *,
+        overwrite: bool = False,
+        **options: Any,
+    ) -> None:
         """Save many items: all-or-nothing.
 
         Every item is checked (format, data, target) before anything is written; the
@@ -502,12 +543,14 @@ class DiskStorageBackend(StorageBackend):
                 _, real = self._locate(vp, follow=False)
                 codec, prepared = self._prepare(item, vp, options)
                 if vp == "/":
-                    raise IsADirectoryStorageError("the root is a directory", path=vp,
-                                                   backend=self.name)
+                    raise IsADirectoryStorageError(
+                        "the root is a directory", path=vp, backend=self.name
+                    )
                 self._check_target(vp, real, overwrite)
             except HcsflowError as exc:
-                raise BatchError(f"batch item {index} cannot be written", index=index,
-                                 path=vp, backend=self.name) from exc
+                raise BatchError(
+                    f"batch item {index} cannot be written", index=index, path=vp, backend=self.name
+                ) from exc
             plans.append((vp, real, codec, prepared))
 
         temps: list[str | None] = [None] * len(plans)
@@ -517,11 +560,19 @@ class DiskStorageBackend(StorageBackend):
             try:
                 temps[index] = self._write_temp(vp, real, codec, prepared, options)
             except HcsflowError as exc:
-                raise BatchError(f"batch item {index} could not be written", index=index,
-                                 path=vp, backend=self.name) from exc
+                raise BatchError(
+                    f"batch item {index} could not be written",
+                    index=index,
+                    path=vp,
+                    backend=self.name,
+                ) from exc
             except OSError as exc:
-                raise BatchError(f"batch item {index} could not be written: {exc}",
-                                 index=index, path=vp, backend=self.name) from exc
+                raise BatchError(
+                    f"batch item {index} could not be written: {exc}",
+                    index=index,
+                    path=vp,
+                    backend=self.name,
+                ) from exc
 
         try:
             if len(plans) <= 1:
@@ -563,9 +614,12 @@ class DiskStorageBackend(StorageBackend):
                     with contextlib.suppress(FileNotFoundError):
                         os.unlink(tmp)
             if isinstance(exc, Exception):
-                raise BatchError(f"batch item {index} could not be published; the batch "
-                                 "was rolled back", index=index, path=plans[index][0],
-                                 backend=self.name) from exc
+                raise BatchError(
+                    f"batch item {index} could not be published; the batch was rolled back",
+                    index=index,
+                    path=plans[index][0],
+                    backend=self.name,
+                ) from exc
             raise
         for _, backup in published:
             if backup is not None:
@@ -595,8 +649,9 @@ class DiskStorageBackend(StorageBackend):
         try:
             os.makedirs(real, exist_ok=True)
         except FileExistsError as exc:
-            raise NotADirectoryStorageError("a file is in the way", path=vp,
-                                            backend=self.name) from exc
+            raise NotADirectoryStorageError(
+                "a file is in the way", path=vp, backend=self.name
+            ) from exc
         except OSError as exc:
             mapped = self._os_error(exc, vp, "cannot create directory")
             if mapped is None:
@@ -631,19 +686,18 @@ class DiskStorageBackend(StorageBackend):
         """Delete ``path`` and everything below it (a symlink: the link only)."""
         self._delete(path, recursive=True)
 
-    def create_symlink(self, target: vpaths.PathLike, link: vpaths.PathLike, *,
-                       overwrite: bool = False) -> None:
+    def create_symlink(
+        self, target: vpaths.PathLike, link: vpaths.PathLike, *, overwrite: bool = False
+    ) -> None:
         """Create the OS symlink ``link`` to the existing ``target`` (absolute real path)."""
         tvp, treal = self._locate(target)
         lvp, lreal = self._locate(link, follow=False)
         if tvp == lvp:
-            raise InvalidPathError("a symlink cannot point at itself", path=lvp,
-                                   backend=self.name)
+            raise InvalidPathError("a symlink cannot point at itself", path=lvp, backend=self.name)
         if self.entry_kind(tvp) is None:
             raise NotFoundError("symlink target does not exist", path=tvp, backend=self.name)
         if lvp == "/":
-            raise IsADirectoryStorageError("the root is a directory", path=lvp,
-                                           backend=self.name)
+            raise IsADirectoryStorageError("the root is a directory", path=lvp, backend=self.name)
         self._check_target(lvp, lreal, overwrite)
         if not overwrite:
             try:
@@ -675,21 +729,24 @@ class DiskStorageBackend(StorageBackend):
                 os.replace(backup, lreal)
             else:
                 os.unlink(lreal)
-            raise SymlinkLoopError("the new link would form a loop", path=lvp,
-                                   backend=self.name) from exc
+            raise SymlinkLoopError(
+                "the new link would form a loop", path=lvp, backend=self.name
+            ) from exc
         if backup is not None:
             os.unlink(backup)
 
-    def move(self, src: vpaths.PathLike, dst: vpaths.PathLike, *,
-             replace_symlinks: bool = False) -> None:
+    def move(
+        self, src: vpaths.PathLike, dst: vpaths.PathLike, *, replace_symlinks: bool = False
+    ) -> None:
         """Rename ``src`` (itself, not a link's target) to the new path ``dst``."""
         svp, sreal = self._locate(src, follow=False)
         dvp, dreal = self._locate(dst, follow=False)
         if svp == "/":
             raise InvalidPathError("cannot move the root", path=svp, backend=self.name)
         if svp == dvp:
-            raise InvalidPathError("source and destination are the same", path=svp,
-                                   backend=self.name)
+            raise InvalidPathError(
+                "source and destination are the same", path=svp, backend=self.name
+            )
         try:
             sst = os.lstat(sreal)
         except OSError as exc:
@@ -706,11 +763,11 @@ class DiskStorageBackend(StorageBackend):
         is_dir = stat_mod.S_ISDIR(sst.st_mode)
         if is_dir:
             rsrc = os.path.realpath(sreal)
-            rdst = os.path.join(os.path.realpath(os.path.dirname(dreal)),
-                                os.path.basename(dreal))
+            rdst = os.path.join(os.path.realpath(os.path.dirname(dreal)), os.path.basename(dreal))
             if rdst == rsrc or rdst.startswith(rsrc + "/"):
-                raise InvalidPathError("cannot move a directory into itself", path=dvp,
-                                       backend=self.name)
+                raise InvalidPathError(
+                    "cannot move a directory into itself", path=dvp, backend=self.name
+                )
         try:
             if dkind == "symlink":
                 if is_dir:
@@ -735,14 +792,14 @@ class DiskStorageBackend(StorageBackend):
         try:
             os.link(sreal, dreal, follow_symlinks=False)
         except FileExistsError as exc:
-            raise AlreadyExistsError("destination appeared; not overwritten", path=dvp,
-                                     backend=self.name) from exc
+            raise AlreadyExistsError(
+                "destination appeared; not overwritten", path=dvp, backend=self.name
+            ) from exc
         except OSError as exc:
             if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK):
                 raise
             if os.path.lexists(dreal):
-                raise AlreadyExistsError("destination exists", path=dvp,
-                                         backend=self.name) from exc
+                raise AlreadyExistsError("destination exists", path=dvp, backend=self.name) from exc
             os.rename(sreal, dreal)
             return
         os.unlink(sreal)
@@ -768,8 +825,7 @@ class DiskStorageBackend(StorageBackend):
         else:
             os.unlink(sreal)
 
-    def copy(self, src: vpaths.PathLike, dst: vpaths.PathLike, *,
-             overwrite: bool = False) -> None:
+    def copy(self, src: vpaths.PathLike, dst: vpaths.PathLike, *, overwrite: bool = False) -> None:
         """Copy a file's bytes (atomically) or a directory tree (links kept as links).
 
         A file copy needs ``dst`` to have the same format as ``src`` (it copies bytes,
@@ -787,7 +843,10 @@ class DiskStorageBackend(StorageBackend):
             if scodec is not dcodec:
                 raise DataFormatError(
                     f"copy does not convert formats ({scodec.name if scodec else 'unknown'} "
-                    f"to {dcodec.name}); load and save instead", path=dvp, backend=self.name)
+                    f"to {dcodec.name}); load and save instead",
+                    path=dvp,
+                    backend=self.name,
+                )
             self._check_target(dvp, dreal, overwrite)
 
             def writer(fh: IO[bytes]) -> None:
@@ -808,12 +867,17 @@ class DiskStorageBackend(StorageBackend):
         rsrc = os.path.realpath(sreal)
         rdst = os.path.join(os.path.realpath(os.path.dirname(dreal)), os.path.basename(dreal))
         if rdst == rsrc or rdst.startswith(rsrc + "/"):
-            raise InvalidPathError("cannot copy a directory into itself", path=dvp,
-                                   backend=self.name)
+            raise InvalidPathError(
+                "cannot copy a directory into itself", path=dvp, backend=self.name
+            )
         tmp = _temp_name(os.path.dirname(dreal), os.path.basename(dreal))
         try:
-            shutil.copytree(rsrc, tmp, symlinks=True,
-                            ignore=lambda _d, names: [n for n in names if is_temp_name(n)])
+            shutil.copytree(
+                rsrc,
+                tmp,
+                symlinks=True,
+                ignore=lambda _d, names: [n for n in names if is_temp_name(n)],
+            )
             os.rename(tmp, dreal)
         except BaseException:
             if os.path.isdir(tmp):
@@ -837,9 +901,9 @@ def _gather(futures: list[Future[Any]]) -> list[Any]:
         try:
             results.append(future.result())
         except BaseException:
-            for later in futures[position + 1:]:
+            for later in futures[position + 1 :]:
                 later.cancel()
-            for later in futures[position + 1:]:
+            for later in futures[position + 1 :]:
                 if not later.cancelled():
                     with contextlib.suppress(BaseException):
                         later.result()

@@ -30,8 +30,15 @@ class FileManager:
         return self.registry.get(backend)
 
     # -- data
-    def save(self, data: Any, path: PathLike, backend: BackendLike, *, overwrite: bool = False,
-             **options: Any) -> None:
+    def save(
+        self,
+        data: Any,
+        path: PathLike,
+        backend: BackendLike,
+        *,
+        overwrite: bool = False,
+        **options: Any,
+    ) -> None:
         """Save ``data`` to ``path``; refuses an existing target unless ``overwrite=True``."""
         self.backend(backend).save(data, path, overwrite=overwrite, **options)
 
@@ -39,16 +46,24 @@ class FileManager:
         """Load the data at ``path`` (through symlinks)."""
         return self.backend(backend).load(path, **options)
 
-    def save_batch(self, data_list: Sequence[Any], paths: Sequence[PathLike],
-                   backend: BackendLike, *, overwrite: bool = False, **options: Any) -> None:
+    def save_batch(
+        self,
+        data_list: Sequence[Any],
+        paths: Sequence[PathLike],
+        backend: BackendLike,
+        *,
+        overwrite: bool = False,
+        **options: Any,
+    ) -> None:
         """Save many items; targets are all checked before anything is written.
 
         The zarr backend takes ``chunk_name=`` (the well) and ``zarr_config=`` here.
         """
         self.backend(backend).save_batch(data_list, paths, overwrite=overwrite, **options)
 
-    def load_batch(self, paths: Sequence[PathLike], backend: BackendLike,
-                   **options: Any) -> list[Any]:
+    def load_batch(
+        self, paths: Sequence[PathLike], backend: BackendLike, **options: Any
+    ) -> list[Any]:
         """Load many paths, results in the order of ``paths``."""
         return self.backend(backend).load_batch(paths, **options)
 
@@ -78,21 +93,32 @@ class FileManager:
         """Entry names directly in ``directory``."""
         return self.backend(backend).list_dir(directory)
 
-    def list_files(self, directory: PathLike, backend: BackendLike, pattern: str | None = None,
-                   extensions: Iterable[str] | None = None, recursive: bool = False) -> list[str]:
+    def list_files(
+        self,
+        directory: PathLike,
+        backend: BackendLike,
+        pattern: str | None = None,
+        extensions: Iterable[str] | None = None,
+        recursive: bool = False,
+    ) -> list[str]:
         """Full paths of files in ``directory``, filtered by glob ``pattern`` and extensions."""
-        return self.backend(backend).list_files(directory, pattern=pattern,
-                                                extensions=extensions, recursive=recursive)
+        return self.backend(backend).list_files(
+            directory, pattern=pattern, extensions=extensions, recursive=recursive
+        )
 
-    def list_image_files(self, directory: PathLike, backend: BackendLike,
-                         extensions: Iterable[str] | None = None,
-                         recursive: bool = False) -> list[str]:
+    def list_image_files(
+        self,
+        directory: PathLike,
+        backend: BackendLike,
+        extensions: Iterable[str] | None = None,
+        recursive: bool = False,
+    ) -> list[str]:
         """Full paths of image files (``.tif .tiff .png .npy`` unless ``extensions``)."""
-        return self.backend(backend).list_image_files(directory, extensions=extensions,
-                                                      recursive=recursive)
+        return self.backend(backend).list_image_files(
+            directory, extensions=extensions, recursive=recursive
+        )
 
-    def find_file_recursive(self, directory: PathLike, filename: str,
-                            backend: BackendLike) -> str:
+    def find_file_recursive(self, directory: PathLike, filename: str, backend: BackendLike) -> str:
         """Path of the first file named ``filename`` below ``directory``."""
         return self.backend(backend).find_file_recursive(directory, filename)
 
@@ -109,24 +135,34 @@ class FileManager:
         """Delete ``path`` recursively."""
         self.backend(backend).delete_all(path)
 
-    def copy(self, src: PathLike, dst: PathLike, backend: BackendLike, *,
-             overwrite: bool = False) -> None:
+    def copy(
+        self, src: PathLike, dst: PathLike, backend: BackendLike, *, overwrite: bool = False
+    ) -> None:
         """Copy a file or directory tree."""
         self.backend(backend).copy(src, dst, overwrite=overwrite)
 
-    def move(self, src: PathLike, dst: PathLike, backend: BackendLike, *,
-             replace_symlinks: bool = False) -> None:
+    def move(
+        self, src: PathLike, dst: PathLike, backend: BackendLike, *, replace_symlinks: bool = False
+    ) -> None:
         """Move ``src`` to a new ``dst``; an existing symlink at ``dst`` is replaced only
         when ``replace_symlinks=True``."""
         self.backend(backend).move(src, dst, replace_symlinks=replace_symlinks)
 
-    def create_symlink(self, target: PathLike, link: PathLike, backend: BackendLike, *,
-                       overwrite: bool = False) -> None:
+    def create_symlink(
+        self, target: PathLike, link: PathLike, backend: BackendLike, *, overwrite: bool = False
+    ) -> None:
         """Create ``link`` pointing at ``target``."""
         self.backend(backend).create_symlink(target, link, overwrite=overwrite)
 
-    def mirror_directory(self, src: PathLike, dst: PathLike, backend: BackendLike, *,
-                         overwrite_symlinks_only: bool = False) -> int:
+    def mirror_directory(
+        self,
+        src: PathLike,
+        dst: PathLike,
+        backend: BackendLike,
+        *,
+        overwrite_symlinks_only: bool = False,
+    ) -> int:
         """Mirror ``src`` into ``dst`` as symlinks; returns the number of links."""
         return self.backend(backend).mirror_directory(
-            src, dst, overwrite_symlinks_only=overwrite_symlinks_only)
+            src, dst, overwrite_symlinks_only=overwrite_symlinks_only
+        )

@@ -101,8 +101,7 @@ class MemoryStorageBackend(StorageBackend):
         """(parent, name) of a path that must name a file, cached by the raw path."""
         full = vpaths.normalize_path(path, backend=self.name)
         if full == "/":
-            raise IsADirectoryStorageError("the root is a directory", path=full,
-                                           backend=self.name)
+            raise IsADirectoryStorageError("the root is a directory", path=full, backend=self.name)
         cut = full.rfind("/")
         key = (full[:cut] or "/", full[cut + 1 :])
         if len(self._split) >= _SPLIT_CACHE_MAX:
@@ -112,8 +111,9 @@ class MemoryStorageBackend(StorageBackend):
             self._split[path] = key
         return key
 
-    def _resolve(self, path: str, follow_last: bool, seen: set[str]
-                 ) -> tuple[_Dir | None, str, str]:
+    def _resolve(
+        self, path: str, follow_last: bool, seen: set[str]
+    ) -> tuple[_Dir | None, str, str]:
         """Locate ``path``: (node of its real parent, name, real path).
 
         Intermediate symlinks are always followed, the last one only when
@@ -174,8 +174,9 @@ class MemoryStorageBackend(StorageBackend):
 
     # ------------------------------------------------------------------ data
 
-    def save(self, data: Any, path: vpaths.PathLike, *, overwrite: bool = False,
-             **options: Any) -> None:
+    def save(
+        self, data: Any, path: vpaths.PathLike, *, overwrite: bool = False, **options: Any
+    ) -> None:
         """Store ``data`` at ``path`` by reference (numpy arrays as read-only views)."""
         try:
             parent, name = self._split[path]
@@ -188,8 +189,12 @@ class MemoryStorageBackend(StorageBackend):
         lock.acquire()
         try:
             node = self._index.get(parent)
-            if (node is None or name in node.dirs or name in node.links
-                    or (not overwrite and name in node.files)):
+            if (
+                node is None
+                or name in node.dirs
+                or name in node.links
+                or (not overwrite and name in node.files)
+            ):
                 self._save_slow(data, parent, name, overwrite)
             else:
                 node.files[name] = data
@@ -204,8 +209,9 @@ class MemoryStorageBackend(StorageBackend):
             raise IsADirectoryStorageError("target is a directory", path=path, backend=self.name)
         if name in pnode.files or name in pnode.links:
             if not overwrite:
-                raise AlreadyExistsError("target exists; pass overwrite=True to replace it",
-                                         path=path, backend=self.name)
+                raise AlreadyExistsError(
+                    "target exists; pass overwrite=True to replace it", path=path, backend=self.name
+                )
             # like a rename onto a link, overwriting replaces the link, not its target
             pnode.links.pop(name, None)
         pnode.files[name] = data
@@ -214,11 +220,13 @@ class MemoryStorageBackend(StorageBackend):
         try:
             return self._resolve_dir(parent, set())[0]
         except NotFoundError as exc:
-            raise NotFoundError("parent directory does not exist", path=parent,
-                                backend=self.name) from exc
+            raise NotFoundError(
+                "parent directory does not exist", path=parent, backend=self.name
+            ) from exc
         except NotADirectoryStorageError as exc:
-            raise NotADirectoryStorageError("parent is not a directory", path=parent,
-                                            backend=self.name) from exc
+            raise NotADirectoryStorageError(
+                "parent is not a directory", path=parent, backend=self.name
+            ) from exc
 
     def load(self, path: vpaths.PathLike, **options: Any) -> Any:
         """The object stored at ``path`` (through symlinks), without copying."""
@@ -242,15 +250,20 @@ class MemoryStorageBackend(StorageBackend):
             except (NotFoundError, NotADirectoryStorageError) as exc:
                 raise NotFoundError("no such file", path=path, backend=self.name) from exc
             if pnode is None or rname in pnode.dirs:
-                raise IsADirectoryStorageError("path is a directory", path=path,
-                                               backend=self.name)
+                raise IsADirectoryStorageError("path is a directory", path=path, backend=self.name)
             try:
                 return pnode.files[rname]
             except KeyError:
                 raise NotFoundError("no such file", path=path, backend=self.name) from None
 
-    def save_batch(self, data_list: Sequence[Any], paths: Sequence[vpaths.PathLike], *,
-                   overwrite: bool = False, **options: Any) -> None:
+    def save_batch(
+        self,
+        data_list: Sequence[Any],
+        paths: Sequence[vpaths.PathLike],
+        *,
+        overwrite: bool = False,
+        **options: Any,
+    ) -> None:
         """Save each item; every target is checked first, so a refused batch writes nothing."""
         norm = _check_batch(self, data_list, paths)
         with self._lock:
@@ -258,8 +271,12 @@ class MemoryStorageBackend(StorageBackend):
                 try:
                     self._check_can_write(path, overwrite)
                 except HcsflowError as exc:
-                    raise BatchError(f"batch item {index} cannot be written", index=index,
-                                     path=path, backend=self.name) from exc
+                    raise BatchError(
+                        f"batch item {index} cannot be written",
+                        index=index,
+                        path=path,
+                        backend=self.name,
+                    ) from exc
             for item, path in zip(data_list, norm, strict=True):
                 self.save(item, path, overwrite=True)
 
@@ -271,15 +288,19 @@ class MemoryStorageBackend(StorageBackend):
                 try:
                     out.append(self.load(path))
                 except StorageError as exc:
-                    raise BatchError(f"batch item {index} could not be loaded", index=index,
-                                     path=getattr(exc, "path", None) or str(path),
-                                     backend=self.name) from exc
+                    raise BatchError(
+                        f"batch item {index} could not be loaded",
+                        index=index,
+                        path=getattr(exc, "path", None) or str(path),
+                        backend=self.name,
+                    ) from exc
         return out
 
     # ------------------------------------------------------------------ queries
 
-    def entry_kind(self, path: vpaths.PathLike, *, follow_symlinks: bool = True
-                   ) -> EntryKind | None:
+    def entry_kind(
+        self, path: vpaths.PathLike, *, follow_symlinks: bool = True
+    ) -> EntryKind | None:
         """Kind of entry at ``path``; ``None`` when missing, dangling or looping."""
         full = self.norm(path)
         with self._lock:
@@ -316,8 +337,7 @@ class MemoryStorageBackend(StorageBackend):
             kind = self._kind_of(pnode, name)
             if kind is None or pnode is None:
                 if kind is None:
-                    raise NotFoundError("no such file or directory", path=full,
-                                        backend=self.name)
+                    raise NotFoundError("no such file or directory", path=full, backend=self.name)
                 return FileInfo(full, "directory")
             if kind == "file":
                 return FileInfo(full, "file", size=_size_of(pnode.files[name]))
@@ -341,8 +361,9 @@ class MemoryStorageBackend(StorageBackend):
                 elif part in node.links:
                     node, real = self._resolve_dir(child_real, set())
                 elif part in node.files:
-                    raise NotADirectoryStorageError("a file is in the way", path=child_real,
-                                                    backend=self.name)
+                    raise NotADirectoryStorageError(
+                        "a file is in the way", path=child_real, backend=self.name
+                    )
                 else:
                     child = _Dir()
                     node.dirs[part] = child
@@ -364,8 +385,9 @@ class MemoryStorageBackend(StorageBackend):
             elif name in pnode.dirs:
                 node = pnode.dirs[name]
                 if not recursive and not node.is_empty():
-                    raise DirectoryNotEmptyError("directory is not empty; use delete_all",
-                                                 path=full, backend=self.name)
+                    raise DirectoryNotEmptyError(
+                        "directory is not empty; use delete_all", path=full, backend=self.name
+                    )
                 for sub, _ in self._subtree_dirs(node, real):
                     self._index.pop(sub, None)
                 del pnode.dirs[name]
@@ -380,17 +402,18 @@ class MemoryStorageBackend(StorageBackend):
         """Delete ``path`` and everything below it (a symlink: the link only)."""
         self._delete(path, recursive=True)
 
-    def create_symlink(self, target: vpaths.PathLike, link: vpaths.PathLike, *,
-                       overwrite: bool = False) -> None:
+    def create_symlink(
+        self, target: vpaths.PathLike, link: vpaths.PathLike, *, overwrite: bool = False
+    ) -> None:
         """Create ``link`` pointing at the existing ``target`` (a virtual path)."""
         tfull, lfull = self.norm(target), self.norm(link)
         if tfull == lfull:
-            raise InvalidPathError("a symlink cannot point at itself", path=lfull,
-                                   backend=self.name)
+            raise InvalidPathError(
+                "a symlink cannot point at itself", path=lfull, backend=self.name
+            )
         with self._lock:
             if self.entry_kind(tfull) is None:
-                raise NotFoundError("symlink target does not exist", path=tfull,
-                                    backend=self.name)
+                raise NotFoundError("symlink target does not exist", path=tfull, backend=self.name)
             self._check_can_write(lfull, overwrite)
             pnode, name, _ = self._resolve(lfull, False, set())
             assert pnode is not None
@@ -408,15 +431,17 @@ class MemoryStorageBackend(StorageBackend):
                     pnode.files[name] = old_file
                 raise
 
-    def move(self, src: vpaths.PathLike, dst: vpaths.PathLike, *,
-             replace_symlinks: bool = False) -> None:
+    def move(
+        self, src: vpaths.PathLike, dst: vpaths.PathLike, *, replace_symlinks: bool = False
+    ) -> None:
         """Rename ``src`` (itself, not a link's target) to the new path ``dst``."""
         sfull, dfull = self.norm(src), self.norm(dst)
         if sfull == "/":
             raise InvalidPathError("cannot move the root", path=sfull, backend=self.name)
         if sfull == dfull:
-            raise InvalidPathError("source and destination are the same", path=sfull,
-                                   backend=self.name)
+            raise InvalidPathError(
+                "source and destination are the same", path=sfull, backend=self.name
+            )
         with self._lock:
             spnode, sname, sreal = self._resolve(sfull, False, set())
             assert spnode is not None
@@ -430,8 +455,9 @@ class MemoryStorageBackend(StorageBackend):
             if dkind is not None and not (dkind == "symlink" and replace_symlinks):
                 raise AlreadyExistsError("destination exists", path=dfull, backend=self.name)
             if kind == "directory" and vpaths.is_relative_to(dreal, sreal):
-                raise InvalidPathError("cannot move a directory into itself", path=dfull,
-                                       backend=self.name)
+                raise InvalidPathError(
+                    "cannot move a directory into itself", path=dfull, backend=self.name
+                )
             if dkind is not None:
                 del dpnode.links[dname]
             if kind == "file":
@@ -446,8 +472,7 @@ class MemoryStorageBackend(StorageBackend):
                 for sub, child in self._subtree_dirs(node, dreal):
                     self._index[sub] = child
 
-    def copy(self, src: vpaths.PathLike, dst: vpaths.PathLike, *,
-             overwrite: bool = False) -> None:
+    def copy(self, src: vpaths.PathLike, dst: vpaths.PathLike, *, overwrite: bool = False) -> None:
         """Copy a file (the object, shared) or a directory tree (links kept as links).
 
         ``overwrite`` applies to files; a directory copy needs a new ``dst``.
@@ -468,13 +493,13 @@ class MemoryStorageBackend(StorageBackend):
                 return
             snode = self._root if spnode is None else spnode.dirs[sname]
             if self.entry_kind(dfull, follow_symlinks=False) is not None:
-                raise AlreadyExistsError("copy destination exists", path=dfull,
-                                         backend=self.name)
+                raise AlreadyExistsError("copy destination exists", path=dfull, backend=self.name)
             dpnode, dname, dreal = self._resolve(dfull, False, set())
             assert dpnode is not None
             if vpaths.is_relative_to(dreal, sreal):
-                raise InvalidPathError("cannot copy a directory into itself", path=dfull,
-                                       backend=self.name)
+                raise InvalidPathError(
+                    "cannot copy a directory into itself", path=dfull, backend=self.name
+                )
             clone = _clone(snode)
             dpnode.dirs[dname] = clone
             for sub, child in self._subtree_dirs(clone, dreal):

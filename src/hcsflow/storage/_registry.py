@@ -43,8 +43,7 @@ class BackendRegistry:
         for key, value in (backends or {}).items():
             self.register_backend(key, value)
 
-    def register_backend(self, name: Backend | str, backend: StorageBackend
-                         ) -> Callable[[], None]:
+    def register_backend(self, name: Backend | str, backend: StorageBackend) -> Callable[[], None]:
         """Register ``backend`` under ``name``; return a function that unregisters it.
 
         Raises :class:`BackendRegistrationError` when the name is taken or the object is
@@ -53,8 +52,7 @@ class BackendRegistry:
         key = backend_name(name)
         if not isinstance(backend, StorageBackend):
             raise BackendRegistrationError(
-                f"backend {key!r} must be a StorageBackend instance, got "
-                f"{type(backend).__name__}"
+                f"backend {key!r} must be a StorageBackend instance, got {type(backend).__name__}"
             )
         with self._lock:
             if key in self._backends or key in self._factories:

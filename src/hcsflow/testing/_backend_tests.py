@@ -190,16 +190,22 @@ class BackendTests:
 
     def test_list_files_filters(self, backend: StorageBackend) -> None:
         backend.ensure_directory("/p/w1/sub")
-        for path in ["/p/b_10.npy", "/p/b_9.npy", "/p/a.NPY", "/p/w1/c_1.npy",
-                     "/p/w1/sub/d.npy"]:
+        for path in ["/p/b_10.npy", "/p/b_9.npy", "/p/a.NPY", "/p/w1/c_1.npy", "/p/w1/sub/d.npy"]:
             backend.save(_arr(0), path)
         assert backend.list_files("/p") == ["/p/a.NPY", "/p/b_9.npy", "/p/b_10.npy"]
         assert backend.list_files("/p", pattern="b_*") == ["/p/b_9.npy", "/p/b_10.npy"]
         assert backend.list_files("/p", extensions=[".npy"], recursive=True) == [
-            "/p/a.NPY", "/p/b_9.npy", "/p/b_10.npy", "/p/w1/c_1.npy", "/p/w1/sub/d.npy"]
+            "/p/a.NPY",
+            "/p/b_9.npy",
+            "/p/b_10.npy",
+            "/p/w1/c_1.npy",
+            "/p/w1/sub/d.npy",
+        ]
         assert backend.list_files("/p", extensions=["tif"]) == []
         assert backend.list_image_files("/p/w1", recursive=True) == [
-            "/p/w1/c_1.npy", "/p/w1/sub/d.npy"]
+            "/p/w1/c_1.npy",
+            "/p/w1/sub/d.npy",
+        ]
 
     def test_find_file_recursive(self, backend: StorageBackend) -> None:
         backend.ensure_directory("/p/a/b")
@@ -417,12 +423,16 @@ class BackendTests:
             backend.save(_arr(i), path)
         assert backend.mirror_directory("/src", "/dst") == 4
         for i, path in enumerate(files):
-            mirrored = "/dst" + path[len("/src"):]
+            mirrored = "/dst" + path[len("/src") :]
             assert backend.is_symlink(mirrored)
             assert backend.read_link(mirrored) == path
             np.testing.assert_array_equal(backend.load(mirrored), _arr(i))
         assert backend.list_files("/dst", recursive=True) == [
-            "/dst/A01/a.npy", "/dst/A01/z/deep.npy", "/dst/B02/b.npy", "/dst/top.npy"]
+            "/dst/A01/a.npy",
+            "/dst/A01/z/deep.npy",
+            "/dst/B02/b.npy",
+            "/dst/top.npy",
+        ]
 
     def test_mirror_directory_overwrite_rules(self, backend: StorageBackend) -> None:
         backend.ensure_directory("/src")

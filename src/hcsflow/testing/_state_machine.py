@@ -35,7 +35,8 @@ _FILES = ["x.npy", "y.npy", "img_10.npy", "img_2.npy"]
 
 def _paths(names: list[str]) -> st.SearchStrategy[str]:
     parent = st.lists(st.sampled_from(_DIRS), max_size=2).map(
-        lambda parts: "/" + "/".join(parts) if parts else "")
+        lambda parts: "/" + "/".join(parts) if parts else ""
+    )
     return st.tuples(parent, st.sampled_from(names)).map(lambda t: f"{t[0]}/{t[1]}")
 
 
@@ -103,7 +104,8 @@ def backend_state_machine(
             expected = _outcome(lambda: op(self.model))
             actual = _outcome(lambda: op(self.real))
             assert expected[0] == actual[0] and _same(expected[1], actual[1]), (
-                f"model gave {expected!r}, {self.real.name} gave {actual!r}")
+                f"model gave {expected!r}, {self.real.name} gave {actual!r}"
+            )
             return expected
 
         @rule(path=DIR_PATHS)
@@ -120,8 +122,9 @@ def backend_state_machine(
         def load(self, path: str) -> None:
             self.both(lambda b: b.load(path))
 
-        @rule(paths=st.lists(FILE_PATHS, min_size=1, max_size=3, unique=True),
-              overwrite=st.booleans())
+        @rule(
+            paths=st.lists(FILE_PATHS, min_size=1, max_size=3, unique=True), overwrite=st.booleans()
+        )
         def save_batch(self, paths: list[str], overwrite: bool) -> None:
             self.counter += 1
             data = [np.array([self.counter, i], dtype=np.int64) for i in range(len(paths))]
@@ -158,8 +161,9 @@ def backend_state_machine(
 
         @rule(path=ANY_PATHS)
         def queries(self, path: str) -> None:
-            self.both(lambda b: (b.exists(path), b.is_file(path), b.is_dir(path),
-                                 b.is_symlink(path)))
+            self.both(
+                lambda b: (b.exists(path), b.is_file(path), b.is_dir(path), b.is_symlink(path))
+            )
 
         @rule(path=DIR_PATHS, recursive=st.booleans())
         def listings(self, path: str, recursive: bool) -> None:
@@ -171,5 +175,6 @@ def backend_state_machine(
             assert expected == actual, f"trees differ:\nmodel {expected}\n{self.real.name} {actual}"
 
     BackendMachine.TestCase.settings = settings(
-        max_examples=max_examples, stateful_step_count=stateful_step_count, deadline=None)
+        max_examples=max_examples, stateful_step_count=stateful_step_count, deadline=None
+    )
     return BackendMachine

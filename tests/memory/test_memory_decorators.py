@@ -402,3 +402,21 @@ def test_concurrent_calls(mem) -> None:
         results = list(pool.map(lambda k: scale(_stack(), k), range(16)))
     for k, r in enumerate(results):
         np.testing.assert_array_equal(r.numpy(), _stack() * k)
+
+
+@pytest.mark.parametrize("mt", [M.TORCH, M.JAX, M.TENSORFLOW], ids=str)
+def test_negative_stride_and_non_contiguous_inputs(mem, mt) -> None:
+    mem.need(mt)
+
+    @DECORATOR[mt]
+    def ident(image_stack):
+        return image_stack
+
+    base = np.arange(2 * 4 * 6, dtype=np.float32).reshape(2, 4, 6)
+    for view in (base[:, ::-1, :], base[:, :, ::2]):
+        with record_conversions() as rec:
+            out = ident(view)
+        np.testing.assert_array_equal(mem.values_of(out, mt), view)
+        assert rec.events[0].route in ("dlpack", "host_copy")
+        if rec.events[0].route == "host_copy":
+            assert rec.events[0].bytes_copied == view.nbytes

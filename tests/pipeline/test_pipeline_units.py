@@ -103,7 +103,7 @@ def test_global_config_is_complete_and_frozen():
     for f in fields(g):
         if f.name not in ("zarr", "well_filter"):
             assert getattr(g, f.name) is not None, f.name
-    assert g.vfs == VFSConfig("memory", "disk")
+    assert g.vfs == VFSConfig("memory", "disk", fsync=True)
     with pytest.raises(AttributeError):
         g.num_workers = 3  # type: ignore[misc]
     assert pickle.loads(pickle.dumps(g)) == g

@@ -87,6 +87,7 @@ class WellPlan:
     zarr_config: Any
     multi_z: bool
     multi_t: bool
+    fsync: bool = True
 
 
 @dataclass(frozen=True)
@@ -422,6 +423,7 @@ def compile_pipeline(
             zarr_config=zarr_config,
             multi_z=len(plate_index.zs) > 1,
             multi_t=len(plate_index.ts) > 1,
+            fsync=bool(run_config.vfs.fsync),
         )
         for w in wells
     )

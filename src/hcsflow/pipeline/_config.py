@@ -54,6 +54,9 @@ class VFSConfig:
 
     intermediate_backend: Backend | str | None = None
     materialization_backend: Backend | str | None = None
+    fsync: bool | None = None
+    """Flush each file written to disk to the device before it is renamed into place
+    (survives power loss).  Writes are atomic either way (temporary name + rename)."""
 
     def __post_init__(self) -> None:
         inter = _backend_value(self.intermediate_backend, "VFSConfig.intermediate_backend")
@@ -232,7 +235,7 @@ def _validate_run_fields(cfg: PipelineConfig) -> None:
 _DEFAULT_VALUES: dict[str, Any] = {
     "num_workers": 1,
     "executor": "processes",
-    "vfs": VFSConfig(Backend.MEMORY, Backend.DISK),
+    "vfs": VFSConfig(Backend.MEMORY, Backend.DISK, fsync=True),
     "path_planning": PathPlanningConfig(
         images_dir="images", results_dir="results", step_dir_template="{index:02d}_{name}"
     ),

@@ -68,7 +68,7 @@ class WellResult:
         return dict(self.__dict__)
 
 
-def well_registry() -> BackendRegistry:
+def well_registry(*, fsync: bool = True) -> BackendRegistry:
     """A fresh registry for one well: its own memory backend, plus disk.
 
     OME-Zarr images and labels are written with the storage layer's plate helpers, which
@@ -76,7 +76,7 @@ def well_registry() -> BackendRegistry:
     """
     backends: dict[str, StorageBackend] = {
         Backend.MEMORY.value: MemoryStorageBackend(),
-        Backend.DISK.value: DiskStorageBackend(),
+        Backend.DISK.value: DiskStorageBackend(fsync=fsync),
     }
     return BackendRegistry(backends)
 
@@ -87,7 +87,7 @@ class _Well:
     def __init__(self, plan: WellPlan, result: WellResult):
         self.plan = plan
         self.result = result
-        self.registry = well_registry()
+        self.registry = well_registry(fsync=plan.fsync)
         self.fm = FileManager(self.registry)
         self.mem = Backend.MEMORY.value
         self.root = f"/{plan.well}"

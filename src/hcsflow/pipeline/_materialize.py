@@ -109,20 +109,19 @@ def materialize_table(data: Any, path: str, filemanager: FileManager) -> str:
     csv_path, json_path = f"{base}.csv", f"{base}.json"
     backend = Backend.DISK.value
     _ensure_parent(filemanager, csv_path, backend)
-    numeric = df.select_dtypes(include="number")
-    summary = {
-        "rows": len(df),
-        "columns": [str(c) for c in df.columns],
-        "numeric": {
-            str(c): {
-                "sum": _json_safe(numeric[c].sum()),
-                "mean": _json_safe(numeric[c].mean()) if len(df) else None,
-                "min": _json_safe(numeric[c].min()) if len(df) else None,
-                "max": _json_safe(numeric[c].max()) if len(df) else None,
-            }
-            for c in numeric.columns
-        },
-    }
+    numeric = df.select_dtypes(include="number").to_numpy(dtype=np.float64)
+    names = [str(c) for c in df.select_dtypes(include="number").columns]
+    stats: dict[str, dict[str, Any]] = {}
+    for i, name in enumerate(names):
+        col = numeric[:, i]
+        has = bool(len(col)) and not np.isnan(col).all()
+        stats[name] = {
+            "sum": _json_safe(np.nansum(col)),
+            "mean": _json_safe(np.nanmean(col)) if has else None,
+            "min": _json_safe(np.nanmin(col)) if has else None,
+            "max": _json_safe(np.nanmax(col)) if has else None,
+        }
+    summary = {"rows": len(df), "columns": [str(c) for c in df.columns], "numeric": stats}
     filemanager.save(df, csv_path, backend, overwrite=True)
     filemanager.save(json.dumps(summary, indent=2), json_path, backend, overwrite=True)
     return csv_path

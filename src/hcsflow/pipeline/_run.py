@@ -10,6 +10,7 @@ output and never destroys a previous run that was not explicitly overwritten.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import functools
 import hashlib
 import importlib.util
 import json
@@ -240,6 +241,7 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+@functools.cache
 def _versions() -> dict[str, str]:
     import importlib.metadata as md
 
@@ -433,13 +435,14 @@ def _manifest(
         d = r.to_dict()
         d["outputs"] = [{**o, "path": _relative(str(o["path"]), staging)} for o in r.outputs]
         wells[r.well] = d
-    files = {}
-    for p in sorted(staging.rglob("*")):
-        if p.is_file():
-            files[p.relative_to(staging).as_posix()] = {
-                "bytes": p.stat().st_size,
-                "sha256": _sha256(p),
-            }
+    paths = sorted(p for p in staging.rglob("*") if p.is_file())
+    # hashlib releases the GIL on large buffers: hash files in parallel threads
+    with cf.ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
+        digests = list(pool.map(_sha256, paths))
+    files = {
+        p.relative_to(staging).as_posix(): {"bytes": p.stat().st_size, "sha256": d}
+        for p, d in zip(paths, digests, strict=True)
+    }
     n_ok = sum(r.status == "ok" for r in results)
     images = sum(r.images_in for r in results)
     return {
@@ -450,7 +453,7 @@ def _manifest(
         "plate": plan.plate.summary(),
         "pipeline": describe_steps(plan.steps),
         "config": config_to_dict(plan.config),
-        "versions": _versions(),
+        "versions": dict(_versions()),
         "summary": {
             "wells": len(results),
             "wells_ok": n_ok,

@@ -280,6 +280,11 @@ def decorate(func: Callable[..., Any], options: MemoryOptions) -> Callable[..., 
             result = run(by_keyword, x, (), kwargs)
         main, extra = _split_result(result)
         kind = _check_type(main, f"{name}()")
+        if kind is M.TORCH and main.is_cuda:
+            # The tensor may have been allocated on this thread's side stream; tell the caching
+            # allocator the caller's stream uses it, so its block is not reused too early.
+            torch = import_framework(M.TORCH)
+            main.record_stream(torch.cuda.current_stream(main.device))
         out_shape = _shape(main)
         if len(out_shape) != 3:
             raise ShapeError(

@@ -93,6 +93,7 @@ def test_run_info_validate_with_a_pipeline_file_in_processes(tmp_path, capsys):
     assert "imagexpress" in capsys.readouterr().out
     assert main(["validate", str(out / "images.zarr")]) == 0
     assert "valid OME-Zarr plate" in capsys.readouterr().out
+    assert main(["validate", "--deep", str(out / "images.zarr")]) == 0
 
 
 def test_validate_reports_a_broken_plate(tmp_path, capsys):

@@ -95,7 +95,7 @@ def test_threads_and_processes_agree_with_inprocess(plate, tmp_path):
 
 
 def test_zarr_materialization_writes_plate_and_labels(plate, tmp_path):
-    from hcsflow.storage._zarr_plate import open_image, open_plate, read_labels
+    from hcsflow.storage import open_image, open_plate, read_labels
 
     out = tmp_path / "z"
     res = run_pipeline(
@@ -191,7 +191,7 @@ def test_checkpoint_with_well_filter_and_step_level_config(plate, tmp_path):
     )
     assert res.ok
     assert [p.name for p in (out / "checkpoints/00_gaussian_filter").iterdir()] == ["A02"]
-    from hcsflow.storage._zarr_plate import open_plate
+    from hcsflow.storage import open_plate
 
     assert open_plate(str(out / "masks.zarr")).wells == ("A01", "A02")
     assert tifffile.imread(out / "images/A01/A01_s1_w1.tif").dtype == np.uint8  # mask

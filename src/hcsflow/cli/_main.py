@@ -112,6 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     v = sub.add_parser("validate", help="check an OME-Zarr plate against the NGFF specification")
     v.add_argument("path")
+    v.add_argument("--deep", action="store_true", help="also decode every chunk (slow)")
     return p
 
 
@@ -320,7 +321,7 @@ def _info(args: argparse.Namespace) -> int:
             },
         }
     elif _is_zarr_group(path):
-        from hcsflow.storage._zarr_plate import open_plate, open_well
+        from hcsflow.storage import open_plate, open_well
 
         p = open_plate(str(path))
         first = open_well(str(path), p.wells[0]) if p.wells else None
@@ -351,25 +352,8 @@ def _info(args: argparse.Namespace) -> int:
 
 
 def _validate(args: argparse.Namespace) -> int:
-    from hcsflow.storage._zarr_plate import open_image, open_plate, open_well
+    from hcsflow.storage.validate import validate_plate
 
-    path = str(Path(args.path).absolute())
-    plate = open_plate(path)
-    problems = []
-    for well in plate.wells:
-        try:
-            info = open_well(path, well)
-            for field in range(len(info.field_paths)):
-                open_image(path, well, field)
-        except HcsflowError as exc:
-            problems.append(f"well {well}: {exc}")
-    if problems:
-        print(f"{path}: {len(problems)} problem(s)")
-        for p in problems:
-            print(f"  - {p}")
-        return 1
-    print(
-        f"{path}: valid OME-Zarr plate (NGFF {plate.ngff_version}), {len(plate.wells)} wells, "
-        f"{plate.field_count} field(s) per well"
-    )
-    return 0
+    report = validate_plate(str(Path(args.path).absolute()), deep=args.deep)
+    print(report.summary())
+    return 0 if report.ok else 1

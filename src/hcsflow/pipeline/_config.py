@@ -164,7 +164,7 @@ def zarr_config_of(cfg: PipelineConfig) -> Any:
     """The ``ZarrConfig`` a configuration uses (``ZarrConfig()`` when unset)."""
     if cfg.zarr is not None:
         return cfg.zarr
-    from hcsflow.storage._zarr_config import ZarrConfig
+    from hcsflow.storage import ZarrConfig
 
     return ZarrConfig()
 

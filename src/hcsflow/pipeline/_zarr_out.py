@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from hcsflow import storage as zp
 from hcsflow.errors import PlateLayoutError
-from hcsflow.storage import _zarr_plate as zp
 from hcsflow.storage.plate import ImageCoordinates
 
 __all__ = ["write_well_zarr", "write_labels_zarr", "finalize_plates"]

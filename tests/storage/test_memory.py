@@ -158,3 +158,36 @@ def test_not_picklable() -> None:
 
     with pytest.raises(TypeError, match="cannot be pickled"):
         pickle.dumps(MemoryStorageBackend())
+
+
+def test_cached_paths_follow_structural_changes() -> None:
+    backend = MemoryStorageBackend()
+    backend.ensure_directory("/d")
+    backend.save(1, "/d/x")
+    assert backend.load("/d/x") == 1  # now cached
+    backend.move("/d", "/e")
+    with pytest.raises(NotFoundError):
+        backend.load("/d/x")
+    with pytest.raises(NotFoundError):
+        backend.save(2, "/d/x")
+    assert backend.load("/e/x") == 1
+    backend.ensure_directory("/d")
+    backend.save(3, "/d/x")
+    assert backend.load("/d/x") == 3
+    backend.delete_all("/d")
+    backend.ensure_directory("/d")
+    with pytest.raises(NotFoundError):
+        backend.load("/d/x")
+    backend.save(4, "/d/x")
+    backend.save(5, "/e/y")
+    backend.create_symlink("/e/y", "/d/x", overwrite=True)
+    assert backend.load("/d/x") == 5
+    backend.save(6, "/d/x", overwrite=True)  # replaces the link
+    assert backend.load("/d/x") == 6 and backend.load("/e/y") == 5
+    backend.move("/d/x", "/e/z")
+    with pytest.raises(NotFoundError):
+        backend.load("/d/x")
+    backend.clear()
+    with pytest.raises(NotFoundError):
+        backend.load("/e/z")
+    assert backend.list_dir("/") == []

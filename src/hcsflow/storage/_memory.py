@@ -38,7 +38,7 @@ from hcsflow.storage._base import Backend, EntryKind, FileInfo, StorageBackend, 
 
 __all__ = ["MemoryStorageBackend"]
 
-_SPLIT_CACHE_MAX = 1 << 16
+_FAST_CACHE_MAX = 1 << 16
 _MAX_LINK_HOPS = 64
 
 
@@ -57,14 +57,6 @@ class _Dir:
 
     def is_empty(self) -> bool:
         return not (self.files or self.dirs or self.links)
-
-
-def _readonly(data: Any) -> Any:
-    """A read-only view of a writable numpy array (the caller's array is left untouched)."""
-    if isinstance(data, np.ndarray) and data.flags.writeable:
-        data = data.view()
-        data.setflags(write=False)
-    return data
 
 
 def _size_of(data: Any) -> int | None:
@@ -91,25 +83,32 @@ class MemoryStorageBackend(StorageBackend):
         self._root = _Dir()
         # real directory path -> node; lets the hot path skip walking the tree
         self._index: dict[str, _Dir] = {"/": self._root}
-        # raw path as given -> (normalised parent, name); normalisation is pure, so a
-        # cache is always valid, and bounding it keeps memory flat
-        self._split: dict[Any, tuple[str, str]] = {}
+        # raw path as given -> (node of its symlink-free parent, name): the hot path is
+        # one lookup.  Written and cleared only under the lock; cleared whenever a
+        # directory node is detached (delete, move, clear), bounded in size.
+        self._fast: dict[Any, tuple[_Dir, str]] = {}
 
     # ------------------------------------------------------------------ path helpers
 
     def _file_key(self, path: Any) -> tuple[str, str]:
-        """(parent, name) of a path that must name a file, cached by the raw path."""
+        """(normalised parent, name) of a path that must name a file."""
         full = vpaths.normalize_path(path, backend=self.name)
         if full == "/":
             raise IsADirectoryStorageError("the root is a directory", path=full, backend=self.name)
         cut = full.rfind("/")
-        key = (full[:cut] or "/", full[cut + 1 :])
-        if len(self._split) >= _SPLIT_CACHE_MAX:
-            self._split.clear()
+        return full[:cut] or "/", full[cut + 1 :]
+
+    def _remember(self, path: Any, node: _Dir, name: str) -> None:
+        """Cache the parent node of a raw path (caller holds the lock)."""
+        if len(self._fast) >= _FAST_CACHE_MAX:
+            self._fast.clear()
         # an unhashable path-like is still valid, just not cacheable
         with contextlib.suppress(TypeError):
-            self._split[path] = key
-        return key
+            self._fast[path] = (node, name)
+
+    def _forget_nodes(self) -> None:
+        """Drop cached parent nodes after a directory node left the tree (lock held)."""
+        self._fast.clear()
 
     def _resolve(
         self, path: str, follow_last: bool, seen: set[str]
@@ -178,31 +177,34 @@ class MemoryStorageBackend(StorageBackend):
         self, data: Any, path: vpaths.PathLike, *, overwrite: bool = False, **options: Any
     ) -> None:
         """Store ``data`` at ``path`` by reference (numpy arrays as read-only views)."""
-        try:
-            parent, name = self._split[path]
-        except (KeyError, TypeError):
-            parent, name = self._file_key(path)
         if isinstance(data, np.ndarray) and data.flags.writeable:
             data = data.view()
-            data.setflags(write=False)
+            data.setflags(False)  # positional: much cheaper than write=False
         lock = self._lock
         lock.acquire()
         try:
-            node = self._index.get(parent)
-            if (
-                node is None
-                or name in node.dirs
-                or name in node.links
-                or (not overwrite and name in node.files)
-            ):
-                self._save_slow(data, parent, name, overwrite)
-            else:
-                node.files[name] = data
+            try:
+                node, name = self._fast[path]
+            except (KeyError, TypeError):
+                self._save_slow(data, path, overwrite)
+                return
+            files = node.files
+            # a name lives in exactly one of files/dirs/links, so an existing file needs
+            # no further check
+            if name in files:
+                if overwrite:
+                    files[name] = data
+                    return
+            elif name not in node.dirs and name not in node.links:
+                files[name] = data
+                return
+            self._save_slow(data, path, overwrite)
         finally:
             lock.release()
 
-    def _save_slow(self, data: Any, parent: str, name: str, overwrite: bool) -> None:
+    def _save_slow(self, data: Any, raw: Any, overwrite: bool) -> None:
         """Save with every check: symlinked parents, existing targets, missing parents."""
+        parent, name = self._file_key(raw)
         pnode = self._writable_parent(parent)
         path = vpaths.join(parent, name)
         if name in pnode.dirs:
@@ -215,6 +217,8 @@ class MemoryStorageBackend(StorageBackend):
             # like a rename onto a link, overwriting replaces the link, not its target
             pnode.links.pop(name, None)
         pnode.files[name] = data
+        if self._index.get(parent) is pnode:
+            self._remember(raw, pnode, name)
 
     def _writable_parent(self, parent: str) -> _Dir:
         try:
@@ -231,18 +235,13 @@ class MemoryStorageBackend(StorageBackend):
     def load(self, path: vpaths.PathLike, **options: Any) -> Any:
         """The object stored at ``path`` (through symlinks), without copying."""
         try:
-            parent, name = self._split[path]
+            node, name = self._fast[path]
+            return node.files[name]
         except (KeyError, TypeError):
-            parent, name = self._file_key(path)
-        node = self._index.get(parent)
-        if node is not None:
-            try:
-                return node.files[name]
-            except KeyError:
-                pass
-        return self._load_slow(parent, name)
+            return self._load_slow(path)
 
-    def _load_slow(self, parent: str, name: str) -> Any:
+    def _load_slow(self, raw: Any) -> Any:
+        parent, name = self._file_key(raw)
         path = vpaths.join(parent, name)
         with self._lock:
             try:
@@ -252,9 +251,12 @@ class MemoryStorageBackend(StorageBackend):
             if pnode is None or rname in pnode.dirs:
                 raise IsADirectoryStorageError("path is a directory", path=path, backend=self.name)
             try:
-                return pnode.files[rname]
+                found = pnode.files[rname]
             except KeyError:
                 raise NotFoundError("no such file", path=path, backend=self.name) from None
+            if rname == name and self._index.get(parent) is pnode:
+                self._remember(raw, pnode, name)
+            return found
 
     def save_batch(
         self,
@@ -391,6 +393,7 @@ class MemoryStorageBackend(StorageBackend):
                 for sub, _ in self._subtree_dirs(node, real):
                     self._index.pop(sub, None)
                 del pnode.dirs[name]
+                self._forget_nodes()
             else:
                 raise NotFoundError("no such file or directory", path=full, backend=self.name)
 
@@ -471,6 +474,7 @@ class MemoryStorageBackend(StorageBackend):
                 dpnode.dirs[dname] = node
                 for sub, child in self._subtree_dirs(node, dreal):
                     self._index[sub] = child
+                self._forget_nodes()  # cached paths still name the old location
 
     def copy(self, src: vpaths.PathLike, dst: vpaths.PathLike, *, overwrite: bool = False) -> None:
         """Copy a file (the object, shared) or a directory tree (links kept as links).
@@ -510,6 +514,7 @@ class MemoryStorageBackend(StorageBackend):
         with self._lock:
             self._root = _Dir()
             self._index = {"/": self._root}
+            self._forget_nodes()
 
     def __getstate__(self) -> dict[str, Any]:
         raise TypeError(

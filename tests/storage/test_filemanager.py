@@ -62,7 +62,7 @@ def test_full_surface(fm, name) -> None:
     fm.copy("/src/w1/image_0.tif", "/src/copy.tif", name)
     fm.move("/src/copy.tif", "/src/moved.tif", name)
     fm.create_symlink("/src/moved.tif", "/src/link.tif", name)
-    assert fm.backend(name).read_link("/src/link.tif") == "/src/moved.tif"
+    assert fm.read_link("/src/link.tif", name) == "/src/moved.tif"
     fm.delete("/src/link.tif", name)
     fm.delete_all("/mirror", name)
     assert fm.list_dir("/", name) == ["src"]

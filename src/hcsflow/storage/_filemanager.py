@@ -154,6 +154,10 @@ class FileManager:
         """Create ``link`` pointing at ``target``."""
         self.backend(backend).create_symlink(target, link, overwrite=overwrite)
 
+    def read_link(self, link: PathLike, backend: BackendLike) -> str:
+        """The virtual path the symlink ``link`` points at."""
+        return self.backend(backend).read_link(link)
+
     def mirror_directory(
         self,
         src: PathLike,

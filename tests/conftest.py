@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import shutil
 import subprocess
+import warnings
 
 import pytest
 
@@ -25,7 +26,10 @@ HAS_GPU = _has_nvidia_gpu()
 # after tensorflow has loaded its libraries (seen with the pocl CPU driver).  Any test module
 # may import tensorflow, so load pyclesperanto first in every test process.
 if importlib.util.find_spec("pyclesperanto") is not None:
-    import pyclesperanto  # noqa: F401
+    with warnings.catch_warnings():
+        # Without an OpenCL driver it warns here; the tests that need it then skip.
+        warnings.simplefilter("ignore")
+        import pyclesperanto  # noqa: F401
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -7,7 +7,7 @@ import sys
 from enum import StrEnum
 from types import ModuleType
 
-from hcsflow.errors import MemoryTypeError
+from hcsflow.errors import DeviceError, MemoryTypeError
 
 __all__ = ["MemoryType", "parse_memory_type", "import_framework", "loaded_framework"]
 
@@ -98,9 +98,16 @@ def import_framework(memory_type: MemoryType) -> ModuleType:
             "Add `import pyclesperanto` before `import tensorflow`."
         )
     try:
-        return importlib.import_module(name)
+        module = importlib.import_module(name)
     except ImportError as exc:
         raise ImportError(
             f"memory type {memory_type.value!r} needs {name}, which is not installed: "
             f"{_INSTALL_HINT[memory_type]}"
         ) from exc
+    if memory_type is MemoryType.PYCLESPERANTO and not hasattr(module, "push"):
+        # pyclesperanto imports without a usable backend but then lacks its array functions.
+        raise DeviceError(
+            "pyclesperanto found no usable OpenCL or CUDA device; install an OpenCL driver "
+            "(on Debian/Ubuntu: apt-get install pocl-opencl-icd, or `make sysdeps`)"
+        )
+    return module

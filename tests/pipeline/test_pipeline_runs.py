@@ -324,3 +324,92 @@ def test_dask_executor(plate, tmp_path):
     pytest.importorskip("distributed")
     res = run_pipeline(COUNTING, plate.root, tmp_path / "d", cfg(executor="dask", num_workers=2))
     assert res.ok and counted(tmp_path / "d") == plate.true_counts
+
+
+# --------------------------------------------------------------------------- more inputs
+
+
+def test_ome_zarr_plate_as_input(tmp_path):
+    from hcsflow.pipeline import read_plate
+    from hcsflow.storage import ZarrConfig, finalize_plate, write_well
+
+    store = str(tmp_path / "in.zarr")
+    for i, well in enumerate(("A01", "B03")):
+        fields = {f: np.full((2, 3, 8, 8), 10 * i + f, np.uint16) for f in range(2)}
+        for f in fields:
+            fields[f][1] += 100  # channel 2 brighter
+        write_well(store, well, fields, ZarrConfig())
+    finalize_plate(store)
+    plate = read_plate(store)
+    assert plate.layout == "ome-zarr" and list(plate.wells) == ["A01", "B03"]
+    assert (len(plate.sites), len(plate.channels), len(plate.zs)) == (2, 2, 3)
+    step = FunctionStep(func="max_projection", variable_components=("z",))
+    out = tmp_path / "o"
+    res = run_pipeline([step], store, out, cfg())
+    assert res.ok, res.failed[0].traceback if res.failed else ""
+    img = tifffile.imread(out / "images/B03/B03_s2_w2_z001.tif")
+    assert img.shape == (8, 8) and img.max() == 10 + 1 + 100
+
+
+def test_opera_phenix_z_stack_in_3d(tmp_path):
+    root = tmp_path / "phenix"
+    root.mkdir()
+    for z in range(1, 4):
+        plane = np.zeros((16, 16), np.float32)
+        plane[8, 8] = 100.0 if z == 2 else 0.0
+        tifffile.imwrite(root / f"r01c02f01p{z:02d}-ch1sk1fk1fl1.tiff", plane)
+    flat = FunctionStep(func="gaussian_filter", sigma=1.0, variable_components=("z",))
+    deep = FunctionStep(
+        func="gaussian_filter", sigma=1.0, variable_components=("z",), slice_by_slice=False
+    )
+    a = run_pipeline([flat], str(root), tmp_path / "a", cfg())
+    b = run_pipeline([deep], str(root), tmp_path / "b", cfg())
+    assert a.ok and b.ok
+    assert tifffile.imread(tmp_path / "a/images/A02/A02_s1_w1_z001.tif").max() == 0
+    assert tifffile.imread(tmp_path / "b/images/A02/A02_s1_w1_z001.tif").max() > 0
+
+
+def test_fsync_switch_reaches_the_disk_backend(plate, tmp_path):
+    from hcsflow.pipeline import compile_pipeline
+    from hcsflow.pipeline._execute import well_registry
+
+    plan = compile_pipeline(
+        [FunctionStep(func="max_projection")],
+        plate.root,
+        str(tmp_path / "o"),
+        cfg(vfs=VFSConfig(fsync=False)),
+    )
+    assert plan.wells[0].fsync is False
+    assert well_registry(fsync=False).get("disk").fsync is False
+    assert (
+        compile_pipeline(
+            [FunctionStep(func="max_projection")], plate.root, str(tmp_path / "o"), cfg()
+        )
+        .wells[0]
+        .fsync
+        is True
+    )
+
+
+def test_implementation_preference_runs_torch_and_is_recorded(plate, tmp_path):
+    pytest.importorskip("torch")
+    from hcsflow.pipeline import DeviceConfig
+
+    steps = [
+        FunctionStep(func="gaussian_filter", sigma=1.0),
+        FunctionStep(func="count_cells", min_size=20),
+    ]
+    out = tmp_path / "t"
+    res = run_pipeline(
+        steps,
+        plate.root,
+        out,
+        cfg(device=DeviceConfig(implementation_preference=("torch", "numpy"))),
+    )
+    assert res.ok, res.failed[0].traceback if res.failed else ""
+    m = json.loads((out / "manifest.json").read_text())
+    impl0 = m["pipeline"][0]["functions"]["None"][0]["implementation"]
+    impl1 = m["pipeline"][1]["functions"]["None"][0]["implementation"]
+    assert impl0.startswith("torch") and impl1.startswith("numpy (torch: no implementation")
+    assert counted(out) == plate.true_counts
+    assert m["wells"]["A01"]["conversion_events"] > 0

@@ -50,7 +50,13 @@ from hcsflow.pipeline._materialize import (
     materialize_positions,
     materialize_table,
 )
-from hcsflow.pipeline._plate import PlateImage, PlateIndex, read_plate
+from hcsflow.pipeline._plate import (
+    PlateImage,
+    PlateIndex,
+    is_zarr_plate,
+    read_plate,
+    read_zarr_plate,
+)
 from hcsflow.pipeline._run import (
     MANIFEST_NAME,
     InProcessExecutor,
@@ -106,7 +112,9 @@ __all__ = [
     "materialize_labels",
     "materialize_positions",
     "materialize_table",
+    "is_zarr_plate",
     "read_plate",
+    "read_zarr_plate",
     "resolve_config",
     "run_pipeline",
     "special_inputs",

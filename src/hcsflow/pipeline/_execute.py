@@ -155,8 +155,10 @@ def _load_inputs(state: _Well) -> None:
     plan = state.plan
     in_dir = f"{state.root}/input"
     state.fm.ensure_directory(in_dir, state.mem)
-    paths = [img.path for img in plan.inputs]
-    arrays = state.fm.load_batch(paths, plan.input_backend)
+    if plan.input_backend == Backend.ZARR.value:
+        arrays = _load_zarr_planes(plan)
+    else:
+        arrays = state.fm.load_batch([img.path for img in plan.inputs], plan.input_backend)
     shape: tuple[int, ...] | None = None
     first = ""
     for img, arr in zip(plan.inputs, arrays, strict=True):
@@ -178,6 +180,21 @@ def _load_inputs(state: _Well) -> None:
         state.fm.save(arr, mpath, state.mem)
         state.images[img.coords] = mpath
     state.result.images_in = len(arrays)
+
+
+def _load_zarr_planes(plan: WellPlan) -> list[np.ndarray]:
+    """The well's planes from an OME-Zarr plate, reading each field image once."""
+    from hcsflow.storage import open_image
+
+    fields: dict[int, np.ndarray] = {}
+    planes = []
+    for img in plan.inputs:
+        c = img.coords
+        if c.field not in fields:
+            fields[c.field] = np.asarray(open_image(img.path, plan.well, c.field)[...])
+        arr = fields[c.field]
+        planes.append(arr[c.t, c.channel, c.z] if arr.ndim == 5 else arr[c.channel, c.z])
+    return planes
 
 
 # --------------------------------------------------------------------------- steps

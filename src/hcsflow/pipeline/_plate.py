@@ -18,7 +18,7 @@ from hcsflow.pipeline._layouts import detect_layout
 from hcsflow.storage import Backend, FileManager
 from hcsflow.storage.plate import ImageCoordinates, PlateLayout, parse_well
 
-__all__ = ["PlateImage", "PlateIndex", "read_plate"]
+__all__ = ["PlateImage", "PlateIndex", "read_plate", "read_zarr_plate", "is_zarr_plate"]
 
 _MAX_LISTED = 10
 
@@ -79,15 +79,19 @@ def read_plate(
     recursive: bool = True,
     extensions: Sequence[str] | None = None,
 ) -> PlateIndex:
-    """Index the plate of images below ``root``.
+    """Index the plate of images below ``root`` (image files, or an OME-Zarr plate).
 
-    ``layout`` defaults to the built-in layout that parses every file name (ImageXpress
-    or Opera Phenix).  Raises :class:`PlateLayoutError` listing every problem found, or
-    :class:`NotFoundError` when ``root`` is not a directory.
+    An OME-Zarr plate (a directory holding plate metadata) is read with
+    :func:`read_zarr_plate`.  For image files, ``layout`` defaults to the built-in
+    layout that parses every file name (ImageXpress or Opera Phenix).  Raises
+    :class:`PlateLayoutError` listing every problem found, or :class:`NotFoundError`
+    when ``root`` is not a directory.
     """
     fm = filemanager or FileManager()
     bname = Backend(backend).value if isinstance(backend, Backend) else str(backend)
     root_n = vpaths.normalize_path(root, backend=bname)
+    if bname == Backend.ZARR.value or (bname == Backend.DISK.value and is_zarr_plate(root_n)):
+        return read_zarr_plate(root_n)
     if not fm.is_dir(root_n, bname):
         raise NotFoundError("plate directory does not exist", path=root_n, backend=bname)
     files = fm.list_image_files(root_n, bname, extensions=extensions, recursive=recursive)
@@ -161,4 +165,73 @@ def read_plate(
         channels=channels,
         zs=zs,
         ts=ts,
+    )
+
+
+def is_zarr_plate(root: str) -> bool:
+    """Whether the local directory ``root`` is a zarr group (an OME-Zarr plate candidate)."""
+    import os
+
+    return os.path.isfile(os.path.join(root, "zarr.json")) or os.path.isfile(
+        os.path.join(root, ".zattrs")
+    )
+
+
+def read_zarr_plate(store: str) -> PlateIndex:
+    """Index an OME-Zarr plate: one :class:`PlateImage` per 2-D plane of every field.
+
+    Field images are ``(c, z, y, x)`` or ``(t, c, z, y, x)``; fields become sites.  Every
+    well must have the same fields, channels, planes and timepoints (reported together
+    in one :class:`PlateLayoutError` otherwise).
+    """
+    from hcsflow.storage import open_plate, open_well
+
+    info = open_plate(store)
+    if not info.wells:
+        raise PlateLayoutError(
+            "the OME-Zarr plate lists no wells", path=store, backend=Backend.ZARR.value
+        )
+    wells: dict[str, tuple[PlateImage, ...]] = {}
+    problems: list[str] = []
+    dims: dict[str, tuple[int, ...]] = {}
+    for well in info.wells:
+        w = open_well(store, well)
+        axes = tuple(w.axes)
+        if axes not in (("c", "z", "y", "x"), ("t", "c", "z", "y", "x")):
+            problems.append(f"well {well}: axes {axes} are not (c, z, y, x) or (t, c, z, y, x)")
+            continue
+        shape = tuple(w.shape)
+        t_n, c_n, z_n = (shape[0], shape[1], shape[2]) if len(axes) == 5 else (1, *shape[:2])
+        dims[well] = (len(w.field_paths), t_n, c_n, z_n)
+        wells[well] = tuple(
+            PlateImage(ImageCoordinates(well, f, c, z, t), store)
+            for t in range(t_n)
+            for c in range(c_n)
+            for z in range(z_n)
+            for f in range(len(w.field_paths))
+        )
+    distinct = set(dims.values())
+    if len(distinct) > 1:
+        first = next(iter(dims))
+        for well, d in dims.items():
+            if d != dims[first]:
+                problems.append(
+                    f"well {well} has (fields, t, c, z) = {d}, well {first} has {dims[first]}"
+                )
+    if problems:
+        raise PlateLayoutError(
+            "the OME-Zarr plate cannot be read:\n" + "\n".join(f"  - {p}" for p in problems),
+            path=store,
+            backend=Backend.ZARR.value,
+        )
+    n_f, n_t, n_c, n_z = next(iter(distinct))
+    return PlateIndex(
+        root=store,
+        backend=Backend.ZARR.value,
+        layout="ome-zarr",
+        wells=wells,
+        sites=tuple(range(n_f)),
+        channels=tuple(range(n_c)),
+        zs=tuple(range(n_z)),
+        ts=tuple(range(n_t)),
     )

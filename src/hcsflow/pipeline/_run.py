@@ -149,8 +149,12 @@ def make_executor(
             raise PipelineError(
                 "the dask executor needs dask.distributed: pip install 'hcsflow[dask]'"
             ) from None
+        # dashboard on a free port: the default fixed port may be held by another cluster
         cluster = LocalCluster(
-            n_workers=num_workers, threads_per_worker=1, processes=True, dashboard_address=None
+            n_workers=num_workers,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address="127.0.0.1:0",
         )
         client = Client(cluster)
         if preload:

@@ -17,12 +17,8 @@ from typing import Any
 import numpy as np
 import tifffile
 
-from benchmarks._common import print_table, timeit, write_results
+from benchmarks._common import print_table, write_results
 from hcsflow.storage import DiskStorageBackend, MemoryStorageBackend
-
-
-def _per_op(fn: Any, number: int) -> float:
-    return timeit(fn, repeat=7, number=number)
 
 
 def paired(fns: list[Any], *, repeat: int, setup: Any = None) -> list[float]:
@@ -139,8 +135,8 @@ def bench_disk(tmp: str) -> list[dict[str, Any]]:
     stack = rng.integers(0, 4096, (100, 1024, 1024), dtype=np.uint16)
 
     for label, data, kwargs, repeat in (
-        ("2048x2048 uint16", single, {}, 7),
-        ("stack 100x1024x1024 uint16", stack, {"imagej": True, "metadata": {"axes": "ZYX"}}, 3),
+        ("2048x2048 uint16", single, {}, 15),
+        ("stack 100x1024x1024 uint16", stack, {"imagej": True, "metadata": {"axes": "ZYX"}}, 5),
     ):
 
         def ref_save(data: np.ndarray = data, kwargs: dict[str, Any] = kwargs) -> None:
@@ -219,7 +215,7 @@ def bench_batches(tmp: str) -> list[dict[str, Any]]:
 
     t_seq_w, t_seq_ws, t_batch_w = paired(
         [seq_write, seq_write_fsync, lambda: backend.save_batch(images, paths)],
-        repeat=3,
+        repeat=5,
         setup=lambda: _drop(ref + real),
     )
     rows.append(

@@ -175,17 +175,38 @@ class DiskStorageBackend(StorageBackend):
         """(virtual, real) for ``path``; under a root, refuse paths resolving outside it."""
         vp = self.norm(path)
         real = self._real(vp)
-        if self._root is not None:
-            probe = real if follow or vp == "/" else os.path.dirname(real)
-            resolved = os.path.realpath(probe)
-            root = self._real_root
-            if resolved != root and not resolved.startswith(root + "/"):
-                raise PathEscapeError(
-                    "path resolves outside the backend root through a symlink",
-                    path=vp,
-                    backend=self.name,
-                )
+        if self._root is not None and vp != "/":
+            probe = real if follow else os.path.dirname(real)
+            if self._has_link_below_root(probe):
+                resolved = os.path.realpath(probe)
+                root = self._real_root
+                if resolved != root and not resolved.startswith(root + "/"):
+                    raise PathEscapeError(
+                        "path resolves outside the backend root through a symlink",
+                        path=vp,
+                        backend=self.name,
+                    )
         return vp, real
+
+    def _has_link_below_root(self, real: str) -> bool:
+        """Whether a component of ``real`` below the root is a symlink.
+
+        Cheaper than resolving the whole path for the usual link-free case; only paths
+        with a link are resolved and checked against the root.
+        """
+        assert self._root is not None
+        current = self._root
+        for part in real[len(self._root) + 1 :].split("/"):
+            if not part:
+                continue
+            current = current + "/" + part
+            try:
+                mode = os.lstat(current).st_mode
+            except OSError:
+                return False  # nothing exists from here down, so nothing can lead out
+            if stat_mod.S_ISLNK(mode):
+                return True
+        return False
 
     def _os_error(self, exc: OSError, vp: str, what: str) -> StorageError | None:
         """The typed error for an OS error about ``vp`` (``None``: not a path problem)."""

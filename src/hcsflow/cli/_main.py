@@ -234,8 +234,8 @@ def _demo(args: argparse.Namespace) -> int:
     ):
         print(f"  {line}")
     if failed:
-        for w in failed:
-            print(f"well {w.well} failed: {w.error_type}: {w.error}", file=sys.stderr)
+        for bad in failed:
+            print(f"well {bad.well} failed: {bad.error_type}: {bad.error}", file=sys.stderr)
         return 1
     return 0
 

@@ -82,7 +82,8 @@ class LazyImplementation:
 
     def load(self) -> Callable[..., Any]:
         """Import and return the real function."""
-        return getattr(importlib.import_module(self.module), self.attr)  # type: ignore[no-any-return]
+        func: Callable[..., Any] = getattr(importlib.import_module(self.module), self.attr)
+        return func
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self.load()(*args, **kwargs)

@@ -347,7 +347,8 @@ def compile_pipeline(
                         step_keys.add(key)
         for key in step_keys:
             produced[key] = where
-        dir_name = cfg.path_planning.step_dir_template.format(index=index, name=step.name)
+        template = cfg.path_planning.step_dir_template or "{index:02d}_{name}"
+        dir_name = template.format(index=index, name=step.name)
         dir_name = "".join(c if c.isalnum() or c in "-_.+" else "_" for c in dir_name)
         mat = cfg.materialization_defaults
         assert mat is not None
@@ -403,13 +404,13 @@ def compile_pipeline(
     if mat_backend == Backend.ZARR.value and not images_name.endswith(".zarr"):
         images_name += ".zarr"
     images_dir = vpaths.join(out, images_name)
-    wanted = run_config.well_filter
+    wanted_wells = run_config.well_filter
     wells = list(plate_index.wells)
-    if wanted is not None:
-        unknown = [w for w in wanted if w not in plate_index.wells]
+    if wanted_wells is not None:
+        unknown = [w for w in wanted_wells if w not in plate_index.wells]
         if unknown:
             raise CompilationError([f"well_filter names wells the plate does not have: {unknown}"])
-        wells = [w for w in wells if w in wanted]
+        wells = [w for w in wells if w in wanted_wells]
     step_tuple = tuple(plans)
     well_plans = tuple(
         WellPlan(

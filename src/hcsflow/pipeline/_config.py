@@ -263,7 +263,7 @@ def _merge(specific: Any, general: Any) -> Any:
     for f in fields(specific):
         if f.name in names:
             changes[f.name] = _merge(getattr(specific, f.name), getattr(general, f.name))
-    return replace(general, **changes)
+    return replace(general, **changes)  # type: ignore[type-var]
 
 
 def _is_zarr_config(obj: Any) -> bool:
@@ -303,7 +303,7 @@ def resolve_config(
             "check_finite": _merge(step.check_finite, resolved.check_finite),
         }
         resolved = replace(resolved, **changes)
-    return resolved  # type: ignore[no-any-return]
+    return resolved
 
 
 def config_to_dict(cfg: Any) -> Any:

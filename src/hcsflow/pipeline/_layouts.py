@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import posixpath
 import re
+from collections.abc import Callable
 from typing import Any
 
 from hcsflow.errors import PlateLayoutError
@@ -71,11 +72,9 @@ class RegexLayout:
         return f"{type(self).__name__}({self.pattern.pattern!r})"
 
     def __eq__(self, other: object) -> bool:
-        return (
-            type(other) is type(self)
-            and other.pattern.pattern == self.pattern.pattern  # type: ignore[attr-defined]
-            and other.one_based == self.one_based
-        )  # type: ignore[attr-defined]
+        if not isinstance(other, RegexLayout) or type(other) is not type(self):
+            return False
+        return other.pattern.pattern == self.pattern.pattern and other.one_based == self.one_based
 
     def __hash__(self) -> int:
         return hash((type(self).__name__, self.pattern.pattern, self.one_based))
@@ -144,7 +143,7 @@ class OperaPhenixLayout(RegexLayout):
         )
 
 
-LAYOUTS: dict[str, type[RegexLayout]] = {
+LAYOUTS: dict[str, Callable[[], RegexLayout]] = {
     "imagexpress": ImageXpressLayout,
     "operaphenix": OperaPhenixLayout,
 }

@@ -209,5 +209,7 @@ def _labels_to_zarr(arr: np.ndarray, path: str, filemanager: FileManager) -> str
         )
     fname = vpaths.name(base_path(path))
     name = fname[len(well) + 1 :] if fname.startswith(f"{well}_") else fname
-    key = write_labels_zarr(store, well, name, arr, coords, filemanager.zarr_config)
+    key = write_labels_zarr(
+        store, well, name, arr, coords, getattr(filemanager, "zarr_config", None)
+    )
     return vpaths.join(store, key)

@@ -413,3 +413,16 @@ def test_implementation_preference_runs_torch_and_is_recorded(plate, tmp_path):
     assert impl0.startswith("torch") and impl1.startswith("numpy (torch: no implementation")
     assert counted(out) == plate.true_counts
     assert m["wells"]["A01"]["conversion_events"] > 0
+
+
+def test_decorated_function_returning_2d_names_step_and_function(plate, tmp_path):
+    from hcsflow.memory.decorators import numpy as np_decorator
+
+    @np_decorator
+    def flatten(stack):
+        return stack[0]
+
+    res = run_pipeline([FunctionStep(func=flatten)], plate.root, tmp_path / "o", cfg())
+    err = res.failed[0].error
+    assert res.failed[0].error_type == "StepExecutionError"
+    assert "step 0 (flatten)" in err and "'flatten'" in err and "3-D" in err

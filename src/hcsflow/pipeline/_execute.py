@@ -20,7 +20,6 @@ import numpy as np
 
 from hcsflow import paths as vpaths
 from hcsflow.errors import (
-    HcsflowError,
     MaterializationError,
     ShapeError,
     SpecialIOError,
@@ -297,9 +296,8 @@ def _call(
         kwargs[skey] = _special_input(state, skey, key, fwhere)
     try:
         out = call.func(stack, **kwargs)
-    except HcsflowError:
-        raise
     except Exception as exc:
+        # the original exception stays attached as __cause__ (and in the traceback)
         raise StepExecutionError(f"{fwhere} raised {type(exc).__name__}: {exc}") from exc
     specials = call.special_outputs
     if specials:

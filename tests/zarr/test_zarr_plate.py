@@ -157,7 +157,7 @@ def test_config_validation() -> None:
         ZarrConfig(pyramid_levels=0)
     with pytest.raises(ConfigurationError):
         ZarrConfig(plate_format=100)
-    assert ZarrConfig().effective_level == 3
+    assert ZarrConfig().effective_level == 1
     assert ZarrConfig(chunks="plane").chunk_shape((2, 3, 10, 12)) == (1, 1, 10, 12)
     assert ZarrConfig(chunks=(4, 4)).chunk_shape((2, 3, 10, 12)) == (1, 1, 4, 4)
 

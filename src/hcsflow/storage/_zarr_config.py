@@ -14,7 +14,7 @@ Compressor = Literal["zstd", "lz4", "blosc-zstd", "blosc-lz4", "zlib", "none"]
 
 COMPRESSORS: dict[str, tuple[int, int, int]] = {
     # name: (default level, lowest, highest)
-    "zstd": (3, 1, 9),
+    "zstd": (1, 1, 9),
     "lz4": (5, 1, 9),
     "blosc-zstd": (3, 1, 9),
     "blosc-lz4": (5, 1, 9),
@@ -33,7 +33,7 @@ class ZarrConfig:
       instead; all four are stored with the zarr v3 core ``blosc`` codec so every
       zarr reader decodes them.  ``"zlib"`` is deflate (stored as the core ``gzip``
       codec in zarr v3, as ``zlib`` in zarr v2); ``"none"`` stores raw bytes.
-    * ``level``: compression level, ``None`` for the codec's default (zstd 3, lz4 5,
+    * ``level``: compression level, ``None`` for the codec's default (zstd 1, lz4 5,
       zlib 6).  Blosc-based codecs take blosc's 1-9 scale, zlib its own 1-9.
     * ``chunks``: ``"plane"`` (default: one Y x X plane per chunk, so reading a plane
       decodes one chunk), ``"well"`` (one chunk per field image) or an explicit chunk

@@ -289,6 +289,8 @@ def _write_image(
 
 def _ensure_group(loc: Location, attributes: dict[str, Any], zarr_format: int) -> None:
     """Create a group at ``loc`` if no node is there (never replaces existing metadata)."""
+    if loc.exists_file("zarr.json" if zarr_format == 3 else ".zgroup"):
+        return  # the common case: a cheap look instead of a create attempt
     if zarr_format == 3:
         loc.write_once("zarr.json", _ome.group_document(attributes))
     else:

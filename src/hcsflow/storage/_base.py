@@ -234,7 +234,9 @@ class StorageBackend(ABC):
             if exts is not None and not fname.lower().endswith(exts):
                 continue
             found.append(full)
-        return vpaths.natural_sorted(found)
+        # walk yields one directory's files in natural order already; only a recursive
+        # listing needs sorting by full path
+        return vpaths.natural_sorted(found) if recursive else found
 
     def list_image_files(
         self,

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -319,6 +319,36 @@ class MemoryStorageBackend(StorageBackend):
             node, _ = self._resolve_dir(full, set())
             names = node.names()
         return vpaths.natural_sorted(names)
+
+    def walk(self, directory: vpaths.PathLike, *, recursive: bool = True) -> Iterator[str]:
+        """Files below ``directory`` (see :meth:`StorageBackend.walk`), read from the nodes.
+
+        The listing is taken under the lock in one pass, so it is a consistent snapshot.
+        """
+        root = self.norm(directory)
+        found: list[str] = []
+        with self._lock:
+            node, _ = self._resolve_dir(root, set())
+            stack = [(root, node)]
+            while stack:
+                vdir, current = stack.pop()
+                subdirs = []
+                for name in vpaths.natural_sorted(current.names()):
+                    full = vdir + "/" + name if vdir != "/" else "/" + name
+                    if name in current.files:
+                        found.append(full)
+                    elif name in current.dirs:
+                        subdirs.append((full, current.dirs[name]))
+                    else:
+                        try:
+                            pnode, rname, _ = self._resolve(full, True, set())
+                        except (NotFoundError, NotADirectoryStorageError, SymlinkLoopError):
+                            continue  # dangling or looping links are not files
+                        if pnode is not None and rname in pnode.files:
+                            found.append(full)
+                if recursive:
+                    stack.extend(reversed(subdirs))
+        yield from found
 
     def read_link(self, link: vpaths.PathLike) -> str:
         """The virtual path the symlink ``link`` points at."""

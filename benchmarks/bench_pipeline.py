@@ -42,9 +42,11 @@ def _hand_written(plate: str, out: Path) -> None:
     import pandas as pd
     import tifffile
     from scipy import ndimage as ndi
+    from skimage.feature import peak_local_max
     from skimage.filters import threshold_otsu
     from skimage.measure import label, regionprops_table
     from skimage.morphology import disk
+    from skimage.segmentation import watershed
 
     out.mkdir(parents=True)
     files = sorted(Path(plate).glob("*.tif"))
@@ -69,6 +71,11 @@ def _hand_written(plate: str, out: Path) -> None:
             keep = sizes >= 20
             keep[0] = False
             lab = label(keep[lab0], connectivity=1).astype(np.int32)
+            distance = ndi.distance_transform_edt(lab > 0)
+            peaks = peak_local_max(distance, min_distance=4, labels=lab, exclude_border=False)
+            markers = np.zeros(lab.shape, np.int32)
+            markers[tuple(peaks.T)] = np.arange(1, len(peaks) + 1)
+            lab = watershed(-distance, markers, mask=lab > 0).astype(np.int32)
             masks.append(lab)
             n = int(lab.max())
             counts.append({"well": well, "site": site + 1, "cell_count": n, "threshold_value": t})
@@ -149,7 +156,7 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="hcsflow-bench-"))
     try:
         # ---------------------------------------------------------------- overhead
-        p16 = make_synthetic_plate(tmp / "p16", 16, sites=SITES, size=SIZE, seed=1)
+        p16 = make_synthetic_plate(tmp / "p16", 16, sites=SITES, size=SIZE, seed=1, touching=0.3)
         n_img = 16 * SITES
         hand_out, fw_out = tmp / "hand", tmp / "fw"
 
@@ -191,7 +198,7 @@ def main() -> None:
         )
 
         # ---------------------------------------------------------------- scaling
-        p64 = make_synthetic_plate(tmp / "p64", 64, sites=SITES, size=SIZE, seed=2)
+        p64 = make_synthetic_plate(tmp / "p64", 64, sites=SITES, size=SIZE, seed=2, touching=0.3)
         s1_out, s2_out = tmp / "s1", tmp / "s2"
         t1 = t2 = float("inf")
         for _ in range(2):
@@ -244,7 +251,7 @@ def main() -> None:
         )
 
         # ---------------------------------------------------------------- memory
-        p16b = make_synthetic_plate(tmp / "p16b", 16, sites=SITES, size=SIZE, seed=3)
+        p16b = make_synthetic_plate(tmp / "p16b", 16, sites=SITES, size=SIZE, seed=3, touching=0.3)
         rss_small = _peak_rss(p16b.root, tmp / "m16")
         rss_large = _peak_rss(p64.root, tmp / "m64")
         rows.append(

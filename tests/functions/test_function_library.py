@@ -193,3 +193,13 @@ def test_pyclesperanto_implementations_match_numpy():
     np.testing.assert_allclose(
         cle.pull(g)[:, 6:-6, 6:-6], gaussian_filter(stack, 1.0)[:, 6:-6, 6:-6], atol=1e-3
     )
+
+
+def test_count_cells_splits_touching_nuclei():
+    img = discs(shape=(40, 60), centres=((20, 20), (20, 33)), r=7) + 5  # overlapping pair
+    stack = img[None]
+    _, merged, _ = count_cells(stack, min_size=5)
+    _, split, masks = count_cells(stack, min_size=5, split_touching=True, min_distance=4)
+    assert list(merged["cell_count"]) == [1]
+    assert list(split["cell_count"]) == [2]
+    assert set(np.unique(masks)) == {0, 1, 2}

@@ -17,13 +17,14 @@ __all__ = ["main", "build_parser", "demo_pipeline"]
 
 
 def demo_pipeline() -> list[Any]:
-    """The default counting pipeline: flatten, smooth, count nuclei, measure them."""
+    """The default counting pipeline: flatten, smooth, count (splitting touching nuclei),
+    measure."""
     from hcsflow.pipeline import FunctionStep
 
     return [
         FunctionStep(func="subtract_background", sigma=20.0),
         FunctionStep(func="gaussian_filter", sigma=1.0),
-        FunctionStep(func="count_cells", min_size=20, opening_radius=1),
+        FunctionStep(func="count_cells", min_size=20, split_touching=True, min_distance=4),
         FunctionStep(func="measure_objects"),
     ]
 
@@ -146,8 +147,17 @@ def _demo(args: argparse.Namespace) -> int:
     out = Path(args.out).absolute()
     with tempfile.TemporaryDirectory(prefix="hcsflow-demo-plate-") as tmp:
         t0 = time.perf_counter()
+        area = (args.size / 384) ** 2
         plate = make_synthetic_plate(
-            Path(tmp) / "plate", args.wells, sites=args.sites, size=args.size, seed=args.seed
+            Path(tmp) / "plate",
+            args.wells,
+            sites=args.sites,
+            size=args.size,
+            seed=args.seed,
+            touching=0.3,
+            # same density at every image size: 10-60 nuclei per 384 x 384 site
+            min_cells=max(1, round(10 * area)),
+            max_cells=max(2, round(60 * area)),
         )
         t_gen = time.perf_counter() - t0
         n_images = args.wells * args.sites

@@ -24,12 +24,16 @@ def count_cells(
     opening_radius: int = 1,
     fill: bool = True,
     connectivity: int = 1,
+    split_touching: bool = False,
+    min_distance: int = 5,
 ) -> tuple[np.ndarray, Any, np.ndarray]:
     """Count bright objects (nuclei) in every plane.
 
     Each plane is thresholded (Otsu's method, or a fixed ``threshold`` value), opened
     with a disk of ``opening_radius``, hole-filled, cleaned of objects smaller than
-    ``min_size`` pixels and labelled.  Touching objects are not split.
+    ``min_size`` pixels and labelled.  With ``split_touching=True``, touching objects
+    are separated by a watershed of the distance transform seeded at its maxima at least
+    ``min_distance`` pixels apart (use about the smallest object radius).
 
     Returns the input stack unchanged (so later steps can measure intensities), then the
     special outputs ``cell_counts`` (a table with one row per plane: ``slice_index``,
@@ -62,6 +66,8 @@ def count_cells(
         if min_size > 1:
             mask = npf.remove_small_objects(mask, min_size, connectivity=connectivity)
         lab = npf.label(mask, connectivity=connectivity)[0]
+        if split_touching and lab.max() > 0:
+            lab = _split(lab, min_distance)
         labels[z] = lab
         n = int(lab.max())
         area = float(np.count_nonzero(lab)) / n if n else 0.0
@@ -75,6 +81,31 @@ def count_cells(
             }
         )
     return arr, pd.DataFrame(rows), labels
+
+
+def _split(lab: np.ndarray, min_distance: int) -> np.ndarray:
+    """Watershed split of touching objects of one labelled plane (labels renumbered)."""
+    from scipy import ndimage as ndi
+    from skimage.feature import peak_local_max
+    from skimage.segmentation import watershed
+
+    fg = lab > 0
+    distance = ndi.distance_transform_edt(fg)
+    peaks = peak_local_max(
+        distance, min_distance=max(1, int(min_distance)), labels=lab, exclude_border=False
+    )
+    markers = np.zeros(lab.shape, dtype=np.int32)
+    markers[tuple(peaks.T)] = np.arange(1, len(peaks) + 1, dtype=np.int32)
+    # every object keeps at least one seed, even where no maximum was found
+    seeded = np.zeros(int(lab.max()) + 1, dtype=bool)
+    seeded[lab[markers > 0]] = True
+    next_id = len(peaks) + 1
+    for obj in np.flatnonzero(~seeded[1:]) + 1:
+        ys, xs = np.nonzero(lab == obj)
+        markers[ys[0], xs[0]] = next_id
+        next_id += 1
+    out = watershed(-distance, markers, mask=fg)
+    return np.asarray(out, dtype=np.int32)
 
 
 _PROPERTIES = (

@@ -157,3 +157,50 @@ def test_console_script_help():
     out = subprocess.run([*cmd, "--help"], capture_output=True, text=True, check=True)
     for sub in ("demo", "run", "info", "validate"):
         assert sub in out.stdout
+
+
+def test_run_with_a_regex_layout(tmp_path, capsys):
+    import numpy as np
+    import tifffile
+
+    root = tmp_path / "plate"
+    root.mkdir()
+    for well in ("C07", "C08"):
+        for site in (1, 2):
+            tifffile.imwrite(root / f"{well}-{site}-1.tif", np.full((8, 8), site, np.uint16))
+    out = tmp_path / "o"
+    rc = main(
+        [
+            "run",
+            _write_pipeline(tmp_path),
+            str(root),
+            "--out",
+            str(out),
+            "--executor",
+            "threads",
+            "--workers",
+            "2",
+            "--layout",
+            r"(?P<well>[A-P]\d\d)-(?P<site>\d+)-(?P<channel>\d+)\.tif",
+        ]
+    )
+    assert rc == 0, capsys.readouterr().err
+    assert sorted(p.name for p in (out / "images/C08").iterdir()) == [
+        "C08_s1_w1.tif",
+        "C08_s2_w1.tif",
+    ]
+    assert (
+        main(
+            [
+                "run",
+                _write_pipeline(tmp_path),
+                str(root),
+                "--out",
+                str(tmp_path / "x"),
+                "--executor",
+                "inprocess",
+            ]
+        )
+        == 2
+    )
+    assert "C07-1-1.tif" in capsys.readouterr().err

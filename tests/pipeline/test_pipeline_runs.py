@@ -426,3 +426,31 @@ def test_decorated_function_returning_2d_names_step_and_function(plate, tmp_path
     err = res.failed[0].error
     assert res.failed[0].error_type == "StepExecutionError"
     assert "step 0 (flatten)" in err and "'flatten'" in err and "3-D" in err
+
+
+def test_spec_example_pipeline_runs(plate, tmp_path):
+    from hcsflow.functions import disk
+
+    steps = [
+        FunctionStep(func="gaussian_filter", sigma=2.0),
+        FunctionStep(func="threshold_otsu"),
+        FunctionStep(func="binary_opening", footprint=disk(3)),
+        FunctionStep(func="label", connectivity=2),
+    ]
+    res = run_pipeline(steps, plate.root, tmp_path / "o", cfg(executor="threads", num_workers=2))
+    assert res.ok, res.failed[0].traceback if res.failed else ""
+    labels = tifffile.imread(tmp_path / "o/images/A01/A01_s1_w1.tif")
+    assert labels.dtype == np.int32 and labels.max() == plate.site_counts["A01"][0]
+
+
+def test_importing_pipeline_loads_no_optional_framework():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, hcsflow.pipeline, hcsflow.functions, hcsflow.cli; "
+        "print([m for m in ('torch', 'jax', 'tensorflow', 'cupy', 'pyclesperanto', "
+        "'distributed') if m in sys.modules])"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

@@ -472,7 +472,9 @@ class ZarrStorageBackend(StorageBackend):
         from hcsflow.storage._zarr_io import store_errors
 
         with store_errors(target.url):
-            arr = zarr.open_array(store=target.zarr_store(), mode="r", zarr_format=meta.zarr_format)
+            arr = zarr.open_array(
+                store=target.zarr_store(), mode="r", zarr_format=3 if meta.zarr_format == 3 else 2
+            )
         return plates.read_array(arr, Ellipsis, target)
 
     # ------------------------------------------------------------------ plates

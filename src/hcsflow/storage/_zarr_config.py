@@ -176,8 +176,10 @@ class ZarrConfig:
                 return {"compressors": None}
             if name == "zlib":
                 return {"compressors": [GzipCodec(level=level)]}
-            cname = "zstd" if name.endswith("zstd") else "lz4"
-            shuffle = "bitshuffle" if name.startswith("blosc-") else "shuffle"
+            cname: Literal["zstd", "lz4"] = "zstd" if name.endswith("zstd") else "lz4"
+            shuffle: Literal["shuffle", "bitshuffle"] = (
+                "bitshuffle" if name.startswith("blosc-") else "shuffle"
+            )
             return {
                 "compressors": [
                     BloscCodec(cname=cname, clevel=level, shuffle=shuffle, typesize=itemsize)

@@ -719,7 +719,9 @@ def _open_array_at(img: Location, level: int) -> tuple[Any, Location]:
     loc = img.child(paths[level])
     with store_errors(loc.url):
         try:
-            return zarr.open_array(store=loc.zarr_store(), mode="r", zarr_format=fmt), loc
+            return zarr.open_array(
+                store=loc.zarr_store(), mode="r", zarr_format=3 if fmt == 3 else 2
+            ), loc
         except (FileNotFoundError, KeyError) as exc:
             raise NotFoundError(
                 f"missing array: store {img.url!r}, key {paths[level]!r}",
@@ -903,7 +905,7 @@ def write_labels(
         chunks=cfg.chunks,
         shards=cfg.shards,
         pyramid_levels=len(paths),
-        ngff_version=version if version in ("0.4", "0.5") else "0.5",
+        ngff_version="0.4" if version == "0.4" else "0.5",
     )
     group = img.child("labels")
     target = group.child(name)

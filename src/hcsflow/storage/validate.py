@@ -239,7 +239,7 @@ def _decode_all(loc: Location, key: str, dpath: str, report: PlateReport, fmt: i
     from hcsflow.storage._zarr_plate import read_array
 
     try:
-        arr = zarr.open_array(store=loc.zarr_store(), mode="r", zarr_format=fmt)
+        arr = zarr.open_array(store=loc.zarr_store(), mode="r", zarr_format=3 if fmt == 3 else 2)
         read_array(arr, Ellipsis, loc)
     except HcsflowError as exc:
         report.errors.append(f"image {key!r}: array {dpath!r}: {exc}")

@@ -108,10 +108,23 @@ class _Well:
         return image_filename(coords, ext, with_z=self.plan.multi_z, with_t=self.plan.multi_t)
 
     def free(self) -> None:
+        """Empty the well's memory backend and free GPU caches of the frameworks it used."""
+        from hcsflow.memory import cleanup_gpu_memory_by_framework
+
         self.fm.delete_all(self.root, self.mem)
         self.images.clear()
         self.staged.clear()
         self.pending.clear()
+        used = {
+            (m, step.gpu_id)
+            for step in self.plan.steps
+            for chain in step.calls.values()
+            for call in chain
+            for m in (call.input_memory_type, call.output_memory_type)
+            if m != "numpy"
+        }
+        for memory_type, gpu_id in sorted(used, key=str):
+            cleanup_gpu_memory_by_framework(memory_type, gpu_id)
 
 
 def execute_well(plan: WellPlan) -> WellResult:

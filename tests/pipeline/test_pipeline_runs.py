@@ -454,3 +454,22 @@ def test_importing_pipeline_loads_no_optional_framework():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.gpu
+def test_torch_on_cuda_gpu(plate, tmp_path):
+    pytest.importorskip("torch")
+    from hcsflow.pipeline import DeviceConfig
+
+    steps = [
+        FunctionStep(func="gaussian_filter", sigma=1.0),
+        FunctionStep(func="count_cells", min_size=20),
+    ]
+    res = run_pipeline(
+        steps,
+        plate.root,
+        tmp_path / "g",
+        cfg(device=DeviceConfig(implementation_preference=("torch", "numpy"), gpu_id=0)),
+    )
+    assert res.ok, res.failed[0].traceback if res.failed else ""
+    assert counted(tmp_path / "g") == plate.true_counts

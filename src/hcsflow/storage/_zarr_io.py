@@ -83,10 +83,13 @@ class _FS(ABC):
         return self.url_prefix + path
 
     def join(self, base: str, *parts: str) -> str:
+        absolute = base.startswith("/")
         out = base.rstrip("/")
         for p in parts:
             if p:
                 out = f"{out}/{p.strip('/')}" if out else p.strip("/")
+        if absolute and not out.startswith("/"):
+            out = "/" + out  # joining onto the filesystem root keeps the path absolute
         return out or "/"
 
     @abstractmethod

@@ -273,9 +273,58 @@ def test_torch_tensors(disk) -> None:
     cpu = torch.arange(12, dtype=torch.int16).reshape(3, 4)
     disk.save(cpu, "/t.tif")
     np.testing.assert_array_equal(disk.load("/t.tif"), cpu.numpy())
+
+
+def _pyclesperanto() -> object:
+    cle = pytest.importorskip("pyclesperanto", reason="pyclesperanto is not installed")
+    if not hasattr(cle, "push") or not cle.list_available_devices():
+        pytest.skip("pyclesperanto sees no OpenCL device (install pocl-opencl-icd)")
+    return cle
+
+
+def _framework_array(framework: str, values: np.ndarray) -> tuple[object, object]:
+    """(array of ``framework`` holding ``values``, the imported framework); skips if absent."""
+    if framework == "torch-grad":
+        torch = pytest.importorskip("torch")
+        return torch.tensor(values.astype(np.float32), requires_grad=True), torch
+    if framework == "jax":
+        jax = pytest.importorskip("jax")
+        return jax.numpy.asarray(values), jax
+    if framework == "tensorflow":
+        tf = pytest.importorskip("tensorflow")
+        return tf.constant(values), tf
+    cle = _pyclesperanto()
+    return cle.push(values), cle
+
+
+@pytest.mark.parametrize("ext", [".tif", ".npy"])
+@pytest.mark.parametrize("framework", ["torch-grad", "jax", "tensorflow", "pyclesperanto"])
+def test_any_memory_type_is_written_as_numpy(disk, tmp_path, framework, ext) -> None:
+    values = (np.arange(3 * 5 * 7).reshape(3, 5, 7) % 251).astype(np.float32)
+    array, fw = _framework_array(framework, values)
+    disk.save(array, f"/x{ext}")
+    # read back with the format's own library, not through the backend under test
+    real = tmp_path / f"x{ext}"
+    raw = tifffile.imread(real) if ext == ".tif" else np.load(real)
+    assert raw.dtype == np.float32 and raw.shape == values.shape
+    np.testing.assert_array_equal(raw, values)
+    out = disk.load(f"/x{ext}")
+    assert isinstance(out, np.ndarray)
+    np.testing.assert_array_equal(out, values)
+    if framework == "torch-grad":
+        # the caller's tensor still takes part in autograd
+        assert array.requires_grad and array.grad_fn is None
+        (array * 2).sum().backward()
+        assert array.grad is not None
+
+
+def test_framework_arrays_in_npz(disk) -> None:
+    torch = pytest.importorskip("torch")
     grad = torch.ones(2, 2, requires_grad=True)
-    with pytest.raises(DataFormatError, match="requires grad"):
-        disk.save(grad, "/g.tif")
+    disk.save({"weights": grad, "plain": np.arange(3)}, "/w.npz")
+    out = disk.load("/w.npz")
+    np.testing.assert_array_equal(out["weights"], np.ones((2, 2), np.float32))
+    np.testing.assert_array_equal(out["plain"], np.arange(3))
 
 
 def test_registry_rules() -> None:

@@ -7,10 +7,11 @@ binary file.  :meth:`Codec.decode` reads a real file path back.  The backend tur
 refusal into :class:`~hcsflow.errors.DataFormatError` and a decoding failure into
 :class:`~hcsflow.errors.CorruptDataError`, both naming the path and backend.
 
-Array-like data of other memory types is converted to numpy here only when that is a
-host operation: GPU-resident arrays and torch tensors that require grad are refused
-(convert them with :mod:`hcsflow.memory` first) instead of being copied behind the
-caller's back.  Optional frameworks are recognised by module name, never imported.
+Arrays of every memory type are written as numpy: whatever
+:func:`hcsflow.memory.detect_memory_type` recognises goes through
+:func:`hcsflow.memory.to_numpy` (zero-copy for host arrays, one download for device
+arrays, torch tensors detached from autograd).  Optional frameworks are recognised by
+module name, never imported.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from collections.abc import Iterable, Mapping
 from typing import IO, Any, ClassVar
 
 import numpy as np
+
+from hcsflow.errors import MemoryConversionError, MemoryTypeError
 
 __all__ = [
     "Codec",
@@ -90,46 +93,32 @@ def _type_name(obj: Any) -> str:
 
 
 def to_host_array(data: Any) -> np.ndarray:
-    """``data`` as a numpy array when that needs no device transfer; else :class:`CodecRefusal`.
+    """``data`` as a numpy array on the host, for writing; else :class:`CodecRefusal`.
 
-    numpy arrays are returned as they are; CPU torch tensors without grad share memory
-    through ``.numpy()``; other objects exposing ``__array__`` or the buffer protocol go
-    through ``np.asarray`` unless they live on a GPU or OpenCL device.
+    numpy arrays are returned as they are.  Arrays of a supported memory type (torch,
+    jax, tensorflow, cupy, pyclesperanto) go through :func:`hcsflow.memory.to_numpy`:
+    host arrays are shared, device arrays are downloaded once, and a torch tensor that
+    requires grad is detached (its values are written, the caller's tensor is not
+    touched).  Other objects exposing ``__array__`` or the buffer protocol go through
+    ``np.asarray``; an unknown type living on a GPU (``__cuda_array_interface__``) is
+    refused rather than guessed at.
     """
     if isinstance(data, np.ndarray):
         return data
+    # imported here: hcsflow.memory sits above storage in the layering, and plain numpy
+    # saves never need it
+    from hcsflow.memory import is_supported_array, to_numpy
+
     tname = _type_name(data)
-    root = type(data).__module__.partition(".")[0]
+    if is_supported_array(data):
+        try:
+            return to_numpy(data)
+        except (MemoryConversionError, MemoryTypeError) as exc:
+            raise CodecRefusal(f"{tname} could not be converted to numpy: {exc}") from exc
     if hasattr(data, "__cuda_array_interface__"):
         raise CodecRefusal(
-            f"{tname} lives on a GPU; move it to the host (for example with "
-            "hcsflow.memory) before saving it to a file"
-        )
-    if root == "torch":
-        if getattr(data, "requires_grad", False):
-            raise CodecRefusal(f"{tname} requires grad; call .detach() before saving it")
-        if data.device.type != "cpu":
-            raise CodecRefusal(
-                f"{tname} lives on device {data.device}; move it to the CPU "
-                "before saving it to a file"
-            )
-        return data.numpy()
-    if root in ("jax", "jaxlib"):
-        platforms = {d.platform for d in data.devices()}
-        if platforms != {"cpu"}:
-            raise CodecRefusal(
-                f"{tname} lives on {sorted(platforms)}; move it to the CPU "
-                "before saving it to a file"
-            )
-    elif root == "tensorflow":
-        if "GPU" in str(getattr(data, "device", "")).upper():
-            raise CodecRefusal(
-                f"{tname} lives on {data.device}; move it to the CPU before saving it to a file"
-            )
-    elif root.startswith("pyclesperanto"):
-        raise CodecRefusal(
-            f"{tname} lives on an OpenCL device; pull it to numpy (for "
-            "example with hcsflow.memory) before saving it to a file"
+            f"{tname} lives on a GPU and is not a supported array type; convert it to "
+            "numpy (or to a type hcsflow.memory supports) before saving it to a file"
         )
     if not hasattr(data, "__array__") and not _has_buffer(data):
         raise CodecRefusal(f"{tname} is not array data")

@@ -387,14 +387,16 @@ def _annotate(value: Any, state: _Well, members: list[ImageCoordinates]) -> Any:
     idx = value["slice_index"].to_numpy()
     if len(idx) and (idx.min() < 0 or idx.max() >= len(members)):
         return value
-    df = value.copy()
-    df.insert(0, "well", state.plan.well)
-    for pos, (col, attr) in enumerate(
-        (("site", "field"), ("channel", "channel"), ("z", "z"), ("t", "t")), start=1
-    ):
-        if col not in df.columns:
-            df.insert(pos, col, [getattr(members[int(i)], attr) + 1 for i in idx])
-    return df
+    pos = idx.astype(np.int64)
+    coords: dict[str, Any] = {}
+    if "well" not in value.columns:
+        coords["well"] = [state.plan.well] * len(idx)
+    for col, attr in (("site", "field"), ("channel", "channel"), ("z", "z"), ("t", "t")):
+        if col not in value.columns:
+            values = np.array([getattr(m, attr) + 1 for m in members], dtype=np.int64)
+            coords[col] = values[pos]
+    front = pd.DataFrame(coords, index=value.index)
+    return pd.concat([front, value], axis=1)
 
 
 def _stage(

@@ -267,32 +267,34 @@ def _relative(path: str, staging: Path) -> str:
 
 
 def _consolidate(results: list[WellResult], staging: Path) -> dict[str, str]:
-    """Concatenate per-well tables into one plate CSV per special output key."""
-    import pandas as pd
+    """Concatenate per-well tables into one plate CSV per special output key.
 
+    Rows come in plate order: wells as the plate lists them, then each well's groups,
+    then each table's own rows.  Tables with identical headers (the usual case: one
+    function made them all) are joined as text; otherwise pandas aligns the columns.
+    """
     by_key: dict[str, list[Path]] = {}
-    for r in results:
+    for r in results:  # results are in plate order
         for o in r.outputs:
             if o.get("kind") == "special_output" and str(o.get("path", "")).endswith(".csv"):
                 by_key.setdefault(o["key"], []).append(Path(o["path"]))
     plate: dict[str, str] = {}
     for key, files in sorted(by_key.items()):
-        frames = [pd.read_csv(f) for f in files if f.is_file()]
-        if not frames:
-            continue
-        df = pd.concat(frames, ignore_index=True)
-        sort_cols = [
-            c
-            for c in ("well", "site", "channel", "z", "t", "slice_index", "label")
-            if c in df.columns
-        ]
-        if "well" in sort_cols:
-            from hcsflow.storage.plate import parse_well
+        texts = [f.read_text() for f in files]
+        headers = {t.split("\n", 1)[0] for t in texts}
+        if len(headers) == 1:
+            header = headers.pop()
+            body = "".join(t.split("\n", 1)[1] if "\n" in t else "" for t in texts)
+            text = f"{header}\n{body}"
+        else:
+            import io
 
-            df["_order"] = df["well"].map(lambda w: parse_well(str(w)))
-            df = df.sort_values(["_order", *sort_cols[1:]], kind="stable").drop(columns="_order")
+            import pandas as pd
+
+            frames = [pd.read_csv(io.StringIO(t)) for t in texts]
+            text = pd.concat(frames, ignore_index=True).to_csv(index=False)
         target = staging / f"{key}.csv"
-        _atomic_write_text(target, df.to_csv(index=False))
+        _atomic_write_text(target, text)
         plate[key] = target.name
     return plate
 

@@ -336,3 +336,29 @@ def test_function_step_validation():
 
 def test_backend_enum_accepted_in_vfs():
     assert VFSConfig(Backend.MEMORY, Backend.ZARR).materialization_backend == "zarr"
+
+
+def test_compile_rejects_a_memory_type_that_is_not_installed(tmp_path, monkeypatch):
+    import hcsflow.functions._registry as reg
+    from hcsflow.memory.decorators import torch as torch_decorator
+
+    root = write_plate(tmp_path / "p")
+
+    @torch_decorator
+    def on_gpu(stack):
+        return stack
+
+    import hcsflow.functions as functions
+
+    only_numpy = lambda m: m == "numpy"  # noqa: E731
+    monkeypatch.setattr(reg, "framework_available", only_numpy)
+    monkeypatch.setattr(functions, "framework_available", only_numpy)
+    with pytest.raises(CompilationError, match="needs torch/torch, which is not installed"):
+        compile_pipeline([FunctionStep(func=on_gpu)], str(root), str(tmp_path / "out"))
+    with pytest.raises(CompilationError, match="no usable implementation"):
+        compile_pipeline(
+            [FunctionStep(func="gaussian_filter")],
+            str(root),
+            str(tmp_path / "out"),
+            GlobalPipelineConfig(device=DeviceConfig(implementation_preference=("torch",))),
+        )

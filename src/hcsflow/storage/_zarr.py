@@ -195,9 +195,11 @@ class ZarrStorageBackend(StorageBackend):
             return "directory", None
         if loc.fs.local:
             if os.path.isdir(loc.path):
+                if _in_progress(loc):
+                    return None, None
                 if os.path.exists(os.path.join(loc.path, "zarr.json")):
-                    return self._node(vp)  # published between the two looks
-                return ("directory", None) if not _in_progress(loc) else (None, None)
+                    return self._node(vp)  # a writer published since the first look
+                return "directory", None
             if os.path.lexists(loc.path):
                 return "file", {"kind": "raw"}
             return None, None
@@ -357,9 +359,28 @@ class ZarrStorageBackend(StorageBackend):
             if cfg.zarr_format == 3
             else ZarrConfig(compressor=cfg.compressor, level=cfg.level, chunks=cfg.chunks)
         )
-        plates.create_array(loc.child(name), arr, file_cfg, None)
         info = {"kind": "file", "format": fmt, "data": name, "size": size}
         doc = _ome.group_document({"hcsflow": info})
+        if exclusive and loc.fs.local:
+            # build the whole node in a hidden sibling, then rename it into place: a
+            # directory rename onto an existing node fails, so exactly one writer wins
+            # and no reader ever sees a half-built node under the real name
+            tmp = Location(loc.fs, f"{loc.parent.path}/.{loc.name}.{uuid.uuid4().hex}.partial")
+            try:
+                plates.create_array(tmp.child(name), arr, file_cfg, None)
+                tmp.write("zarr.json", doc)
+                os.rename(tmp.path, loc.path)
+            except OSError as exc:
+                tmp.remove()
+                if os.path.exists(loc.path):
+                    raise AlreadyExistsError(
+                        "target exists; pass overwrite=True to replace it",
+                        path=vp or real,
+                        backend=self.name,
+                    ) from exc
+                raise
+            return
+        plates.create_array(loc.child(name), arr, file_cfg, None)
         if exclusive:
             if not loc.write_once("zarr.json", doc):
                 loc.child(name).remove()

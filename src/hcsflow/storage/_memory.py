@@ -40,6 +40,8 @@ __all__ = ["MemoryStorageBackend"]
 
 _FAST_CACHE_MAX = 1 << 16
 _MAX_LINK_HOPS = 64
+# a module global is one lookup cheaper than np.ndarray on the hot path
+_ndarray = np.ndarray
 
 
 class _Dir:
@@ -80,13 +82,16 @@ class MemoryStorageBackend(StorageBackend):
 
     def __init__(self) -> None:
         self._lock = threading.RLock()
+        # bound once: the hot path calls them without two attribute lookups each
+        self._acquire = self._lock.acquire
+        self._release = self._lock.release
         self._root = _Dir()
         # real directory path -> node; lets the hot path skip walking the tree
         self._index: dict[str, _Dir] = {"/": self._root}
-        # raw path as given -> (node of its symlink-free parent, name): the hot path is
-        # one lookup.  Written and cleared only under the lock; cleared whenever a
-        # directory node is detached (delete, move, clear), bounded in size.
-        self._fast: dict[Any, tuple[_Dir, str]] = {}
+        # raw path as given -> (files dict of its symlink-free parent, name, parent node):
+        # the hot path is one lookup.  Written and cleared only under the lock; cleared
+        # whenever a directory node is detached (delete, move, clear), bounded in size.
+        self._fast: dict[Any, tuple[dict[str, Any], str, _Dir]] = {}
 
     # ------------------------------------------------------------------ path helpers
 
@@ -104,7 +109,7 @@ class MemoryStorageBackend(StorageBackend):
             self._fast.clear()
         # an unhashable path-like is still valid, just not cacheable
         with contextlib.suppress(TypeError):
-            self._fast[path] = (node, name)
+            self._fast[path] = (node.files, name, node)
 
     def _forget_nodes(self) -> None:
         """Drop cached parent nodes after a directory node left the tree (lock held)."""
@@ -174,21 +179,23 @@ class MemoryStorageBackend(StorageBackend):
     # ------------------------------------------------------------------ data
 
     def save(
-        self, data: Any, path: vpaths.PathLike, *, overwrite: bool = False, **options: Any
+        self, data: Any, path: vpaths.PathLike, overwrite: bool = False, **options: Any
     ) -> None:
-        """Store ``data`` at ``path`` by reference (numpy arrays as read-only views)."""
-        if isinstance(data, np.ndarray) and data.flags.writeable:
+        """Store ``data`` at ``path`` by reference (numpy arrays as read-only views).
+
+        ``overwrite`` may also be passed positionally here (a cheaper call).
+        """
+        if isinstance(data, _ndarray) and data.flags.writeable:
             data = data.view()
             data.setflags(False)  # positional: much cheaper than write=False
-        lock = self._lock
-        lock.acquire()
+        # the critical section is the cache lookup, the existence check and the store
+        self._acquire()
         try:
             try:
-                node, name = self._fast[path]
+                files, name, node = self._fast[path]
             except (KeyError, TypeError):
                 self._save_slow(data, path, overwrite)
                 return
-            files = node.files
             # a name lives in exactly one of files/dirs/links, so an existing file needs
             # no further check
             if name in files:
@@ -200,7 +207,7 @@ class MemoryStorageBackend(StorageBackend):
                 return
             self._save_slow(data, path, overwrite)
         finally:
-            lock.release()
+            self._release()
 
     def _save_slow(self, data: Any, raw: Any, overwrite: bool) -> None:
         """Save with every check: symlinked parents, existing targets, missing parents."""
@@ -235,8 +242,8 @@ class MemoryStorageBackend(StorageBackend):
     def load(self, path: vpaths.PathLike, **options: Any) -> Any:
         """The object stored at ``path`` (through symlinks), without copying."""
         try:
-            node, name = self._fast[path]
-            return node.files[name]
+            files, name, _ = self._fast[path]
+            return files[name]
         except (KeyError, TypeError):
             return self._load_slow(path)
 

@@ -94,51 +94,51 @@ class _FS(ABC):
 
     @abstractmethod
     def read(self, path: str) -> bytes | None:
-        """read (see the implementations)."""
+        """Bytes of the file at ``path``; ``None`` when there is none."""
 
     @abstractmethod
     def write_atomic(self, path: str, data: bytes) -> None:
-        """write_atomic (see the implementations)."""
+        """Replace ``path`` with ``data`` so readers see old or new bytes, never a mix."""
 
     @abstractmethod
     def write_exclusive(self, path: str, data: bytes) -> bool:
-        """write_exclusive (see the implementations)."""
+        """Create ``path`` with ``data`` unless it exists; ``True`` when created."""
 
     @abstractmethod
     def is_file(self, path: str) -> bool:
-        """is_file (see the implementations)."""
+        """Whether a file/object exists at ``path``."""
 
     @abstractmethod
     def is_dir(self, path: str) -> bool:
-        """is_dir (see the implementations)."""
+        """Whether ``path`` is a directory (a prefix holding objects on object stores)."""
 
     @abstractmethod
     def list(self, path: str) -> list[str]:
-        """list (see the implementations)."""
+        """Names directly below ``path``, read fresh (never from a listing cache)."""
 
     @abstractmethod
     def remove_tree(self, path: str) -> None:
-        """remove_tree (see the implementations)."""
+        """Delete ``path`` and everything below it; a missing path is not an error."""
 
     @abstractmethod
     def remove_file(self, path: str) -> None:
-        """remove_file (see the implementations)."""
+        """Delete one file/object; a missing one is not an error."""
 
     @abstractmethod
     def copy_tree(self, src: str, dst: str) -> None:
-        """copy_tree (see the implementations)."""
+        """Copy a file or a tree from ``src`` to ``dst``."""
 
     @abstractmethod
     def rename_tree(self, src: str, dst: str) -> None:
-        """rename_tree (see the implementations)."""
+        """Move a file or tree: atomic on local disks, copy+delete on object stores."""
 
     @abstractmethod
     def makedirs(self, path: str) -> None:
-        """makedirs (see the implementations)."""
+        """Create the directory ``path`` where the filesystem has directories."""
 
     @abstractmethod
     def zarr_store(self, path: str) -> Any:
-        """zarr_store (see the implementations)."""
+        """A zarr-python store rooted at ``path``."""
 
 
 class _LocalFS(_FS):

@@ -30,7 +30,8 @@ from hcsflow.memory._align import ALIGNMENT, aligned_empty, ensure_aligned
 from hcsflow.memory._detect import detect_memory_type
 from hcsflow.memory._devices import HOST, Location, validate_gpu_id
 from hcsflow.memory._dtype import check_cle_dtype, numpy_dtype
-from hcsflow.memory._recorder import active, emit
+from hcsflow.memory._fast import lookup
+from hcsflow.memory._recorder import _ACTIVE, active, emit
 from hcsflow.memory._types import MemoryType, import_framework, parse_memory_type
 
 __all__ = ["convert_memory", "to_memory_type", "to_numpy", "location_of", "host_view"]
@@ -468,6 +469,20 @@ def convert_memory(
     A copy that exists only because memory could not be shared needs
     ``allow_cpu_roundtrip=True``; otherwise :class:`MemoryConversionError` says why.
     """
+    if gpu_id is None:
+        fast = lookup(data, source_type, target_type)
+        if fast is not None:
+            share, src, tgt = fast
+            if not _ACTIVE.get():
+                result = share(data)
+                if result is not None:
+                    return result
+            else:
+                start = time.perf_counter()
+                result = share(data)
+                if result is not None:
+                    emit("dlpack", src.value, tgt.value, 0, time.perf_counter() - start)
+                    return result
     source = parse_memory_type(source_type, what="source_type")
     target = parse_memory_type(target_type, what="target_type")
     actual = detect_memory_type(data)

@@ -55,3 +55,15 @@ def test_backend_on_a_missing_bucket(s3_server) -> None:
     backend = ZarrStorageBackend("s3://no-such-bucket-hcsflow-vfs/x", storage_options=s3_server)
     with pytest.raises(ObjectStoreError, match="no-such-bucket-hcsflow-vfs"):
         backend.save(np.zeros(3), "/a.npy")
+
+
+def test_backend_pickles_with_its_configuration(tmp_path) -> None:
+    import pickle
+
+    from hcsflow.storage import ZarrConfig
+
+    backend = ZarrStorageBackend(tmp_path, config=ZarrConfig(compressor="lz4"))
+    backend.save(np.arange(3), "/a.npy")
+    clone = pickle.loads(pickle.dumps(backend))
+    assert clone.config.compressor == "lz4"
+    np.testing.assert_array_equal(clone.load("/a.npy"), np.arange(3))

@@ -107,7 +107,7 @@ def _timed(fn: Any, fresh: Any, repeat: int = REPEAT) -> float:
     return min(samples)
 
 
-def _paired(a: Any, b: Any, fresh_a: Any, fresh_b: Any, rounds: int = 5) -> tuple[float, float]:
+def _paired(a: Any, b: Any, fresh_a: Any, fresh_b: Any, rounds: int = 9) -> tuple[float, float]:
     """Best times of ``a`` and ``b``, measured alternately so drift affects both alike."""
     ta, tb = [], []
     for _ in range(rounds):
@@ -136,7 +136,7 @@ def main() -> None:
         _write_plate(d, data, default)
         _write_direct(d, data, default)
         t_read, t_read_direct = np.inf, np.inf
-        for _ in range(7):
+        for _ in range(9):
             t_read = min(t_read, median_time(lambda: _read_plate(d), repeat=1))
             t_read_direct = min(t_read_direct, median_time(lambda: _read_direct(d), repeat=1))
     finally:

@@ -219,9 +219,17 @@ def test_corrupt_tiff(disk, tmp_path, payload) -> None:
     assert "/bad.tif" in str(info.value) and "disk" in str(info.value)
 
 
-@pytest.mark.parametrize("shape", [(256, 256), (4, 64, 64)])
-def test_truncated_tiff(disk, tmp_path, shape) -> None:
-    disk.save(np.ones(shape, np.uint16), "/t.tif")
+@pytest.mark.parametrize(
+    "shape,dtype",
+    [
+        ((256, 256), "uint16"),
+        ((4, 64, 64), "uint16"),
+        ((4, 64, 64), "float64"),
+        ((2, 3, 32, 32), "uint8"),
+    ],
+)
+def test_truncated_tiff(disk, tmp_path, shape, dtype) -> None:
+    disk.save(np.ones(shape, dtype), "/t.tif")
     raw = (tmp_path / "t.tif").read_bytes()
     (tmp_path / "t.tif").write_bytes(raw[: len(raw) // 2])
     with pytest.raises(CorruptDataError):

@@ -189,7 +189,7 @@ class TiffCodec(Codec):
             except IndexError as exc:
                 raise ValueError("no image in the file (not a TIFF, or truncated)") from exc
             data = tif.asarray(**options)
-            if "key" not in options:
+            if "key" not in options and _metadata_unused(tif):
                 # tifffile recovers from a broken page chain by returning fewer planes
                 # (with only a log message); the declared shape catches that
                 expected = _declared_size(tif)
@@ -198,6 +198,18 @@ class TiffCodec(Codec):
                         f"the file declares {expected} samples but holds {data.size} (truncated?)"
                     )
         return data
+
+
+def _metadata_unused(tif: Any) -> bool:
+    """Whether tifffile did not build the series it read from the file's own shape metadata.
+
+    An ImageJ or shaped series takes its shape from that metadata (and ``asarray``
+    reshapes to it), so its size is the declared size by construction; parsing the
+    metadata a second time is needed only when tifffile fell back to another kind of
+    series, which is what it does when the declared data runs past the end of the file.
+    """
+    kind = tif.series[0].kind
+    return not (kind == "imagej" or kind == "shaped")
 
 
 def _declared_size(tif: Any) -> int | None:

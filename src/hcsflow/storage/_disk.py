@@ -18,12 +18,10 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import functools
 import os
 import secrets
 import shutil
 import stat as stat_mod
-import tempfile
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -65,21 +63,6 @@ TEMP_SUFFIX = ".tmp"
 def is_temp_name(name: str) -> bool:
     """Whether ``name`` is an in-flight temporary file of an atomic write."""
     return name.startswith(TEMP_PREFIX) and name.endswith(TEMP_SUFFIX)
-
-
-@functools.cache
-def _new_file_mode() -> int:
-    """Mode for new files: what ``open()`` would give under the process umask."""
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith("Umask:"):
-                    return 0o666 & ~int(line.split()[1], 8)
-    except OSError:
-        pass
-    mask = os.umask(0o022)  # no read-only umask query outside /proc
-    os.umask(mask)
-    return 0o666 & ~mask
 
 
 def _temp_name(directory: str, base: str) -> str:
@@ -480,13 +463,22 @@ class DiskStorageBackend(StorageBackend):
     ) -> str:
         """Write into a fresh temporary file next to ``real``; return its real path."""
         directory, base = os.path.split(real)
-        fd, tmp = tempfile.mkstemp(
-            dir=directory, prefix=f"{TEMP_PREFIX}{base[:64]}.", suffix=TEMP_SUFFIX
-        )
+        fh = None
+        for _attempt in range(16):
+            tmp = _temp_name(directory, base)
+            try:
+                # exclusive create, named (tifffile wants a file object with a real name),
+                # nothing to truncate, and the umask gives the mode any new file gets
+                fh = open(tmp, "x+b")  # noqa: SIM115 - closed by the with block below
+            except FileExistsError:
+                continue
+            break
+        if fh is None:
+            raise AlreadyExistsError(
+                "could not create a temporary file next to the target", path=vp, backend=self.name
+            )
         try:
-            # reopened by name: some writers (tifffile) need a file object with a real name
-            os.close(fd)
-            with open(tmp, "r+b") as fh:  # "wb" would truncate, and ext4 then flushes on close
+            with fh:
                 if writer is not None:
                     writer(fh)
                 else:
@@ -502,7 +494,6 @@ class DiskStorageBackend(StorageBackend):
                 fh.flush()
                 if self.fsync:
                     os.fsync(fh.fileno())
-            os.chmod(tmp, _new_file_mode())
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)

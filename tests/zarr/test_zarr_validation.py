@@ -121,3 +121,28 @@ def test_validate_plate_reports_missing_pieces(tmp_path) -> None:
     assert any("B/3" in e and "missing" in e for e in report.errors)
     assert "INVALID" in report.summary()
     assert not validate_plate(tmp_path / "nothing.zarr").ok
+
+
+def test_reads_a_plate_written_by_ome_zarr_py(tmp_path) -> None:
+    pytest.importorskip("ome_zarr")
+    with warnings.catch_warnings():
+        # ome_zarr.writer uses its own deprecated Scaler class at import time
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from ome_zarr.writer import write_image, write_plate_metadata, write_well_metadata
+
+    from hcsflow.storage import list_wells, open_well, read_well
+
+    url = str(tmp_path / "foreign.zarr")
+    root = zarr.open_group(url, mode="w")
+    # zero-padded column names, as some tools write them
+    write_plate_metadata(root, ["A", "B"], ["01", "02"], ["A/01", "B/02"])
+    data = np.arange(2 * 3 * 16 * 16, dtype=np.uint16).reshape(2, 3, 16, 16)
+    for path in ("A/01", "B/02"):
+        row, col = path.split("/")
+        well = root.require_group(row).require_group(col)
+        write_well_metadata(well, [{"path": "0"}])
+        write_image(data, well.require_group("0"), axes="czyx")
+    assert list_wells(url) == ["A01", "B02"]
+    assert open_well(url, "B02").axes == ("c", "z", "y", "x")
+    np.testing.assert_array_equal(read_well(url, "B02"), data)
+    assert validate_plate(url).ok

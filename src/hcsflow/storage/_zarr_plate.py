@@ -318,9 +318,9 @@ def _plate_version(plate: Location, config: ZarrConfig) -> None:
 
 
 def _read_well_meta(
-    plate: Location, pos: WellPosition
+    plate: Location, pos: WellPosition, key: str | None = None
 ) -> tuple[_ome.NodeMeta, str, dict[str, Any]] | None:
-    key = _well_key(pos)
+    key = key or _well_key(pos)
     node = _ome.read_node(plate.child(key))
     if node is None:
         return None
@@ -334,6 +334,26 @@ def _read_well_meta(
     ):
         raise _meta_error(plate, key, "well metadata 'images' must be a list of {'path': ...}")
     return node, version, well
+
+
+def _reading_key(plate: Location, pos: WellPosition) -> str:
+    """The well's path for reading: ``"B/3"``, or the path the plate metadata lists.
+
+    Plates from other tools may name columns ``"03"``; their plate metadata says so.
+    """
+    key = _well_key(pos)
+    if _ome.read_node(plate.child(key)) is not None:
+        return key
+    node = _ome.read_node(plate)
+    meta = _ome.unwrap(node.attributes)[1].get("plate") if node is not None else None
+    for w in meta.get("wells", []) if isinstance(meta, dict) else []:
+        path = w.get("path") if isinstance(w, dict) else None
+        if not isinstance(path, str) or path.count("/") != 1:
+            continue
+        rname, cname = path.split("/")
+        if rname.upper() == pos.row_name and cname.isdigit() and int(cname) == pos.column + 1:
+            return path
+    return key
 
 
 def _field_paths(well: dict[str, Any]) -> list[str]:
@@ -665,8 +685,8 @@ def list_wells(store: StoreLike, *, storage_options: dict[str, Any] | None = Non
 
 def _image_loc(plate: Location, well: str | WellPosition, field: int) -> tuple[Location, str, int]:
     pos = _well_pos(plate, well)
-    meta = _read_well_meta(plate, pos)
-    key = _well_key(pos)
+    key = _reading_key(plate, pos)
+    meta = _read_well_meta(plate, pos, key)
     if meta is None:
         raise NotFoundError(
             f"no well {pos.name}: store {plate.url!r}, key {key!r}",
@@ -827,16 +847,17 @@ def open_well(
     """Geometry of a well (reads metadata only)."""
     plate = _loc(store, storage_options)
     pos = _well_pos(plate, well)
-    meta = _read_well_meta(plate, pos)
+    key = _reading_key(plate, pos)
+    meta = _read_well_meta(plate, pos, key)
     if meta is None:
         raise NotFoundError(
             f"no well {pos.name}: store {plate.url!r}",
-            path=f"{plate.url}/{_well_key(pos)}",
+            path=f"{plate.url}/{key}",
             backend=BACKEND,
         )
     node, version, wmeta = meta
     paths = _field_paths(wmeta)
-    img = plate.child(_well_key(pos), paths[0])
+    img = plate.child(key, paths[0])
     levels, axes, _ = _dataset_paths(img)
     arr = _open_array(img, 0)
     return WellInfo(

@@ -30,7 +30,7 @@ from hcsflow.memory._align import ALIGNMENT, aligned_empty, ensure_aligned
 from hcsflow.memory._detect import detect_memory_type
 from hcsflow.memory._devices import HOST, Location, validate_gpu_id
 from hcsflow.memory._dtype import check_cle_dtype, numpy_dtype
-from hcsflow.memory._fast import lookup
+from hcsflow.memory._fast import PAIRS, ROUTES, learn
 from hcsflow.memory._recorder import _ACTIVE, active, emit
 from hcsflow.memory._types import MemoryType, import_framework, parse_memory_type
 
@@ -470,17 +470,23 @@ def convert_memory(
     ``allow_cpu_roundtrip=True``; otherwise :class:`MemoryConversionError` says why.
     """
     if gpu_id is None:
-        fast = lookup(data, source_type, target_type)
+        # Plain CPU pairs: one cached lookup, then the pair's zero-copy route (see _fast.py).
+        try:
+            fast = ROUTES[type(data), source_type, target_type]
+        except KeyError:  # once per new (type, source, target): find and cache its route
+            fast = learn(data, source_type, target_type)
+        except TypeError:  # an unhashable type name: reported below
+            fast = None
         if fast is not None:
-            share, src, tgt = fast
             if not _ACTIVE.get():
-                result = share(data)
+                result = fast(data)
                 if result is not None:
                     return result
             else:
                 start = time.perf_counter()
-                result = share(data)
+                result = fast(data)
                 if result is not None:
+                    src, tgt = PAIRS[type(data), source_type, target_type]
                     emit("dlpack", src.value, tgt.value, 0, time.perf_counter() - start)
                     return result
     source = parse_memory_type(source_type, what="source_type")

@@ -24,35 +24,36 @@ import numpy as np
 from hcsflow.memory._align import ALIGNMENT
 from hcsflow.memory._types import MemoryType, loaded_framework, parse_memory_type
 
-__all__ = ["lookup"]
+__all__ = ["ROUTES", "PAIRS", "learn", "lookup"]
 
 M = MemoryType
 
 #: A route: the converted array, or ``None`` to hand the call to the general path.
 Route = Callable[[Any], Any]
 
-# ``(type(data), source, target)`` -> ``(route, source, target)`` or ``None`` (no fast route).
-# The type is the exact class, so subclasses (masked arrays, matrices, parameters) are decided
-# on their own; names are the caller's strings or members, which hash alike.
-_CACHE: dict[tuple[Any, Any, Any], tuple[Route, MemoryType, MemoryType] | None] = {}
+# ``(type(data), source, target)`` -> the pair's route, or ``None`` (no fast route).  The type
+# is the exact class, so subclasses (masked arrays, matrices, parameters) are decided on their
+# own; names are the caller's strings or members, which hash alike.
+ROUTES: dict[tuple[Any, Any, Any], Route | None] = {}
+#: The same keys -> the two memory types a route converts between (for the recorder).
+PAIRS: dict[tuple[Any, Any, Any], tuple[MemoryType, MemoryType]] = {}
 _LOCK = threading.Lock()
-_MISSING = object()
 
 _FAIL = (BufferError, TypeError, RuntimeError, ValueError)
 
 
-def lookup(data: Any, source: Any, target: Any) -> tuple[Route, MemoryType, MemoryType] | None:
+def lookup(data: Any, source: Any, target: Any) -> Route | None:
     """The fast route for ``data`` from ``source`` to ``target`` (names or members), if any."""
     try:
-        found = _CACHE.get((type(data), source, target), _MISSING)
+        return ROUTES[type(data), source, target]
+    except KeyError:
+        return learn(data, source, target)
     except TypeError:  # an unhashable type name: the general path reports it
         return None
-    if found is _MISSING:
-        found = _learn(data, source, target)
-    return found  # type: ignore[return-value]
 
 
-def _learn(data: Any, source: Any, target: Any) -> tuple[Route, MemoryType, MemoryType] | None:
+def learn(data: Any, source: Any, target: Any) -> Route | None:
+    """Find, cache and return the fast route for a key :data:`ROUTES` does not hold yet."""
     try:
         src = parse_memory_type(source)
         tgt = parse_memory_type(target)
@@ -60,15 +61,15 @@ def _learn(data: Any, source: Any, target: Any) -> tuple[Route, MemoryType, Memo
         return None  # an unknown name is not cached: the general path raises for it
     if loaded_framework(tgt) is None:
         return None  # not cached: the general path imports the target, then this call learns
-    entry = None
+    route = None
     if _exact_type(data) is src:
         factory = _FACTORIES.get((src, tgt))
         route = factory() if factory is not None else None
-        if route is not None:
-            entry = (route, src, tgt)
+    key = (type(data), source, target)
     with _LOCK:
-        _CACHE[type(data), source, target] = entry
-    return entry
+        PAIRS[key] = (src, tgt)  # before ROUTES: a reader that finds the route finds the pair
+        ROUTES[key] = route
+    return route
 
 
 def _exact_type(data: Any) -> MemoryType | None:
@@ -122,13 +123,14 @@ def _numpy_to_torch() -> Route:
     from_numpy = sys.modules["torch"].from_numpy
 
     def route(a: np.ndarray) -> Any:
-        flags = a.flags
         # A read-only array goes the general way: from_numpy would hand out a writable tensor.
-        if not flags.writeable or not (flags.c_contiguous or _no_negative_strides(a)):
+        if not a.flags.writeable:
             return None
         try:
             return from_numpy(a)
-        except (TypeError, ValueError):  # a dtype torch lacks: the general path says so
+        except (TypeError, ValueError):
+            # torch checks strides itself and refuses negative ones (ValueError, no crash),
+            # like a dtype it lacks (TypeError); the general path then says why.
             return None
 
     return route

@@ -15,6 +15,7 @@ from hcsflow.errors import (
     PathEscapeError,
 )
 from hcsflow.storage import DiskStorageBackend
+from hcsflow.storage import _disk as disk_module
 from hcsflow.storage._disk import is_temp_name
 from hcsflow.testing import BackendTests
 
@@ -132,7 +133,17 @@ def test_new_files_get_the_umask_mode(disk) -> None:
     assert os.stat(_real(disk, "/x.npy")).st_mode & 0o777 == 0o666 & ~mask
 
 
-def test_no_clobber_publish_refuses_a_target_that_appears(disk, monkeypatch) -> None:
+@pytest.fixture(params=["rename-noreplace", "link"])
+def publish_route(request, monkeypatch) -> str:
+    """Run a test with the one-step no-clobber rename, and with the hard-link fallback."""
+    if request.param == "link":
+        monkeypatch.setattr(disk_module, "_rename_noreplace", lambda src, dst: False)
+    elif disk_module._renameat2() is None:
+        pytest.skip("renameat2 is not available here")
+    return request.param
+
+
+def test_no_clobber_publish_refuses_a_target_that_appears(disk, monkeypatch, publish_route) -> None:
     disk.ensure_directory("/d")
     original = disk._write_temp
 
@@ -221,3 +232,25 @@ def test_move_across_a_symlinked_parent(disk) -> None:
     with pytest.raises(Exception) as info:
         disk.move("/real", "/alias/inside")
     assert "into itself" in str(info.value)
+
+
+def test_no_clobber_save_publishes_on_either_route(disk, publish_route) -> None:
+    disk.ensure_directory("/d")
+    disk.save(np.arange(4), "/d/x.npy")
+    np.testing.assert_array_equal(disk.load("/d/x.npy"), np.arange(4))
+    with pytest.raises(AlreadyExistsError):
+        disk.save(np.arange(5), "/d/x.npy")
+    np.testing.assert_array_equal(disk.load("/d/x.npy"), np.arange(4))
+    assert os.listdir(_real(disk, "/d")) == ["x.npy"]
+
+
+def test_rename_noreplace_refuses_an_existing_target(tmp_path) -> None:
+    if disk_module._renameat2() is None:
+        pytest.skip("renameat2 is not available here")
+    (tmp_path / "a").write_bytes(b"new")
+    (tmp_path / "b").write_bytes(b"old")
+    with pytest.raises(FileExistsError):
+        disk_module._rename_noreplace(str(tmp_path / "a"), str(tmp_path / "b"))
+    assert (tmp_path / "b").read_bytes() == b"old"
+    assert disk_module._rename_noreplace(str(tmp_path / "a"), str(tmp_path / "c"))
+    assert sorted(os.listdir(tmp_path)) == ["b", "c"]

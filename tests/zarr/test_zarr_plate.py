@@ -455,3 +455,17 @@ def test_finalize_plate_rebuilds_from_well_groups(tmp_path) -> None:
     assert len(info.rows) == 16 and len(info.columns) == 24
     with pytest.raises(NotFoundError):
         finalize_plate(str(tmp_path / "none.zarr"))
+
+
+def test_paths_outside_a_dot_zarr_use_their_directory_as_the_plate(fm, tmp_path) -> None:
+    # the specification's example: output paths without a *.zarr segment
+    paths = ["/zarr/output_001", "/zarr/output_002", "/zarr/output_003"]
+    layout = {p: ImageCoordinates("A01", z=i) for i, p in enumerate(paths)}
+    arrays = [np.full((6, 6), i, np.float32) for i in range(3)]
+    fm.save_batch(
+        arrays, paths, Backend.ZARR, chunk_name="well_A01", zarr_config=ZarrConfig(), layout=layout
+    )
+    assert open_plate(str(tmp_path / "zarr")).wells == ("A01",)
+    assert open_well(str(tmp_path / "zarr"), "A01").shape == (1, 3, 6, 6)
+    for a, b in zip(arrays, fm.load_batch(paths, Backend.ZARR), strict=True):
+        np.testing.assert_array_equal(a, b)

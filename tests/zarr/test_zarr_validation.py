@@ -146,3 +146,13 @@ def test_reads_a_plate_written_by_ome_zarr_py(tmp_path) -> None:
     assert open_well(url, "B02").axes == ("c", "z", "y", "x")
     np.testing.assert_array_equal(read_well(url, "B02"), data)
     assert validate_plate(url).ok
+
+
+def test_validate_plate_checks_label_images(tmp_path) -> None:
+    import shutil
+
+    url = _plate(tmp_path, "0.5")
+    assert validate_plate(url).ok
+    shutil.rmtree(url + "/A/1/0/labels/cells/0")
+    report = validate_plate(url)
+    assert any("labels/cells" in e and "missing" in e for e in report.errors), report.errors

@@ -232,6 +232,40 @@ def _check_image(loc: Location, key: str, report: PlateReport, deep: bool, fmt: 
         prev = shape
         if deep and level == 0:
             _decode_all(loc.child(dpath), key, dpath, report, arr_node.zarr_format)
+    _check_labels(loc, key, report, deep, fmt, len(axes))
+
+
+def _check_labels(
+    loc: Location, key: str, report: PlateReport, deep: bool, fmt: int, ndim: int
+) -> None:
+    group = _ome.read_node(loc.child("labels"))
+    if group is None:
+        return
+    names = _ome.unwrap(group.attributes)[1].get("labels")
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        report.errors.append(f"image {key!r}: 'labels' must list label image names")
+        return
+    for name in names:
+        lkey = f"{key}/labels/{name}"
+        node = _ome.read_node(loc.child("labels", name))
+        if node is None:
+            report.errors.append(f"label image {lkey!r} is listed but missing")
+            continue
+        if "image-label" not in _ome.unwrap(node.attributes)[1]:
+            report.errors.append(f"label image {lkey!r} has no 'image-label' metadata")
+        before = len(report.errors)
+        _check_image(loc.child("labels", name), lkey, report, deep, fmt)
+        if len(report.errors) > before:
+            continue
+        ms = _ome.unwrap(node.attributes)[1]["multiscales"][0]
+        arr = _ome.read_node(loc.child("labels", name, str(ms["datasets"][0]["path"])))
+        dtype = str((arr.raw.get("data_type") or arr.raw.get("dtype", "")) if arr else "")
+        if not any(t in dtype for t in ("int", "<i", "<u", "|u", "|i", ">i", ">u")):
+            report.errors.append(f"label image {lkey!r} has non-integer data type {dtype!r}")
+        if len(ms.get("axes", [])) != ndim:
+            report.warnings.append(
+                f"label image {lkey!r} has {len(ms.get('axes', []))} axes, the image {ndim}"
+            )
 
 
 def _decode_all(loc: Location, key: str, dpath: str, report: PlateReport, fmt: int) -> None:

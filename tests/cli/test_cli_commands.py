@@ -204,3 +204,14 @@ def test_run_with_a_regex_layout(tmp_path, capsys):
         == 2
     )
     assert "C07-1-1.tif" in capsys.readouterr().err
+
+
+def test_relative_paths_and_output_inside_the_plate(tmp_path, capsys, monkeypatch):
+    make_synthetic_plate(tmp_path / "plate", 1, sites=1, size=64, seed=4)
+    monkeypatch.chdir(tmp_path)
+    pipe = _write_pipeline(tmp_path)
+    assert main(["run", pipe, "plate", "--out", "out", "--executor", "inprocess"]) == 0
+    assert (tmp_path / "out/images/A01/A01_s1_w1.tif").is_file()
+    assert main(["info", "plate"]) == 0
+    assert main(["run", pipe, "plate", "--out", "plate/out", "--executor", "inprocess"]) == 2
+    assert "inside the plate directory" in capsys.readouterr().err

@@ -9,6 +9,7 @@ plate...) is collected and raised together as one
 from __future__ import annotations
 
 import inspect
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -265,7 +266,7 @@ def compile_pipeline(
 
     if not steps:
         problems.append("the pipeline has no steps")
-    out = vpaths.normalize_path(output_dir)
+    out = vpaths.normalize_path(os.path.abspath(os.fspath(output_dir)))
     plans: list[StepPlan] = []
     produced: dict[str, str] = {}
     for index, step in enumerate(steps):

@@ -8,6 +8,7 @@ wells missing sites or channels) and reported together in one
 from __future__ import annotations
 
 import itertools
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -89,6 +90,9 @@ def read_plate(
     """
     fm = filemanager or FileManager()
     bname = Backend(backend).value if isinstance(backend, Backend) else str(backend)
+    if bname in (Backend.DISK.value, Backend.ZARR.value) and "://" not in str(root):
+        # a local folder: relative paths are relative to the working directory
+        root = os.path.abspath(os.fspath(root))
     root_n = vpaths.normalize_path(root, backend=bname)
     if bname == Backend.ZARR.value or (bname == Backend.DISK.value and is_zarr_plate(root_n)):
         return read_zarr_plate(root_n)
@@ -170,8 +174,6 @@ def read_plate(
 
 def is_zarr_plate(root: str) -> bool:
     """Whether the local directory ``root`` is a zarr group (an OME-Zarr plate candidate)."""
-    import os
-
     return os.path.isfile(os.path.join(root, "zarr.json")) or os.path.isfile(
         os.path.join(root, ".zattrs")
     )
@@ -186,6 +188,8 @@ def read_zarr_plate(store: str) -> PlateIndex:
     """
     from hcsflow.storage import open_plate, open_well
 
+    if "://" not in store:
+        store = os.path.abspath(store)
     info = open_plate(store)
     if not info.wells:
         raise PlateLayoutError(

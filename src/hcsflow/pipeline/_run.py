@@ -342,6 +342,14 @@ def run_pipeline(
     t0 = time.perf_counter()
     global_config = config if config is not None else GlobalPipelineConfig()
     out = Path(output_dir).absolute()
+    if not isinstance(plate, PlateIndex):
+        plate_dir = Path(plate).absolute()
+        if out == plate_dir or plate_dir in out.parents:
+            raise RunDirectoryError(
+                f"output directory {str(out)!r} is inside the plate directory "
+                f"{str(plate_dir)!r}; its files would be read as plate images next time"
+            )
+        plate = str(plate_dir)
     staging = _prepare_output(out, overwrite)
     try:
         plan = compile_pipeline(

@@ -342,7 +342,7 @@ def run_pipeline(
     t0 = time.perf_counter()
     global_config = config if config is not None else GlobalPipelineConfig()
     out = Path(output_dir).absolute()
-    if not isinstance(plate, PlateIndex):
+    if not isinstance(plate, PlateIndex) and "://" not in str(plate):
         plate_dir = Path(plate).absolute()
         if out == plate_dir or plate_dir in out.parents:
             raise RunDirectoryError(

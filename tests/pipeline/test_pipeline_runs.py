@@ -79,6 +79,9 @@ def test_disk_run_counts_cells_and_writes_manifest(plate, tmp_path):
     assert "numpy" in m["versions"]
     for rel, meta in m["files"].items():
         assert hashlib.sha256((out / rel).read_bytes()).hexdigest() == meta["sha256"]
+    masks = [o for o in m["wells"]["A02"]["outputs"] if o.get("key") == "masks"][0]
+    assert masks["path"] == "results/01_count_cells/A02_masks.tif"
+    assert masks["sha256"] == m["files"][masks["path"]]["sha256"]
     assert not any(p.name.startswith(".") for p in tmp_path.iterdir())  # no staging left
 
 

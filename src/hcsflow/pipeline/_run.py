@@ -444,11 +444,6 @@ def _manifest(
     t_start: float,
     duration: float,
 ) -> dict[str, Any]:
-    wells: dict[str, Any] = {}
-    for r in results:
-        d = r.to_dict()
-        d["outputs"] = [{**o, "path": _relative(str(o["path"]), staging)} for o in r.outputs]
-        wells[r.well] = d
     paths = sorted(p for p in staging.rglob("*") if p.is_file())
     # hashlib releases the GIL on large buffers: hash files in parallel threads
     with cf.ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
@@ -457,6 +452,18 @@ def _manifest(
         p.relative_to(staging).as_posix(): {"bytes": p.stat().st_size, "sha256": d}
         for p, d in zip(paths, digests, strict=True)
     }
+    wells: dict[str, Any] = {}
+    for r in results:
+        d = r.to_dict()
+        outputs = []
+        for o in r.outputs:
+            rel = _relative(str(o["path"]), staging)
+            entry = {**o, "path": rel}
+            if rel in files:  # a file (folders such as images/ are listed under "files")
+                entry["sha256"] = files[rel]["sha256"]
+            outputs.append(entry)
+        d["outputs"] = outputs
+        wells[r.well] = d
     n_ok = sum(r.status == "ok" for r in results)
     images = sum(r.images_in for r in results)
     return {

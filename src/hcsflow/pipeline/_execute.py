@@ -345,7 +345,12 @@ def _check_finite(x: Any, where: str) -> None:
     from hcsflow.memory import MemoryType, detect_memory_type, to_numpy
 
     if isinstance(x, np.ndarray):
-        bad = x.dtype.kind in "fc" and not np.isfinite(x).all()
+        # min and max propagate NaN and expose inf: two reductions, no boolean temporary
+        bad = (
+            x.dtype.kind == "f"
+            and x.size > 0
+            and not (np.isfinite(x.min()) and np.isfinite(x.max()))
+        ) or (x.dtype.kind == "c" and not np.isfinite(x).all())
     elif detect_memory_type(x) == MemoryType.TORCH:
         import torch  # already imported: x is a tensor
 

@@ -14,6 +14,7 @@ route never changes what a conversion returns or raises.
 
 from __future__ import annotations
 
+import ctypes
 import sys
 import threading
 from collections.abc import Callable
@@ -136,17 +137,25 @@ def _numpy_to_torch() -> Route:
     return route
 
 
+def _address(a: np.ndarray) -> int:
+    """Data address of a writable, C-contiguous, non-empty array (others raise).
+
+    Four times cheaper than ``a.ctypes.data``, which builds the full array interface.
+    """
+    return ctypes.addressof(ctypes.c_char.from_buffer(a))
+
+
 def _numpy_to_jax() -> Route:
     from_dlpack = _jax_import()
 
     def route(a: np.ndarray) -> Any:
         flags = a.flags
-        if not (flags.writeable and flags.c_contiguous) or a.size == 0 or a.itemsize == 8:
+        if not (flags.writeable and flags.c_contiguous) or a.itemsize == 8:
             return None  # 64-bit types need the x64 check of the general path
-        ptr = a.ctypes.data
-        if ptr % ALIGNMENT:
-            return None
         try:
+            ptr = _address(a)
+            if ptr % ALIGNMENT:
+                return None
             out = from_dlpack(a)
         except _FAIL:
             return None
@@ -161,9 +170,11 @@ def _numpy_to_tensorflow() -> Route:
 
     def route(a: np.ndarray) -> Any:
         flags = a.flags
-        if not (flags.writeable and flags.c_contiguous) or a.ctypes.data % ALIGNMENT:
-            return None  # tensorflow can abort the process on an unaligned capsule
+        if not (flags.writeable and flags.c_contiguous):
+            return None
         try:
+            if _address(a) % ALIGNMENT:
+                return None  # tensorflow can abort the process on an unaligned capsule
             return from_dlpack(a.__dlpack__())
         except _FAIL:
             return None

@@ -154,8 +154,8 @@ def bench_disk(tmp: str) -> list[dict[str, Any]]:
     stack = rng.integers(0, 4096, (100, 1024, 1024), dtype=np.uint16)
 
     for label, data, kwargs, repeat in (
-        ("2048x2048 uint16", single, {}, 15),
-        ("stack 100x1024x1024 uint16", stack, {"imagej": True, "metadata": {"axes": "ZYX"}}, 5),
+        ("2048x2048 uint16", single, {}, 40),
+        ("stack 100x1024x1024 uint16", stack, {"imagej": True, "metadata": {"axes": "ZYX"}}, 8),
     ):
 
         def ref_save(data: np.ndarray = data, kwargs: dict[str, Any] = kwargs) -> None:
@@ -206,7 +206,7 @@ def bench_disk(tmp: str) -> list[dict[str, Any]]:
         ref_save()
         durable.save(data, ours, overwrite=True)
         t_ref_load, t_load = paired(
-            [lambda: tifffile.imread(ref_path), lambda: durable.load(ours)], repeat=repeat * 4
+            [lambda: tifffile.imread(ref_path), lambda: durable.load(ours)], repeat=repeat * 3
         )
         rows.append(
             {

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from hcsflow.errors import MemoryConversionError, MemoryTypeError
+from hcsflow.errors import DtypeError, MemoryConversionError, MemoryTypeError
 from hcsflow.memory import MemoryType, aligned_empty, convert_memory, record_conversions
 from hcsflow.memory._fast import lookup
 
@@ -149,3 +149,14 @@ def test_empty_arrays_to_jax(mem, source) -> None:
     src = mem.make(source, np.zeros((0, 4, 5), np.float32))
     out = convert_memory(src, source, "jax")
     assert out.shape == (0, 4, 5)
+
+
+@pytest.mark.parametrize("source", [M.NUMPY, M.TORCH, M.TENSORFLOW], ids=str)
+@pytest.mark.parametrize("dtype", ["float64", "int64", "complex128"])
+def test_wide_types_to_jax_without_x64_raise(mem, source, dtype) -> None:
+    jax = mem.need(M.JAX)
+    if jax.config.read("jax_enable_x64"):
+        pytest.skip("jax_enable_x64 is on")
+    src = mem.make(source, np.ones((2, 8, 8), dtype))
+    with pytest.raises(DtypeError, match=dtype):
+        convert_memory(src, source, "jax")

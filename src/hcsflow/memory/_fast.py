@@ -150,8 +150,8 @@ def _numpy_to_jax() -> Route:
 
     def route(a: np.ndarray) -> Any:
         flags = a.flags
-        if not (flags.writeable and flags.c_contiguous) or a.itemsize == 8:
-            return None  # 64-bit types need the x64 check of the general path
+        if not (flags.writeable and flags.c_contiguous) or a.itemsize >= 8:
+            return None  # 64-bit and complex types: the general path checks jax_enable_x64
         try:
             ptr = _address(a)
             if ptr % ALIGNMENT:
@@ -201,7 +201,7 @@ def _torch_to_jax() -> Route:
     from_dlpack = _jax_import()
 
     def route(t: Any) -> Any:
-        if not _torch_shareable(t) or not t.is_contiguous() or t.itemsize == 8:
+        if not _torch_shareable(t) or not t.is_contiguous() or t.itemsize >= 8:
             return None
         ptr = t.data_ptr()
         if ptr % ALIGNMENT or t.numel() == 0:
@@ -323,7 +323,7 @@ def _tensorflow_to_jax() -> Route:
         try:
             view = np.from_dlpack(x)
             ptr = view.ctypes.data
-            if ptr % ALIGNMENT or view.size == 0 or view.itemsize == 8:
+            if ptr % ALIGNMENT or view.size == 0 or view.itemsize >= 8:
                 return None
             out = from_dlpack(x)
         except _FAIL:

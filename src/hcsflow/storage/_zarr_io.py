@@ -417,7 +417,7 @@ class Location:
 
     def write_json(self, key: str, doc: dict[str, Any]) -> None:
         """Store ``doc`` as JSON at ``key`` atomically."""
-        self.write(key, json.dumps(doc, indent=2, allow_nan=False).encode())
+        self.write(key, json.dumps(doc, separators=(",", ":"), allow_nan=False).encode())
 
     # ------------------------------------------------------------------ tree
 

@@ -33,6 +33,7 @@ also repairs markers of a writer that crashed between publishing and marking.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import uuid
@@ -298,8 +299,7 @@ def _ensure_group(loc: Location, attributes: dict[str, Any], zarr_format: int) -
             loc.write_json(".zattrs", attributes)
 
 
-def _plate_version(plate: Location, config: ZarrConfig) -> None:
-    node = _ome.read_node(plate)
+def _plate_version(plate: Location, config: ZarrConfig, node: _ome.NodeMeta | None) -> None:
     if node is None:
         return
     if node.node_type != "group":
@@ -383,8 +383,9 @@ def write_well(
     key = _well_key(pos)
     fields = _normalize_fields(plate, key, data)
     check_bucket(plate)
-    _plate_version(plate, cfg)
-    fmt = _plate_format(plate, cfg, [(pos.row, pos.column)])
+    plate_node = _ome.read_node(plate)
+    _plate_version(plate, cfg, plate_node)
+    fmt = _plate_format(plate, cfg, [(pos.row, pos.column)], plate_node)
     current = _read_well_meta(plate, pos)
     if current is not None and not overwrite:
         raise AlreadyExistsError(
@@ -398,12 +399,14 @@ def write_well(
         raise _meta_error(
             plate, key, f"the well is NGFF {current[1]}, the config asks for {version}"
         )
-    plate.makedirs()
-    _ensure_group(plate, _ome.wrap({}, version), cfg.zarr_format)
+    if plate_node is None:
+        plate.makedirs()
+        _ensure_group(plate, _ome.wrap({}, version), cfg.zarr_format)
     _ensure_group(plate.child(pos.row_name), {}, cfg.zarr_format)
     well_loc = plate.child(key)
     old_paths = _field_paths(current[2]) if current is not None else []
-    taken = set(well_loc.list()) | set(old_paths)
+    before = set(well_loc.list())
+    taken = before | set(old_paths)
     sample = fields[0]
     axes = _ome.axes_for(sample.ndim)
     new_paths = []
@@ -421,12 +424,15 @@ def write_well(
     }
     # the switch: one atomic metadata write publishes the new version of the well
     _ome.write_group(well_loc, attrs, cfg.zarr_format)
-    for stale in set(well_loc.list()) - set(new_paths) - _ome_meta_names():
+    # the listing taken before this write names every group to clean up: the replaced
+    # version and orphans of crashed writes; groups that appeared since belong to a
+    # concurrent writer of this well and are left alone
+    for stale in (before | set(old_paths)) - set(new_paths) - _ome_meta_names():
         if stale in old_paths or _is_orphan_name(stale):
             well_loc.child(stale).remove()
-    _mark_well(plate, pos, len(new_paths), cfg.zarr_format, version)
+    markers = _mark_well(plate, pos, len(new_paths), cfg.zarr_format, version)
     if update_plate:
-        _settle_plate(plate, version, cfg.zarr_format, fmt)
+        _settle_plate(plate, version, cfg.zarr_format, fmt, listing=markers)
     return WellInfo(
         plate.url,
         pos.name,
@@ -449,16 +455,17 @@ def _is_orphan_name(name: str) -> bool:
 
 
 def _plate_format(
-    plate: Location, cfg: ZarrConfig, new_wells: list[tuple[int, int]]
+    plate: Location,
+    cfg: ZarrConfig,
+    new_wells: list[tuple[int, int]],
+    node: _ome.NodeMeta | None,
 ) -> tuple[int, int]:
-    """(rows, columns) of the plate; checks the new wells fit on it."""
+    """(rows, columns) of the plate; checks the new wells fit on it (``node``: the plate's)."""
     fixed = cfg.plate_format
-    if fixed is None:
-        node = _ome.read_node(plate)
-        if node is not None:
-            stored = node.attributes.get("hcsflow", {})
-            if isinstance(stored, dict) and stored.get("plate_format") in PLATE_FORMATS:
-                fixed = int(stored["plate_format"])
+    if fixed is None and node is not None:
+        stored = node.attributes.get("hcsflow", {})
+        if isinstance(stored, dict) and stored.get("plate_format") in PLATE_FORMATS:
+            fixed = int(stored["plate_format"])
     if fixed is not None:
         rows, cols = PLATE_FORMATS[fixed]
         for r, c in new_wells:
@@ -490,18 +497,28 @@ def _infer_format(wells: list[tuple[int, int]], fixed: tuple[int, int]) -> tuple
 
 def _mark_well(
     plate: Location, pos: WellPosition, n_fields: int, zarr_format: int, version: str
-) -> None:
+) -> frozenset[str]:
+    """Create this well's marker, drop its stale ones; the marker listing taken after that.
+
+    The listing is taken after the marker exists, so it can open the plate settle loop.
+    """
     markers = plate.child(*MARKERS)
-    _ensure_group(plate.child(MARKERS[0]), {}, zarr_format)
-    _ensure_group(markers, {}, zarr_format)
+    # ``.hcsflow`` is always created before ``.hcsflow/wells``: one look covers both
+    if not markers.exists_file("zarr.json" if zarr_format == 3 else ".zgroup"):
+        _ensure_group(plate.child(MARKERS[0]), {}, zarr_format)
+        _ensure_group(markers, {}, zarr_format)
     name = f"{pos.row_name}.{pos.column + 1}.{n_fields}"
     _ensure_group(markers.child(name), {}, zarr_format)
-    for other in markers.list():
+    listing = set(markers.list())
+    for other in list(listing):
         parsed = _parse_marker(other)
         if parsed is not None and parsed[:2] == (pos.row, pos.column) and other != name:
             markers.child(other).remove()
+            listing.discard(other)
+    return frozenset(listing)
 
 
+@functools.lru_cache(maxsize=4096)
 def _parse_marker(name: str) -> tuple[int, int, int] | None:
     parts = name.split(".")
     if len(parts) != 3 or not parts[1].isdigit() or not parts[2].isdigit():
@@ -512,9 +529,16 @@ def _parse_marker(name: str) -> tuple[int, int, int] | None:
         return None
 
 
-def _list_markers(plate: Location) -> dict[tuple[int, int], int]:
+def _marker_names(plate: Location) -> frozenset[str]:
+    return frozenset(plate.child(*MARKERS).list())
+
+
+def _list_markers(
+    plate: Location, names: frozenset[str] | None = None
+) -> dict[tuple[int, int], int]:
+    """Wells named by the markers (``names``: a marker listing already taken)."""
     out: dict[tuple[int, int], int] = {}
-    for name in plate.child(*MARKERS).list():
+    for name in _marker_names(plate) if names is None else names:
         parsed = _parse_marker(name)
         if parsed is not None:
             r, c, n = parsed
@@ -554,13 +578,25 @@ def _default_name(plate: Location) -> str:
 
 
 def _settle_plate(
-    plate: Location, version: str, zarr_format: int, fixed: tuple[int, int], name: str | None = None
+    plate: Location,
+    version: str,
+    zarr_format: int,
+    fixed: tuple[int, int],
+    name: str | None = None,
+    listing: frozenset[str] | None = None,
 ) -> None:
+    """Rewrite the plate metadata until the marker listing after a write equals its source.
+
+    ``listing`` is a marker listing this writer took after creating its own marker (it
+    saves the first listing); every round still ends with a fresh listing.
+    """
+    names = _marker_names(plate) if listing is None else listing
     for _ in range(_MAX_SETTLE_ROUNDS):
-        wells = _list_markers(plate)
-        _write_plate_meta(plate, wells, version, zarr_format, fixed, name)
-        if _list_markers(plate) == wells:
+        _write_plate_meta(plate, _list_markers(plate, names), version, zarr_format, fixed, name)
+        after = _marker_names(plate)
+        if after == names:
             return
+        names = after
     raise ZarrError(
         f"plate metadata did not settle after {_MAX_SETTLE_ROUNDS} rounds of "
         f"concurrent well writes: store {plate.url!r}, key 'zarr.json'",

@@ -160,3 +160,14 @@ def test_wide_types_to_jax_without_x64_raise(mem, source, dtype) -> None:
     src = mem.make(source, np.ones((2, 8, 8), dtype))
     with pytest.raises(DtypeError, match=dtype):
         convert_memory(src, source, "jax")
+
+
+@pytest.mark.parametrize("target", [M.JAX, M.TENSORFLOW], ids=str)
+def test_negative_stride_on_length_one_axis_is_shared_by_jax_and_tensorflow(mem, target) -> None:
+    mem.need(target)
+    base = aligned_empty((1, 4, 5), np.float32)
+    base[...] = np.arange(20, dtype=np.float32).reshape(1, 4, 5)
+    view = base[::-1]  # C-contiguous: the negative stride sits on an axis of length 1
+    out = convert_memory(view, "numpy", target)
+    assert mem.host_pointer(out, target) == base.ctypes.data
+    np.testing.assert_array_equal(mem.values_of(out, target), view)

@@ -137,12 +137,10 @@ def _numpy_to_torch() -> Route:
     return route
 
 
-def _address(a: np.ndarray) -> int:
-    """Data address of a writable, C-contiguous, non-empty array (others raise).
-
-    Four times cheaper than ``a.ctypes.data``, which builds the full array interface.
-    """
-    return ctypes.addressof(ctypes.c_char.from_buffer(a))
+# The data address of a writable, C-contiguous, non-empty array (others raise): a quarter of
+# the cost of ``a.ctypes.data``, which builds the whole array interface.
+_from_buffer: Callable[[Any], Any] = ctypes.c_char.from_buffer
+_addressof = ctypes.addressof
 
 
 def _numpy_to_jax() -> Route:
@@ -153,7 +151,7 @@ def _numpy_to_jax() -> Route:
         if not (flags.writeable and flags.c_contiguous) or a.itemsize >= 8:
             return None  # 64-bit and complex types: the general path checks jax_enable_x64
         try:
-            ptr = _address(a)
+            ptr = _addressof(_from_buffer(a))
             if ptr % ALIGNMENT:
                 return None
             out = from_dlpack(a)
@@ -167,13 +165,14 @@ def _numpy_to_jax() -> Route:
 
 def _numpy_to_tensorflow() -> Route:
     from_dlpack = _tf_import()
+    from_buffer, addressof = _from_buffer, _addressof
 
     def route(a: np.ndarray) -> Any:
         flags = a.flags
         if not (flags.writeable and flags.c_contiguous):
             return None
         try:
-            if _address(a) % ALIGNMENT:
+            if addressof(from_buffer(a)) % ALIGNMENT:
                 return None  # tensorflow can abort the process on an unaligned capsule
             return from_dlpack(a.__dlpack__())
         except _FAIL:

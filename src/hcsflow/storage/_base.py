@@ -106,18 +106,20 @@ class StorageBackend(ABC):
         """Create ``directory`` and missing parents; return its normalised path."""
 
     @abstractmethod
-    def delete(self, path: vpaths.PathLike) -> None:
-        """Delete a file, a symlink (not its target) or an empty directory."""
+    def _delete(self, path: str, recursive: bool) -> None:
+        """Delete the entry at ``path`` itself (a symlink: the link, not its target).
+
+        ``path`` is normalised and never ``/``.  A non-empty directory is deleted only
+        when ``recursive``; otherwise it raises :class:`DirectoryNotEmptyError`.
+        """
 
     @abstractmethod
-    def delete_all(self, path: vpaths.PathLike) -> None:
-        """Delete ``path`` and, for a directory, everything below it."""
+    def _create_symlink(self, target: str, link: str, overwrite: bool) -> None:
+        """Create ``link`` pointing at ``target`` (which must exist).
 
-    @abstractmethod
-    def create_symlink(
-        self, target: vpaths.PathLike, link: vpaths.PathLike, *, overwrite: bool = False
-    ) -> None:
-        """Create ``link`` pointing at ``target`` (which must exist)."""
+        Both paths are normalised and differ.  ``overwrite`` replaces an existing
+        non-directory at ``link``, unless the new link would close a loop.
+        """
 
     @abstractmethod
     def read_link(self, link: vpaths.PathLike) -> str:
@@ -128,13 +130,12 @@ class StorageBackend(ABC):
         """Information about ``path`` itself (a symlink is reported as a symlink)."""
 
     @abstractmethod
-    def move(
-        self, src: vpaths.PathLike, dst: vpaths.PathLike, *, replace_symlinks: bool = False
-    ) -> None:
-        """Rename ``src`` to ``dst`` atomically where the backend allows.
+    def _move(self, src: str, dst: str, replace_symlinks: bool) -> None:
+        """Rename ``src`` (itself, not a link's target) to ``dst``.
 
-        ``dst`` must not exist, except that an existing *symlink* at ``dst`` is replaced
-        when ``replace_symlinks=True``.
+        Both paths are normalised and differ, and ``src`` is not ``/``.  ``dst`` must not
+        exist, except that an existing *symlink* there is replaced when
+        ``replace_symlinks``.
         """
 
     @abstractmethod
@@ -182,6 +183,48 @@ class StorageBackend(ABC):
     def is_symlink(self, path: vpaths.PathLike) -> bool:
         """Whether ``path`` itself is a symlink (dangling or not)."""
         return self.entry_kind(path, follow_symlinks=False) == "symlink"
+
+    def delete(self, path: vpaths.PathLike) -> None:
+        """Delete a file, a symlink (not its target) or an empty directory."""
+        self._delete(self._deletable(path), recursive=False)
+
+    def delete_all(self, path: vpaths.PathLike) -> None:
+        """Delete ``path`` and everything below it (a symlink: the link only)."""
+        self._delete(self._deletable(path), recursive=True)
+
+    def _deletable(self, path: vpaths.PathLike) -> str:
+        full = self.norm(path)
+        if full == "/":
+            raise InvalidPathError("refusing to delete the root", path=full, backend=self.name)
+        return full
+
+    def create_symlink(
+        self, target: vpaths.PathLike, link: vpaths.PathLike, *, overwrite: bool = False
+    ) -> None:
+        """Create ``link`` pointing at the existing ``target`` (a virtual path)."""
+        tfull, lfull = self.norm(target), self.norm(link)
+        if tfull == lfull:
+            raise InvalidPathError(
+                "a symlink cannot point at itself", path=lfull, backend=self.name
+            )
+        self._create_symlink(tfull, lfull, overwrite)
+
+    def move(
+        self, src: vpaths.PathLike, dst: vpaths.PathLike, *, replace_symlinks: bool = False
+    ) -> None:
+        """Rename ``src`` (itself, not a link's target) to the new path ``dst``.
+
+        ``dst`` must not exist, except that an existing *symlink* at ``dst`` is replaced
+        when ``replace_symlinks=True``.  Atomic where the backend allows.
+        """
+        sfull, dfull = self.norm(src), self.norm(dst)
+        if sfull == "/":
+            raise InvalidPathError("cannot move the root", path=sfull, backend=self.name)
+        if sfull == dfull:
+            raise InvalidPathError(
+                "source and destination are the same", path=sfull, backend=self.name
+            )
+        self._move(sfull, dfull, replace_symlinks)
 
     def _require_dir(self, directory: str) -> None:
         kind = self.entry_kind(directory)

@@ -719,10 +719,8 @@ class DiskStorageBackend(StorageBackend):
             raise mapped from exc
         return vp
 
-    def _delete(self, path: vpaths.PathLike, recursive: bool) -> None:
+    def _delete(self, path: str, recursive: bool) -> None:
         vp, real = self._locate(path, follow=False)
-        if vp == "/":
-            raise InvalidPathError("refusing to delete the root", path=vp, backend=self.name)
         try:
             st = os.lstat(real)
             if stat_mod.S_ISDIR(st.st_mode):
@@ -738,22 +736,10 @@ class DiskStorageBackend(StorageBackend):
                 raise
             raise mapped from exc
 
-    def delete(self, path: vpaths.PathLike) -> None:
-        """Delete a file, a symlink (not its target) or an empty directory."""
-        self._delete(path, recursive=False)
-
-    def delete_all(self, path: vpaths.PathLike) -> None:
-        """Delete ``path`` and everything below it (a symlink: the link only)."""
-        self._delete(path, recursive=True)
-
-    def create_symlink(
-        self, target: vpaths.PathLike, link: vpaths.PathLike, *, overwrite: bool = False
-    ) -> None:
-        """Create the OS symlink ``link`` to the existing ``target`` (absolute real path)."""
+    def _create_symlink(self, target: str, link: str, overwrite: bool) -> None:
+        # an OS symlink holding the target's absolute real path
         tvp, treal = self._locate(target)
         lvp, lreal = self._locate(link, follow=False)
-        if tvp == lvp:
-            raise InvalidPathError("a symlink cannot point at itself", path=lvp, backend=self.name)
         if self.entry_kind(tvp) is None:
             raise NotFoundError("symlink target does not exist", path=tvp, backend=self.name)
         if lvp == "/":
@@ -795,18 +781,9 @@ class DiskStorageBackend(StorageBackend):
         if backup is not None:
             os.unlink(backup)
 
-    def move(
-        self, src: vpaths.PathLike, dst: vpaths.PathLike, *, replace_symlinks: bool = False
-    ) -> None:
-        """Rename ``src`` (itself, not a link's target) to the new path ``dst``."""
+    def _move(self, src: str, dst: str, replace_symlinks: bool) -> None:
         svp, sreal = self._locate(src, follow=False)
         dvp, dreal = self._locate(dst, follow=False)
-        if svp == "/":
-            raise InvalidPathError("cannot move the root", path=svp, backend=self.name)
-        if svp == dvp:
-            raise InvalidPathError(
-                "source and destination are the same", path=svp, backend=self.name
-            )
         try:
             sst = os.lstat(sreal)
         except OSError as exc:

@@ -410,10 +410,7 @@ class MemoryStorageBackend(StorageBackend):
                     node, real = child, child_real
         return full
 
-    def _delete(self, path: vpaths.PathLike, recursive: bool) -> None:
-        full = self.norm(path)
-        if full == "/":
-            raise InvalidPathError("refusing to delete the root", path=full, backend=self.name)
+    def _delete(self, full: str, recursive: bool) -> None:
         with self._lock:
             pnode, name, real = self._resolve(full, False, set())
             assert pnode is not None  # only "/" resolves to no parent
@@ -434,23 +431,7 @@ class MemoryStorageBackend(StorageBackend):
             else:
                 raise NotFoundError("no such file or directory", path=full, backend=self.name)
 
-    def delete(self, path: vpaths.PathLike) -> None:
-        """Delete a file, a symlink (not its target) or an empty directory."""
-        self._delete(path, recursive=False)
-
-    def delete_all(self, path: vpaths.PathLike) -> None:
-        """Delete ``path`` and everything below it (a symlink: the link only)."""
-        self._delete(path, recursive=True)
-
-    def create_symlink(
-        self, target: vpaths.PathLike, link: vpaths.PathLike, *, overwrite: bool = False
-    ) -> None:
-        """Create ``link`` pointing at the existing ``target`` (a virtual path)."""
-        tfull, lfull = self.norm(target), self.norm(link)
-        if tfull == lfull:
-            raise InvalidPathError(
-                "a symlink cannot point at itself", path=lfull, backend=self.name
-            )
+    def _create_symlink(self, tfull: str, lfull: str, overwrite: bool) -> None:
         with self._lock:
             if self.entry_kind(tfull) is None:
                 raise NotFoundError("symlink target does not exist", path=tfull, backend=self.name)
@@ -471,17 +452,7 @@ class MemoryStorageBackend(StorageBackend):
                     pnode.files[name] = old_file
                 raise
 
-    def move(
-        self, src: vpaths.PathLike, dst: vpaths.PathLike, *, replace_symlinks: bool = False
-    ) -> None:
-        """Rename ``src`` (itself, not a link's target) to the new path ``dst``."""
-        sfull, dfull = self.norm(src), self.norm(dst)
-        if sfull == "/":
-            raise InvalidPathError("cannot move the root", path=sfull, backend=self.name)
-        if sfull == dfull:
-            raise InvalidPathError(
-                "source and destination are the same", path=sfull, backend=self.name
-            )
+    def _move(self, sfull: str, dfull: str, replace_symlinks: bool) -> None:
         with self._lock:
             spnode, sname, sreal = self._resolve(sfull, False, set())
             assert spnode is not None

@@ -827,10 +827,7 @@ class ZarrStorageBackend(StorageBackend):
                 )
         return vp
 
-    def _delete(self, path: vpaths.PathLike, recursive: bool) -> None:
-        vp = self.norm(path)
-        if vp == "/":
-            raise InvalidPathError("refusing to delete the root", path=vp, backend=self.name)
+    def _delete(self, vp: str, recursive: bool) -> None:
         real, kind, _ = self._resolve(vp, False)
         if kind is None:
             raise NotFoundError("no such file or directory", path=vp, backend=self.name)
@@ -840,21 +837,7 @@ class ZarrStorageBackend(StorageBackend):
             )
         self._loc(real).remove()
 
-    def delete(self, path: vpaths.PathLike) -> None:
-        """Delete a file, a symlink (not its target) or an empty directory."""
-        self._delete(path, recursive=False)
-
-    def delete_all(self, path: vpaths.PathLike) -> None:
-        """Delete ``path`` and everything below it (a symlink: the link only)."""
-        self._delete(path, recursive=True)
-
-    def create_symlink(
-        self, target: vpaths.PathLike, link: vpaths.PathLike, *, overwrite: bool = False
-    ) -> None:
-        """Create ``link`` pointing at the existing ``target`` (a virtual path)."""
-        tvp, lvp = self.norm(target), self.norm(link)
-        if tvp == lvp:
-            raise InvalidPathError("a symlink cannot point at itself", path=lvp, backend=self.name)
+    def _create_symlink(self, tvp: str, lvp: str, overwrite: bool) -> None:
         seen: set[str] = set()
         try:
             treal, tkind, _ = self._resolve(tvp, True, seen)
@@ -874,17 +857,7 @@ class ZarrStorageBackend(StorageBackend):
         for child in old:
             loc.child(child).remove()
 
-    def move(
-        self, src: vpaths.PathLike, dst: vpaths.PathLike, *, replace_symlinks: bool = False
-    ) -> None:
-        """Rename ``src`` (itself, not a link's target) to the new path ``dst``."""
-        svp, dvp = self.norm(src), self.norm(dst)
-        if svp == "/":
-            raise InvalidPathError("cannot move the root", path=svp, backend=self.name)
-        if svp == dvp:
-            raise InvalidPathError(
-                "source and destination are the same", path=svp, backend=self.name
-            )
+    def _move(self, svp: str, dvp: str, replace_symlinks: bool) -> None:
         sreal, skind, sinfo = self._resolve(svp, False)
         if skind is None:
             raise NotFoundError("no such file or directory", path=svp, backend=self.name)

@@ -78,14 +78,22 @@ def group_document(attributes: dict[str, Any]) -> bytes:
     return json.dumps(doc, separators=(",", ":"), allow_nan=False).encode()
 
 
-def write_group(loc: Location, attributes: dict[str, Any], zarr_format: int) -> None:
+def write_group(
+    loc: Location, attributes: dict[str, Any], zarr_format: int, *, published: bool = True
+) -> None:
     """Write group metadata at ``loc`` in one atomic step (the attributes object is last).
 
     In zarr format 3 one ``zarr.json`` holds everything; in format 2 ``.zgroup`` is
     created once and ``.zattrs`` (the part readers act on) is replaced atomically.
+    ``published=False`` is for a new group no reader reaches yet (a field image that a
+    well's metadata will point to once complete): it is written in place, no rename.
     """
     if zarr_format == 3:
-        loc.write("zarr.json", group_document(attributes))
+        doc = group_document(attributes)
+        if published:
+            loc.write("zarr.json", doc)
+        else:
+            loc.write_unpublished("zarr.json", doc)
     else:
         loc.write_once(".zgroup", b'{\n  "zarr_format": 2\n}')
         loc.write_json(".zattrs", attributes)

@@ -101,6 +101,10 @@ class _FS(ABC):
         """Replace ``path`` with ``data`` so readers see old or new bytes, never a mix."""
 
     @abstractmethod
+    def write_unpublished(self, path: str, data: bytes) -> None:
+        """Write ``path`` in place: only for keys no reader follows until a later switch."""
+
+    @abstractmethod
     def write_exclusive(self, path: str, data: bytes) -> bool:
         """Create ``path`` with ``data`` unless it exists; ``True`` when created."""
 
@@ -153,24 +157,33 @@ class _LocalFS(_FS):
         except IsADirectoryError:
             return None
 
+    @staticmethod
+    def _create(path: str, data: bytes) -> None:
+        # the parent usually exists: try first, create directories only when it does not
+        try:
+            with open(path, "wb") as fh:
+                fh.write(data)
+        except FileNotFoundError:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with open(path, "wb") as fh:
+                fh.write(data)
+
     def write_atomic(self, path: str, data: bytes) -> None:
-        parent = os.path.dirname(path)
-        os.makedirs(parent, exist_ok=True)
         tmp = f"{path}.{uuid.uuid4().hex}.partial"
         try:
-            with open(tmp, "wb") as fh:
-                fh.write(data)
+            self._create(tmp, data)
             os.replace(tmp, path)
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
             raise
 
+    def write_unpublished(self, path: str, data: bytes) -> None:
+        self._create(path, data)
+
     def write_exclusive(self, path: str, data: bytes) -> bool:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
         tmp = f"{path}.{uuid.uuid4().hex}.partial"
-        with open(tmp, "wb") as fh:
-            fh.write(data)
+        self._create(tmp, data)
         try:
             os.link(tmp, path)  # fails if ``path`` exists: an atomic create-once
             return True
@@ -255,6 +268,9 @@ class _RemoteFS(_FS):
         # a single PUT replaces an object atomically on S3-like stores
         self.fs.pipe_file(path, data)
         self.fs.invalidate_cache(self._parent(path))
+
+    def write_unpublished(self, path: str, data: bytes) -> None:
+        self.write_atomic(path, data)
 
     def write_exclusive(self, path: str, data: bytes) -> bool:
         if self.protocol in ("s3", "s3a"):
@@ -384,6 +400,16 @@ class Location:
         """Store ``data`` at ``key`` atomically (readers see the old or the new bytes)."""
         with store_errors(self.url, key):
             self.fs.write_atomic(self.fs.join(self.path, key), data)
+
+    def write_unpublished(self, key: str, data: bytes) -> None:
+        """Store ``data`` at ``key`` in place, without the temp-and-rename of :meth:`write`.
+
+        Only for keys under a node no reader follows yet (a new field group that the
+        well's metadata will point to once it is complete): a crash leaves an orphan,
+        never a half-written published document.
+        """
+        with store_errors(self.url, key):
+            self.fs.write_unpublished(self.fs.join(self.path, key), data)
 
     def write_once(self, key: str, data: bytes) -> bool:
         """Create ``key`` unless it exists; ``True`` when this call created it."""

@@ -273,8 +273,13 @@ def _write_image(
     extra: dict[str, Any] | None = None,
     labels: bool = False,
     taken: set[str] | None = None,
+    published: bool = True,
 ) -> list[str]:
-    """Write a multiscale image group at ``loc``; returns the dataset paths used."""
+    """Write a multiscale image group at ``loc``; returns the dataset paths used.
+
+    ``published=False``: ``loc`` is a new group no reader reaches until a later metadata
+    switch, so its own metadata needs no atomic replace.
+    """
     taken = set(taken or ())
     paths = []
     for level, data in enumerate(_pyramid(arr, config.pyramid_levels, labels)):
@@ -284,7 +289,9 @@ def _write_image(
         paths.append(path)
     block: dict[str, Any] = {"multiscales": _ome.multiscales(axes, paths, name)}
     block.update(extra or {})
-    _ome.write_group(loc, _ome.wrap(block, config.ngff_version), config.zarr_format)
+    _ome.write_group(
+        loc, _ome.wrap(block, config.ngff_version), config.zarr_format, published=published
+    )
     return paths
 
 
@@ -413,7 +420,10 @@ def write_well(
     for f in sorted(fields):
         path = _fresh_name(taken, str(f))
         taken.add(path)
-        _write_image(well_loc.child(path), fields[f], cfg, axes, f"{pos.name} field {f}")
+        # a fresh field group: only the well metadata written below makes it reachable
+        _write_image(
+            well_loc.child(path), fields[f], cfg, axes, f"{pos.name} field {f}", published=False
+        )
         new_paths.append(path)
     attrs = _ome.wrap(_ome.well_block(new_paths), version)
     attrs["hcsflow"] = {

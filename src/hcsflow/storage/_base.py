@@ -316,13 +316,7 @@ class StorageBackend(ABC):
         path, with the underlying error chained as ``__cause__``.
         """
         norm = _check_batch(self, data_list, paths)
-        for index, p in enumerate(norm):
-            try:
-                self._check_can_write(p, overwrite)
-            except HcsflowError as exc:
-                raise BatchError(
-                    f"batch item {index} cannot be written", index=index, path=p, backend=self.name
-                ) from exc
+        self._check_batch_targets(norm, overwrite)
         for index, (item, p) in enumerate(zip(data_list, norm, strict=True)):
             try:
                 self.save(item, p, overwrite=overwrite, **options)
@@ -332,6 +326,16 @@ class StorageBackend(ABC):
                     index=index,
                     path=p,
                     backend=self.name,
+                ) from exc
+
+    def _check_batch_targets(self, norm: Sequence[str], overwrite: bool) -> None:
+        """:meth:`_check_can_write` for every path of a batch, naming the failing item."""
+        for index, p in enumerate(norm):
+            try:
+                self._check_can_write(p, overwrite)
+            except HcsflowError as exc:
+                raise BatchError(
+                    f"batch item {index} cannot be written", index=index, path=p, backend=self.name
                 ) from exc
 
     def load_batch(self, paths: Sequence[vpaths.PathLike], **options: Any) -> list[Any]:
@@ -344,10 +348,17 @@ class StorageBackend(ABC):
                 raise BatchError(
                     f"batch item {index} could not be loaded",
                     index=index,
-                    path=str(p),
+                    path=self._item_path(p),
                     backend=self.name,
                 ) from exc
         return out
+
+    def _item_path(self, path: vpaths.PathLike) -> str:
+        """A batch item's path for an error: normalised when it can be, else as given."""
+        try:
+            return self.norm(path)
+        except HcsflowError:
+            return str(path)
 
     def mirror_directory(
         self, src: vpaths.PathLike, dst: vpaths.PathLike, *, overwrite_symlinks_only: bool = False

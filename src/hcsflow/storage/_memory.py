@@ -24,14 +24,11 @@ import numpy as np
 from hcsflow import paths as vpaths
 from hcsflow.errors import (
     AlreadyExistsError,
-    BatchError,
     DirectoryNotEmptyError,
-    HcsflowError,
     InvalidPathError,
     IsADirectoryStorageError,
     NotADirectoryStorageError,
     NotFoundError,
-    StorageError,
     SymlinkLoopError,
 )
 from hcsflow.storage._base import Backend, EntryKind, FileInfo, StorageBackend, _check_batch
@@ -275,35 +272,16 @@ class MemoryStorageBackend(StorageBackend):
     ) -> None:
         """Save each item; every target is checked first, so a refused batch writes nothing."""
         norm = _check_batch(self, data_list, paths)
+        # one critical section: no other writer can slip in between checks and stores
         with self._lock:
-            for index, path in enumerate(norm):
-                try:
-                    self._check_can_write(path, overwrite)
-                except HcsflowError as exc:
-                    raise BatchError(
-                        f"batch item {index} cannot be written",
-                        index=index,
-                        path=path,
-                        backend=self.name,
-                    ) from exc
+            self._check_batch_targets(norm, overwrite)
             for item, path in zip(data_list, norm, strict=True):
                 self.save(item, path, overwrite=True)
 
     def load_batch(self, paths: Sequence[vpaths.PathLike], **options: Any) -> list[Any]:
-        """Load every path, in order; a failing item raises :class:`BatchError`."""
-        out = []
+        """Load every path, in order, as one snapshot; a failing item raises BatchError."""
         with self._lock:
-            for index, path in enumerate(paths):
-                try:
-                    out.append(self.load(path))
-                except StorageError as exc:
-                    raise BatchError(
-                        f"batch item {index} could not be loaded",
-                        index=index,
-                        path=getattr(exc, "path", None) or str(path),
-                        backend=self.name,
-                    ) from exc
-        return out
+            return super().load_batch(paths, **options)
 
     # ------------------------------------------------------------------ queries
 

@@ -28,7 +28,7 @@ import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import IO, Any
+from typing import IO, Any, NoReturn
 
 from hcsflow import paths as vpaths
 from hcsflow.errors import (
@@ -252,6 +252,13 @@ class DiskStorageBackend(StorageBackend):
             )
         return None
 
+    def _raise_os_error(self, exc: OSError, vp: str, what: str) -> NoReturn:
+        """Raise the typed error for ``exc`` (see :meth:`_os_error`), else ``exc`` itself."""
+        mapped = self._os_error(exc, vp, what)
+        if mapped is None:
+            raise exc
+        raise mapped from exc
+
     def _codec(self, vp: str) -> Codec:
         codec = self.codecs.for_name(vpaths.name(vp))
         if codec is None:
@@ -292,10 +299,7 @@ class DiskStorageBackend(StorageBackend):
             with os.scandir(real) as it:
                 names = [e.name for e in it if not is_temp_name(e.name)]
         except OSError as exc:
-            mapped = self._os_error(exc, vp, "cannot list directory")
-            if mapped is None:
-                raise
-            raise mapped from exc
+            self._raise_os_error(exc, vp, "cannot list directory")
         return vpaths.natural_sorted(names)
 
     def walk(self, directory: vpaths.PathLike, *, recursive: bool = True) -> Iterator[str]:
@@ -333,10 +337,7 @@ class DiskStorageBackend(StorageBackend):
         except OSError as exc:
             if exc.errno == errno.EINVAL:
                 raise InvalidPathError("not a symlink", path=vp, backend=self.name) from exc
-            mapped = self._os_error(exc, vp, "cannot read link")
-            if mapped is None:
-                raise
-            raise mapped from exc
+            self._raise_os_error(exc, vp, "cannot read link")
         return self._virtual(os.path.join(os.path.dirname(real), target))
 
     def stat(self, path: vpaths.PathLike) -> FileInfo:
@@ -345,10 +346,7 @@ class DiskStorageBackend(StorageBackend):
         try:
             st = os.lstat(real)
         except OSError as exc:
-            mapped = self._os_error(exc, vp, "cannot stat")
-            if mapped is None:
-                raise
-            raise mapped from exc
+            self._raise_os_error(exc, vp, "cannot stat")
         kind = _kind(st.st_mode) if not stat_mod.S_ISLNK(st.st_mode) else "symlink"
         if kind == "symlink":
             return FileInfo(vp, "symlink", target=self.read_link(vp), mtime=st.st_mtime)
@@ -465,10 +463,7 @@ class DiskStorageBackend(StorageBackend):
                 raise NotFoundError(
                     "parent directory does not exist", path=parent_vp, backend=self.name
                 ) from exc
-            mapped = self._os_error(exc, parent_vp, "cannot reach parent directory")
-            if mapped is None:
-                raise
-            raise mapped from exc
+            self._raise_os_error(exc, parent_vp, "cannot reach parent directory")
         if not stat_mod.S_ISDIR(pst.st_mode):
             raise NotADirectoryStorageError(
                 "parent is not a directory", path=parent_vp, backend=self.name
@@ -575,10 +570,7 @@ class DiskStorageBackend(StorageBackend):
                 return
             os.unlink(tmp)
         except OSError as exc:
-            mapped = self._os_error(exc, vp, "cannot publish file")
-            if mapped is None:
-                raise
-            raise mapped from exc
+            self._raise_os_error(exc, vp, "cannot publish file")
 
     def save_batch(
         self,
@@ -713,10 +705,7 @@ class DiskStorageBackend(StorageBackend):
                 "a file is in the way", path=vp, backend=self.name
             ) from exc
         except OSError as exc:
-            mapped = self._os_error(exc, vp, "cannot create directory")
-            if mapped is None:
-                raise
-            raise mapped from exc
+            self._raise_os_error(exc, vp, "cannot create directory")
         return vp
 
     def _delete(self, path: str, recursive: bool) -> None:
@@ -731,10 +720,7 @@ class DiskStorageBackend(StorageBackend):
             else:
                 os.unlink(real)
         except OSError as exc:
-            mapped = self._os_error(exc, vp, "cannot delete")
-            if mapped is None:
-                raise
-            raise mapped from exc
+            self._raise_os_error(exc, vp, "cannot delete")
 
     def _create_symlink(self, target: str, link: str, overwrite: bool) -> None:
         # an OS symlink holding the target's absolute real path
@@ -749,10 +735,7 @@ class DiskStorageBackend(StorageBackend):
             try:
                 os.symlink(treal, lreal)
             except OSError as exc:
-                mapped = self._os_error(exc, lvp, "cannot create symlink")
-                if mapped is None:
-                    raise
-                raise mapped from exc
+                self._raise_os_error(exc, lvp, "cannot create symlink")
             return
         tmp = _temp_name(os.path.dirname(lreal), os.path.basename(lreal))
         os.symlink(treal, tmp)
@@ -787,10 +770,7 @@ class DiskStorageBackend(StorageBackend):
         try:
             sst = os.lstat(sreal)
         except OSError as exc:
-            mapped = self._os_error(exc, svp, "cannot move")
-            if mapped is None:
-                raise
-            raise mapped from exc
+            self._raise_os_error(exc, svp, "cannot move")
         if dvp == "/":
             raise AlreadyExistsError("destination exists", path=dvp, backend=self.name)
         self._check_parent(dvp, dreal)
@@ -820,10 +800,7 @@ class DiskStorageBackend(StorageBackend):
             if exc.errno == errno.EXDEV:
                 self._move_across_devices(sreal, dvp, dreal, is_dir)
                 return
-            mapped = self._os_error(exc, dvp, "cannot move")
-            if mapped is None:
-                raise
-            raise mapped from exc
+            self._raise_os_error(exc, dvp, "cannot move")
 
     def _move_no_clobber(self, sreal: str, dvp: str, dreal: str) -> None:
         try:

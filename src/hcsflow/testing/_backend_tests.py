@@ -54,6 +54,15 @@ def _names_backend(exc: BaseException, backend: StorageBackend, path: str | None
         assert path in str(exc), f"{path!r} not in error message {str(exc)!r}"
 
 
+def _run_threads(work: Any, count: int) -> None:
+    """Run ``work(0)`` .. ``work(count - 1)`` on their own threads and wait for all."""
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(count)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+
 class BackendTests:
     """Conformance tests; subclass once and provide the fixture and back-door helpers."""
 
@@ -501,11 +510,7 @@ class BackendTests:
             except BaseException as exc:  # collected and re-raised by the test thread
                 errors.append(exc)
 
-        threads = [threading.Thread(target=writer, args=(w,)) for w in range(4)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        _run_threads(writer, 4)
         assert errors == []
         assert len(backend.list_dir("/c")) == 80
         np.testing.assert_array_equal(backend.load("/c/w3_19.npy"), _arr(319))
@@ -525,11 +530,7 @@ class BackendTests:
             except HcsflowError as exc:
                 outcomes.append(exc)
 
-        threads = [threading.Thread(target=writer, args=(w,)) for w in range(4)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        _run_threads(writer, 4)
         winners = [o for o in outcomes if isinstance(o, int)]
         assert len(winners) == 1 and outcomes.count("refused") == 3, outcomes
         np.testing.assert_array_equal(backend.load("/c/one.npy"), _arr(winners[0]))

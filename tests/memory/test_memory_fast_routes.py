@@ -6,7 +6,14 @@ import numpy as np
 import pytest
 
 from hcsflow.errors import DtypeError, MemoryConversionError, MemoryTypeError
-from hcsflow.memory import MemoryType, aligned_empty, convert_memory, record_conversions
+from hcsflow.memory import (
+    MemoryType,
+    aligned_empty,
+    convert_memory,
+    record_conversions,
+    to_memory_type,
+    to_numpy,
+)
 from hcsflow.memory._fast import lookup
 
 M = MemoryType
@@ -171,3 +178,34 @@ def test_negative_stride_on_length_one_axis_is_shared_by_jax_and_tensorflow(mem,
     out = convert_memory(view, "numpy", target)
     assert mem.host_pointer(out, target) == base.ctypes.data
     np.testing.assert_array_equal(mem.values_of(out, target), view)
+
+
+@pytest.mark.parametrize("source", [M.TORCH, M.JAX, M.TENSORFLOW], ids=str)
+def test_to_numpy_and_to_memory_type_share_like_convert_memory(mem, stack, source) -> None:
+    src = mem.make(source, stack)
+    for _ in range(2):  # the second call runs on the cached kind and route
+        out = to_numpy(src)
+        assert out.ctypes.data == mem.host_pointer(src, source)
+        np.testing.assert_array_equal(out, stack)
+        # jax and tensorflow views are read-only: only torch takes them back without a copy.
+        back = to_memory_type(out, source, allow_cpu_roundtrip=source is not M.TORCH)
+        if source is M.TORCH:
+            assert mem.host_pointer(back, source) == out.ctypes.data
+        np.testing.assert_array_equal(mem.values_of(back, source), stack)
+
+
+def test_to_numpy_and_to_memory_type_still_refuse_subclasses_and_non_arrays() -> None:
+    masked = np.ma.masked_array(np.zeros((2, 3), np.float32))
+    for fn in (to_numpy, lambda x: to_memory_type(x, "numpy")):
+        with pytest.raises(MemoryTypeError, match="MaskedArray"):
+            fn(masked)
+        with pytest.raises(MemoryTypeError, match="list"):
+            fn([1, 2, 3])
+
+
+def test_to_numpy_detaches_a_tensor_requiring_grad(mem) -> None:
+    torch = mem.need(M.TORCH)
+    t = torch.arange(6.0).reshape(1, 2, 3).requires_grad_(True)
+    out = to_numpy(t)
+    assert out.ctypes.data == t.data_ptr()
+    np.testing.assert_array_equal(out, t.detach().numpy())

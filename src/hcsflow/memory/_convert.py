@@ -30,7 +30,7 @@ from hcsflow.memory._align import ALIGNMENT, aligned_empty, ensure_aligned
 from hcsflow.memory._detect import detect_memory_type
 from hcsflow.memory._devices import HOST, Location, validate_gpu_id
 from hcsflow.memory._dtype import check_cle_dtype, numpy_dtype
-from hcsflow.memory._fast import PAIRS, ROUTES, learn
+from hcsflow.memory._fast import PAIRS, ROUTES, learn, lookup, plain_kind
 from hcsflow.memory._recorder import _ACTIVE, active, emit
 from hcsflow.memory._types import MemoryType, import_framework, parse_memory_type
 
@@ -516,9 +516,8 @@ def to_memory_type(
     allow_cpu_roundtrip: bool = False,
 ) -> Any:
     """:func:`convert_memory` with the source type detected from ``data``."""
-    return convert_memory(
-        data, detect_memory_type(data), target, gpu_id, allow_cpu_roundtrip=allow_cpu_roundtrip
-    )
+    source = plain_kind(data) or detect_memory_type(data)
+    return convert_memory(data, source, target, gpu_id, allow_cpu_roundtrip=allow_cpu_roundtrip)
 
 
 def to_numpy(x: Any) -> np.ndarray:
@@ -528,9 +527,15 @@ def to_numpy(x: Any) -> np.ndarray:
     device arrays are downloaded once.  A torch tensor that requires grad is detached: the
     values are written, the autograd graph is not.
     """
-    source = detect_memory_type(x)
+    source = plain_kind(x) or detect_memory_type(x)
     if source is M.NUMPY:
         return x
+    if not _ACTIVE.get():
+        share = lookup(x, source, M.NUMPY)
+        if share is not None:
+            shared = share(x)
+            if shared is not None:
+                return shared
     start = time.perf_counter()
     loc = location_of(x, source)
     if loc == HOST:

@@ -25,7 +25,7 @@ import numpy as np
 from hcsflow.memory._align import ALIGNMENT
 from hcsflow.memory._types import MemoryType, loaded_framework, parse_memory_type
 
-__all__ = ["ROUTES", "PAIRS", "learn", "lookup"]
+__all__ = ["ROUTES", "PAIRS", "learn", "lookup", "plain_kind"]
 
 M = MemoryType
 
@@ -71,6 +71,25 @@ def learn(data: Any, source: Any, target: Any) -> Route | None:
         PAIRS[key] = (src, tgt)  # before ROUTES: a reader that finds the route finds the pair
         ROUTES[key] = route
     return route
+
+
+_KINDS: dict[type, MemoryType | None] = {}
+
+
+def plain_kind(data: Any) -> MemoryType | None:
+    """The memory type of ``data`` if its class is a framework's plain array class, else None.
+
+    Cached per class: a hint that spares :func:`detect_memory_type` for the common classes
+    (``None`` means "ask it": subclasses, device-only types and non-arrays).
+    """
+    cls = type(data)
+    try:
+        return _KINDS[cls]
+    except KeyError:
+        kind = _exact_type(data)
+        if kind is not None:  # a class keeps its kind; others go to detect_memory_type each time
+            _KINDS[cls] = kind
+        return kind
 
 
 def _exact_type(data: Any) -> MemoryType | None:

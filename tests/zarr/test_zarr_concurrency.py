@@ -106,3 +106,26 @@ def test_killed_writer_leaves_previous_well_readable(tmp_path) -> None:
     info = write_well(url, "B02", _data(9), overwrite=True)
     assert set(os.listdir(tmp_path / "p.zarr/B/2")) == {"zarr.json", *info.field_paths}
     np.testing.assert_array_equal(read_well(url, "B02"), _data(9))
+
+
+def test_well_published_during_a_plate_write_is_not_dropped(tmp_path, monkeypatch) -> None:
+    # a deterministic interleaving: while A01's writer rewrites the plate metadata from
+    # its marker listing, another writer publishes and marks B02 (its own plate update
+    # already overwritten); A01's writer must notice the new marker and write again
+    from hcsflow.storage import _zarr_plate
+
+    url = str(tmp_path / "p.zarr")
+    real = _zarr_plate._write_plate_meta
+    rounds: list[tuple[tuple[int, int], ...]] = []
+
+    def interleaved(plate, wells, *args, **kwargs):
+        rounds.append(tuple(sorted(wells)))
+        real(plate, wells, *args, **kwargs)
+        if len(rounds) == 1:
+            write_well(url, "B02", _data(2), update_plate=False)
+
+    monkeypatch.setattr(_zarr_plate, "_write_plate_meta", interleaved)
+    write_well(url, "A01", _data(1))
+    assert rounds == [((0, 0),), ((0, 0), (1, 1))]
+    assert open_plate(url).wells == ("A01", "B02")
+    np.testing.assert_array_equal(read_well(url, "B02"), _data(2))

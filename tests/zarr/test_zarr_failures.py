@@ -82,3 +82,32 @@ def test_failed_well_rewrite_keeps_the_previous_well(tmp_path, monkeypatch) -> N
     with pytest.raises(_Boom):
         write_well(url, "A02", old * 2, overwrite=True)
     np.testing.assert_array_equal(read_well(url, "A02"), old)
+
+
+def test_failed_well_switch_keeps_the_previous_well(tmp_path, monkeypatch) -> None:
+    # the new field groups are complete (their metadata written in place) but the
+    # well's own metadata write fails: the old version stays published and whole
+    from hcsflow.storage import _ome
+
+    url = str(tmp_path / "p.zarr")
+    old = {0: np.ones((1, 2, 8, 8), np.uint8), 1: np.full((1, 2, 8, 8), 3, np.uint8)}
+    write_well(url, "A02", old)
+    real = _ome.write_group
+
+    def failing_switch(loc, attributes, zarr_format, *, published=True):
+        if "well" in attributes.get("ome", {}):
+            raise _Boom("storage went away")
+        return real(loc, attributes, zarr_format, published=published)
+
+    monkeypatch.setattr(_ome, "write_group", failing_switch)
+    with pytest.raises(_Boom):
+        write_well(url, "A02", {0: old[0] * 2, 1: old[1] * 2}, overwrite=True)
+    monkeypatch.undo()
+    for f, arr in old.items():
+        np.testing.assert_array_equal(read_well(url, "A02", f), arr)
+    assert open_plate(url).wells == ("A02",)
+    # the next write clears the unreferenced groups the failed one left
+    info = write_well(url, "A02", old[0] * 5, overwrite=True)
+    assert sorted((tmp_path / "p.zarr/A/2").iterdir()) == sorted(
+        tmp_path / "p.zarr/A/2" / n for n in ["zarr.json", *info.field_paths]
+    )

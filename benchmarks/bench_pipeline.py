@@ -5,7 +5,7 @@
   writing the same files (target <= 1.05x).
 * scaling: two process workers against one (target >= 1.7x on 2 cores), pool start-up
   included.
-* memory: peak RSS of a run over 16 wells and over 64 wells, each in a fresh subprocess
+* memory: peak RSS of a run over 12 wells and over 48 wells, each in a fresh subprocess
   (target <= 1.2x).
 * accuracy: mean absolute error of the counted nuclei per well against the synthetic
   plate's ground truth.
@@ -199,7 +199,7 @@ def main() -> None:
         )
 
         # ---------------------------------------------------------------- scaling
-        # 64 wells of 512 x 512 sites (density as in the demo)
+        # 48 wells of 512 x 512 sites (density as in the demo)
         p64 = make_synthetic_plate(
             tmp / "p64",
             96,
@@ -223,7 +223,7 @@ def main() -> None:
                 "ratio": t1 / t2,
                 "target": ">= 1.7",
                 "ok": t1 / t2 >= 1.7,
-                "detail": f"s; 64 wells x {SITES} sites {BIG}px, {os.cpu_count()} cpus, "
+                "detail": f"s; 48 wells x {SITES} sites {BIG}px, {os.cpu_count()} cpus, "
                 "pool start-up included",
             }
         )
@@ -273,11 +273,11 @@ def main() -> None:
             min_cells=18,
             max_cells=107,
         )
-        rss_small = _peak_rss(p16s.root, tmp / "m16")
-        rss_large = _peak_rss(p64.root, tmp / "m64")
+        rss_small = _peak_rss(p16s.root, tmp / "m12")
+        rss_large = _peak_rss(p64.root, tmp / "m48")
         rows.append(
             {
-                "benchmark": "peak RSS: 64 wells vs 16 wells",
+                "benchmark": "peak RSS: 48 wells vs 12 wells",
                 "hcsflow": rss_large / 1024,
                 "baseline": rss_small / 1024,
                 "ratio": rss_large / rss_small,
@@ -301,7 +301,7 @@ def main() -> None:
                 "ratio": mae / mean_true,
                 "target": "reported",
                 "ok": "-",
-                "detail": f"cells; 64 wells, baseline = mean true count, max error {max(errors)}",
+                "detail": f"cells; 48 wells, baseline = mean true count, max error {max(errors)}",
             }
         )
     finally:

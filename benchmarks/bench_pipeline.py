@@ -200,9 +200,9 @@ def main() -> None:
 
         # ---------------------------------------------------------------- scaling
         # 48 wells of 512 x 512 sites (density as in the demo)
-        p64 = make_synthetic_plate(
-            tmp / "p64",
-            96,
+        big = make_synthetic_plate(
+            tmp / "p48",
+            48,
             sites=SITES,
             size=BIG,
             seed=2,
@@ -213,8 +213,8 @@ def main() -> None:
         s1_out, s2_out = tmp / "s1", tmp / "s2"
         t1 = t2 = float("inf")
         for _ in range(2):  # interleaved
-            t1 = min(t1, _timed(lambda: _framework(p64.root, s1_out, 1, "processes"), s1_out))
-            t2 = min(t2, _timed(lambda: _framework(p64.root, s2_out, 2, "processes"), s2_out))
+            t1 = min(t1, _timed(lambda: _framework(big.root, s1_out, 1, "processes"), s1_out))
+            t2 = min(t2, _timed(lambda: _framework(big.root, s2_out, 2, "processes"), s2_out))
         rows.append(
             {
                 "benchmark": "scaling: 2 process workers vs 1",
@@ -240,7 +240,7 @@ def main() -> None:
             def warm() -> Any:
                 return run_pipeline(
                     _pipeline(),
-                    p64.root,
+                    big.root,
                     s2_out,
                     warm_cfg,
                     executor=pool,
@@ -263,9 +263,9 @@ def main() -> None:
         )
 
         # ---------------------------------------------------------------- memory
-        p16s = make_synthetic_plate(
-            tmp / "p16s",
-            24,
+        small = make_synthetic_plate(
+            tmp / "p12",
+            12,
             sites=SITES,
             size=BIG,
             seed=3,
@@ -273,8 +273,8 @@ def main() -> None:
             min_cells=18,
             max_cells=107,
         )
-        rss_small = _peak_rss(p16s.root, tmp / "m12")
-        rss_large = _peak_rss(p64.root, tmp / "m48")
+        rss_small = _peak_rss(small.root, tmp / "m12")
+        rss_large = _peak_rss(big.root, tmp / "m48")
         rows.append(
             {
                 "benchmark": "peak RSS: 48 wells vs 12 wells",
@@ -290,9 +290,9 @@ def main() -> None:
         # ---------------------------------------------------------------- accuracy
         table = pd.read_csv(s1_out / "cell_counts.csv")
         got = table.groupby("well")["cell_count"].sum()
-        errors = [abs(int(got[w]) - t) for w, t in p64.true_counts.items()]
+        errors = [abs(int(got[w]) - t) for w, t in big.true_counts.items()]
         mae = float(np.mean(errors))
-        mean_true = float(np.mean(list(p64.true_counts.values())))
+        mean_true = float(np.mean(list(big.true_counts.values())))
         rows.append(
             {
                 "benchmark": "counting accuracy (MAE per well)",

@@ -84,13 +84,14 @@ _BATCH_OPTIONS = frozenset({"zarr_config", "chunk_name", "layout"})
 _Node = tuple[EntryKind | None, dict[str, Any] | None]
 
 
+# the in-flight names this package's writers make ("<name>.<uuid4 hex>.partial" while
+# writing, ".deleting" while removing); matched exactly, so that a user's own entry
+# that merely ends in ".partial" is listed and keeps its directory from looking empty
+_IN_FLIGHT = re.compile(r"\.[0-9a-f]{32}\.(?:partial|deleting)$")
+
+
 def _hidden(name: str) -> bool:
-    return (
-        name in META_FILES
-        or name == plates.MARKERS[0]
-        or name.endswith(".partial")
-        or name.endswith(".deleting")
-    )
+    return name in META_FILES or name == plates.MARKERS[0] or _IN_FLIGHT.search(name) is not None
 
 
 _DATA_NAME = re.compile(r"^data[0-9a-f]{8}$")

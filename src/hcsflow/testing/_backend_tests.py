@@ -260,6 +260,22 @@ class BackendTests:
         with pytest.raises(InvalidPathError):
             backend.delete("/")
 
+    def test_names_resembling_internal_ones_are_ordinary_entries(
+        self, backend: StorageBackend
+    ) -> None:
+        # backends keep their own in-flight entries out of listings; a user's entry
+        # that merely ends like one must still be listed and must keep its parent
+        # from counting as empty
+        backend.ensure_directory("/d/run.partial")
+        backend.ensure_directory("/d/old.deleting")
+        backend.save(_arr(1), "/d/run.partial/x.npy")
+        assert backend.list_dir("/d") == ["old.deleting", "run.partial"]
+        assert backend.list_files("/d", recursive=True) == ["/d/run.partial/x.npy"]
+        backend.delete("/d/old.deleting")
+        with pytest.raises(DirectoryNotEmptyError):
+            backend.delete("/d")
+        np.testing.assert_array_equal(backend.load("/d/run.partial/x.npy"), _arr(1))
+
     def test_delete_all(self, backend: StorageBackend) -> None:
         backend.ensure_directory("/d/e/f")
         backend.save(_arr(0), "/d/e/f/x.npy")

@@ -476,3 +476,21 @@ def test_torch_on_cuda_gpu(plate, tmp_path):
     )
     assert res.ok, res.failed[0].traceback if res.failed else ""
     assert counted(tmp_path / "g") == plate.true_counts
+
+
+def test_fail_fast_stops_submitting_wells(tmp_path):
+    root = tmp_path / "p"
+    root.mkdir()
+    for w, v in (("A01", 5), ("A02", 0), ("A03", 0)):
+        tifffile.imwrite(root / f"{w}_s1_w1.tif", np.full((8, 8), v, np.uint16))
+    done = []
+    with pytest.raises(StepExecutionError, match="well A01 failed"):
+        run_pipeline(
+            [FunctionStep(func=_boom)],
+            str(root),
+            tmp_path / "o",
+            cfg(fail_fast=True),
+            on_well_done=lambda r: done.append(r.well),
+        )
+    assert done == ["A01"]  # A02 and A03 never ran
+    assert not (tmp_path / "o").exists()

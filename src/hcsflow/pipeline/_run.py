@@ -21,14 +21,14 @@ import shutil
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from hcsflow import __version__
 from hcsflow.errors import PipelineError, RunDirectoryError, StepExecutionError
-from hcsflow.pipeline._compiler import RunPlan, WellPlan, compile_pipeline, describe_steps
+from hcsflow.pipeline._compiler import RunPlan, compile_pipeline, describe_steps
 from hcsflow.pipeline._config import GlobalPipelineConfig, PipelineConfig, config_to_dict
 from hcsflow.pipeline._execute import WellResult, execute_well
 from hcsflow.pipeline._plate import PlateIndex
@@ -409,30 +409,42 @@ def _execute(
         ex, close = make_executor(executor or str(cfg.executor), workers, preload=preload)
     results: dict[str, WellResult] = {}
     bar = _progress(len(plan.wells), progress)
+    # A bounded window of submitted wells: the queue never holds the whole plate, and
+    # fail_fast stops submitting (an in-process executor runs each well at submission).
+    window = 1 if isinstance(ex, InProcessExecutor) else 2 * workers
+    pending = iter(plan.wells)
+    inflight: dict[cf.Future[WellResult], str] = {}
+
+    def fill() -> None:
+        while len(inflight) < window:
+            well_plan = next(pending, None)
+            if well_plan is None:
+                return
+            inflight[ex.submit(execute_well, well_plan)] = well_plan.well
+
     try:
-        futures = _submit(ex, plan.wells)
-        for fut in cf.as_completed(futures):
-            well = futures[fut]
-            result = fut.result()
-            results[well] = result
-            bar.update(1)
-            if on_well_done is not None:
-                on_well_done(result)
-            if result.status != "ok" and cfg.fail_fast:
-                for f in futures:
-                    f.cancel()
-                raise StepExecutionError(
-                    f"well {well} failed (fail_fast): {result.error_type}: {result.error}\n"
-                    f"{result.traceback}"
-                )
+        fill()
+        while inflight:
+            done, _ = cf.wait(list(inflight), return_when=cf.FIRST_COMPLETED)
+            for fut in done:
+                well = inflight.pop(fut)
+                result = fut.result()
+                results[well] = result
+                bar.update(1)
+                if on_well_done is not None:
+                    on_well_done(result)
+                if result.status != "ok" and cfg.fail_fast:
+                    for other in inflight:
+                        other.cancel()
+                    raise StepExecutionError(
+                        f"well {well} failed (fail_fast): {result.error_type}: {result.error}\n"
+                        f"{result.traceback}"
+                    )
+            fill()
     finally:
         bar.close()
         close()
     return [results[w.well] for w in plan.wells]
-
-
-def _submit(ex: cf.Executor, wells: Iterable[WellPlan]) -> dict[cf.Future[WellResult], str]:
-    return {ex.submit(execute_well, w): w.well for w in wells}
 
 
 def _manifest(

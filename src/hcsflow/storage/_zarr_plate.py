@@ -325,10 +325,15 @@ def _plate_version(plate: Location, config: ZarrConfig, node: _ome.NodeMeta | No
 
 
 def _read_well_meta(
-    plate: Location, pos: WellPosition, key: str | None = None
+    plate: Location,
+    pos: WellPosition,
+    key: str | None = None,
+    node: _ome.NodeMeta | None = None,
 ) -> tuple[_ome.NodeMeta, str, dict[str, Any]] | None:
+    """(node, NGFF version, well block) of a well; ``node``: its metadata if already read."""
     key = key or _well_key(pos)
-    node = _ome.read_node(plate.child(key))
+    if node is None:
+        node = _ome.read_node(plate.child(key))
     if node is None:
         return None
     version, block = _ome.unwrap(node.attributes)
@@ -343,14 +348,16 @@ def _read_well_meta(
     return node, version, well
 
 
-def _reading_key(plate: Location, pos: WellPosition) -> str:
-    """The well's path for reading: ``"B/3"``, or the path the plate metadata lists.
+def _reading_key(plate: Location, pos: WellPosition) -> tuple[str, _ome.NodeMeta | None]:
+    """The well's path for reading (``"B/3"``, or the path the plate metadata lists).
 
     Plates from other tools may name columns ``"03"``; their plate metadata says so.
+    Also returns the well's metadata when the first look found it (saves a second read).
     """
     key = _well_key(pos)
-    if _ome.read_node(plate.child(key)) is not None:
-        return key
+    well_node = _ome.read_node(plate.child(key))
+    if well_node is not None:
+        return key, well_node
     node = _ome.read_node(plate)
     meta = _ome.unwrap(node.attributes)[1].get("plate") if node is not None else None
     for w in meta.get("wells", []) if isinstance(meta, dict) else []:
@@ -359,8 +366,8 @@ def _reading_key(plate: Location, pos: WellPosition) -> str:
             continue
         rname, cname = path.split("/")
         if rname.upper() == pos.row_name and cname.isdigit() and int(cname) == pos.column + 1:
-            return path
-    return key
+            return path, None
+    return key, None
 
 
 def _field_paths(well: dict[str, Any]) -> list[str]:
@@ -731,8 +738,8 @@ def list_wells(store: StoreLike, *, storage_options: dict[str, Any] | None = Non
 
 def _image_loc(plate: Location, well: str | WellPosition, field: int) -> tuple[Location, str, int]:
     pos = _well_pos(plate, well)
-    key = _reading_key(plate, pos)
-    meta = _read_well_meta(plate, pos, key)
+    key, well_node = _reading_key(plate, pos)
+    meta = _read_well_meta(plate, pos, key, well_node)
     if meta is None:
         raise NotFoundError(
             f"no well {pos.name}: store {plate.url!r}, key {key!r}",
@@ -893,8 +900,8 @@ def open_well(
     """Geometry of a well (reads metadata only)."""
     plate = _loc(store, storage_options)
     pos = _well_pos(plate, well)
-    key = _reading_key(plate, pos)
-    meta = _read_well_meta(plate, pos, key)
+    key, well_node = _reading_key(plate, pos)
+    meta = _read_well_meta(plate, pos, key, well_node)
     if meta is None:
         raise NotFoundError(
             f"no well {pos.name}: store {plate.url!r}",

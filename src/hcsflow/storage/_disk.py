@@ -701,6 +701,10 @@ class DiskStorageBackend(StorageBackend):
         try:
             os.makedirs(real, exist_ok=True)
         except FileExistsError as exc:
+            if os.path.islink(real) and not os.path.exists(real):
+                raise NotFoundError(
+                    "symlink target does not exist", path=vp, backend=self.name
+                ) from exc
             raise NotADirectoryStorageError(
                 "a file is in the way", path=vp, backend=self.name
             ) from exc

@@ -816,6 +816,9 @@ class ZarrStorageBackend(StorageBackend):
         for part in vp.strip("/").split("/") if vp != "/" else []:
             child = vpaths.join(real, part)
             creal, kind, _ = self._resolve(child, True)
+            if kind is None and creal != child:
+                # a dangling link: creating its target would make a directory elsewhere
+                raise NotFoundError("symlink target does not exist", path=child, backend=self.name)
             if kind is None:
                 loc = self._loc(creal)
                 loc.write_once("zarr.json", _ome.group_document({}))

@@ -183,6 +183,18 @@ class BackendTests:
             backend.ensure_directory("/f.npy/sub")
         _names_backend(info.value, backend)
 
+    def test_ensure_directory_through_a_dangling_link(self, backend: StorageBackend) -> None:
+        backend.ensure_directory("/t")
+        backend.create_symlink("/t", "/l")
+        backend.delete("/t")
+        for path in ("/l", "/l/x"):
+            with pytest.raises(NotFoundError) as info:
+                backend.ensure_directory(path)
+            _names_backend(info.value, backend, "/l")
+        # nothing was created at the link's old target
+        assert not backend.exists("/t") and not self.backdoor_exists(backend, "/t")
+        assert backend.is_symlink("/l")
+
     def test_list_dir_natural_order(self, backend: StorageBackend) -> None:
         backend.ensure_directory("/d/A10")
         backend.ensure_directory("/d/A2")

@@ -4,7 +4,7 @@ A 100x1024x1024 float32 stack (400 MiB) is converted by ``convert_memory`` and b
 a user would write; for zero-copy pairs also against the fastest zero-copy code (the idiom
 itself, or DLPack where the idiom copies).  Every pair is also timed on a 10x smaller stack:
 for zero-copy pairs a ``big/small`` ratio near 1 shows the cost does not grow with the array
-(O(1)).  Microsecond calls are timed in loops of thousands of calls, best of 9 repeats, the
+(O(1)).  Microsecond calls are timed in loops of thousands of calls, best of 31 repeats, the
 functions of a pair alternating (see ``_time_pair``).  ``stack_slices`` of 100 slices is timed
 against ``np.stack``.  Results go to ``benchmarks/results/memory.json``.
 """
@@ -108,11 +108,12 @@ def _zero_copy_idioms(fw: dict[str, Any]) -> dict[tuple[str, str], Callable[[Any
 def _time_pair(fns: list[Callable[[], Any]]) -> list[float]:
     """Best seconds per call of each of ``fns``, their repeats alternating.
 
-    Sub-millisecond calls all run the same number of calls per repeat, enough for ~20 ms of
-    the slowest of them, best of 9 repeats; slower calls (copies of the big stack) run once per
-    repeat, best of 5.  Like :mod:`timeit`, the garbage collector is off while timing.
-    Alternating lets no function alone absorb a noisy spell of the machine or the deferred
-    cost of what an earlier one allocated.
+    Sub-millisecond calls all run the same number of calls per repeat, enough for ~5 ms of
+    the slowest of them, best of 31 repeats (many short repeats find the machine's quiet
+    moments); slower calls (copies of the big stack) run once per repeat, best of 5.  Like
+    :mod:`timeit`, the garbage collector is off while timing.  Alternating lets no function
+    alone absorb a noisy spell of the machine or the deferred cost of what an earlier one
+    allocated.
     """
     single = []
     for fn in fns:
@@ -123,10 +124,10 @@ def _time_pair(fns: list[Callable[[], Any]]) -> list[float]:
             t = min(timeit.Timer(fn).repeat(repeat=3, number=1))
         single.append(t)
     fast = [t for t in single if t < 1e-3]
-    number = max(1, min(20_000, int(0.02 / max(fast)))) if fast else 1
+    number = max(1, min(20_000, int(0.005 / max(fast)))) if fast else 1
     numbers = [number if t < 1e-3 else 1 for t in single]
     best = [float("inf")] * len(fns)
-    for r in range(9 if fast else 5):
+    for r in range(31 if fast else 5):
         for i, fn in enumerate(fns):
             if numbers[i] == 1 and r >= 5:
                 continue

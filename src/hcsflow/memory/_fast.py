@@ -9,7 +9,9 @@ and contiguity for jax and tensorflow, read-only arrays, autograd and lazy conju
 bits, the jax import's silent copy) using integer pointers and flags, then calls the
 framework's own zero-copy function.  It returns ``None`` whenever a guard fails or the import
 refuses, and the general path then decides (error, copy when allowed, or another route), so a
-route never changes what a conversion returns or raises.
+route does not change what a conversion returns or raises.  One corner is shared where the
+general path refuses: a C-contiguous array whose only negative stride is on a length-1 axis,
+to jax or tensorflow (that stride never addresses memory; see docs/memory.md).
 """
 
 from __future__ import annotations
@@ -73,7 +75,7 @@ def learn(data: Any, source: Any, target: Any) -> Route | None:
     return route
 
 
-_KINDS: dict[type, MemoryType | None] = {}
+_KINDS: dict[type, MemoryType] = {}
 
 
 def plain_kind(data: Any) -> MemoryType | None:
@@ -124,11 +126,6 @@ def _jax_import() -> Callable[[Any], Any]:
 def _tf_import() -> Callable[[Any], Any]:
     tf = sys.modules["tensorflow"]
     return tf.experimental.dlpack.from_dlpack
-
-
-def _no_negative_strides(a: np.ndarray) -> bool:
-    # torch refuses negative strides (and aborts the process on such a DLPack tensor).
-    return all(s >= 0 for s in a.strides)
 
 
 def _torch_shareable(t: Any) -> bool:

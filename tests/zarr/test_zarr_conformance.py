@@ -98,3 +98,23 @@ def _remove_local(backend: ZarrStorageBackend) -> None:
 TestZarrAgainstModel = backend_state_machine(
     _make_local, cleanup=_remove_local, max_examples=12
 ).TestCase
+
+
+def test_load_racing_an_overwrite_returns_old_or_new_content(tmp_path, monkeypatch) -> None:
+    """A reader that looked up a file's data array just before an overwrite switched to a
+    new array and deleted the old one gets the new content, never an error or zeros."""
+    backend = ZarrStorageBackend(tmp_path)
+    old, new = np.arange(6).reshape(2, 3) + 1, np.arange(6).reshape(2, 3) + 100
+    backend.save(old, "/f.npy")
+    read_array = ZarrStorageBackend._read_array
+    raced = []
+
+    def overwritten_first(self, loc, child):
+        if not raced:  # the overwrite lands between the lookup and the read
+            raced.append(child)
+            backend.save(new, "/f.npy", overwrite=True)
+        return read_array(self, loc, child)
+
+    monkeypatch.setattr(ZarrStorageBackend, "_read_array", overwritten_first)
+    np.testing.assert_array_equal(backend.load("/f.npy"), new)
+    assert raced

@@ -76,6 +76,8 @@ from hcsflow.storage.plate import ImageCoordinates, PlateLayout, parse_well
 __all__ = ["ZarrStorageBackend"]
 
 _MAX_LINK_HOPS = 64
+#: reads of a file repeated when overwrites keep replacing its data array meanwhile
+_MAX_READ_RETRIES = 16
 _ARRAY_CODECS = frozenset({"tiff", "png", "npy"})
 _FRAMEWORKS = ("torch", "jax", "jaxlib", "tensorflow", "cupy", "pyclesperanto")
 _SAVE_OPTIONS = frozenset({"zarr_config"})
@@ -408,8 +410,38 @@ class ZarrStorageBackend(StorageBackend):
     def load(self, path: vpaths.PathLike, **options: Any) -> Any:
         """The data at ``path`` (through symlinks): an array, or the object it encodes."""
         vp = self.norm(path)
-        real, kind, info = self._resolve_file(vp)
-        return self._read_file(vp, real, info or {}, options)
+        return self._load_file(vp, options)
+
+    def _load_file(
+        self,
+        vp: str,
+        options: dict[str, Any],
+        resolved: tuple[str, EntryKind, dict[str, Any] | None] | None = None,
+    ) -> Any:
+        """Read the file at ``vp`` so that a concurrent overwrite yields old or new content.
+
+        An overwrite switches ``zarr.json`` to a new data array, then deletes the old one,
+        so a read of the old array can find it gone, or lose chunks mid-read (which zarr
+        would fill with zeros).  The node is read again afterwards: if it no longer names
+        the array that was read, the read is repeated on the current one.
+        """
+        for _attempt in range(_MAX_READ_RETRIES):
+            real, _, info = resolved or self._resolve_file(vp)
+            resolved = None
+            info = info or {}
+            try:
+                data = self._read_file(vp, real, info, options)
+            except HcsflowError:
+                if info.get("kind") != "file" or self._node(real)[1] == info:
+                    raise
+                continue
+            if info.get("kind") != "file" or self._node(real)[1] == info:
+                return data
+        raise ZarrError(
+            "the file kept being replaced while it was read; try again",
+            path=vp,
+            backend=self.name,
+        )
 
     def _resolve_file(self, vp: str) -> tuple[str, EntryKind, dict[str, Any] | None]:
         real, kind, info = self._resolve(vp, True)
@@ -732,11 +764,11 @@ class ZarrStorageBackend(StorageBackend):
         for index, path in enumerate(paths):
             try:
                 vp = self.norm(path)
-                real, _, info = self._resolve_file(vp)
+                real, kind, info = self._resolve_file(vp)
                 if info is not None and info.get("kind") == "plate-image":
                     pointers.append((index, real, info))
                 else:
-                    out[index] = self._read_file(vp, real, info or {}, options)
+                    out[index] = self._load_file(vp, options, (real, kind, info))
             except StorageError as exc:
                 raise BatchError(
                     f"batch item {index} could not be loaded",

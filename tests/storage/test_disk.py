@@ -254,3 +254,29 @@ def test_rename_noreplace_refuses_an_existing_target(tmp_path) -> None:
     assert (tmp_path / "b").read_bytes() == b"old"
     assert disk_module._rename_noreplace(str(tmp_path / "a"), str(tmp_path / "c"))
     assert sorted(os.listdir(tmp_path)) == ["b", "c"]
+
+
+@pytest.mark.parametrize(
+    ("operation", "last_check"), [("move", "entry_kind"), ("copy", "_check_target")]
+)
+def test_directory_move_and_copy_never_replace_a_directory_that_appears(
+    disk, monkeypatch, operation, last_check
+) -> None:
+    if disk_module._renameat2() is None:
+        pytest.skip("renameat2 is not available here")
+    disk.ensure_directory("/src")
+    disk.save(np.arange(3), "/src/f.npy")
+    original = getattr(disk, last_check)
+
+    def check_then_race(path, *args, **kwargs):
+        outcome = original(path, *args, **kwargs)
+        if disk.norm(path) == "/dst" and not os.path.lexists(_real(disk, "/dst")):
+            os.mkdir(_real(disk, "/dst"))  # another process creates it meanwhile
+        return outcome
+
+    monkeypatch.setattr(disk, last_check, check_then_race)
+    with pytest.raises(AlreadyExistsError):
+        getattr(disk, operation)("/src", "/dst")
+    assert os.listdir(_real(disk, "/dst")) == []
+    np.testing.assert_array_equal(np.load(_real(disk, "/src/f.npy")), np.arange(3))
+    assert not [n for n in os.listdir(_real(disk, "/")) if is_temp_name(n)]

@@ -793,11 +793,11 @@ class DiskStorageBackend(StorageBackend):
             if dkind == "symlink":
                 if is_dir:
                     os.unlink(dreal)
-                    os.rename(sreal, dreal)
+                    self._rename_dir_no_clobber(sreal, dvp, dreal)
                 else:
                     os.replace(sreal, dreal)
             elif is_dir:
-                os.rename(sreal, dreal)
+                self._rename_dir_no_clobber(sreal, dvp, dreal)
             else:
                 self._move_no_clobber(sreal, dvp, dreal)
         except OSError as exc:
@@ -805,6 +805,24 @@ class DiskStorageBackend(StorageBackend):
                 self._move_across_devices(sreal, dvp, dreal, is_dir)
                 return
             self._raise_os_error(exc, dvp, "cannot move")
+
+    def _rename_dir_no_clobber(self, src: str, dvp: str, dreal: str) -> None:
+        """Rename the directory ``src`` to ``dreal`` unless something is there by then.
+
+        ``os.rename`` would silently replace an empty directory that appeared after the
+        caller's check; ``renameat2(RENAME_NOREPLACE)`` refuses it in the same step.
+        """
+        try:
+            if _rename_noreplace(src, dreal):
+                return
+        except FileExistsError as exc:
+            raise AlreadyExistsError(
+                "destination appeared; not overwritten", path=dvp, backend=self.name
+            ) from exc
+        # no renameat2 on this platform or file system: check as late as possible
+        if os.path.lexists(dreal):
+            raise AlreadyExistsError("destination exists", path=dvp, backend=self.name)
+        os.rename(src, dreal)
 
     def _move_no_clobber(self, sreal: str, dvp: str, dreal: str) -> None:
         try:
@@ -828,7 +846,7 @@ class DiskStorageBackend(StorageBackend):
         try:
             if is_dir:
                 shutil.copytree(sreal, tmp, symlinks=True)
-                os.rename(tmp, dreal)
+                self._rename_dir_no_clobber(tmp, dvp, dreal)
             else:
                 shutil.copy2(sreal, tmp, follow_symlinks=False)
                 self._publish(tmp, dvp, dreal, overwrite=False)
@@ -896,7 +914,7 @@ class DiskStorageBackend(StorageBackend):
                 symlinks=True,
                 ignore=lambda _d, names: [n for n in names if is_temp_name(n)],
             )
-            os.rename(tmp, dreal)
+            self._rename_dir_no_clobber(tmp, dvp, dreal)
         except BaseException:
             if os.path.isdir(tmp):
                 shutil.rmtree(tmp)

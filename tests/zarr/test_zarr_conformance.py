@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 import zarr
+from hcsflow.errors import AlreadyExistsError, BatchError, HcsflowError
 from hcsflow.storage import ZarrStorageBackend
 from hcsflow.testing import BackendTests, backend_state_machine
 
@@ -118,3 +119,36 @@ def test_load_racing_an_overwrite_returns_old_or_new_content(tmp_path, monkeypat
     monkeypatch.setattr(ZarrStorageBackend, "_read_array", overwritten_first)
     np.testing.assert_array_equal(backend.load("/f.npy"), new)
     assert raced
+
+
+@pytest.mark.parametrize("operation", ["save_batch", "copy", "create_symlink"])
+def test_writes_without_overwrite_never_clobber_a_file_that_appears(
+    tmp_path, monkeypatch, operation
+) -> None:
+    """Without overwrite=True, a target that another writer creates between the checks
+    and the write is refused, and the other writer's file is kept."""
+    backend = ZarrStorageBackend(tmp_path)
+    backend.save(np.arange(3), "/src.npy")
+    theirs = np.arange(3) + 50
+    original = ZarrStorageBackend._write_target
+    raced: list[str] = []
+
+    def check_then_race(self, vp, overwrite):
+        outcome = original(self, vp, overwrite)
+        if vp == "/dst.npy" and not raced:
+            raced.append(vp)
+            backend.save(theirs, "/dst.npy")  # another writer wins meanwhile
+        return outcome
+
+    monkeypatch.setattr(ZarrStorageBackend, "_write_target", check_then_race)
+    with pytest.raises(HcsflowError) as info:
+        if operation == "save_batch":
+            backend.save_batch([np.arange(3) + 1], ["/dst.npy"])
+        elif operation == "copy":
+            backend.copy("/src.npy", "/dst.npy")
+        else:
+            backend.create_symlink("/src.npy", "/dst.npy")
+    refusal = info.value.__cause__ if isinstance(info.value, BatchError) else info.value
+    assert isinstance(refusal, AlreadyExistsError), repr(info.value)
+    assert not backend.is_symlink("/dst.npy")
+    np.testing.assert_array_equal(backend.load("/dst.npy"), theirs)

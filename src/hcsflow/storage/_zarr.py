@@ -748,14 +748,24 @@ class ZarrStorageBackend(StorageBackend):
         for index, (item, p) in enumerate(zip(data_list, norm, strict=True)):
             try:
                 arr, fmt, c = self._encode(item, p, {"zarr_config": cfg})
-                real, _ = self._write_target(p, overwrite)
+                real, kind = self._write_target(p, overwrite)
             except HcsflowError as exc:
                 raise BatchError(
                     f"batch item {index} cannot be written", index=index, path=p, backend=self.name
                 ) from exc
-            encoded.append((real, arr, fmt, c, _size_of(item, arr)))
-        for real, arr, fmt, c, size in encoded:
-            self._write_file(real, arr, fmt, c, size)
+            encoded.append((p, real, kind is None, arr, fmt, c, _size_of(item, arr)))
+        for index, (p, real, new, arr, fmt, c, size) in enumerate(encoded):
+            try:
+                # a new target is created exclusively: one that appeared since the check
+                # is refused, not clobbered
+                self._write_file(real, arr, fmt, c, size, exclusive=new, vp=p)
+            except HcsflowError as exc:
+                raise BatchError(
+                    f"batch item {index} could not be written",
+                    index=index,
+                    path=p,
+                    backend=self.name,
+                ) from exc
 
     def load_batch(self, paths: Sequence[vpaths.PathLike], **options: Any) -> list[Any]:
         """Load every path in order; plate planes of one field decode each chunk once."""
@@ -881,15 +891,22 @@ class ZarrStorageBackend(StorageBackend):
             treal, tkind = tvp, None
         if tkind is None:
             raise NotFoundError("symlink target does not exist", path=tvp, backend=self.name)
-        real, _ = self._write_target(lvp, overwrite)
+        real, kind = self._write_target(lvp, overwrite)
         if real in seen or vpaths.is_relative_to(treal, real):
             # the target's chain runs through the link being replaced: it would loop
             raise SymlinkLoopError(
                 "the new link would make a symlink loop", path=lvp, backend=self.name
             )
         loc = self._loc(real)
+        doc = _ome.group_document({"hcsflow": {"kind": "symlink", "target": tvp}})
+        if kind is None:
+            if not loc.write_once("zarr.json", doc):
+                raise AlreadyExistsError(
+                    "target appeared meanwhile; not overwritten", path=lvp, backend=self.name
+                )
+            return
         old = self._data_children(real)
-        loc.write("zarr.json", _ome.group_document({"hcsflow": {"kind": "symlink", "target": tvp}}))
+        loc.write("zarr.json", doc)
         for child in old:
             loc.child(child).remove()
 
@@ -932,7 +949,7 @@ class ZarrStorageBackend(StorageBackend):
             raise NotFoundError("no such file or directory", path=svp, backend=self.name)
         if skind == "file":
             info = sinfo or {}
-            dreal, _ = self._write_target(dvp, overwrite)
+            dreal, dkind = self._write_target(dvp, overwrite)
             if dreal == sreal:
                 return
             if info.get("kind") == "file":
@@ -940,13 +957,29 @@ class ZarrStorageBackend(StorageBackend):
                 old = self._data_children(dreal)
                 name = f"data{uuid.uuid4().hex[:8]}"
                 sloc.child(str(info["data"])).copy_to(dloc.child(name))
-                dloc.write("zarr.json", _ome.group_document({"hcsflow": {**info, "data": name}}))
+                doc = _ome.group_document({"hcsflow": {**info, "data": name}})
+                if dkind is None:
+                    if not dloc.write_once("zarr.json", doc):
+                        dloc.child(name).remove()
+                        raise AlreadyExistsError(
+                            "target appeared meanwhile; not overwritten",
+                            path=dvp,
+                            backend=self.name,
+                        )
+                    return
+                dloc.write("zarr.json", doc)
                 for child in old:
                     dloc.child(child).remove()
                 return
-            data = self._read_file(svp, sreal, info, {})
+            data = np.asarray(self._read_file(svp, sreal, info, {}))
             self._write_file(
-                dreal, np.asarray(data), "array", self.config, int(np.asarray(data).nbytes)
+                dreal,
+                data,
+                "array",
+                self.config,
+                int(data.nbytes),
+                exclusive=dkind is None,
+                vp=dvp,
             )
             return
         if self.entry_kind(dvp, follow_symlinks=False) is not None:

@@ -28,6 +28,7 @@ import pytest
 from hcsflow.errors import (
     AlreadyExistsError,
     BatchError,
+    BatchLengthError,
     DirectoryNotEmptyError,
     HcsflowError,
     InvalidPathError,
@@ -512,8 +513,10 @@ class BackendTests:
         np.testing.assert_array_equal(backend.load("/b/2.npy"), _arr(100))
 
     def test_save_batch_argument_errors(self, backend: StorageBackend) -> None:
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError) as info:
             backend.save_batch([_arr(0)], ["/a.npy", "/b.npy"])
+        assert isinstance(info.value, BatchLengthError)
+        _names_backend(info.value, backend)
         with pytest.raises(InvalidPathError):
             backend.save_batch([_arr(0), _arr(1)], ["/a.npy", "//a.npy"])
         assert backend.list_dir("/") == []

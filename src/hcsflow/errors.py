@@ -28,6 +28,7 @@ __all__ = [
     "CorruptDataError",
     "PickleRefusedError",
     "BatchError",
+    "BatchLengthError",
     "MemoryTypeError",
     "MemoryConversionError",
     "DeviceError",
@@ -134,6 +135,10 @@ class BatchError(StorageError):
     ):
         self.index = index
         super().__init__(message, path=path, backend=backend)
+
+
+class BatchLengthError(StorageError, ValueError):
+    """A batch call got a different number of data items and paths."""
 
 
 # --------------------------------------------------------------------------- memory types

@@ -30,6 +30,7 @@ from hcsflow import paths as vpaths
 from hcsflow.errors import (
     AlreadyExistsError,
     BatchError,
+    BatchLengthError,
     HcsflowError,
     InvalidPathError,
     IsADirectoryStorageError,
@@ -403,9 +404,8 @@ def _check_batch(
     backend: StorageBackend, data_list: Sequence[Any], paths: Sequence[vpaths.PathLike]
 ) -> list[str]:
     if len(data_list) != len(paths):
-        raise ValueError(
-            f"save_batch got {len(data_list)} items for {len(paths)} paths "
-            f"(backend {backend.name!r})"
+        raise BatchLengthError(
+            f"save_batch got {len(data_list)} items for {len(paths)} paths", backend=backend.name
         )
     norm = [backend.norm(p) for p in paths]
     if len(set(norm)) != len(norm):

@@ -36,6 +36,7 @@ from hcsflow.errors import (
     IsADirectoryStorageError,
     NotADirectoryStorageError,
     NotFoundError,
+    StorageError,
 )
 
 __all__ = ["Backend", "EntryKind", "FileInfo", "StorageBackend", "IMAGE_EXTENSIONS"]
@@ -154,7 +155,7 @@ class StorageBackend(ABC):
         parent = vpaths.parent(path)
         pkind = self.entry_kind(parent)
         if pkind is None:
-            raise NotFoundError("parent directory does not exist", path=parent, backend=self.name)
+            raise self._absent_error(parent, "parent directory does not exist")
         if pkind != "directory":
             raise NotADirectoryStorageError(
                 "parent is not a directory", path=parent, backend=self.name
@@ -227,10 +228,26 @@ class StorageBackend(ABC):
             )
         self._move(sfull, dfull, replace_symlinks)
 
+    def _absent_error(self, path: str, message: str) -> StorageError:
+        """Why ``path`` is absent: an ancestor is a file, or it is simply missing.
+
+        Every backend reports a path below a file as :class:`NotADirectoryStorageError`
+        and a path below a missing directory as :class:`NotFoundError`.
+        """
+        current = path
+        while current != "/":
+            current = vpaths.parent(current)
+            kind = self.entry_kind(current)
+            if kind == "file":
+                return NotADirectoryStorageError("not a directory", path=current, backend=self.name)
+            if kind == "directory":
+                break
+        return NotFoundError(message, path=path, backend=self.name)
+
     def _require_dir(self, directory: str) -> None:
         kind = self.entry_kind(directory)
         if kind is None:
-            raise NotFoundError("directory does not exist", path=directory, backend=self.name)
+            raise self._absent_error(directory, "directory does not exist")
         if kind != "directory":
             raise NotADirectoryStorageError("not a directory", path=directory, backend=self.name)
 

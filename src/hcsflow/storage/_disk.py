@@ -459,9 +459,13 @@ class DiskStorageBackend(StorageBackend):
         try:
             pst = os.stat(os.path.dirname(real))
         except OSError as exc:
-            if isinstance(exc, (FileNotFoundError, NotADirectoryError)):
+            if isinstance(exc, FileNotFoundError):
                 raise NotFoundError(
                     "parent directory does not exist", path=parent_vp, backend=self.name
+                ) from exc
+            if isinstance(exc, NotADirectoryError):
+                raise NotADirectoryStorageError(
+                    "a parent is not a directory", path=parent_vp, backend=self.name
                 ) from exc
             self._raise_os_error(exc, parent_vp, "cannot reach parent directory")
         if not stat_mod.S_ISDIR(pst.st_mode):
@@ -872,6 +876,11 @@ class DiskStorageBackend(StorageBackend):
         dvp, dreal = self._locate(dst, follow=False)
         kind = self.entry_kind(svp)
         if kind is None:
+            # the OS says why: missing, a parent that is a file, or a link loop
+            try:
+                os.stat(sreal)
+            except OSError as exc:
+                self._raise_os_error(exc, svp, "cannot copy")
             raise NotFoundError("no such file or directory", path=svp, backend=self.name)
         if kind == "file":
             source_name = os.path.basename(os.path.realpath(sreal))

@@ -250,7 +250,7 @@ class MemoryStorageBackend(StorageBackend):
         with self._lock:
             try:
                 pnode, rname, _ = self._resolve(path, True, set())
-            except (NotFoundError, NotADirectoryStorageError) as exc:
+            except NotFoundError as exc:
                 raise NotFoundError("no such file", path=path, backend=self.name) from exc
             if pnode is None or rname in pnode.dirs:
                 raise IsADirectoryStorageError("path is a directory", path=path, backend=self.name)

@@ -887,7 +887,7 @@ class ZarrStorageBackend(StorageBackend):
         seen: set[str] = set()
         try:
             treal, tkind, _ = self._resolve(tvp, True, seen)
-        except SymlinkLoopError:
+        except (SymlinkLoopError, NotADirectoryStorageError):
             treal, tkind = tvp, None
         if tkind is None:
             raise NotFoundError("symlink target does not exist", path=tvp, backend=self.name)

@@ -150,6 +150,35 @@ class BackendTests:
         assert isinstance(info.value, FileNotFoundError)
         _names_backend(info.value, backend, "/nope.npy")
 
+    def test_paths_below_a_file(self, backend: StorageBackend) -> None:
+        backend.save(_arr(1), "/y.npy")
+        backend.create_symlink("/y.npy", "/b")
+        for path in ("/y.npy/x.npy", "/b/x.npy"):
+            for call in (backend.load, lambda p: backend.copy(p, "/z.npy")):
+                with pytest.raises(NotADirectoryStorageError) as info:
+                    call(path)
+                _names_backend(info.value, backend)
+        with pytest.raises(NotFoundError):
+            backend.create_symlink("/y.npy/q.npy", "/x.npy")
+        # a file further up (here through a link) is still "not a directory"
+        deep = "/b/a/x.npy"
+        writes = (
+            lambda: backend.save(_arr(2), deep),
+            lambda: backend.copy("/y.npy", deep),
+            lambda: backend.create_symlink("/y.npy", deep),
+            lambda: backend.move("/y.npy", deep),
+            lambda: list(backend.walk("/b/a")),
+            lambda: backend.list_files("/y.npy/a"),
+            lambda: backend.mirror_directory("/b/a", "/m"),
+        )
+        for write in writes:
+            with pytest.raises(NotADirectoryStorageError):
+                write()
+        with pytest.raises(BatchError) as batch:
+            backend.save_batch([_arr(2)], [deep])
+        assert isinstance(batch.value.__cause__, NotADirectoryStorageError)
+        assert backend.list_dir("/") == ["b", "y.npy"]
+
     def test_load_directory(self, backend: StorageBackend) -> None:
         backend.ensure_directory("/d.npy")
         with pytest.raises(IsADirectoryStorageError) as info:

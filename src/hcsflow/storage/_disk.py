@@ -546,13 +546,8 @@ class DiskStorageBackend(StorageBackend):
             if overwrite:
                 os.replace(tmp, real)
                 return
-            try:
-                if _rename_noreplace(tmp, real):
-                    return
-            except FileExistsError as exc:
-                raise AlreadyExistsError(
-                    "target appeared while writing; not overwritten", path=vp, backend=self.name
-                ) from exc
+            if self._rename_noreplace_or_refuse(tmp, real, vp):
+                return
             try:
                 os.link(tmp, real)
             except FileExistsError as exc:
@@ -810,19 +805,23 @@ class DiskStorageBackend(StorageBackend):
                 return
             self._raise_os_error(exc, dvp, "cannot move")
 
+    def _rename_noreplace_or_refuse(self, src: str, dst: str, vp: str) -> bool:
+        """:func:`_rename_noreplace`, refusing an existing ``dst`` with AlreadyExistsError."""
+        try:
+            return _rename_noreplace(src, dst)
+        except FileExistsError as exc:
+            raise AlreadyExistsError(
+                "target appeared meanwhile; not overwritten", path=vp, backend=self.name
+            ) from exc
+
     def _rename_dir_no_clobber(self, src: str, dvp: str, dreal: str) -> None:
         """Rename the directory ``src`` to ``dreal`` unless something is there by then.
 
         ``os.rename`` would silently replace an empty directory that appeared after the
         caller's check; ``renameat2(RENAME_NOREPLACE)`` refuses it in the same step.
         """
-        try:
-            if _rename_noreplace(src, dreal):
-                return
-        except FileExistsError as exc:
-            raise AlreadyExistsError(
-                "destination appeared; not overwritten", path=dvp, backend=self.name
-            ) from exc
+        if self._rename_noreplace_or_refuse(src, dreal, dvp):
+            return
         # no renameat2 on this platform or file system: check as late as possible
         if os.path.lexists(dreal):
             raise AlreadyExistsError("destination exists", path=dvp, backend=self.name)

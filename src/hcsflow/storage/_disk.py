@@ -882,6 +882,8 @@ class DiskStorageBackend(StorageBackend):
                 self._raise_os_error(exc, svp, "cannot copy")
             raise NotFoundError("no such file or directory", path=svp, backend=self.name)
         if kind == "file":
+            # the target rules first: a directory is never replaced, whatever its name
+            self._check_target(dvp, dreal, overwrite)
             source_name = os.path.basename(os.path.realpath(sreal))
             scodec, dcodec = self.codecs.for_name(source_name), self._codec(dvp)
             if scodec is not dcodec:
@@ -891,7 +893,6 @@ class DiskStorageBackend(StorageBackend):
                     path=dvp,
                     backend=self.name,
                 )
-            self._check_target(dvp, dreal, overwrite)
 
             def writer(fh: IO[bytes]) -> None:
                 with open(sreal, "rb") as source:

@@ -463,6 +463,11 @@ class BackendTests:
         np.testing.assert_array_equal(backend.load("/g.npy"), _arr(1))
         with pytest.raises(NotFoundError):
             backend.copy("/missing.npy", "/m.npy")
+        backend.ensure_directory("/d")
+        backend.ensure_directory("/d.npy")
+        for target in ("/d", "/d.npy"):  # a directory, with or without a file extension
+            with pytest.raises(IsADirectoryStorageError):
+                backend.copy("/f.npy", target, overwrite=True)
 
     def test_copy_tree(self, backend: StorageBackend) -> None:
         backend.ensure_directory("/src/sub")

@@ -209,3 +209,16 @@ def test_to_numpy_detaches_a_tensor_requiring_grad(mem) -> None:
     out = to_numpy(t)
     assert out.ctypes.data == t.data_ptr()
     np.testing.assert_array_equal(out, t.detach().numpy())
+
+
+@pytest.mark.parametrize("target", [M.NUMPY, M.TENSORFLOW], ids=str)
+def test_torch_lazy_bit_is_a_recorded_copy_that_needs_permission(mem, target) -> None:
+    torch = mem.need(M.TORCH)
+    mem.need(target)
+    z = torch.tensor([[1 + 2j, 3 - 4j]], dtype=torch.complex64).conj()
+    with pytest.raises(MemoryConversionError, match="lazy conjugate"):
+        convert_memory(z, "torch", target)
+    with record_conversions() as rec:
+        convert_memory(z, "torch", target, allow_cpu_roundtrip=True)
+    assert [e.route for e in rec.events] == ["host_copy"]
+    assert rec.bytes_copied >= z.numel() * z.element_size()

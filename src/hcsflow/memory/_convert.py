@@ -109,6 +109,14 @@ def _same_place(a: Location, b: Location) -> bool:
 # --------------------------------------------------------------------------- host views
 
 
+_LAZY_DETAIL = "materialised a lazy conjugate/negative bit"
+
+
+def _has_lazy_bits(t: Any) -> bool:
+    """Whether a torch tensor carries a lazy conjugate or negative bit."""
+    return bool(t.is_conj() or t.is_neg())
+
+
 def _exportable(x: Any, memory_type: MemoryType) -> Any:
     """The object to hand a DLPack importer (torch: without autograd and lazy bits)."""
     if memory_type is M.TORCH:
@@ -386,9 +394,26 @@ def _convert(
     if source is target and _same_place(src_loc, tgt_loc):
         return data, "noop", 0, ""
 
+    # A torch tensor with a lazy conjugate/negative bit has no memory holding its values:
+    # exporting it means materialising them, which is a copy like any other.
+    lazy = source is M.TORCH and _has_lazy_bits(data)
+    if lazy and not allow_copy:
+        raise MemoryConversionError(
+            source.value,
+            target.value,
+            "dlpack",
+            "the tensor has a lazy conjugate/negative bit, so its values must be materialised "
+            "(a copy); pass allow_cpu_roundtrip=True to copy",
+        )
+
     # Both on the host: share through DLPack, or copy if allowed.
     if src_loc == HOST and tgt_loc == HOST:
         view = host_view(data, source)
+        if lazy:
+            if target is M.NUMPY:
+                return view, "host_copy", view.nbytes, _LAZY_DETAIL
+            result, _, copied, _ = _host_to_target(view, view, M.NUMPY, target, allow_copy)
+            return result, "host_copy", view.nbytes + copied, _LAZY_DETAIL
         if target is M.NUMPY:
             return view, "dlpack", 0, ""
         return _host_to_target(data, view, source, target, allow_copy)
@@ -399,6 +424,9 @@ def _convert(
         if reason is None:
             failures = []
             try:
+                if lazy:
+                    moved = _gpu_dlpack(data, source, target)
+                    return moved, "device_copy", _nbytes(data, source), _LAZY_DETAIL
                 return _gpu_dlpack(data, source, target), "dlpack", 0, ""
             except (_Refused, BufferError, TypeError, RuntimeError, ValueError) as exc:
                 failures.append(f"dlpack: {exc}")

@@ -172,6 +172,18 @@ class ZarrStorageBackend(StorageBackend):
 
     # ------------------------------------------------------------------ mapping
 
+    def norm(self, path: vpaths.PathLike) -> str:
+        """Normalise ``path`` and refuse names the zarr format or this backend reserve."""
+        vp = super().norm(path)
+        for part in vp.split("/"):
+            if part and _hidden(part):
+                raise InvalidPathError(
+                    f"{part!r} is a name reserved by the zarr format or the zarr backend",
+                    path=vp,
+                    backend=self.name,
+                )
+        return vp
+
     def _loc(self, vp: str) -> Location:
         return self._base if vp == "/" else self._base.child(vp.lstrip("/"))
 

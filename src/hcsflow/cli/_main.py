@@ -225,8 +225,8 @@ def _demo(args: argparse.Namespace) -> int:
     )
     print(
         f"throughput: {n_images / elapsed:.1f} images/s, {args.wells / elapsed:.2f} wells/s, "
-        f"{mbytes / elapsed:.1f} MB/s ({elapsed:.1f} s with {args.workers} "
-        f"{args.executor} worker(s))"
+        f"{mbytes / elapsed:.1f} MB/s ({elapsed:.1f} s, {args.workers} "
+        f"worker{'s' if args.workers != 1 else ''}, executor {args.executor!r})"
     )
     print(f"\noutputs in {result.output_dir}:")
     images = (

@@ -15,8 +15,13 @@ from typing import Any
 RESULTS = Path(__file__).parent / "results"
 
 
-def timeit(fn: Callable[[], Any], *, repeat: int = 5, number: int = 1,
-           setup: Callable[[], Any] | None = None) -> float:
+def timeit(
+    fn: Callable[[], Any],
+    *,
+    repeat: int = 5,
+    number: int = 1,
+    setup: Callable[[], Any] | None = None,
+) -> float:
     """Best-of-``repeat`` seconds per call of ``fn`` (``number`` calls per repeat)."""
     best = float("inf")
     for _ in range(repeat):

@@ -40,7 +40,11 @@ def test_storage_errors_are_builtins_and_name_path_and_backend(cls: type, builti
 def test_memory_conversion_error_has_spec_attributes_and_pickles() -> None:
     err = errors.MemoryConversionError("cupy", "torch", "dlpack", "no GPU")
     assert (err.source_type, err.target_type, err.method, err.reason) == (
-        "cupy", "torch", "dlpack", "no GPU")
+        "cupy",
+        "torch",
+        "dlpack",
+        "no GPU",
+    )
     assert str(err) == "Failed to convert cupy → torch via dlpack: no GPU"
     again = pickle.loads(pickle.dumps(err))
     assert again.reason == "no GPU" and isinstance(again, TypeError)
@@ -100,14 +104,23 @@ def test_path_helpers() -> None:
 
 def test_natural_sort() -> None:
     assert natural_sorted(["img_10.tif", "img_2.tif", "img_1.tif"]) == [
-        "img_1.tif", "img_2.tif", "img_10.tif"]
+        "img_1.tif",
+        "img_2.tif",
+        "img_10.tif",
+    ]
     assert natural_sorted(["A10", "A2", "B1"]) == ["A2", "A10", "B1"]
 
 
 @pytest.mark.parametrize(
     ("name", "row", "col", "canonical"),
-    [("A1", 0, 0, "A01"), ("a01", 0, 0, "A01"), ("H12", 7, 11, "H12"), ("P24", 15, 23, "P24"),
-     ("AA01", 26, 0, "AA01"), ("AF48", 31, 47, "AF48")],
+    [
+        ("A1", 0, 0, "A01"),
+        ("a01", 0, 0, "A01"),
+        ("H12", 7, 11, "H12"),
+        ("P24", 15, 23, "P24"),
+        ("AA01", 26, 0, "AA01"),
+        ("AF48", 31, 47, "AF48"),
+    ],
 )
 def test_parse_well(name: str, row: int, col: int, canonical: str) -> None:
     pos = parse_well(name)

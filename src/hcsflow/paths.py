@@ -18,8 +18,17 @@ from natsort import natsort_keygen, ns
 
 from hcsflow.errors import InvalidPathError, PathEscapeError
 
-__all__ = ["PathLike", "normalize_path", "join", "parent", "name", "is_relative_to",
-           "relative_to", "natural_key", "natural_sorted"]
+__all__ = [
+    "PathLike",
+    "normalize_path",
+    "join",
+    "parent",
+    "name",
+    "is_relative_to",
+    "relative_to",
+    "natural_key",
+    "natural_sorted",
+]
 
 PathLike = str | os.PathLike[str]
 

@@ -11,8 +11,14 @@ from hcsflow.storage import ZarrStorageBackend
 
 @pytest.mark.parametrize(
     "path",
-    ["/d/zarr.json", "/d/.zattrs", "/d/.zgroup", "/.hcsflow", "/d/zarr.json/x.npy",
-     "/d/x.npy." + "0" * 32 + ".partial"],
+    [
+        "/d/zarr.json",
+        "/d/.zattrs",
+        "/d/.zgroup",
+        "/.hcsflow",
+        "/d/zarr.json/x.npy",
+        "/d/x.npy." + "0" * 32 + ".partial",
+    ],
 )
 def test_reserved_names_are_refused_everywhere(tmp_path, path: str) -> None:
     backend = ZarrStorageBackend(root=str(tmp_path))
@@ -32,4 +38,5 @@ def test_ordinary_names_that_resemble_reserved_ones_work(tmp_path) -> None:
     for name in ("zarr.json.bak.npy", "x.partial.npy", "hcsflow.npy"):
         backend.save(np.ones((2, 2), np.uint8), f"/d/{name}")
     assert sorted(backend.list_dir("/d")) == sorted(
-        ["zarr.json.bak.npy", "x.partial.npy", "hcsflow.npy"])
+        ["zarr.json.bak.npy", "x.partial.npy", "hcsflow.npy"]
+    )

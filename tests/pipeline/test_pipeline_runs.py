@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -90,6 +91,10 @@ def test_threads_and_processes_agree_with_inprocess(plate, tmp_path):
     b = run_pipeline(COUNTING, plate.root, tmp_path / "b", cfg(executor="processes", num_workers=2))
     assert a.ok and b.ok
     assert counted(tmp_path / "a") == counted(tmp_path / "b") == plate.true_counts
+    assert a.manifest["executor"] == {"kind": "threads", "workers": 2, "start_method": None}
+    method = "forkserver" if sys.platform != "win32" else "spawn"
+    assert b.manifest["executor"] == {"kind": "processes", "workers": 2, "start_method": method}
+    assert json.loads((tmp_path / "b" / "manifest.json").read_text())["executor"]["workers"] == 2
     for name in ("A01/A01_s1_w1.tif", "A03/A03_s2_w1.tif"):
         np.testing.assert_array_equal(
             tifffile.imread(tmp_path / "a/images" / name),

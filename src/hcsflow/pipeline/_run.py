@@ -29,7 +29,12 @@ from typing import Any
 from hcsflow import __version__
 from hcsflow.errors import PipelineError, RunDirectoryError, StepExecutionError
 from hcsflow.pipeline._compiler import RunPlan, compile_pipeline, describe_steps
-from hcsflow.pipeline._config import GlobalPipelineConfig, PipelineConfig, config_to_dict
+from hcsflow.pipeline._config import (
+    GlobalPipelineConfig,
+    PipelineConfig,
+    config_to_dict,
+    resolve_config,
+)
 from hcsflow.pipeline._execute import WellResult, execute_well
 from hcsflow.pipeline._plate import PlateIndex
 from hcsflow.pipeline._step import FunctionStep, Pipeline
@@ -42,6 +47,9 @@ __all__ = [
     "make_executor",
     "load_pipeline_file",
     "MANIFEST_NAME",
+    "WORKER_PRELOAD",
+    "process_start_method",
+    "warm_up_workers",
 ]
 
 MANIFEST_NAME = "manifest.json"
@@ -120,6 +128,57 @@ def _worker_init(preload: Sequence[str]) -> None:
         _import_file(Path(f))
 
 
+# Imported once by the fork server; every worker forked from it starts with them loaded
+# instead of importing them again (about a second per spawned worker).  A module that is
+# not installed is skipped by the fork server and imported (or reported) by the worker
+# that needs it, as under spawn.
+WORKER_PRELOAD: tuple[str, ...] = (
+    "numpy",
+    "scipy.ndimage",
+    "pandas",
+    "tifffile",
+    "zarr",
+    "skimage.measure",
+    "skimage.feature",
+    "skimage.filters",
+    "skimage.morphology",
+    "skimage.segmentation",
+    "hcsflow.functions",
+    "hcsflow.pipeline._execute",
+)
+
+
+def process_start_method() -> str:
+    """The start method of ``processes`` workers: ``forkserver`` where the platform has
+    it (Linux, macOS), else ``spawn`` (Windows).  Both start workers from a fresh
+    interpreter, never a copy of the calling process."""
+    return "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+
+
+def _process_context() -> Any:
+    method = process_start_method()
+    ctx = multiprocessing.get_context(method)
+    if method == "forkserver":
+        # "__main__" keeps the default behaviour: the fork server imports the main module
+        # like a spawned worker would, so functions defined there are found
+        ctx.set_forkserver_preload(["__main__", *WORKER_PRELOAD])
+    return ctx
+
+
+def warm_up_workers() -> None:
+    """Start the fork server now (its imports run in the background); no-op under spawn.
+
+    ``run_pipeline`` calls it before scanning the plate, so the workers' imports overlap
+    with the plate scan and compilation.  The fork server lives as long as this process:
+    later runs start their workers in milliseconds.
+    """
+    ctx = _process_context()
+    if ctx.get_start_method() == "forkserver":
+        from multiprocessing import forkserver
+
+        forkserver.ensure_running()
+
+
 # --------------------------------------------------------------------------- executors
 
 
@@ -137,7 +196,7 @@ def make_executor(
     if kind == "processes":
         pp = cf.ProcessPoolExecutor(
             max_workers=num_workers,
-            mp_context=multiprocessing.get_context("spawn"),
+            mp_context=_process_context(),
             initializer=_worker_init,
             initargs=(tuple(preload),),
         )
@@ -352,6 +411,11 @@ def run_pipeline(
         plate = str(plate_dir)
     staging = _prepare_output(out, overwrite)
     try:
+        if not isinstance(executor, cf.Executor):
+            run_cfg = resolve_config(global_config, pipeline_config)
+            kind = executor or str(run_cfg.executor)
+            if kind == "processes" and int(run_cfg.num_workers or 1) > 1:
+                warm_up_workers()  # its imports overlap with the plate scan below
         plan = compile_pipeline(
             pipeline,
             plate if isinstance(plate, PlateIndex) else str(plate),
@@ -361,6 +425,7 @@ def run_pipeline(
             layout=layout,
         )
         results = _execute(plan, executor, preload, progress, on_well_done)
+        executor_info = _describe_executor(plan, executor)
         plate_tables = _consolidate(results, staging)
         if post_run is not None:
             post_run(staging, results, plate_tables)
@@ -377,6 +442,7 @@ def run_pipeline(
         manifest = _manifest(
             plan, results, plate_tables, staging, out, t_start, time.perf_counter() - t0
         )
+        manifest["executor"] = executor_info
         _atomic_write_text(staging / MANIFEST_NAME, json.dumps(manifest, indent=2, default=str))
         _publish(staging, out)
     except BaseException:
@@ -392,6 +458,21 @@ def run_pipeline(
         duration_s=time.perf_counter() - t0,
         manifest=manifest,
     )
+
+
+def _describe_executor(plan: RunPlan, executor: str | cf.Executor | None) -> dict[str, Any]:
+    """How the wells ran, for the manifest (the start method matters for reproducing)."""
+    workers = int(plan.config.num_workers or 1)
+    if isinstance(executor, cf.Executor):
+        return {"kind": type(executor).__name__, "workers": workers, "start_method": None}
+    kind = executor or str(plan.config.executor)
+    in_process = kind == "inprocess" or (kind in ("threads", "processes") and workers == 1)
+    method = process_start_method() if kind == "processes" and not in_process else None
+    return {
+        "kind": "inprocess" if in_process else kind,
+        "workers": 1 if in_process else workers,
+        "start_method": method,
+    }
 
 
 def _execute(

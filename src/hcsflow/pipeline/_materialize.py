@@ -109,18 +109,28 @@ def materialize_table(data: Any, path: str, filemanager: FileManager) -> str:
     csv_path, json_path = f"{base}.csv", f"{base}.json"
     backend = Backend.DISK.value
     _ensure_parent(filemanager, csv_path, backend)
-    numeric = df.select_dtypes(include="number").to_numpy(dtype=np.float64)
-    names = [str(c) for c in df.select_dtypes(include="number").columns]
+    num = df.select_dtypes(include="number")
+    names = [str(c) for c in num.columns]
     stats: dict[str, dict[str, Any]] = {}
-    for i, name in enumerate(names):
-        col = numeric[:, i]
-        has = bool(len(col)) and not np.isnan(col).all()
-        stats[name] = {
-            "sum": _json_safe(np.nansum(col)),
-            "mean": _json_safe(np.nanmean(col)) if has else None,
-            "min": _json_safe(np.nanmin(col)) if has else None,
-            "max": _json_safe(np.nanmax(col)) if has else None,
-        }
+    if names:
+        # all columns at once, each reduced over contiguous memory (Fortran order) as
+        # np.nansum/np.nanmean/np.nanmin/np.nanmax would reduce it alone: same values
+        values = np.array(num.to_numpy(dtype=np.float64), order="F")
+        missing = np.isnan(values)
+        counts = values.shape[0] - missing.sum(axis=0)
+        values[missing] = 0.0
+        sums = values.sum(axis=0)
+        if values.shape[0]:
+            values[missing] = np.nan  # fmin/fmax skip NaN; an all-NaN column stays NaN
+            mins, maxs = np.fmin.reduce(values, axis=0), np.fmax.reduce(values, axis=0)
+        for i, name in enumerate(names):
+            has = bool(counts[i])
+            stats[name] = {
+                "sum": _json_safe(sums[i]),
+                "mean": _json_safe(sums[i] / counts[i]) if has else None,
+                "min": _json_safe(mins[i]) if has else None,
+                "max": _json_safe(maxs[i]) if has else None,
+            }
     summary = {"rows": len(df), "columns": [str(c) for c in df.columns], "numeric": stats}
     filemanager.save(df, csv_path, backend, overwrite=True)
     filemanager.save(json.dumps(summary, indent=2), json_path, backend, overwrite=True)

@@ -362,3 +362,47 @@ def test_compile_rejects_a_memory_type_that_is_not_installed(tmp_path, monkeypat
             str(tmp_path / "out"),
             GlobalPipelineConfig(device=DeviceConfig(implementation_preference=("torch",))),
         )
+
+
+@pytest.mark.parametrize("rows", [0, 1, 7, 300])
+def test_table_summary_statistics_match_numpy_nan_functions(tmp_path, rows):
+    import json
+    import warnings
+
+    import pandas as pd
+
+    from hcsflow.pipeline._execute import well_registry
+    from hcsflow.pipeline._materialize import MaterializationFileManager, materialize_table
+
+    rng = np.random.default_rng(rows)
+    df = pd.DataFrame(
+        {
+            "x": rng.normal(size=rows) * 1e3,
+            "n": rng.integers(0, 10**6, rows),
+            "name": ["a"] * rows,
+            "empty": np.full(rows, np.nan),
+        }
+    )
+    if rows > 2:
+        df.loc[1, "x"] = np.nan
+        df.loc[2, "x"] = np.inf
+    fm = MaterializationFileManager(
+        well_registry(fsync=False), materialization_backend="disk", well="A01"
+    )
+    materialize_table(df, str(tmp_path / "t.pkl"), fm)
+    got = json.loads((tmp_path / "t.json").read_text())
+    assert got["rows"] == rows and got["columns"] == ["x", "n", "name", "empty"]
+    numeric = [str(c) for c in df.select_dtypes(include="number").columns]
+    assert {"x", "n", "empty"} <= set(numeric) and list(got["numeric"]) == numeric
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns
+        for name in numeric:
+            col = df[name].to_numpy(dtype=np.float64)
+            has = rows > 0 and not np.isnan(col).all()
+            expected = {
+                "sum": float(np.nansum(col)),
+                "mean": float(np.nanmean(col)) if has else None,
+                "min": float(np.nanmin(col)) if has else None,
+                "max": float(np.nanmax(col)) if has else None,
+            }
+            assert got["numeric"][name] == expected, name

@@ -1,10 +1,11 @@
 """Running a compiled pipeline over a plate: executors, output directory, manifest.
 
 Scheduling is one loop over a :class:`concurrent.futures.Executor`: in-process
-(synchronous, deterministic: tests), a thread pool, a process pool (spawn) or a Dask
-``distributed`` client's executor.  The run writes into a staging directory next to the
-output directory and moves it into place at the end, so a crash never leaves a torn
-output and never destroys a previous run that was not explicitly overwritten.
+(synchronous, deterministic: tests), a thread pool, a process pool (forkserver; spawn on
+Windows) or a Dask ``distributed`` client's executor.  The run writes into a staging
+directory next to the output directory and moves it into place at the end, so a crash
+never leaves a torn output and never destroys a previous run that was not explicitly
+overwritten.
 """
 
 from __future__ import annotations

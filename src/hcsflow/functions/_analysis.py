@@ -41,11 +41,14 @@ def count_cells(
     ``masks`` (an int32 label stack, labels restarting at 1 in every plane).
     """
     import pandas as pd
+    from skimage.measure import label as _label
 
     arr = npf.check_stack(image, "count_cells")
+    npf.check_connectivity(connectivity, "count_cells")
     labels = np.zeros(arr.shape, dtype=np.int32)
     rows = []
-    fp = npf.disk(opening_radius) if opening_radius > 0 else None
+    fp = npf.disk(opening_radius, dtype=bool) if opening_radius > 0 else None
+    label_conn = min(connectivity, 2)
     for z in range(arr.shape[0]):
         plane = arr[z]
         if threshold == "otsu":
@@ -58,17 +61,19 @@ def count_cells(
             raise ValueError(
                 f"count_cells: threshold must be 'otsu' or a number, got {threshold!r}"
             )
-        mask = (plane > value)[np.newaxis]
+        # the plain per-plane kernels, not the decorated stack functions (see _numpy.py)
+        mask = plane > value
         if fp is not None:
-            mask = npf.binary_opening(mask, fp)
+            mask = npf.open_plane(mask, fp)
         if fill:
-            mask = npf.fill_holes(mask)
+            mask = npf.fill_plane(mask)
         if min_size > 1:
-            mask = npf.remove_small_objects(mask, min_size, connectivity=connectivity)
-        lab = npf.label(mask, connectivity=connectivity)[0]
+            mask = npf.remove_small_plane(mask, min_size, connectivity)
+        labels[z] = _label(mask, connectivity=label_conn)
+        lab = labels[z]
         if split_touching and lab.max() > 0:
-            lab = _split(lab, min_distance)
-        labels[z] = lab
+            labels[z] = _split(lab, min_distance)
+            lab = labels[z]
         n = int(lab.max())
         area = float(np.count_nonzero(lab)) / n if n else 0.0
         rows.append(

@@ -71,6 +71,42 @@ def _footprint(footprint: Any, slice_by_slice: bool, func: str) -> np.ndarray:
     return fp
 
 
+# Undecorated array-level kernels shared by the decorated stack functions above/below and
+# by count_cells, which calls them once per plane: going through the decorated functions
+# there would pay memory-type detection, conversion and stacking on every plane.
+
+
+def open_plane(mask: np.ndarray, footprint: np.ndarray) -> np.ndarray:
+    """Binary opening of a boolean array with a boolean footprint of the same rank."""
+    return ndi.binary_opening(mask, structure=footprint)
+
+
+def fill_plane(mask: np.ndarray) -> np.ndarray:
+    """Fill the holes of a boolean array (regions not connected to the border)."""
+    return ndi.binary_fill_holes(mask)
+
+
+def remove_small_plane(x: np.ndarray, min_size: int, connectivity: int) -> np.ndarray:
+    """Drop objects smaller than ``min_size`` from a boolean mask or a label array."""
+    if x.dtype == bool:
+        lab, _ = ndi.label(x, structure=ndi.generate_binary_structure(x.ndim, connectivity))
+    else:
+        lab = x.astype(np.int64, copy=False)
+    if lab.size == 0 or lab.max() == 0:
+        return x.copy()
+    sizes = np.bincount(lab.ravel())
+    keep = sizes >= min_size
+    keep[0] = False
+    kept = keep[lab]
+    return kept if x.dtype == bool else np.where(kept, x, 0).astype(x.dtype)
+
+
+def check_connectivity(connectivity: int, func: str) -> None:
+    """Raise ``ValueError`` unless ``connectivity`` is 1, 2 or 3."""
+    if connectivity not in (1, 2, 3):
+        raise ValueError(f"{func}: connectivity must be 1, 2 or 3, got {connectivity!r}")
+
+
 @mem.numpy(dtype_policy="native")
 def gaussian_filter(
     image: Any, sigma: float = 1.0, *, slice_by_slice: bool = True, truncate: float = 4.0
@@ -158,8 +194,8 @@ def binary_opening(image: Any, footprint: Any = None, *, slice_by_slice: bool = 
     arr = check_stack(image, "binary_opening").astype(bool, copy=False)
     fp = _footprint(footprint, slice_by_slice, "binary_opening")
     if slice_by_slice:
-        return np.stack([ndi.binary_opening(p, structure=fp) for p in arr]) if len(arr) else arr
-    return ndi.binary_opening(arr, structure=fp)
+        return np.stack([open_plane(p, fp) for p in arr]) if len(arr) else arr
+    return open_plane(arr, fp)
 
 
 @mem.numpy(dtype_policy="native")
@@ -188,8 +224,8 @@ def fill_holes(image: Any, *, slice_by_slice: bool = True) -> np.ndarray:
     """Fill background regions not connected to the image border."""
     arr = check_stack(image, "fill_holes").astype(bool, copy=False)
     if slice_by_slice:
-        return np.stack([ndi.binary_fill_holes(p) for p in arr]) if len(arr) else arr
-    return ndi.binary_fill_holes(arr)
+        return np.stack([fill_plane(p) for p in arr]) if len(arr) else arr
+    return fill_plane(arr)
 
 
 @mem.numpy(dtype_policy="native")
@@ -202,23 +238,13 @@ def remove_small_objects(
     labels set to 0.
     """
     arr = check_stack(image, "remove_small_objects")
-
-    def clean(x: np.ndarray) -> np.ndarray:
-        if x.dtype == bool:
-            lab, _ = ndi.label(x, structure=ndi.generate_binary_structure(x.ndim, connectivity))
-        else:
-            lab = x.astype(np.int64, copy=False)
-        if lab.size == 0 or lab.max() == 0:
-            return x.copy()
-        sizes = np.bincount(lab.ravel())
-        keep = sizes >= min_size
-        keep[0] = False
-        kept = keep[lab]
-        return kept if x.dtype == bool else np.where(kept, x, 0).astype(x.dtype)
-
     if slice_by_slice:
-        return np.stack([clean(p) for p in arr]) if len(arr) else arr.copy()
-    return clean(arr)
+        return (
+            np.stack([remove_small_plane(p, min_size, connectivity) for p in arr])
+            if len(arr)
+            else arr.copy()
+        )
+    return remove_small_plane(arr, min_size, connectivity)
 
 
 @mem.numpy(dtype_policy="native")
@@ -230,8 +256,7 @@ def label(image: Any, connectivity: int = 1, *, slice_by_slice: bool = True) -> 
     from skimage.measure import label as _label
 
     arr = check_stack(image, "label")
-    if connectivity not in (1, 2, 3):
-        raise ValueError(f"label: connectivity must be 1, 2 or 3, got {connectivity!r}")
+    check_connectivity(connectivity, "label")
     if slice_by_slice:
         conn = min(connectivity, 2)
         out = np.zeros(arr.shape, dtype=np.int32)

@@ -68,3 +68,29 @@ def test_count_cells_matches_direct_scipy_skimage(
 def test_count_cells_rejects_bad_connectivity() -> None:
     with pytest.raises(ValueError, match="connectivity"):
         count_cells(_synthetic_stack(0), connectivity=4)
+
+
+def test_measure_objects_matches_direct_regionprops_table() -> None:
+    import pandas as pd
+    from skimage.measure import regionprops_table
+
+    from hcsflow.functions import measure_objects
+
+    stack = _synthetic_stack(3).astype(np.float32)
+    masks = _reference(stack, 20, 1, 1)
+    masks[1] = 0  # a plane without objects contributes no rows
+    props = ("label", "area", "centroid", "intensity_mean", "intensity_max")
+    props += ("eccentricity", "solidity")
+    frames = []
+    for z in range(stack.shape[0]):
+        frame = pd.DataFrame(
+            regionprops_table(masks[z], intensity_image=stack[z], properties=props)
+        )
+        frame.insert(0, "slice_index", z)
+        frames.append(frame)
+    expected = pd.concat(frames, ignore_index=True).rename(
+        columns={"centroid-0": "centroid_y", "centroid-1": "centroid_x"}
+    )
+    _, table = measure_objects(stack, masks)
+    assert len(table) == int(masks[0].max() + masks[2].max()) > 0
+    pd.testing.assert_frame_equal(table, expected, check_exact=True)

@@ -145,16 +145,14 @@ def measure_objects(image: Any, masks: Any) -> tuple[np.ndarray, Any]:
         raise ValueError(
             f"measure_objects: masks shape {lab.shape} differs from image shape {arr.shape}"
         )
-    frames = []
-    for z in range(arr.shape[0]):
-        table = regionprops_table(
+    # one DataFrame from concatenated columns: a frame per plane plus pd.concat costs more
+    # than the measurements of a small plane
+    tables = [
+        regionprops_table(
             lab[z].astype(np.int32, copy=False), intensity_image=arr[z], properties=_PROPERTIES
         )
-        frame = pd.DataFrame(table).rename(
-            columns={"centroid-0": "centroid_y", "centroid-1": "centroid_x"}
-        )
-        frame.insert(0, "slice_index", z)
-        frames.append(frame)
+        for z in range(arr.shape[0])
+    ]
     columns = [
         "slice_index",
         "label",
@@ -166,5 +164,15 @@ def measure_objects(image: Any, masks: Any) -> tuple[np.ndarray, Any]:
         "eccentricity",
         "solidity",
     ]
-    df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
+    if not tables:
+        return arr, pd.DataFrame(columns=columns)
+    data = {
+        "slice_index": np.concatenate(
+            [np.full(len(t["label"]), z, dtype=np.int64) for z, t in enumerate(tables)]
+        )
+    }
+    for key in tables[0]:
+        name = {"centroid-0": "centroid_y", "centroid-1": "centroid_x"}.get(key, key)
+        data[name] = np.concatenate([t[key] for t in tables])
+    df = pd.DataFrame(data)
     return arr, df[columns]

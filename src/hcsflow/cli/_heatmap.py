@@ -9,19 +9,9 @@ from pathlib import Path
 
 import numpy as np
 
-from hcsflow.storage.plate import parse_well, row_name
+from hcsflow.storage.plate import PLATE_FORMATS, parse_well, row_name
 
-__all__ = ["plate_heatmap", "PLATE_SHAPES"]
-
-PLATE_SHAPES = {
-    6: (2, 3),
-    12: (3, 4),
-    24: (4, 6),
-    48: (6, 8),
-    96: (8, 12),
-    384: (16, 24),
-    1536: (32, 48),
-}
+__all__ = ["plate_heatmap"]
 
 # viridis, sampled at 9 points
 _VIRIDIS = np.array(
@@ -52,7 +42,7 @@ def _colour(t: float) -> tuple[int, int, int]:
 def _plate_shape(values: Mapping[str, float]) -> tuple[int, int]:
     rows = max(parse_well(w).row for w in values) + 1
     cols = max(parse_well(w).column for w in values) + 1
-    for _, (r, c) in sorted(PLATE_SHAPES.items()):
+    for _, (r, c) in sorted(PLATE_FORMATS.items()):
         if rows <= r and cols <= c:
             return r, c
     return rows, cols

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from hcsflow.errors import ConfigurationError
+from hcsflow.storage.plate import PLATE_FORMATS
 
 __all__ = ["ZarrConfig", "COMPRESSORS"]
 
@@ -196,15 +197,3 @@ class ZarrConfig:
             numcodecs.Blosc.BITSHUFFLE if name.startswith("blosc-") else (numcodecs.Blosc.SHUFFLE)
         )
         return {"compressors": numcodecs.Blosc(cname=cname, clevel=level, shuffle=shuffle)}
-
-
-#: standard plate formats: wells -> (rows, columns)
-PLATE_FORMATS: dict[int, tuple[int, int]] = {
-    6: (2, 3),
-    12: (3, 4),
-    24: (4, 6),
-    48: (6, 8),
-    96: (8, 12),
-    384: (16, 24),
-    1536: (32, 48),
-}

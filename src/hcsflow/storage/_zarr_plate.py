@@ -51,7 +51,7 @@ from hcsflow.errors import (
     ZarrError,
 )
 from hcsflow.storage import _ome
-from hcsflow.storage._zarr_config import PLATE_FORMATS, ZarrConfig
+from hcsflow.storage._zarr_config import ZarrConfig
 from hcsflow.storage._zarr_io import (
     BACKEND,
     Location,
@@ -60,7 +60,7 @@ from hcsflow.storage._zarr_io import (
     location,
     store_errors,
 )
-from hcsflow.storage.plate import WellPosition, parse_well, row_index, row_name
+from hcsflow.storage.plate import PLATE_FORMATS, WellPosition, parse_well, row_index, row_name
 
 __all__ = [
     "PlateInfo",

@@ -17,6 +17,7 @@ from hcsflow.errors import PlateLayoutError
 __all__ = [
     "MAX_ROWS",
     "MAX_COLUMNS",
+    "PLATE_FORMATS",
     "ImageCoordinates",
     "PlateLayout",
     "WellPosition",
@@ -27,6 +28,17 @@ __all__ = [
 
 MAX_ROWS = 32  # 1536-well plate: 32 rows x 48 columns
 MAX_COLUMNS = 48
+
+#: standard plate formats: wells -> (rows, columns)
+PLATE_FORMATS: dict[int, tuple[int, int]] = {
+    6: (2, 3),
+    12: (3, 4),
+    24: (4, 6),
+    48: (6, 8),
+    96: (8, 12),
+    384: (16, 24),
+    1536: (32, 48),
+}
 
 _WELL_RE = re.compile(r"^([A-Za-z]{1,2})[_-]?0*(\d{1,3})$")
 

@@ -736,7 +736,10 @@ def list_wells(store: StoreLike, *, storage_options: dict[str, Any] | None = Non
     return list(open_plate(store, storage_options=storage_options).wells)
 
 
-def _image_loc(plate: Location, well: str | WellPosition, field: int) -> tuple[Location, str, int]:
+def _require_well(
+    plate: Location, well: str | WellPosition
+) -> tuple[WellPosition, str, _ome.NodeMeta, str, list[str]]:
+    """(position, key, node, NGFF version, field paths) of an existing well, else NotFound."""
     pos = _well_pos(plate, well)
     key, well_node = _reading_key(plate, pos)
     meta = _read_well_meta(plate, pos, key, well_node)
@@ -747,7 +750,11 @@ def _image_loc(plate: Location, well: str | WellPosition, field: int) -> tuple[L
             backend=BACKEND,
         )
     node, version, wmeta = meta
-    paths = _field_paths(wmeta)
+    return pos, key, node, version, _field_paths(wmeta)
+
+
+def _image_loc(plate: Location, well: str | WellPosition, field: int) -> tuple[Location, str, int]:
+    pos, key, node, version, paths = _require_well(plate, well)
     if not isinstance(field, int) or not 0 <= field < len(paths):
         raise NotFoundError(
             f"well {pos.name} has fields 0..{len(paths) - 1}, not {field!r}: "
@@ -899,17 +906,7 @@ def open_well(
 ) -> WellInfo:
     """Geometry of a well (reads metadata only)."""
     plate = _loc(store, storage_options)
-    pos = _well_pos(plate, well)
-    key, well_node = _reading_key(plate, pos)
-    meta = _read_well_meta(plate, pos, key, well_node)
-    if meta is None:
-        raise NotFoundError(
-            f"no well {pos.name}: store {plate.url!r}",
-            path=f"{plate.url}/{key}",
-            backend=BACKEND,
-        )
-    node, version, wmeta = meta
-    paths = _field_paths(wmeta)
+    pos, key, _, version, paths = _require_well(plate, well)
     img = plate.child(key, paths[0])
     levels, axes, _ = _dataset_paths(img)
     arr = _open_array(img, 0)

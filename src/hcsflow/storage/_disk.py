@@ -76,6 +76,8 @@ _AT_FDCWD = -100
 _RENAME_NOREPLACE = 1
 #: errors meaning "this kernel or file system has no renameat2(RENAME_NOREPLACE)"
 _NOREPLACE_UNSUPPORTED = frozenset({errno.ENOSYS, errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP})
+# what os.link raises on file systems without hard links (or at the link-count limit)
+_NO_HARDLINK = frozenset({errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK})
 
 
 @functools.cache
@@ -548,15 +550,7 @@ class DiskStorageBackend(StorageBackend):
                 return
             if self._rename_noreplace_or_refuse(tmp, real, vp):
                 return
-            try:
-                os.link(tmp, real)
-            except FileExistsError as exc:
-                raise AlreadyExistsError(
-                    "target appeared while writing; not overwritten", path=vp, backend=self.name
-                ) from exc
-            except OSError as exc:
-                if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK):
-                    raise
+            if not self._link_no_clobber(tmp, real, vp):
                 # no hard links on this file system: reserve the name exclusively, then
                 # replace the (empty) reservation with the finished file
                 try:
@@ -687,7 +681,7 @@ class DiskStorageBackend(StorageBackend):
         except FileNotFoundError:
             return None
         except OSError as exc:
-            if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK):
+            if exc.errno not in _NO_HARDLINK:
                 raise
             shutil.copy2(real, backup, follow_symlinks=False)
         return backup
@@ -827,18 +821,27 @@ class DiskStorageBackend(StorageBackend):
             raise AlreadyExistsError("destination exists", path=dvp, backend=self.name)
         os.rename(src, dreal)
 
-    def _move_no_clobber(self, sreal: str, dvp: str, dreal: str) -> None:
+    def _link_no_clobber(self, src: str, dst: str, vp: str) -> bool:
+        """Hard-link ``src`` to the new name ``dst``; ``False`` if the file system can't.
+
+        A name that appeared at ``dst`` meanwhile raises :class:`AlreadyExistsError`.
+        """
         try:
-            os.link(sreal, dreal, follow_symlinks=False)
+            os.link(src, dst, follow_symlinks=False)
         except FileExistsError as exc:
             raise AlreadyExistsError(
-                "destination appeared; not overwritten", path=dvp, backend=self.name
+                "target appeared meanwhile; not overwritten", path=vp, backend=self.name
             ) from exc
         except OSError as exc:
-            if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK):
+            if exc.errno not in _NO_HARDLINK:
                 raise
+            return False
+        return True
+
+    def _move_no_clobber(self, sreal: str, dvp: str, dreal: str) -> None:
+        if not self._link_no_clobber(sreal, dreal, dvp):
             if os.path.lexists(dreal):
-                raise AlreadyExistsError("destination exists", path=dvp, backend=self.name) from exc
+                raise AlreadyExistsError("destination exists", path=dvp, backend=self.name)
             os.rename(sreal, dreal)
             return
         os.unlink(sreal)

@@ -25,6 +25,22 @@ def disk(tmp_path) -> DiskStorageBackend:
     return DiskStorageBackend(tmp_path, fsync=False)
 
 
+class Upper(Codec):
+    """A tiny custom codec: stores text upper-cased."""
+
+    name, extensions, loads_as = "upper", (".up",), "str"
+
+    def prepare(self, data, **options):
+        return data.upper().encode()
+
+    def encode(self, prepared, fh, **options):
+        fh.write(prepared)
+
+    def decode(self, real_path, **options):
+        with open(real_path) as fh:
+            return fh.read()
+
+
 @pytest.mark.parametrize("ext", [".tif", ".tiff", ".TIF", ".npy"])
 @pytest.mark.parametrize("dtype", ["uint8", "uint16", "int16", "float32", "float64", "bool"])
 @pytest.mark.parametrize("shape", [(5, 7), (3, 5, 7)])
@@ -343,19 +359,6 @@ def test_registry_rules() -> None:
     with pytest.raises(ValueError):
         registry.register(registry.for_name("x.tif"))
 
-    class Upper(Codec):
-        name, extensions, loads_as = "upper", (".up",), "str"
-
-        def prepare(self, data, **options):
-            return data.upper().encode()
-
-        def encode(self, prepared, fh, **options):
-            fh.write(prepared)
-
-        def decode(self, real_path, **options):
-            with open(real_path) as fh:
-                return fh.read()
-
     custom = CodecRegistry([Upper()])
     assert custom.extensions() == [".up"]
     with pytest.raises(ValueError):
@@ -364,19 +367,6 @@ def test_registry_rules() -> None:
 
 def test_custom_codec_in_backend(tmp_path) -> None:
     registry = default_codecs()
-
-    class Upper(Codec):
-        name, extensions, loads_as = "upper", (".up",), "str"
-
-        def prepare(self, data, **options):
-            return data.upper().encode()
-
-        def encode(self, prepared, fh, **options):
-            fh.write(prepared)
-
-        def decode(self, real_path, **options):
-            with open(real_path) as fh:
-                return fh.read()
 
     registry.register(Upper())
     backend = DiskStorageBackend(tmp_path, codecs=registry)

@@ -28,8 +28,9 @@ from typing import Any
 import numpy as np
 
 from benchmarks._common import median_time, print_table, write_results
-from hcsflow.storage import ZarrConfig, _ome, open_image, read_well, write_well
+from hcsflow.storage import ZarrConfig, open_image, read_well, write_well
 from hcsflow.storage.plate import parse_well
+from hcsflow.storage.zarr import _ome
 
 WELLS = ["A01", "A02", "B01", "B02"]
 SHAPE = (2, 4, 1024, 1024)  # (c, z, y, x) per well

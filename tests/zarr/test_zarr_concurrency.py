@@ -11,7 +11,7 @@ import threading
 import numpy as np
 
 from hcsflow.storage import finalize_plate, open_plate, read_well, write_well
-from hcsflow.storage.validate import validate_plate
+from hcsflow.storage.zarr.validate import validate_plate
 
 WELLS = ["A01", "A02", "B01", "B07", "C12", "H01", "D05", "E06"]
 
@@ -74,7 +74,8 @@ _CRASHER = textwrap.dedent(
     """
     import os, signal, sys
     import numpy as np
-    from hcsflow.storage import _zarr_plate, write_well
+    from hcsflow.storage import write_well
+    from hcsflow.storage.zarr import _plates as _zarr_plate
     url = sys.argv[1]
     real = _zarr_plate.create_array
     calls = []
@@ -112,7 +113,7 @@ def test_well_published_during_a_plate_write_is_not_dropped(tmp_path, monkeypatc
     # a deterministic interleaving: while A01's writer rewrites the plate metadata from
     # its marker listing, another writer publishes and marks B02 (its own plate update
     # already overwritten); A01's writer must notice the new marker and write again
-    from hcsflow.storage import _zarr_plate
+    from hcsflow.storage.zarr import _plates as _zarr_plate
 
     url = str(tmp_path / "p.zarr")
     real = _zarr_plate._write_plate_meta

@@ -10,12 +10,12 @@ from hcsflow.storage import (
     BackendRegistry,
     FileManager,
     ZarrStorageBackend,
-    _zarr_plate,
     open_plate,
     read_well,
     write_well,
 )
 from hcsflow.storage.plate import ImageCoordinates
+from hcsflow.storage.zarr import _plates as _zarr_plate
 
 
 class _Boom(RuntimeError):
@@ -87,7 +87,7 @@ def test_failed_well_rewrite_keeps_the_previous_well(tmp_path, monkeypatch) -> N
 def test_failed_well_switch_keeps_the_previous_well(tmp_path, monkeypatch) -> None:
     # the new field groups are complete (their metadata written in place) but the
     # well's own metadata write fails: the old version stays published and whole
-    from hcsflow.storage import _ome
+    from hcsflow.storage.zarr import _ome
 
     url = str(tmp_path / "p.zarr")
     old = {0: np.ones((1, 2, 8, 8), np.uint8), 1: np.full((1, 2, 8, 8), 3, np.uint8)}

@@ -16,7 +16,7 @@ from hcsflow.storage import (
     write_well,
 )
 from hcsflow.storage.plate import ImageCoordinates
-from hcsflow.storage.validate import validate_plate
+from hcsflow.storage.zarr.validate import validate_plate
 
 
 def test_plate_round_trip_on_s3(s3_bucket) -> None:

@@ -17,7 +17,7 @@ from hcsflow.storage import (
     write_well,
 )
 from hcsflow.storage.plate import ImageCoordinates
-from hcsflow.storage.validate import validate_plate
+from hcsflow.storage.zarr.validate import validate_plate
 
 
 def test_memory_url_plate_and_backend() -> None:

@@ -11,7 +11,7 @@ import pytest
 
 import zarr
 from hcsflow.storage import ZarrConfig, finalize_plate, write_labels, write_well
-from hcsflow.storage.validate import validate_plate
+from hcsflow.storage.zarr.validate import validate_plate
 
 
 def _plate(path, version: str) -> str:

@@ -362,7 +362,7 @@ def _info(args: argparse.Namespace) -> int:
 
 
 def _validate(args: argparse.Namespace) -> int:
-    from hcsflow.storage.validate import validate_plate
+    from hcsflow.storage.zarr.validate import validate_plate
 
     report = validate_plate(str(Path(args.path).absolute()), deep=args.deep)
     print(report.summary())

@@ -11,11 +11,11 @@ from hcsflow.storage._registry import (
     register_backend,
     storage_registry,
 )
-from hcsflow.storage._zarr import ZarrStorageBackend
-from hcsflow.storage._zarr_config import ZarrConfig
-from hcsflow.storage._zarr_plate import (
+from hcsflow.storage.zarr import (
     PlateInfo,
     WellInfo,
+    ZarrConfig,
+    ZarrStorageBackend,
     finalize_plate,
     list_wells,
     open_image,

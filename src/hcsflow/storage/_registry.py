@@ -115,7 +115,7 @@ def _disk() -> StorageBackend:
 
 
 def _zarr() -> StorageBackend:
-    from hcsflow.storage._zarr import ZarrStorageBackend
+    from hcsflow.storage.zarr import ZarrStorageBackend
 
     return ZarrStorageBackend()
 

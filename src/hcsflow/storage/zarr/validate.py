@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hcsflow.errors import HcsflowError
-from hcsflow.storage import _ome
-from hcsflow.storage._zarr_io import Location, location
+from hcsflow.storage.zarr import _ome
+from hcsflow.storage.zarr._io import Location, location
 
 __all__ = ["PlateReport", "validate_plate"]
 
@@ -270,7 +270,7 @@ def _check_labels(
 
 def _decode_all(loc: Location, key: str, dpath: str, report: PlateReport, fmt: int) -> None:
     import zarr
-    from hcsflow.storage._zarr_plate import read_array
+    from hcsflow.storage.zarr._plates import read_array
 
     try:
         arr = zarr.open_array(store=loc.zarr_store(), mode="r", zarr_format=3 if fmt == 3 else 2)

@@ -24,7 +24,7 @@ generic files, only to find the plate store of plate images.
 **Nothing lost.**  A file's data array has a fresh name on every write; the group's
 ``zarr.json`` is switched to it in one atomic write (``os.replace`` or one PUT) and the
 old array is deleted afterwards, so readers see the old or the new content and a crash
-leaves the old one.  Wells use the same scheme (see :mod:`hcsflow.storage._zarr_plate`).
+leaves the old one.  Wells use the same scheme (see :mod:`hcsflow.storage.zarr._plates`).
 Moves are atomic renames on local disks and copy-then-delete on object stores.
 """
 
@@ -59,8 +59,6 @@ from hcsflow.errors import (
     UnsupportedFormatError,
     ZarrError,
 )
-from hcsflow.storage import _ome
-from hcsflow.storage import _zarr_plate as plates
 from hcsflow.storage._base import Backend, EntryKind, FileInfo, StorageBackend, _check_batch
 from hcsflow.storage._codecs import (
     CodecRefusal,
@@ -69,9 +67,11 @@ from hcsflow.storage._codecs import (
     default_codecs,
     to_host_array,
 )
-from hcsflow.storage._zarr_config import ZarrConfig
-from hcsflow.storage._zarr_io import _LOCAL, META_FILES, Location, location
 from hcsflow.storage.plate import ImageCoordinates, PlateLayout, parse_well
+from hcsflow.storage.zarr import _ome
+from hcsflow.storage.zarr import _plates as plates
+from hcsflow.storage.zarr._config import ZarrConfig
+from hcsflow.storage.zarr._io import _LOCAL, META_FILES, Location, location
 
 __all__ = ["ZarrStorageBackend"]
 
@@ -535,7 +535,7 @@ class ZarrStorageBackend(StorageBackend):
                 path=target.url,
                 backend=self.name,
             )
-        from hcsflow.storage._zarr_io import store_errors
+        from hcsflow.storage.zarr._io import store_errors
 
         with store_errors(target.url):
             arr = zarr.open_array(

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from hcsflow.errors import PlateMetadataError
-from hcsflow.storage._zarr_io import BACKEND, Location
+from hcsflow.storage.zarr._io import BACKEND, Location
 
 __all__ = [
     "NodeMeta",

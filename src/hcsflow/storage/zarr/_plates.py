@@ -50,9 +50,10 @@ from hcsflow.errors import (
     PlateMetadataError,
     ZarrError,
 )
-from hcsflow.storage import _ome
-from hcsflow.storage._zarr_config import ZarrConfig
-from hcsflow.storage._zarr_io import (
+from hcsflow.storage.plate import PLATE_FORMATS, WellPosition, parse_well, row_index, row_name
+from hcsflow.storage.zarr import _ome
+from hcsflow.storage.zarr._config import ZarrConfig
+from hcsflow.storage.zarr._io import (
     BACKEND,
     Location,
     check_bucket,
@@ -60,7 +61,6 @@ from hcsflow.storage._zarr_io import (
     location,
     store_errors,
 )
-from hcsflow.storage.plate import PLATE_FORMATS, WellPosition, parse_well, row_index, row_name
 
 __all__ = [
     "PlateInfo",

@@ -138,8 +138,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _demo(args: argparse.Namespace) -> int:
     from hcsflow.cli._heatmap import plate_heatmap
-    from hcsflow.cli._synthetic import make_synthetic_plate
     from hcsflow.pipeline import GlobalPipelineConfig, VFSConfig, run_pipeline
+    from hcsflow.testing import make_plate
 
     if args.wells < 1 or args.wells > 96:
         print("hcsflow demo: --wells must be between 1 and 96", file=sys.stderr)
@@ -148,7 +148,7 @@ def _demo(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="hcsflow-demo-plate-") as tmp:
         t0 = time.perf_counter()
         area = (args.size / 384) ** 2
-        plate = make_synthetic_plate(
+        plate = make_plate(
             Path(tmp) / "plate",
             args.wells,
             sites=args.sites,

@@ -180,6 +180,8 @@ def test_run_with_a_regex_layout(tmp_path, capsys):
             "threads",
             "--workers",
             "2",
+            "--backend",
+            "disk",
             "--layout",
             r"(?P<well>[A-P]\d\d)-(?P<site>\d+)-(?P<channel>\d+)\.tif",
         ]
@@ -210,8 +212,9 @@ def test_relative_paths_and_output_inside_the_plate(tmp_path, capsys, monkeypatc
     make_plate(tmp_path / "plate", 1, sites=1, size=64, seed=4)
     monkeypatch.chdir(tmp_path)
     pipe = _write_pipeline(tmp_path)
-    assert main(["run", pipe, "plate", "--out", "out", "--executor", "inprocess"]) == 0
+    run = ["--executor", "inprocess", "--backend", "disk"]
+    assert main(["run", pipe, "plate", "--out", "out", *run]) == 0
     assert (tmp_path / "out/images/A01/A01_s1_w1.tif").is_file()
     assert main(["info", "plate"]) == 0
-    assert main(["run", pipe, "plate", "--out", "plate/out", "--executor", "inprocess"]) == 2
+    assert main(["run", pipe, "plate", "--out", "plate/out", *run]) == 2
     assert "inside the plate directory" in capsys.readouterr().err

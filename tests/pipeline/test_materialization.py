@@ -157,6 +157,14 @@ def test_step_level_backend_overrides_the_run_for_every_combination(
         assert (out / "images/A01/A01_s1_w1.tif").is_file()
         kinds = [o["kind"] for o in res.wells[0].outputs]
         assert kinds.count("checkpoint") == 1
+    described = json.loads((out / "manifest.json").read_text())["pipeline"][0]
+    assert described["results_dir"] == "results/count_cells"
+    stores = {
+        "tiff": "images.zarr" if run_backend == "zarr" else None,
+        "step plate": "results/count_cells/images.zarr",
+        "run plate": "images.zarr",
+    }
+    assert described["zarr_store"] == stores[labels]
 
 
 @pytest.mark.parametrize(
@@ -435,9 +443,9 @@ def test_duplicate_step_names_get_distinct_folders(plate, tmp_path):
     run_ok(steps, plate, out, cfg())
     assert (out / "results/smooth_2/A01_v.csv").is_file()
     manifest = json.loads((out / "manifest.json").read_text())
-    assert [s["results_dir"].rsplit("/", 1)[1] for s in manifest["pipeline"]] == [
-        "smooth",
-        "smooth_2",
+    assert [s["results_dir"] for s in manifest["pipeline"]] == [
+        "results/smooth",
+        "results/smooth_2",
     ]
 
 

@@ -507,8 +507,20 @@ def compile_pipeline(
     )
 
 
-def describe_steps(steps: Sequence[StepPlan]) -> list[dict[str, Any]]:
-    """A JSON-ready description of compiled steps (for the manifest)."""
+def describe_steps(
+    steps: Sequence[StepPlan], output_dir: str | None = None
+) -> list[dict[str, Any]]:
+    """A JSON-ready description of compiled steps (for the manifest).
+
+    Folders inside ``output_dir`` are given relative to it: a run is compiled into a
+    staging directory that is renamed when the run is published.
+    """
+
+    def rel(path: str | None) -> str | None:
+        if path is None or output_dir is None or not vpaths.is_relative_to(path, output_dir):
+            return path
+        return vpaths.relative_to(path, output_dir) or "."
+
     out = []
     for s in steps:
         out.append(
@@ -531,10 +543,10 @@ def describe_steps(steps: Sequence[StepPlan]) -> list[dict[str, Any]]:
                     ]
                     for k, chain in s.calls.items()
                 },
-                "results_dir": s.results_dir,
+                "results_dir": rel(s.results_dir),
                 "materialization_backend": s.materialization_backend,
-                "checkpoint": s.checkpoint.directory if s.checkpoint else None,
-                "zarr_store": s.zarr_store,
+                "checkpoint": rel(s.checkpoint.directory) if s.checkpoint else None,
+                "zarr_store": rel(s.zarr_store),
             }
         )
     return out

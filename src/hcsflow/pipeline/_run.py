@@ -569,7 +569,7 @@ def _manifest(
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t_start)),
         "duration_s": duration,
         "plate": plan.plate.summary(),
-        "pipeline": describe_steps(plan.steps),
+        "pipeline": describe_steps(plan.steps, plan.output_dir),
         "config": config_to_dict(plan.config),
         "versions": dict(_versions()),
         "summary": {

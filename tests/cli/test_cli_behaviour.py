@@ -253,6 +253,7 @@ def test_a_broken_pipe_is_quiet(tmp_path, plate) -> None:
             [*cmd, "info", plate], stdout=sink, stderr=subprocess.PIPE, text=True, timeout=60
         )
     assert "Traceback" not in proc.stderr and "BrokenPipeError" not in proc.stderr
+    assert proc.returncode == 141
 
 
 def test_output_inside_the_plate_is_refused(tmp_path, plate, capsys) -> None:

@@ -13,6 +13,7 @@ __all__ = [
     "EXIT_INTERNAL",
     "EXIT_SIGINT",
     "EXIT_SIGTERM",
+    "EXIT_SIGPIPE",
     "EXECUTORS",
     "HelpFormatter",
     "add_command",
@@ -31,6 +32,8 @@ EXIT_INTERNAL = 3
 #: Interrupted by Ctrl-C (SIGINT) or SIGTERM: 128 + the signal number, as shells report it.
 EXIT_SIGINT = 130
 EXIT_SIGTERM = 143
+#: The reader of the output went away (``hcsflow info x | head``), as git and coreutils do.
+EXIT_SIGPIPE = 141
 
 EXECUTORS = ("inprocess", "threads", "processes", "dask")
 

@@ -22,6 +22,7 @@ from hcsflow.cli import _demo, _info, _run, _validate
 from hcsflow.cli._common import (
     EXIT_INTERNAL,
     EXIT_SIGINT,
+    EXIT_SIGPIPE,
     EXIT_USAGE,
     EXIT_WELLS_FAILED,
     HelpFormatter,
@@ -102,10 +103,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     command = f"hcsflow {args.command}"
     try:
-        return int(args.handler(args))
+        status = int(args.handler(args))
+        sys.stdout.flush()  # a closed pipe shows up here, not at interpreter exit
+        return status
     except BrokenPipeError:
         _quiet_broken_pipe()
-        return EXIT_WELLS_FAILED
+        return EXIT_SIGPIPE
     except KeyboardInterrupt as exc:  # Ctrl-C, or the run's own interruption error
         message = describe_error(exc) if str(exc) else "interrupted"
         print(f"{command}: {message}", file=sys.stderr)

@@ -54,7 +54,9 @@ def median_filter(image: Any, size: int = 3, *, slice_by_slice: bool = True) -> 
     if size % 2 != 1:
         raise ValueError(f"the pyclesperanto median_filter needs an odd size, got {size}")
     r = size // 2
-    return cle.median_box(x, radius_x=r, radius_y=r, radius_z=0 if slice_by_slice else r)
+    return cle.median(
+        x, radius_x=r, radius_y=r, radius_z=0 if slice_by_slice else r, connectivity="box"
+    )
 
 
 @mem.pyclesperanto(dtype_policy="native")
@@ -97,16 +99,17 @@ def correct_illumination(image: Any, profile: Any) -> Any:
 
 @mem.pyclesperanto(dtype_policy="native")
 def top_hat(image: Any, radius: int = 15, *, shape: str = "disk") -> Any:
-    """White top-hat plane by plane: ``top_hat_box`` for ``"square"`` (identical to numpy),
-    ``top_hat_sphere`` for ``"disk"`` (pyclesperanto's own disk, which differs from
+    """White top-hat plane by plane: a box element for ``"square"`` (identical to numpy),
+    pyclesperanto's sphere for ``"disk"`` (its own disk, which differs from
     scikit-image's at some rim pixels)."""
     x = _check(image, "top_hat")
     if int(radius) != radius or radius < 0:
         raise ValueError(f"radius must be a non-negative integer, got {radius!r}")
-    if shape == "square":
-        return cle.top_hat_box(x, radius_x=radius, radius_y=radius, radius_z=0)
-    if shape == "disk":
-        return cle.top_hat_sphere(x, radius_x=radius, radius_y=radius, radius_z=0)
+    if shape in ("square", "disk"):
+        connectivity = "box" if shape == "square" else "sphere"
+        return cle.top_hat(
+            x, radius_x=radius, radius_y=radius, radius_z=0, connectivity=connectivity
+        )
     raise ValueError(f"shape must be 'disk' or 'square', got {shape!r}")
 
 
@@ -150,7 +153,7 @@ def threshold_local(
         local = cle.gaussian_blur(x, sigma_x=s, sigma_y=s, sigma_z=s * sz)
     elif method == "mean":
         r = block_size // 2
-        local = cle.mean_box(x, radius_x=r, radius_y=r, radius_z=r * sz)
+        local = cle.mean_filter(x, radius_x=r, radius_y=r, radius_z=r * sz, connectivity="box")
     else:
         raise ValueError(
             f"the pyclesperanto threshold_local supports 'gaussian' and 'mean', got {method!r}"

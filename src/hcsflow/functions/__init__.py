@@ -244,10 +244,15 @@ def list_functions(search: str | None = None) -> list[dict[str, Any]]:
 
     from hcsflow.functions import _catalog
 
+    def plain(sig: inspect.Signature) -> str:
+        # parameter names and defaults; annotations are noise in a listing
+        params = [p.replace(annotation=inspect.Parameter.empty) for p in sig.parameters.values()]
+        return str(sig.replace(parameters=params, return_annotation=inspect.Signature.empty))
+
     def describe(func: Callable[..., Any]) -> tuple[str, str]:
         target = func.load() if isinstance(func, LazyImplementation) else func
         try:
-            sig = str(inspect.signature(target))
+            sig = plain(inspect.signature(target))
         except (TypeError, ValueError):
             sig = "(...)"
         doc = (inspect.getdoc(target) or "").strip().split("\n\n")[0].replace("\n", " ")
@@ -268,7 +273,7 @@ def list_functions(search: str | None = None) -> list[dict[str, Any]]:
         )
     for entry in _catalog.catalog():
         fn = entry.function()
-        sig, doc = str(fn.__signature__), (fn.__doc__ or "").split("\n\n")[0]
+        sig, doc = plain(fn.__signature__), (fn.__doc__ or "").split("\n\n")[0]
         items.append(
             {
                 "name": entry.name,

@@ -179,9 +179,7 @@ def main() -> int:
     lut = np.zeros(int(masks.max()) + 1, np.float32)
     lut[table["label"].to_numpy()] = table["intensity_mean"].to_numpy()
     heat = lut[masks[0]]
-    colour = np.stack([heat, 0.3 * heat, 1.0 - heat / max(heat.max(), 1)], -1) / max(
-        heat.max(), 1
-    )
+    colour = np.stack([heat, 0.3 * heat, 1.0 - heat / max(heat.max(), 1)], -1) / max(heat.max(), 1)
     colour[masks[0] == 0] = 0
     _save(
         "measure_objects",

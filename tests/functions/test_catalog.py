@@ -170,9 +170,7 @@ def test_compile_checks_library_names_and_keyword_arguments(tmp_path) -> None:  
         FunctionStep(func="ndi.gaussian_filter", sigma=1.0),
         FunctionStep(func="skimage.filters.sato", sigmas=[1, 2]),
     ]
-    result = run_pipeline(
-        steps, str(plate), str(tmp_path / "run"), config=_inprocess_config()
-    )
+    result = run_pipeline(steps, str(plate), str(tmp_path / "run"), config=_inprocess_config())
     assert not result.failed
 
 

@@ -53,7 +53,6 @@ from hcsflow.functions._numpy import (
     subtract_background,
     threshold_otsu,
 )
-from hcsflow.functions._segment import estimate_diameter, segment_nuclei
 from hcsflow.functions._registry import (
     KNOWN_MEMORY_TYPES,
     FunctionRegistry,
@@ -62,6 +61,7 @@ from hcsflow.functions._registry import (
     function_registry,
     register_function,
 )
+from hcsflow.functions._segment import estimate_diameter, segment_nuclei
 
 __all__ = [
     "FunctionRegistry",

@@ -91,9 +91,7 @@ def count_cells(
     if method == "segment_nuclei":
         changed = sorted(k for k, v in given.items() if v != _THRESHOLD_DEFAULTS[k])
         if changed:
-            raise ValueError(
-                f"count_cells: {', '.join(changed)} apply to method='threshold' only"
-            )
+            raise ValueError(f"count_cells: {', '.join(changed)} apply to method='threshold' only")
     elif diameter is not None:
         raise ValueError("count_cells: diameter applies to method='segment_nuclei' only")
     planes = range(arr.shape[0])

@@ -59,19 +59,22 @@ class Library:
     excluded_as: str | None = None
 
 
-_SKIMAGE = ("filters", "morphology", "segmentation", "measure", "feature", "exposure")
-_SKIMAGE += ("restoration", "transform")
+_SKIMAGE: tuple[str, ...] = (
+    "filters",
+    "morphology",
+    "segmentation",
+    "measure",
+    "feature",
+    "exposure",
+    "restoration",
+    "transform",
+)
 
 LIBRARIES: tuple[Library, ...] = (
     Library("scipy.ndimage", "scipy.ndimage", "numpy", ("ndi",), "cupyx.scipy.ndimage"),
-    *(
-        Library(f"skimage.{m}", f"skimage.{m}", "numpy", (), f"cucim.skimage.{m}")
-        for m in _SKIMAGE
-    ),
+    *(Library(f"skimage.{m}", f"skimage.{m}", "numpy", (), f"cucim.skimage.{m}") for m in _SKIMAGE),
     Library("pyclesperanto", "pyclesperanto", "pyclesperanto", ("cle",)),
-    Library(
-        "cupyx.scipy.ndimage", "cupyx.scipy.ndimage", "cupy", excluded_as="scipy.ndimage"
-    ),
+    Library("cupyx.scipy.ndimage", "cupyx.scipy.ndimage", "cupy", excluded_as="scipy.ndimage"),
     *(
         Library(f"cucim.skimage.{m}", f"cucim.skimage.{m}", "cupy", excluded_as=f"skimage.{m}")
         for m in _SKIMAGE
@@ -213,9 +216,7 @@ EXCLUDED: dict[str, dict[str, str]] = {
             ),
             "returns descriptors or feature vectors, not an image",
         ),
-        **dict.fromkeys(
-            ("hessian_matrix", "hessian_matrix_eigvals", "structure_tensor"), _SEVERAL
-        ),
+        **dict.fromkeys(("hessian_matrix", "hessian_matrix_eigvals", "structure_tensor"), _SEVERAL),
         "structure_tensor_eigenvalues": "takes tensor components, not an image",
         "corner_foerstner": _SEVERAL,
         "multiscale_basic_features": _STACK,
@@ -331,8 +332,10 @@ def _cle_is_image_function(func: Any) -> bool:
     except (TypeError, ValueError):
         return False
     params = list(sig.parameters.values())
-    return bool(params) and "Array" in str(params[0].annotation) and (
-        "Array" in str(sig.return_annotation)
+    return (
+        bool(params)
+        and "Array" in str(params[0].annotation)
+        and ("Array" in str(sig.return_annotation))
     )
 
 
@@ -423,9 +426,7 @@ def lookup(name: str, registered: Sequence[str] = ()) -> CatalogEntry:
         if attr in entries:
             return entries[attr]
         if attr in excluded:
-            raise KeyError(
-                f"{name!r} is not available as a step function: it {excluded[attr]}"
-            )
+            raise KeyError(f"{name!r} is not available as a step function: it {excluded[attr]}")
         close = difflib.get_close_matches(attr, list(entries), n=3)
         hint = (
             f"; did you mean {', '.join(repr(f'{library.key}.{c}') for c in close)}?"
@@ -592,9 +593,7 @@ class LibraryFunction:
         kind = self.entry.kind
         if kind == "first":
             result = result[0]
-        elif kind == "threshold":
-            return image > result
-        elif kind == "threshold_image":
+        elif kind in ("threshold", "threshold_image"):
             return image > result
         elif kind == "classes":
             if self.entry.memory_type == "cupy":

@@ -168,8 +168,10 @@ class FunctionRegistry:
                 )
         entry = _catalog.lookup(name, registered=self.names())
         order = list(preference)
-        if entry.memory_type == "numpy" and "cupy" in order and (
-            "numpy" not in order or order.index("cupy") < order.index("numpy")
+        if (
+            entry.memory_type == "numpy"
+            and "cupy" in order
+            and ("numpy" not in order or order.index("cupy") < order.index("numpy"))
         ):
             twin = _catalog.gpu_twin(entry)
             if twin is not None:

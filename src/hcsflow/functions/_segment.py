@@ -160,8 +160,6 @@ def _fill_holes(mask: np.ndarray) -> np.ndarray:
     return ndi.binary_fill_holes(mask)
 
 
-
-
 def estimate_diameter(image: np.ndarray, *, anisotropy: float = 1.0, snr: float = 5.0) -> float:
     """Median in-plane diameter (pixels) of single nuclei; ``nan`` if none is found.
 

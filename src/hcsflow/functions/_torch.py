@@ -304,5 +304,7 @@ def threshold_local(
     elif method == "mean":
         local = _box_mean(x, int(block_size))
     else:
-        raise ValueError(f"the torch threshold_local supports 'gaussian' and 'mean', got {method!r}")
+        raise ValueError(
+            f"the torch threshold_local supports 'gaussian' and 'mean', got {method!r}"
+        )
     return x > local - offset

@@ -402,11 +402,11 @@ def nuclei_volume(
         x0, x1 = max(0, int(cx) - h), min(nx, int(cx) + h + 1)
         if z0 >= z1 or y0 >= y1 or x0 >= x1:
             continue
-        dz = (zz[z0:z1] - cz) / rz
+        wz = (zz[z0:z1] - cz) / rz
         dy, dx = yy[:, y0:y1] - cy, xx[:, :, x0:x1] - cx
         u = (dy * np.cos(theta) + dx * np.sin(theta)) / ry
         v = (-dy * np.sin(theta) + dx * np.cos(theta)) / rx
-        d = np.sqrt(dz * dz + u * u + v * v)
+        d = np.sqrt(wz * wz + u * u + v * v)
         wb, wl = best[z0:z1, y0:y1, x0:x1], labels[z0:z1, y0:y1, x0:x1]
         mine = (d <= 1.0) & (d < wb)
         wb[mine] = d[mine]

@@ -324,6 +324,7 @@ def watershed_seeded(
     *,
     threshold: str | float = "otsu",
     compactness: float = 0.0,
+    reference: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Grow each seed (e.g. a nucleus of ``masks``) over the foreground of this image: a
     seeded watershed of the smoothed intensity, as for cells from nuclei.
@@ -331,8 +332,11 @@ def watershed_seeded(
     The foreground is the image above ``threshold`` (a scikit-image method name such as
     ``"otsu"`` or ``"li"``, or a number) plus the seeds themselves; ``compactness`` > 0
     gives more regular regions (compact watershed).  ``masks`` has the image's planes or
-    one plane for all.  Returns the image unchanged and the special output
-    ``cell_masks`` (int32 labels carrying the seeds' label numbers).
+    one plane for all.  ``reference`` (1-based): grow the cells on that plane only (the
+    cell-body channel of a stack of channels) and give its labels to every plane, so that
+    :func:`measure_cells` measures every channel inside the same cells.  Returns the
+    image unchanged and the special output ``cell_masks`` (int32 labels carrying the
+    seeds' label numbers).
     """
     arr = npf.check_stack(image, "watershed_seeded")
     seeds = npf.check_stack(masks, "watershed_seeded (masks)")
@@ -340,10 +344,20 @@ def watershed_seeded(
         raise ValueError(
             f"watershed_seeded: seeds shape {seeds.shape} does not fit image shape {arr.shape}"
         )
+    planes = range(arr.shape[0])
+    if reference is not None:
+        if not 1 <= reference <= arr.shape[0]:
+            raise ValueError(
+                f"watershed_seeded: reference plane {reference} is outside the stack's "
+                f"{arr.shape[0]} planes (1-based)"
+            )
+        planes = range(reference - 1, reference)
     out = np.zeros(arr.shape, dtype=np.int32)
-    for z in range(arr.shape[0]):
+    for z in planes:
         plane_seeds = seeds[0] if seeds.shape[0] == 1 else seeds[z]
         out[z] = _hcs.grow_seeds(arr[z], plane_seeds, threshold, compactness)
+    if reference is not None:
+        out[:] = out[reference - 1]
     return arr, out
 
 

@@ -72,6 +72,8 @@ def test_unknown_excluded_and_ambiguous_names_explain_themselves() -> None:
         resolve("sobel")
     with pytest.raises(KeyError, match="did you mean"):
         resolve("satoo")
+    with pytest.raises(KeyError, match="skimage.measure.regionprops returns measurements"):
+        resolve("regionprops")
     with pytest.raises(KeyError, match="not installed"):
         if "cupy" in sys.modules or _has("cupy"):
             pytest.skip("cupy is installed here")

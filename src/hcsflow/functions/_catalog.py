@@ -437,6 +437,10 @@ def lookup(name: str, registered: Sequence[str] = ()) -> CatalogEntry:
     table = _INDEX.short_names()
     found = table.get(name)
     if not found:
+        excluded = {q: r for q, r in excluded_functions().items() if q.endswith(f".{name}")}
+        if excluded:
+            reasons = "; ".join(f"{q} {r}" for q, r in sorted(excluded.items()))
+            raise KeyError(f"{name!r} is not available as a step function: {reasons}")
         raise KeyError(unknown_message(name, registered))
     distinct = {id(_target(e)): e for e in found if e.library.memory_type != "cupy"}
     if not distinct:

@@ -39,6 +39,7 @@ from hcsflow.functions._hcs import (
     watershed_distance,
 )
 from hcsflow.functions._numpy import (
+    astype,
     binary_closing,
     binary_opening,
     disk,
@@ -70,6 +71,7 @@ __all__ = [
     "LazyImplementation",
     "Resolution",
     "aggregate_wells",
+    "astype",
     "binary_closing",
     "binary_opening",
     "correct_illumination",
@@ -155,6 +157,7 @@ _NUMPY_FUNCTIONS: dict[str, Callable[..., Any]] = {
     "count_cells": count_cells,
     "measure_objects": measure_objects,
     "segment_nuclei": segment_nuclei,
+    "astype": astype,
     "correct_illumination": correct_illumination,
     "rolling_ball": rolling_ball,
     "top_hat": top_hat,

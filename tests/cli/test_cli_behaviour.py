@@ -55,7 +55,7 @@ def test_version_names_the_package_and_where_it_is() -> None:
     assert str(Path(hcsflow.__file__).parent) in out.stdout and "Python 3." in out.stdout
 
 
-@pytest.mark.parametrize("command", ["demo", "run", "info", "validate"])
+@pytest.mark.parametrize("command", ["demo", "run", "info", "validate", "functions"])
 def test_every_subcommand_help_has_a_description_and_examples(command, capsys) -> None:
     with pytest.raises(SystemExit) as info:
         main([command, "--help"])

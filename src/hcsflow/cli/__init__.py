@@ -1,4 +1,4 @@
-"""The ``hcsflow`` command line: ``demo``, ``run``, ``info``, ``validate``.
+"""The ``hcsflow`` command line: ``demo``, ``run``, ``info``, ``validate``, ``functions``.
 
 See ``docs/cli.md``.
 """

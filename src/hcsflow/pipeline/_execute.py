@@ -67,17 +67,29 @@ class WellResult:
         return dict(self.__dict__)
 
 
-def well_registry(*, fsync: bool = True) -> BackendRegistry:
+def well_registry(
+    *, fsync: bool = True, backends: dict[str, StorageBackend] | None = None
+) -> BackendRegistry:
     """A fresh registry for one well: its own memory backend, plus disk.
 
-    OME-Zarr images and labels are written with the storage layer's plate helpers, which
-    place them by well and field rather than by file path.
+    ``backends`` replaces that default set (a run's ``WellSink`` gives the output's
+    backend, which may be an object store).  OME-Zarr images and labels are written with
+    the storage layer's plate helpers, which place them by well and field rather than by
+    file path.
     """
-    backends: dict[str, StorageBackend] = {
-        Backend.MEMORY.value: MemoryStorageBackend(),
-        Backend.DISK.value: DiskStorageBackend(fsync=fsync),
-    }
+    if backends is None:
+        backends = {
+            Backend.MEMORY.value: MemoryStorageBackend(),
+            Backend.DISK.value: DiskStorageBackend(fsync=fsync),
+        }
     return BackendRegistry(backends)
+
+
+def _zarr_target(plan: WellPlan, store: str) -> tuple[str, dict[str, Any] | None]:
+    """(local path or URL, fsspec options) of a zarr store named by its virtual path."""
+    if plan.output is None:
+        return store, None
+    return plan.output.store_url(store), plan.output.storage_options
 
 
 class _Well:
@@ -86,7 +98,10 @@ class _Well:
     def __init__(self, plan: WellPlan, result: WellResult):
         self.plan = plan
         self.result = result
-        self.registry = well_registry(fsync=plan.fsync)
+        self.registry = well_registry(
+            fsync=plan.fsync,
+            backends=plan.output.backends() if plan.output is not None else None,
+        )
         self.fm = FileManager(self.registry)
         self.mem = Backend.MEMORY.value
         self.root = f"/{plan.well}"
@@ -429,14 +444,16 @@ def _stage(
 
 def _materialize_all(state: _Well) -> None:
     """Phase 2: run every declared materializer on its staged value (after the images)."""
+    store, storage_options = _zarr_target(state.plan, state.plan.images_dir)
     for step, skey, materializer, mem_path, vpath, label, members, where in state.pending:
         mfm = MaterializationFileManager(
             state.registry,
             materialization_backend=step.materialization_backend,
             well=state.plan.well,
-            zarr_store=state.plan.images_dir,
+            zarr_store=store,
             zarr_config=state.plan.zarr_config,
             slice_coords=tuple(members),
+            storage_options=storage_options,
         )
         data = state.fm.load(mem_path, state.mem)
         name = getattr(materializer, "__name__", repr(materializer))
@@ -486,7 +503,15 @@ def _save_images(state: _Well, backend: str, directory: str, what: str) -> int:
     if backend == Backend.ZARR.value:
         from hcsflow.pipeline._zarr_out import write_well_zarr
 
-        write_well_zarr(directory, state.plan.well, coords, arrays, state.plan.zarr_config)
+        store, storage_options = _zarr_target(state.plan, directory)
+        write_well_zarr(
+            store,
+            state.plan.well,
+            coords,
+            arrays,
+            state.plan.zarr_config,
+            storage_options=storage_options,
+        )
     else:
         well_dir = vpaths.join(directory, state.plan.well)
         state.fm.ensure_directory(well_dir, backend)

@@ -308,6 +308,11 @@ def _cli(args: list[str], **kw) -> subprocess.Popen:
     )
 
 
+def _finish(p: subprocess.Popen, timeout: float = 120) -> tuple[int, str, str]:
+    out, err = p.communicate(timeout=timeout)
+    return p.returncode, out, err
+
+
 def _wait_for(predicate, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
@@ -343,18 +348,22 @@ def test_client_sigkilled_mid_run_then_resume_equals_clean_run(big_plate, tmp_pa
     pipe = tmp_path / "pipe.py"
     pipe.write_text(PIPELINE_FILE.format(seconds=0.4))
     clean = tmp_path / "clean"
-    p = _cli(["run", str(pipe), big_plate.root, "--out", str(clean), "--workers", "2"])
-    assert p.wait(120) == 0, p.stderr.read()
+    code, _, err = _finish(
+        _cli(["run", str(pipe), big_plate.root, "--out", str(clean), "--workers", "2"])
+    )
+    assert code == 0, err
     out = tmp_path / "o"
     p = _cli(["run", str(pipe), big_plate.root, "--out", str(out), "--workers", "2"])
     _wait_for(lambda: _committed(out) >= 2)
     workers = _descendants(p.pid)
     os.kill(p.pid, signal.SIGKILL)
-    p.wait(10)
+    _finish(p, 10)
     assert _all_gone(workers, timeout=15) == []  # orphans notice and exit
     assert 2 <= _committed(out) < 8 and not (out / "manifest.json").exists()
-    p = _cli(["run", str(pipe), big_plate.root, "--out", str(out), "--workers", "2"])
-    assert p.wait(120) == 2 and "interrupted run" in p.stderr.read()
+    code, _, err = _finish(
+        _cli(["run", str(pipe), big_plate.root, "--out", str(out), "--workers", "2"])
+    )
+    assert code == 2 and "interrupted run" in err
     p = _cli(["run", str(pipe), big_plate.root, "--out", str(out), "--workers", "2", "--resume"])
     stdout, stderr = p.communicate(timeout=120)
     assert p.returncode == 0, stderr
@@ -388,9 +397,8 @@ def test_signal_stops_every_process_with_one_line(big_plate, tmp_path, signum, c
     n = _committed(out)
     assert 1 <= n < 8
     # the next run into the same place reports the partial output
-    p2 = _cli(["run", str(pipe), big_plate.root, "--out", str(out)])
-    assert p2.wait(60) == 2
-    assert f"interrupted run ({n} of 8 wells committed)" in p2.stderr.read()
+    code, _, err = _finish(_cli(["run", str(pipe), big_plate.root, "--out", str(out)]), 60)
+    assert code == 2 and f"interrupted run ({n} of 8 wells committed)" in err
 
 
 def test_readme_example_runs_as_a_plain_script(tmp_path):

@@ -20,10 +20,12 @@ import importlib.util
 import multiprocessing
 import multiprocessing.context as mp_context
 import os
+import select
 import signal
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -108,10 +110,38 @@ def import_pipeline_file(p: Path) -> Any:
     return module
 
 
-def _worker_init(preload: Sequence[str]) -> None:
+def _watch_client(pid: int) -> None:
+    """Exit this worker as soon as the process that started the run is gone.
+
+    A pool worker blocks reading its task queue, whose write end every worker holds
+    too, so it would never see the caller die (SIGKILL, a crash): it would wait, or run
+    queued wells, forever.  An uncommitted well it leaves is run again on resume.
+    """
+    try:
+        fd = os.pidfd_open(pid)
+    except (AttributeError, OSError):
+        fd = None
+    if fd is not None:
+        select.select([fd], [], [])  # readable once the process has exited
+    else:
+        while True:
+            time.sleep(0.5)
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                break
+            except PermissionError:
+                continue
+    os._exit(1)
+
+
+def _worker_init(preload: Sequence[str], client_pid: int) -> None:
     # Ctrl-C reaches the whole process group; the parent shuts the workers down itself,
     # so a worker must not die half-way through a write with a traceback of its own
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    threading.Thread(
+        target=_watch_client, args=(client_pid,), daemon=True, name="hcsflow-watch-client"
+    ).start()
     for f in preload:
         import_pipeline_file(Path(f))
 
@@ -321,7 +351,7 @@ class _ProcessPool(WellPool):
             max_workers=workers,
             mp_context=_process_context(),
             initializer=_worker_init,
-            initargs=(self.preload,),
+            initargs=(self.preload, os.getpid()),
         )
 
     def _pid_file(self, key: str) -> str:

@@ -214,11 +214,11 @@ class _SpawnWorker(mp_context.SpawnProcess):
 
 
 class _ForkServerContext(mp_context.ForkServerContext):
-    Process = _ForkServerWorker  # type: ignore[assignment]
+    Process = _ForkServerWorker
 
 
 class _SpawnContext(mp_context.SpawnContext):
-    Process = _SpawnWorker  # type: ignore[assignment]
+    Process = _SpawnWorker
 
 
 def _process_context() -> Any:

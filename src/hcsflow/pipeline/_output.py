@@ -293,7 +293,7 @@ class WellSink:
                 self._disk = _TrackingFsspec(self.root.url, self.root.storage_options)
             else:
                 self._disk = _TrackingDisk(fsync=self.fsync)
-        return self._disk  # type: ignore[no-any-return]
+        return self._disk
 
     def backends(self) -> dict[str, StorageBackend]:
         """The well's registry: a fresh memory backend, the output, the plate if separate."""

@@ -283,7 +283,7 @@ def _prepare(
                 f"nothing to resume: {root.url!r} holds no run (drop --resume/--rerun-failed "
                 f"to start one)"
             )
-        record = {
+        record: dict[str, Any] | None = {
             "hcsflow_run": 1,
             "run_id": uuid.uuid4().hex,
             "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -291,6 +291,7 @@ def _prepare(
             "wells": [w.well for w in plan.wells],
             "fingerprint": fp,
         }
+        assert record is not None
         write_json(root, RUN_RECORD, record, fsync=bool(plan.config.vfs and plan.config.vfs.fsync))
         return "new", record
     record = read_run_record(root)

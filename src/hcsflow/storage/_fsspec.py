@@ -526,9 +526,9 @@ class FsspecStorageBackend(StorageBackend):
         try:
             _gather([self._executor().submit(put, i) for i in range(len(plans))])
         except BaseException:
-            for real in created:
-                if real is not None:
-                    self._rm(real)
+            for made in created:
+                if made is not None:
+                    self._rm(made)
             raise
 
     def load_batch(self, paths: Sequence[vpaths.PathLike], **options: Any) -> list[Any]:

@@ -213,7 +213,7 @@ def fingerprint(plan: RunPlan) -> dict[str, Any]:
 
     Two runs with equal fingerprints produce the same outputs; a resume requires it.
     """
-    steps = describe_steps(plan.steps)
+    steps = describe_steps(plan.steps, plan.output_dir)
     for desc, step in zip(steps, plan.steps, strict=True):
         for key, chain in step.calls.items():
             for fdesc, call in zip(desc["functions"][str(key)], chain, strict=True):

@@ -10,6 +10,7 @@ raised, so one bad well does not stop the others.
 
 from __future__ import annotations
 
+import functools
 import time
 import traceback
 from collections.abc import Callable
@@ -36,6 +37,7 @@ from hcsflow.storage import (
     FileManager,
     MemoryStorageBackend,
     StorageBackend,
+    ZarrStorageBackend,
 )
 from hcsflow.storage.plate import ImageCoordinates
 
@@ -67,27 +69,25 @@ class WellResult:
         return dict(self.__dict__)
 
 
-def well_registry(
-    *, fsync: bool = True, backends: dict[str, StorageBackend] | None = None
-) -> BackendRegistry:
-    """A fresh registry for one well: its own memory backend, plus disk.
+def well_registry(*, fsync: bool = True, zarr_config: Any = None) -> BackendRegistry:
+    """A fresh registry for one well: its own memory backend, plus disk and zarr.
 
-    ``backends`` replaces that default set (a run's ``WellSink`` gives the output's
-    backend, which may be an object store).  OME-Zarr images and labels are written with
-    the storage layer's plate helpers, which place them by well and field rather than by
-    file path.
+    Every backend a materializer may name is there (``filemanager.save(..., "zarr")``
+    included); zarr is created on first use, with the run's ``ZarrConfig``.  OME-Zarr
+    images and labels are written with the storage layer's plate helpers, which place
+    them by well and field rather than by file path.
     """
-    if backends is None:
-        backends = {
-            Backend.MEMORY.value: MemoryStorageBackend(),
-            Backend.DISK.value: DiskStorageBackend(fsync=fsync),
-        }
-    return BackendRegistry(backends)
+    backends: dict[str, StorageBackend] = {
+        Backend.MEMORY.value: MemoryStorageBackend(),
+        Backend.DISK.value: DiskStorageBackend(fsync=fsync),
+    }
+    zarr = functools.partial(ZarrStorageBackend, config=zarr_config)
+    return BackendRegistry(backends, factories={Backend.ZARR.value: zarr})
 
 
-def _zarr_target(plan: WellPlan, store: str) -> tuple[str, dict[str, Any] | None]:
+def _zarr_target(plan: WellPlan, store: str | None) -> tuple[str | None, dict[str, Any] | None]:
     """(local path or URL, fsspec options) of a zarr store named by its virtual path."""
-    if plan.output is None:
+    if plan.output is None or store is None:
         return store, None
     return plan.output.store_url(store), plan.output.storage_options
 
@@ -98,9 +98,10 @@ class _Well:
     def __init__(self, plan: WellPlan, result: WellResult):
         self.plan = plan
         self.result = result
-        self.registry = well_registry(
-            fsync=plan.fsync,
-            backends=plan.output.backends() if plan.output is not None else None,
+        self.registry = (
+            plan.output.registry(plan.zarr_config)
+            if plan.output is not None
+            else well_registry(fsync=plan.fsync, zarr_config=plan.zarr_config)
         )
         self.fm = FileManager(self.registry)
         self.mem = Backend.MEMORY.value
@@ -291,6 +292,10 @@ def _run_step(state: _Well, step: StepPlan) -> None:
         state.fm.delete_all(d, state.mem)
     if step.checkpoint is not None and step.checkpoint.config.applies_to(state.plan.well):
         _write_checkpoint(state, step)
+    if step.writes_zarr_store:
+        assert step.zarr_store is not None
+        # recorded as a checkpoint: the step's images as it left them, finalized with the rest
+        _save_images(state, Backend.ZARR.value, step.zarr_store, "checkpoint")
 
 
 def _chain_for(
@@ -443,9 +448,16 @@ def _stage(
 
 
 def _materialize_all(state: _Well) -> None:
-    """Phase 2: run every declared materializer on its staged value (after the images)."""
-    store, storage_options = _zarr_target(state.plan, state.plan.images_dir)
+    """Phase 2: run every declared materializer on its staged value (after the images).
+
+    The step's results folder exists on disk before its first materializer runs.
+    """
+    ready: set[str] = set()
     for step, skey, materializer, mem_path, vpath, label, members, where in state.pending:
+        store, storage_options = _zarr_target(state.plan, step.zarr_store)
+        if step.results_dir not in ready:
+            state.fm.ensure_directory(step.results_dir, Backend.DISK.value)
+            ready.add(step.results_dir)
         mfm = MaterializationFileManager(
             state.registry,
             materialization_backend=step.materialization_backend,
@@ -504,6 +516,7 @@ def _save_images(state: _Well, backend: str, directory: str, what: str) -> int:
         from hcsflow.pipeline._zarr_out import write_well_zarr
 
         store, storage_options = _zarr_target(state.plan, directory)
+        assert store is not None
         write_well_zarr(
             store,
             state.plan.well,

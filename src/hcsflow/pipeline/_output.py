@@ -15,6 +15,7 @@ well left there, so a retried well is idempotent.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import os
 import shutil
@@ -26,10 +27,12 @@ from hcsflow import paths as vpaths
 from hcsflow.errors import AlreadyExistsError
 from hcsflow.storage import (
     Backend,
+    BackendRegistry,
     DiskStorageBackend,
     FsspecStorageBackend,
     MemoryStorageBackend,
     StorageBackend,
+    ZarrStorageBackend,
 )
 from hcsflow.storage._fsspec import is_url
 
@@ -295,15 +298,25 @@ class WellSink:
                 self._disk = _TrackingDisk(fsync=self.fsync)
         return self._disk
 
-    def backends(self) -> dict[str, StorageBackend]:
-        """The well's registry: a fresh memory backend, the output, the plate if separate."""
+    def registry(self, zarr_config: Any = None) -> BackendRegistry:
+        """The well's registry: a fresh memory backend, the output's files (``disk``) and
+        zarr (created on first use, rooted at the output), and the plate if separate."""
         out: dict[str, StorageBackend] = {
             Backend.MEMORY.value: MemoryStorageBackend(),
             Backend.DISK.value: self.disk(),  # type: ignore[dict-item]
         }
         if self.plate is not None:
             out[INPUT_BACKEND] = plate_location(self.plate, self.plate_options)
-        return out
+        if self.root.remote:
+            zarr = functools.partial(
+                ZarrStorageBackend,
+                self.root.url,
+                storage_options=self.root.storage_options,
+                config=zarr_config,
+            )
+        else:
+            zarr = functools.partial(ZarrStorageBackend, config=zarr_config)
+        return BackendRegistry(out, factories={Backend.ZARR.value: zarr})
 
     @property
     def storage_options(self) -> dict[str, Any] | None:

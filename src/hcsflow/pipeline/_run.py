@@ -474,6 +474,10 @@ class _Session:
             cp = step.checkpoint
             if cp is not None and cp.backend == Backend.ZARR.value:
                 stores.add(self.root.rel(cp.directory))
+            if step.zarr_store is not None and (
+                step.writes_zarr_store or step.materialization_backend == Backend.ZARR.value
+            ):
+                stores.add(self.root.rel(step.zarr_store))
         return tuple(sorted(stores))
 
     def plan_wells(
@@ -758,6 +762,8 @@ def _consolidate(results: list[WellResult], root: OutputRoot, fsync: bool) -> di
     Rows come in plate order: wells as the plate lists them, then each well's groups,
     then each table's own rows.  Tables with identical headers (the usual case: one
     function made them all) are joined as text; otherwise pandas aligns the columns.
+    Only CSV files are joined: a table a materializer wrote into a zarr hierarchy (a zarr
+    group named ``*.csv``) stays per well.
     """
     by_key: dict[str, list[str]] = {}
     for r in results:  # results are in plate order
@@ -770,8 +776,10 @@ def _consolidate(results: list[WellResult], root: OutputRoot, fsync: bool) -> di
     backend = root.backend(fsync=fsync)
     for key, rels in sorted(by_key.items()):
         with cf.ThreadPoolExecutor(max_workers=8) as pool:
-            raws = list(pool.map(root.read_bytes, rels))
-        texts = [(raw or b"").decode("utf-8") for raw in raws]
+            raws = [raw for raw in pool.map(root.read_bytes, rels) if raw is not None]
+        if not raws:
+            continue
+        texts = [raw.decode("utf-8") for raw in raws]
         headers = {t.split("\n", 1)[0] for t in texts}
         if len(headers) == 1:
             header = headers.pop()
@@ -819,7 +827,7 @@ def _manifest(
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t_start)),
         "duration_s": duration,
         "plate": plan.plate.summary(),
-        "pipeline": describe_steps(plan.steps),
+        "pipeline": describe_steps(plan.steps, plan.output_dir),
         "config": config_to_dict(plan.config),
         "versions": dict(_versions()),
         "executor": executor,

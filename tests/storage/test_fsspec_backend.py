@@ -111,3 +111,12 @@ def test_backend_pickles_by_url(s3_bucket) -> None:
     np.testing.assert_array_equal(clone.load("/a.npy"), np.arange(3))
     with pytest.raises(AlreadyExistsError):
         clone.save(np.arange(3), "/a.npy")
+
+
+def test_missing_bucket_is_an_object_store_error(s3_server) -> None:
+    from hcsflow.errors import ObjectStoreError
+
+    backend = FsspecStorageBackend("s3://no-such-bucket-hcsflow/run", storage_options=s3_server)
+    with pytest.raises(ObjectStoreError, match="no-such-bucket-hcsflow") as info:
+        backend.ensure_directory("/images")
+    assert isinstance(info.value, OSError)

@@ -183,7 +183,9 @@ class FsspecStorageBackend(StorageBackend):
         except HcsflowError:
             raise
         except Exception as exc:
-            if _is_network_error(exc) or "bucket" in str(exc).lower():
+            text = str(exc).lower()
+            missing_bucket = "bucket" in text and ("not exist" in text or "nosuchbucket" in text)
+            if _is_network_error(exc) or missing_bucket:
                 raise ObjectStoreError(
                     f"object store unreachable or access denied at {where!r}: "
                     f"{type(exc).__name__}: {exc}",

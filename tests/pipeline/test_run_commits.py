@@ -88,7 +88,7 @@ def test_each_well_is_committed_with_checksums(plate, tmp_path):
         rec = json.loads((out / f".hcsflow/wells/{well}.json").read_text())
         assert rec["status"] == "ok" and rec["well"] == well
         assert f"images/{well}/{well}_s1_w1.tif" in rec["files"]
-        assert f"results/01_count_cells/{well}_cell_counts.json" in rec["files"]
+        assert f"results/count_cells/{well}_cell_counts.json" in rec["files"]
         for rel, meta in rec["files"].items():
             import hashlib
 

@@ -454,3 +454,32 @@ def test_plain_script_with_its_own_function_and_process_workers(tmp_path):
     assert done.returncode == 0, done.stderr
     assert "ok True []" in done.stdout
     assert done.stdout.count("script body runs in") == 1  # never re-run by a worker
+
+
+def _dies_on_bright(stack):
+    if stack.mean() > 0:
+        os.kill(os.getpid(), signal.SIGKILL)
+    time.sleep(0.3)
+    return stack
+
+
+def test_a_local_worker_that_dies_fails_its_well_by_name(tmp_path):
+    root = tmp_path / "p"
+    root.mkdir()
+    for w, v in (("A01", 0), ("A02", 5), ("A03", 0), ("A04", 0)):
+        tifffile.imwrite(root / f"{w}_s1_w1.tif", np.full((8, 8), v, np.uint16))
+    res = run_pipeline(
+        [FunctionStep(func=_dies_on_bright)],
+        str(root),
+        tmp_path / "o",
+        cfg(executor="processes", num_workers=2, retries=1),
+    )
+    status = {w.well: w.status for w in res.wells}
+    assert status == {"A01": "ok", "A02": "failed", "A03": "ok", "A04": "ok"}
+    bad = res.wells[1]
+    assert bad.error_type == "WorkerLost"
+    assert "killed by SIGKILL" in bad.error and "attempt 2" in bad.error
+    assert not (tmp_path / "o/images/A02").exists()
+    assert manifest(tmp_path / "o")["wells"]["A02"]["error_type"] == "WorkerLost"
+    record = json.loads((tmp_path / "o/.hcsflow/wells/A02.json").read_text())
+    assert record["status"] == "failed"  # so that --rerun-failed finds it

@@ -470,16 +470,18 @@ class _DaskPool(WellPool):
         super().__init__(self.client.get_executor(pure=False, retries=retries), workers)
 
     def close(self) -> None:
+        self.executor.shutdown(wait=True)
         self.client.close()
         if self.cluster is not None:
             self.cluster.close()
 
     def kill(self) -> None:
-        with contextlib.suppress(Exception):
-            futures = [f for f in self.client.futures.values()]
-            if futures:
-                self.client.cancel(futures, force=True)
-        self.close()
+        # cancels this run's tasks; a well already running on an existing cluster
+        # finishes there and commits (its record stays valid for a resume)
+        self.executor.shutdown(wait=False)
+        self.client.close()
+        if self.cluster is not None:
+            self.cluster.close()
 
     def describe(self) -> dict[str, Any]:
         return {

@@ -49,6 +49,7 @@ from hcsflow.pipeline._commit import (
     fingerprint_diff,
     read_record,
     read_run_record,
+    record_rel,
     run_well,
     verify_record,
     write_json,
@@ -568,7 +569,22 @@ class _Session:
                 inflight[pool.submit(run_well, task, task.plan.well)] = task
 
         def give_up(task: WellTask, why: str) -> None:
-            results[task.plan.well] = _lost_result(task, why)
+            result = _lost_result(task, why)
+            results[task.plan.well] = result
+            # recorded like any failed well, so that --rerun-failed finds it
+            write_json(
+                self.root,
+                record_rel(task.plan.well),
+                {
+                    "well": task.plan.well,
+                    "run_id": self.run_id,
+                    "attempt": task.attempt,
+                    "status": "failed",
+                    "files": {},
+                    "result": result.to_dict(),
+                },
+                fsync=self.fsync,
+            )
             bar.update(1)
 
         try:

@@ -396,20 +396,28 @@ def run_pipeline(
         kind = executor or str(run_cfg.executor)
         if kind == "processes" and int(run_cfg.num_workers or 1) > 1:
             warm_up_workers()  # its imports overlap with the plate scan below
-    plan = compile_pipeline(
-        pipeline,
-        plate_arg,
-        root.vroot,
-        global_config,
-        pipeline_config=pipeline_config,
-        layout=layout,
-    )
-    selected = None if wells is None else set(normalize_well_filter(list(wells)))
-    if selected is not None:
-        unknown = sorted(selected - {w.well for w in plan.wells})
-        if unknown:
-            raise PipelineError(f"wells {unknown} are not wells of this run")
     with _signals(handle_signals) as received:
+        try:
+            plan = compile_pipeline(
+                pipeline,
+                plate_arg,
+                root.vroot,
+                global_config,
+                pipeline_config=pipeline_config,
+                layout=layout,
+            )
+        except _Interrupt as exc:
+            name = signal.Signals(exc.signum).name
+            raise RunInterrupted(
+                f"interrupted by {name} before any well ran; nothing was written",
+                signal_name=name,
+                exit_code=128 + exc.signum,
+            ) from None
+        selected = None if wells is None else set(normalize_well_filter(list(wells)))
+        if selected is not None:
+            unknown = sorted(selected - {w.well for w in plan.wells})
+            if unknown:
+                raise PipelineError(f"wells {unknown} are not wells of this run")
         session = _Session(root, plan, executor, preload, progress, on_well_done, plate_url)
         session.storage_options = storage_options
         try:

@@ -483,3 +483,23 @@ def test_a_local_worker_that_dies_fails_its_well_by_name(tmp_path):
     assert manifest(tmp_path / "o")["wells"]["A02"]["error_type"] == "WorkerLost"
     record = json.loads((tmp_path / "o/.hcsflow/wells/A02.json").read_text())
     assert record["status"] == "failed"  # so that --rerun-failed finds it
+
+
+def test_cli_run_flags(plate, tmp_path, capsys):
+    from hcsflow.cli import main
+
+    pipe = tmp_path / "pipe.py"
+    pipe.write_text(PIPELINE_FILE.format(seconds=0.0))
+    out = tmp_path / "o"
+    base = ["run", str(pipe), plate.root, "--out", str(out), "--executor", "inprocess"]
+    assert main([*base, "--storage-options", "{nope"]) == 2
+    assert "--storage-options is not JSON" in capsys.readouterr().err
+    assert main([*base, "--storage-options", "[1]"]) == 2
+    assert main([*base, "--wells", "A01,A03"]) == 0
+    m = manifest(out)
+    assert [w for w, d in m["wells"].items() if d["status"] == "not_run"] == ["A02", "A04"]
+    assert main(base) == 2
+    assert "interrupted run" not in capsys.readouterr().err  # finished: a previous run
+    assert main([*base, "--resume", "--retries", "0"]) == 0
+    assert "2 kept from before" in capsys.readouterr().out
+    assert manifest(out)["config"]["retries"] == 0

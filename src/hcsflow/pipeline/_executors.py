@@ -17,6 +17,7 @@ import concurrent.futures as cf
 import contextlib
 import importlib.machinery
 import importlib.util
+import logging
 import multiprocessing
 import multiprocessing.context as mp_context
 import os
@@ -144,6 +145,14 @@ def _worker_init(preload: Sequence[str], client_pid: int) -> None:
     ).start()
     for f in preload:
         import_pipeline_file(Path(f))
+
+
+def _call_payload(payload: bytes) -> Any:
+    """Worker side of a Dask task: unpickle with cloudpickle and run."""
+    import cloudpickle
+
+    fn, args = cloudpickle.loads(payload)
+    return fn(*args)
 
 
 def _call_pickled(payload: bytes, pid_file: str) -> Any:
@@ -452,11 +461,14 @@ class _DaskPool(WellPool):
 
             # a worker lost mid-well: the scheduler runs the well again elsewhere
             with dask.config.set({"distributed.scheduler.allowed-failures": max(retries, 0)}):
+                # its workers' own log lines (a heartbeat lost while the run stops...)
+                # are not the user's business: well errors come back in the results
                 self.cluster = LocalCluster(
                     n_workers=workers,
                     threads_per_worker=1,
                     processes=True,
                     dashboard_address="127.0.0.1:0",
+                    silence_logs=logging.CRITICAL,
                 )
             self.client = Client(self.cluster)
         else:
@@ -468,6 +480,13 @@ class _DaskPool(WellPool):
                 ) from exc
             workers = max(1, len(self.client.scheduler_info().get("workers", {})))
         super().__init__(self.client.get_executor(pure=False, retries=retries), workers)
+
+    def submit(self, fn: Callable[..., Any], arg: Any, key: str) -> cf.Future[Any]:
+        import cloudpickle
+
+        # pickled here with cloudpickle: distributed pickles by reference whatever plain
+        # pickle can, and a worker that never saw the pipeline file cannot import it
+        return self.executor.submit(_call_payload, cloudpickle.dumps((fn, (arg,))))
 
     def close(self) -> None:
         self.executor.shutdown(wait=True)

@@ -515,3 +515,24 @@ def test_cli_run_flags(plate, tmp_path, capsys):
     assert main([*base, "--resume", "--retries", "0"]) == 0
     assert "2 kept from before" in capsys.readouterr().out
     assert manifest(out)["config"]["retries"] == 0
+
+
+def test_two_runs_starting_in_one_place_at_once(plate, tmp_path, monkeypatch):
+    """Both see an empty output; the run record is created exclusively, so one loses."""
+    from hcsflow.pipeline import _run
+
+    out = tmp_path / "o"
+    real_state = _run._state
+    started = []
+
+    def racing_state(root):
+        state = real_state(root)
+        if not started:  # the other run creates its record between our look and our write
+            started.append(True)
+            run_pipeline(COUNTING, plate.root, out, cfg(), wells=["A01"])
+            __import__("os").remove(out / "manifest.json")
+        return state
+
+    monkeypatch.setattr(_run, "_state", racing_state)
+    with pytest.raises(RunDirectoryError, match="another run started"):
+        run_pipeline(COUNTING, plate.root, out, cfg())

@@ -69,12 +69,18 @@ def zarr_well_rel(store_rel: str, well: str) -> str:
     return f"{store_rel}/{pos.row_name}/{pos.column + 1}"
 
 
-def write_json(root: OutputRoot, rel: str, doc: dict[str, Any], *, fsync: bool = True) -> None:
-    """Write a small JSON record atomically (temp + rename, or one PUT)."""
+def write_json(
+    root: OutputRoot, rel: str, doc: dict[str, Any], *, fsync: bool = True, create: bool = False
+) -> None:
+    """Write a small JSON record atomically (temp + rename, or one PUT).
+
+    ``create`` refuses an existing record (:class:`AlreadyExistsError`): of two runs
+    starting in one place at once, exactly one creates the run record.
+    """
     backend = root.backend(fsync=fsync)
     vp = root.vpath(rel)
     backend.ensure_directory(vpaths.parent(vp))
-    backend.save(json.dumps(doc, indent=1, default=str), vp, overwrite=True)
+    backend.save(json.dumps(doc, indent=1, default=str), vp, overwrite=not create)
 
 
 def _read_json(root: OutputRoot, rel: str) -> dict[str, Any] | None:

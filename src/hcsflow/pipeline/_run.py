@@ -36,6 +36,7 @@ from typing import Any
 
 from hcsflow import __version__
 from hcsflow.errors import (
+    AlreadyExistsError,
     PipelineError,
     RunDirectoryError,
     RunInterrupted,
@@ -293,7 +294,13 @@ def _prepare(
             "fingerprint": fp,
         }
         assert record is not None
-        write_json(root, RUN_RECORD, record, fsync=bool(plan.config.vfs and plan.config.vfs.fsync))
+        fsync = bool(plan.config.vfs and plan.config.vfs.fsync)
+        try:
+            write_json(root, RUN_RECORD, record, fsync=fsync, create=True)
+        except AlreadyExistsError as exc:
+            raise RunDirectoryError(
+                f"another run started in {root.url!r} meanwhile; choose another output"
+            ) from exc
         return "new", record
     record = read_run_record(root)
     if state == "finished" and record is None:

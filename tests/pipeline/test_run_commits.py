@@ -211,6 +211,11 @@ def test_run_from_a_local_plate_to_s3(plate, tmp_path, s3_bucket, backend):
     assert assert_same_outputs(copy, local) > 10
     m = json.loads((copy / "manifest.json").read_text())
     assert m["output_dir"] == f"{url}/runs/r1" and m["summary"]["wells_ok"] == 4
+    masks = [o for o in m["wells"]["A01"]["outputs"] if o.get("key") == "masks"][0]
+    if backend == "zarr":
+        assert masks["path"] == "images.zarr/A/1/0/labels/masks"
+    else:
+        assert masks["path"] == "results/count_cells/A01_masks.tif" and "sha256" in masks
     # the plate and the output both on S3, resumed after a partial run
     fs.put(str(Path(plate.root)) + "/", f"{url}/plates/p1/", recursive=True)
     out2 = f"{url}/runs/r2"

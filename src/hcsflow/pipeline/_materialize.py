@@ -273,4 +273,5 @@ def _labels_to_zarr(arr: np.ndarray, path: str, filemanager: FileManager) -> str
         getattr(filemanager, "zarr_config", None),
         storage_options=getattr(filemanager, "storage_options", None),
     )
-    return vpaths.join(store, key)
+    # a store on object storage is a URL, which virtual-path joining would mangle
+    return f"{store.rstrip('/')}/{key}" if "://" in store else vpaths.join(store, key)

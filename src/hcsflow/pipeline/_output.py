@@ -83,7 +83,9 @@ class OutputRoot:
         return vpaths.join(self.vroot, rel) if rel else self.vroot
 
     def rel(self, vpath: str) -> str:
-        """``vpath`` relative to the output root (unchanged when it lies outside)."""
+        """``vpath`` (or a URL below the root) relative to the root; else unchanged."""
+        if self.remote and vpath.startswith(self.url + "/"):
+            return vpath[len(self.url) + 1 :]
         root = self.vroot
         if vpath == root:
             return ""

@@ -541,3 +541,51 @@ def test_two_runs_starting_in_one_place_at_once(plate, tmp_path, monkeypatch):
     monkeypatch.setattr(_run, "_state", racing_state)
     with pytest.raises(RunDirectoryError, match="another run started"):
         run_pipeline(COUNTING, plate.root, out, cfg())
+
+
+@pytest.mark.parametrize("executor", ["inprocess", "threads"])
+def test_python_api_signal_raises_run_interrupted(plate, tmp_path, executor):
+    from hcsflow.errors import RunInterrupted
+
+    out = tmp_path / "o"
+
+    def stop_after_first(result) -> None:
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    with pytest.raises(RunInterrupted) as info:
+        run_pipeline(
+            COUNTING,
+            plate.root,
+            out,
+            cfg(executor=executor, num_workers=2),
+            on_well_done=stop_after_first,
+        )
+    exc = info.value
+    assert isinstance(exc, KeyboardInterrupt) and exc.exit_code == 143 and exc.kept
+    assert "interrupted by SIGTERM" in str(exc) and "\n" not in str(exc)
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handlers restored
+    res = run_pipeline(COUNTING, plate.root, out, cfg(), resume=True)
+    assert res.ok and len(res.skipped) >= 1
+
+
+def test_interrupted_before_any_commit_removes_the_output(plate, tmp_path, monkeypatch):
+    from hcsflow.errors import RunInterrupted
+    from hcsflow.pipeline import _commit
+
+    def interrupted_well(task):
+        os.kill(os.getpid(), signal.SIGINT)
+        raise AssertionError("the signal handler raises first")
+
+    monkeypatch.setattr(_run_module(), "run_well", interrupted_well)
+    out = tmp_path / "o"
+    with pytest.raises(RunInterrupted, match="no well was committed.*was removed") as info:
+        run_pipeline(COUNTING, plate.root, out, cfg())
+    assert info.value.exit_code == 130 and info.value.kept is False
+    assert not out.exists()
+    assert _commit.run_well is not interrupted_well
+
+
+def _run_module():
+    from hcsflow.pipeline import _run
+
+    return _run

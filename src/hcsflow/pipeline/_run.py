@@ -30,6 +30,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -612,7 +613,7 @@ class _Session:
                     task = inflight.pop(fut)
                     try:
                         result = fut.result()
-                    except cf.process.BrokenProcessPool:
+                    except BrokenProcessPool:
                         victims = [task, *inflight.values()]
                         inflight.clear()
                         lost = pool.lost([t.plan.well for t in victims])

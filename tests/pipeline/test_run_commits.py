@@ -570,22 +570,15 @@ def test_python_api_signal_raises_run_interrupted(plate, tmp_path, executor):
 
 def test_interrupted_before_any_commit_removes_the_output(plate, tmp_path, monkeypatch):
     from hcsflow.errors import RunInterrupted
-    from hcsflow.pipeline import _commit
+    from hcsflow.pipeline import _run
 
     def interrupted_well(task):
         os.kill(os.getpid(), signal.SIGINT)
         raise AssertionError("the signal handler raises first")
 
-    monkeypatch.setattr(_run_module(), "run_well", interrupted_well)
+    monkeypatch.setattr(_run, "run_well", interrupted_well)
     out = tmp_path / "o"
     with pytest.raises(RunInterrupted, match="no well was committed.*was removed") as info:
         run_pipeline(COUNTING, plate.root, out, cfg())
     assert info.value.exit_code == 130 and info.value.kept is False
     assert not out.exists()
-    assert _commit.run_well is not interrupted_well
-
-
-def _run_module():
-    from hcsflow.pipeline import _run
-
-    return _run

@@ -131,14 +131,22 @@ def _hand_written(plate: str, out: Path) -> None:
                     properties=(
                         "label",
                         "area",
+                        "perimeter",
                         "centroid",
-                        "intensity_mean",
-                        "intensity_max",
                         "eccentricity",
                         "solidity",
+                        "axis_major_length",
+                        "axis_minor_length",
+                        "orientation",
+                        "intensity_mean",
+                        "intensity_max",
+                        "intensity_min",
+                        "intensity_std",
                     ),
                 )
             ).rename(columns={"centroid-0": "centroid_y", "centroid-1": "centroid_x"})
+            props.insert(3, "form_factor", 4 * np.pi * props["area"] / props["perimeter"] ** 2)
+            props["intensity_integrated"] = props["intensity_mean"] * props["area"]
             for col, value in (("slice_index", site), ("t", 1), ("z", 1), ("channel", 1)):
                 props.insert(0, col, value)
             props.insert(0, "site", site + 1)

@@ -155,6 +155,9 @@ def build_parser() -> argparse.ArgumentParser:
     v = sub.add_parser("validate", help="check an OME-Zarr plate against the NGFF specification")
     v.add_argument("path")
     v.add_argument("--deep", action="store_true", help="also decode every chunk (slow)")
+    from hcsflow.cli._functions import add_functions_parser
+
+    add_functions_parser(sub)
     return p
 
 
@@ -162,6 +165,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``hcsflow`` command; returns the exit status."""
     args = build_parser().parse_args(argv)
     try:
+        if hasattr(args, "handler"):
+            return int(args.handler(args))
         if args.command == "demo":
             return _demo(args)
         if args.command == "run":

@@ -128,6 +128,7 @@ def test_rerun_failed_and_subset_of_wells(tmp_path):
     assert [w.status for w in res.wells] == ["ok", "failed", "ok"]
     assert not (tmp_path / "o/images/A02").exists()  # a failed well leaves no files
     flag.unlink()
+    seen_manifest = []
     ran = []
     res = run_pipeline(
         [step],
@@ -135,9 +136,13 @@ def test_rerun_failed_and_subset_of_wells(tmp_path):
         tmp_path / "o",
         cfg(),
         rerun_failed=True,
-        on_well_done=lambda r: ran.append(r.well),
+        on_well_done=lambda r: (
+            ran.append(r.well),
+            seen_manifest.append((tmp_path / "o/manifest.json").exists()),
+        ),
     )
     assert res.ok and ran == ["A02"]
+    assert seen_manifest == [False]  # while wells change, the run is not presented as done
     assert (tmp_path / "o/images/A02/A02_s1_w1.tif").is_file()
     # --wells runs exactly those wells again, whatever their state
     res = run_pipeline([step], str(root), tmp_path / "o", cfg(), wells=["a3"])

@@ -330,6 +330,8 @@ def _prepare(
             f"cannot resume the run in {root.url!r}: its pipeline or configuration differs "
             f"from this one ({shown}); pass overwrite=True (--overwrite) to start over"
         )
+    # wells are about to change: until a new manifest is written, the run is not finished
+    root.remove_files([MANIFEST_NAME])
     return "resume", record
 
 

@@ -650,6 +650,8 @@ class _Session:
                 fill()
         except BaseException:
             bar.close()
+            for other in inflight:  # a caller's own executor keeps running otherwise
+                other.cancel()
             pool.kill()
             self.pool = None
             raise

@@ -157,6 +157,10 @@ def test_demo_refuses_an_existing_output_before_generating(tmp_path, monkeypatch
     (tmp_path / "run" / "manifest.json").write_text("{}")
     assert main(["demo", "--out", str(tmp_path / "run")]) == 2
     assert "holds a previous run; pass --overwrite" in capsys.readouterr().err
+    (tmp_path / "cut" / ".hcsflow").mkdir(parents=True)
+    (tmp_path / "cut" / ".hcsflow" / "run.json").write_text("{}")
+    assert main(["demo", "--out", str(tmp_path / "cut")]) == 2
+    assert "holds an interrupted run; pass --overwrite" in capsys.readouterr().err
     (tmp_path / "file").write_text("")
     assert main(["demo", "--out", str(tmp_path / "file")]) == 2
     assert main(["demo", "--out", str(tmp_path / "x"), "--wells", "0"]) == 2

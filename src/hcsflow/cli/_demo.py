@@ -94,14 +94,17 @@ def _check_arguments(args: argparse.Namespace) -> Path:
     if out.exists() and not out.is_dir():
         raise RunDirectoryError(f"output path {str(out)!r} exists and is not a directory")
     if out.is_dir() and any(out.iterdir()):
-        if not (out / "manifest.json").is_file():
+        finished = (out / "manifest.json").is_file()
+        interrupted = (out / ".hcsflow" / "run.json").is_file()
+        if not (finished or interrupted):
             raise RunDirectoryError(
                 f"output directory {str(out)!r} is not empty and holds no hcsflow run; "
                 "choose another --out (hcsflow never deletes files it did not write)"
             )
         if not args.overwrite:
+            what = "a previous run" if finished else "an interrupted run"
             raise RunDirectoryError(
-                f"output directory {str(out)!r} holds a previous run; pass --overwrite to "
+                f"output directory {str(out)!r} holds {what}; pass --overwrite to "
                 "replace it, or choose another --out"
             )
     return out

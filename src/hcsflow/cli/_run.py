@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 import traceback
@@ -32,7 +33,9 @@ optionally `config = GlobalPipelineConfig(...)`; options given here override tha
 configuration. Functions defined in the file also work in worker processes.
 
 The plate is a directory of images named by a microscope convention (ImageXpress,
-Opera Phenix, or --layout REGEX) or an OME-Zarr plate."""
+Opera Phenix, or --layout REGEX) or an OME-Zarr plate; the plate and --out may be
+fsspec URLs (s3://bucket/prefix, gs://...). Each well is committed as soon as it is
+written, so an interrupted run continues with --resume."""
 
 EPILOG = """\
 a pipeline file:
@@ -46,6 +49,9 @@ examples:
   hcsflow run count.py plate/ --out results/ --backend disk      # TIFF files, not OME-Zarr
   hcsflow run count.py scans/ --out results/ \\
       --layout '(?P<well>[A-P]\\d\\d)-(?P<site>\\d+)-(?P<channel>\\d+)\\.tif'
+  hcsflow run count.py plate/ --out results/ --resume         # after an interruption
+  hcsflow run count.py s3://lab/plate1/ --out s3://lab/runs/plate1 \\
+      --scheduler tcp://scheduler:8786
 
 exit status: 0 every well succeeded, 1 some wells failed (the others are written),
 2 bad usage or input, 130/143 interrupted (see docs/cli.md)."""
@@ -61,8 +67,17 @@ def register(subparsers: Any) -> None:
         epilog=EPILOG,
     )
     p.add_argument("pipeline", metavar="PIPELINE.py", help="the pipeline file")
-    p.add_argument("plate", metavar="PLATE", help="plate directory (images, or an OME-Zarr plate)")
-    p.add_argument("--out", required=True, metavar="DIR", help="output directory (required)")
+    p.add_argument(
+        "plate",
+        metavar="PLATE",
+        help="plate directory or URL (s3://bucket/plate/, gs://...): images, or an OME-Zarr plate",
+    )
+    p.add_argument(
+        "--out",
+        required=True,
+        metavar="DIR",
+        help="output directory or URL (s3://bucket/prefix, gs://...) (required)",
+    )
     p.add_argument(
         "--backend",
         choices=["zarr", "disk"],
@@ -81,12 +96,48 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "--overwrite",
         action="store_true",
-        help="replace a previous run in --out (only once the new run is complete)",
+        help="delete the run in --out (finished or interrupted) and start over",
     )
     p.add_argument(
         "--fail-fast",
         action="store_true",
-        help="stop at the first failing well (the previous run is kept)",
+        help="stop at the first failing well (the wells committed so far are kept)",
+    )
+    p.add_argument(
+        "--scheduler",
+        default=None,
+        metavar="ADDRESS",
+        help="address of a running Dask scheduler (tcp://host:8786); implies --executor dask",
+    )
+    p.add_argument(
+        "--storage-options",
+        default=None,
+        metavar="JSON",
+        help='fsspec options for URL plates and outputs, e.g. \'{"endpoint_url": '
+        '"http://minio:9000"}\' (credentials: the environment, as usual)',
+    )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue an interrupted run in --out: committed wells are verified and kept",
+    )
+    p.add_argument(
+        "--wells",
+        default=None,
+        metavar="A01,B03",
+        help="run only these wells (comma-separated); others keep what they have",
+    )
+    p.add_argument(
+        "--rerun-failed",
+        action="store_true",
+        help="run the wells the run in --out recorded as failed again",
+    )
+    p.add_argument(
+        "--retries",
+        type=int,
+        default=None,
+        metavar="N",
+        help="times a well is run again after its worker died or its storage failed (default: 2)",
     )
     p.set_defaults(handler=run_command)
 
@@ -135,12 +186,29 @@ def materialization_backend(args: argparse.Namespace, config: Any) -> str:
     return DEFAULT_BACKEND
 
 
+def _storage_options(text: str | None) -> dict[str, Any] | None:
+    if text is None:
+        return None
+    try:
+        options = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"--storage-options is not JSON: {exc}") from exc
+    if not isinstance(options, dict):
+        raise UsageError("--storage-options must be a JSON object")
+    return options
+
+
 def run_command(args: argparse.Namespace) -> int:
-    """Run the pipeline; print a summary, and one line per failed well on stderr."""
+    """Run the pipeline; print a summary, and one line per failed well on stderr.
+
+    An interrupted run raises :class:`~hcsflow.errors.RunInterrupted` (one line, exit
+    130 or 143), which :func:`hcsflow.cli._main.main` reports.
+    """
     from hcsflow.pipeline import GlobalPipelineConfig, VFSConfig, run_pipeline
 
     if args.workers is not None and args.workers < 1:
         raise UsageError(f"--workers must be at least 1, got {args.workers}")
+    storage_options = _storage_options(args.storage_options)
     steps, file_config = load_pipeline(args.pipeline)
     config = file_config or GlobalPipelineConfig()
     changes: dict[str, Any] = {
@@ -155,7 +223,13 @@ def run_command(args: argparse.Namespace) -> int:
         changes["executor"] = args.executor
     if args.fail_fast:
         changes["fail_fast"] = True
+    if args.scheduler is not None:
+        changes["scheduler"] = args.scheduler
+        changes["executor"] = "dask"
+    if args.retries is not None:
+        changes["retries"] = args.retries
     config = replace(config, **changes)
+    wells = [w.strip() for w in args.wells.split(",") if w.strip()] if args.wells else None
     t0 = time.perf_counter()
     result = run_pipeline(
         steps,
@@ -164,16 +238,21 @@ def run_command(args: argparse.Namespace) -> int:
         config,
         layout=layout_from(args.layout),
         overwrite=args.overwrite,
+        resume=args.resume,
+        rerun_failed=args.rerun_failed,
+        wells=wells,
+        storage_options=storage_options,
         preload=[str(Path(args.pipeline).resolve())],
     )
     elapsed = time.perf_counter() - t0
     n_images = sum(w.images_in for w in result.wells)
+    kept = f", {len(result.skipped)} kept from before" if result.skipped else ""
     print(
         f"{len(result.wells)} wells, {n_images} images in {elapsed:.1f} s "
-        f"({n_images / max(elapsed, 1e-9):.1f} images/s); {len(result.failed)} failed"
+        f"({n_images / max(elapsed, 1e-9):.1f} images/s); {len(result.failed)} failed{kept}"
     )
     for name, path in result.plate_tables.items():
-        print(f"  plate table {name}: {Path(result.output_dir) / path}")
+        print(f"  plate table {name}: {result.output_dir.rstrip('/')}/{path}")
     print(f"  manifest: {result.manifest_path}")
     for w in result.failed:
         print(f"hcsflow run: well {w.well} failed: {w.error_type}: {w.error}", file=sys.stderr)

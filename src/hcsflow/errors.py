@@ -39,6 +39,11 @@ __all__ = [
     "PlateLayoutError",
     "PlateMetadataError",
     "ObjectStoreError",
+    "PlateReaderError",
+    "ExportMetadataError",
+    "MissingPlaneError",
+    "UnknownPlateFormatError",
+    "ReaderRegistrationError",
     "PipelineError",
     "ConfigurationError",
     "CompilationError",
@@ -205,6 +210,31 @@ class PlateMetadataError(ZarrError, ValueError):
 
 class ObjectStoreError(ZarrError, OSError):
     """An object store could not be reached or denied access."""
+
+
+# --------------------------------------------------------------------------- plate readers
+
+
+class PlateReaderError(StorageError):
+    """A microscope export cannot be read; the message names the file concerned."""
+
+
+class ExportMetadataError(PlateReaderError, ValueError):
+    """A metadata file of an export (HTD, Harmony index, CellVoyager MLF/MRF/MES,
+    OME-XML) is malformed, truncated, in an unknown XML namespace, or describes one
+    plane twice."""
+
+
+class MissingPlaneError(PlateReaderError, FileNotFoundError):
+    """An export's metadata names image files (or wells) that are not there."""
+
+
+class UnknownPlateFormatError(PlateLayoutError):
+    """No plate reader recognises the directory (or an unknown format was named)."""
+
+
+class ReaderRegistrationError(HcsflowError, ValueError):
+    """A plate reader name is already registered (or the object is not a reader)."""
 
 
 # --------------------------------------------------------------------------- pipelines

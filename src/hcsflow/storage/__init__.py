@@ -17,6 +17,7 @@ from hcsflow.storage.zarr import (
     ZarrConfig,
     ZarrStorageBackend,
     finalize_plate,
+    image_metadata,
     list_wells,
     open_image,
     open_plate,
@@ -56,6 +57,7 @@ __all__ = [
     "write_labels",
     "read_labels",
     "finalize_plate",
+    "image_metadata",
     "open_plate",
     "list_wells",
 ]

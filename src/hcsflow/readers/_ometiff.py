@@ -1,0 +1,375 @@
+"""Format ``ome-tiff``: plates stored as OME-TIFF files (``*.ome.tif``).
+
+The OME-XML in each file's first ``ImageDescription`` (or in a ``*.companion.ome``
+file that ``BinaryOnly`` points to) is parsed with ``ome-types``; a document shared
+by several files (a multi-file fileset) is parsed once.  What is read:
+
+* ``Plate/Well`` (``Row``, ``Column``: 0-based) and its ``WellSample``s in order
+  (fields), each naming an ``Image``; ``Plate/@Name`` names the plate;
+  ``WellSample/@PositionX/Y`` are the field positions.  Without a ``Plate``, each file
+  holds one image whose well (and site) come from its name
+  (``A01_s2.ome.tif``, ``plate_B03.ome.tiff``).
+* ``Image/Pixels``: ``SizeC/Z/T``, ``DimensionOrder``, ``PhysicalSizeX/Y/Z`` with their
+  units, ``TimeIncrement``; ``Channel/@Name``, ``@EmissionWavelength``,
+  ``@ExcitationWavelength``, ``@Color``; ``TiffData`` (``IFD``, ``FirstC/Z/T``,
+  ``PlaneCount``, ``UUID/@FileName``) places every plane in a file and page.
+
+Planes are read as pages (``key=``), each file once per group of planes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from hcsflow import paths as vpaths
+from hcsflow.errors import ExportMetadataError, MissingPlaneError, PathEscapeError, PlateLayoutError
+from hcsflow.readers._base import (
+    ChannelInfo,
+    PlateBuilder,
+    PlateDescription,
+    PlateReader,
+    listing,
+)
+from hcsflow.readers._source import PlateSource
+from hcsflow.storage.plate import ImageCoordinates, WellPosition
+
+__all__ = ["OmeTiffReader"]
+
+_OME_TIFF = (".ome.tif", ".ome.tiff")
+_COMPANION = ".companion.ome"
+_LENGTH_UM = {"pm": 1e-6, "Å": 1e-4, "nm": 1e-3, "µm": 1.0, "mm": 1e3, "cm": 1e4, "m": 1e6}
+_TIME_S = {"ns": 1e-9, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "min": 60.0, "h": 3600.0}
+_NAME_RE = re.compile(
+    r"^(?:.*?[_-])?(?P<well>[A-Za-z]{1,2}\d{2})(?:[_-](?:s|f|site|field)(?P<site>\d+))?"
+    r"(?:[_-].*)?\.ome\.tiff?$",
+    re.IGNORECASE,
+)
+
+
+def _unit(value: Any) -> str:
+    return str(getattr(value, "value", value))
+
+
+@dataclass
+class _Doc:
+    xml_path: str
+    """The file holding the XML (a TIFF or a companion file)."""
+    home: str | None
+    """The TIFF holding the XML (planes without a file name are in it)."""
+    ome: Any
+
+
+class OmeTiffReader(PlateReader):
+    """OME-TIFF plates (OME-XML parsed with ome-types)."""
+
+    name = "ome-tiff"
+    title = "OME-TIFF"
+    looks_for = "OME-TIFF files (*.ome.tif, *.ome.tiff) or a *.companion.ome file"
+
+    def detect(self, source: PlateSource) -> bool:
+        return any(
+            f.lower().endswith(_OME_TIFF) or f.lower().endswith(_COMPANION) for f in source.files()
+        )
+
+    def describe(self, source: PlateSource) -> PlateDescription:
+        source.require_dir()
+        return _Parser(source, self).run()
+
+
+class _Parser:
+    def __init__(self, source: PlateSource, reader: OmeTiffReader):
+        self.source = source
+        self.reader = reader
+        self.backend = source.backend
+        self.notes: list[str] = []
+
+    def fail(self, path: str, message: str) -> ExportMetadataError:
+        return ExportMetadataError(message, path=path, backend=self.backend)
+
+    def from_xml(self, text: str, path: str) -> Any:
+        import ome_types
+
+        try:
+            return ome_types.from_xml(text)
+        except Exception as exc:  # ome-types raises pydantic, xsdata and lxml errors alike
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise self.fail(path, f"OME-XML does not parse: {first}") from exc
+
+    def documents(self, builder: PlateBuilder) -> tuple[list[_Doc], list[str]]:
+        src = self.source
+        files = src.files()
+        docs: list[_Doc] = []
+        seen: dict[str, _Doc] = {}
+        tiffs = vpaths.natural_sorted(f for f in files if f.lower().endswith(_OME_TIFF))
+        companions = vpaths.natural_sorted(f for f in files if f.lower().endswith(_COMPANION))
+        for comp in companions:
+            text = src.read_bytes(comp).decode("utf-8", errors="strict")
+            doc = _Doc(comp, None, self.from_xml(text, comp))
+            seen[hashlib.sha1(text.encode()).hexdigest()] = doc
+            docs.append(doc)
+            builder.skip(comp, "OME companion metadata")
+        for tiff in tiffs:
+            local = src.local_path(tiff)
+            if local is None:
+                raise self.fail(tiff, "OME-TIFF headers can only be read from a local folder")
+            text = _description(local, tiff, self.backend)
+            if not text.rstrip().endswith("OME>"):
+                continue  # no OME-XML in this file: placed by another document or unplaced
+            digest = hashlib.sha1(text.encode()).hexdigest()
+            if digest in seen:
+                continue
+            ome = self.from_xml(text, tiff)
+            if ome.binary_only is not None:
+                meta = ome.binary_only.metadata_file
+                target = self.resolve(meta, tiff)
+                if target not in companions:
+                    raise MissingPlaneError(
+                        f"BinaryOnly names the metadata file {meta!r}, which is not in the folder",
+                        path=tiff,
+                        backend=self.backend,
+                    )
+                continue
+            doc = _Doc(tiff, tiff, ome)
+            seen[digest] = doc
+            docs.append(doc)
+        return docs, tiffs
+
+    def resolve(self, name: str, relative_to: str) -> str:
+        try:
+            path = vpaths.join(vpaths.parent(relative_to), name.replace("\\", "/"))
+        except PathEscapeError:
+            raise self.fail(relative_to, f"file name {name!r} points outside the plate") from None
+        if not vpaths.is_relative_to(path, self.source.root):
+            raise self.fail(relative_to, f"file name {name!r} points outside the plate")
+        return path
+
+    def run(self) -> PlateDescription:
+        src = self.source
+        builder = PlateBuilder(src, self.reader)
+        docs, tiffs = self.documents(builder)
+        if not docs:
+            raise self.fail(src.root, "no OME-XML in the OME-TIFF files of the folder")
+        present = set(src.files())
+        where: dict[ImageCoordinates, tuple[str, int]] = {}
+        missing: list[str] = []
+        first_pixels: Any = None
+        plate_name = None
+        plate_shape = None
+        positions: dict[tuple[str, int], tuple[float, float]] = {}
+        for doc in docs:
+            images = {img.id: img for img in doc.ome.images}
+            placements: list[tuple[Any, str, int]] = []  # (image, well, field)
+            if doc.ome.plates:
+                for plate in doc.ome.plates:
+                    plate_name = plate_name or plate.name
+                    if plate.rows and plate.columns and plate_shape is None:
+                        plate_shape = (int(plate.rows), int(plate.columns))
+                    for well in plate.wells:
+                        try:
+                            wname = WellPosition(int(well.row), int(well.column)).name
+                            ImageCoordinates(wname)
+                        except (PlateLayoutError, ValueError) as exc:
+                            raise self.fail(doc.xml_path, f"well {well.id!r}: {exc}") from None
+                        samples = sorted(
+                            well.well_samples,
+                            key=lambda s: (s.index if s.index is not None else 0),
+                        )
+                        for f, sample in enumerate(samples):
+                            ref = sample.image_ref.id if sample.image_ref else None
+                            if ref not in images:
+                                raise self.fail(
+                                    doc.xml_path,
+                                    f"well sample {sample.id!r} refers to image {ref!r}, which the "
+                                    "document does not describe",
+                                )
+                            placements.append((images[ref], wname, f))
+                            pos = self.sample_position(sample)
+                            if pos is not None:
+                                positions[(wname, f)] = pos
+            else:
+                if len(images) != 1 or doc.home is None:
+                    raise self.fail(
+                        doc.xml_path,
+                        f"the OME-XML describes {len(images)} images and no plate: which well "
+                        "each belongs to is unknown",
+                    )
+                m = _NAME_RE.match(vpaths.name(doc.home))
+                if m is None:
+                    builder.unplace(doc.home, "no plate in its OME-XML and no well in its name")
+                    continue
+                try:
+                    wname = ImageCoordinates(m.group("well")).well
+                except PlateLayoutError as exc:
+                    builder.unplace(doc.home, str(exc))
+                    continue
+                site = int(m.group("site")) - 1 if m.group("site") else 0
+                if site < 0:
+                    builder.unplace(doc.home, "site numbers in names start at 1")
+                    continue
+                placements.append((next(iter(images.values())), wname, site))
+            for image, wname, f in placements:
+                pixels = image.pixels
+                first_pixels = first_pixels if first_pixels is not None else pixels
+                for (c, z, t), (path, ifd) in self.planes(doc, image).items():
+                    coords = ImageCoordinates(wname, f, c, z, t)
+                    if coords in where:
+                        if where[coords] == (path, ifd):
+                            continue
+                    where[coords] = (path, ifd)
+                    if path not in present:
+                        missing.append(src.rel(path))
+                        continue
+                    builder.add(
+                        coords,
+                        path,
+                        page=ifd,
+                        what=f"image {image.id!r} plane c{c} z{z} t{t} ({src.rel(path)!r} page {ifd})",
+                    )
+        if missing:
+            raise MissingPlaneError(
+                f"{len(set(missing))} OME-TIFF file(s) named by the OME-XML are missing: "
+                f"{listing(sorted(set(missing)))}",
+                path=docs[0].xml_path,
+                backend=self.backend,
+            )
+        used = {img.path for img in builder.placed.values()}
+        for f in src.files():
+            lower = f.lower()
+            if f in used or lower.endswith(_COMPANION):
+                continue
+            if lower.endswith((".tif", ".tiff")):
+                builder.unplace(f, "no OME-XML places it on the plate")
+            else:
+                builder.skip(f, "not an image plane")
+        channels, pixel, z_step, interval = self.pixel_metadata(first_pixels, docs[0].xml_path)
+        return builder.build(
+            metadata_path=docs[0].xml_path,
+            name=plate_name,
+            channel_info=channels,
+            pixel_size_um=pixel,
+            z_step_um=z_step,
+            time_interval_s=interval,
+            plate_shape=plate_shape,
+            field_positions_um=positions,
+            metadata_files=tuple(src.rel(d.xml_path) for d in docs[:20]),
+            notes=tuple(self.notes),
+        )
+
+    def planes(self, doc: _Doc, image: Any) -> dict[tuple[int, int, int], tuple[str, int]]:
+        """(c, z, t) -> (file, IFD) of every plane of ``image``."""
+        p = image.pixels
+        sizes = {"C": int(p.size_c), "Z": int(p.size_z), "T": int(p.size_t)}
+        order = _unit(p.dimension_order)[2:]  # e.g. "CZT": C varies fastest
+        total = sizes["C"] * sizes["Z"] * sizes["T"]
+
+        def coords_of(index: int) -> tuple[int, int, int]:
+            out = {}
+            for dim in order:
+                out[dim] = index % sizes[dim]
+                index //= sizes[dim]
+            return out["C"], out["Z"], out["T"]
+
+        def index_of(c: int, z: int, t: int) -> int:
+            idx, mult = 0, 1
+            for dim, v in zip(order, [{"C": c, "Z": z, "T": t}[d] for d in order], strict=True):
+                idx += v * mult
+                mult *= sizes[dim]
+            return idx
+
+        result: dict[tuple[int, int, int], tuple[str, int]] = {}
+        blocks = list(p.tiff_data_blocks)
+        if not blocks:
+            if doc.home is None:
+                raise self.fail(doc.xml_path, f"image {image.id!r} has no TiffData")
+            return {coords_of(i): (doc.home, i) for i in range(total)}
+        for block in blocks:
+            if block.uuid is not None and block.uuid.file_name:
+                path = self.resolve(block.uuid.file_name, doc.xml_path)
+            elif doc.home is not None:
+                path = doc.home
+            else:
+                raise self.fail(
+                    doc.xml_path, f"image {image.id!r}: a TiffData block names no file (UUID FileName)"
+                )
+            start = index_of(int(block.first_c or 0), int(block.first_z or 0), int(block.first_t or 0))
+            count = block.plane_count
+            if count is None:
+                count = total - start if len(blocks) == 1 else 1
+            if start + int(count) > total:
+                raise self.fail(
+                    doc.xml_path,
+                    f"image {image.id!r}: TiffData at IFD {block.ifd} covers planes "
+                    f"{start}..{start + int(count) - 1} of {total}",
+                )
+            for k in range(int(count)):
+                result[coords_of(start + k)] = (path, int(block.ifd) + k)
+        return result
+
+    def sample_position(self, sample: Any) -> tuple[float, float] | None:
+        if sample.position_x is None or sample.position_y is None:
+            return None
+        fx = _LENGTH_UM.get(_unit(sample.position_x_unit))
+        fy = _LENGTH_UM.get(_unit(sample.position_y_unit))
+        if fx is None or fy is None:
+            return None
+        return (round(float(sample.position_y) * fy, 6), round(float(sample.position_x) * fx, 6))
+
+    def length(self, value: Any, unit: Any, what: str, path: str) -> float | None:
+        if value is None:
+            return None
+        factor = _LENGTH_UM.get(_unit(unit))
+        if factor is None:
+            self.notes.append(f"{what} is in {_unit(unit)!r}, not a length in metres: not used")
+            return None
+        return round(float(value) * factor, 9)
+
+    def pixel_metadata(
+        self, pixels: Any, path: str
+    ) -> tuple[tuple[ChannelInfo, ...], tuple[float, float] | None, float | None, float | None]:
+        if pixels is None:
+            return (), None, None, None
+        x = self.length(pixels.physical_size_x, pixels.physical_size_x_unit, "PhysicalSizeX", path)
+        y = self.length(pixels.physical_size_y, pixels.physical_size_y_unit, "PhysicalSizeY", path)
+        z = self.length(pixels.physical_size_z, pixels.physical_size_z_unit, "PhysicalSizeZ", path)
+        interval = None
+        if pixels.time_increment is not None:
+            factor = _TIME_S.get(_unit(pixels.time_increment_unit))
+            if factor is not None:
+                interval = round(float(pixels.time_increment) * factor, 9)
+        channels = []
+        for i, ch in enumerate(pixels.channels):
+            em = self.length(ch.emission_wavelength, ch.emission_wavelength_unit, "EmissionWavelength", path)
+            ex = self.length(
+                ch.excitation_wavelength, ch.excitation_wavelength_unit, "ExcitationWavelength", path
+            )
+            rgb = ch.color.as_rgb_tuple(alpha=False) if ch.color is not None else None
+            color = None
+            if rgb is not None and tuple(rgb) != (255, 255, 255):  # OME's default: not a choice
+                color = "".join(f"{v:02X}" for v in rgb)
+            channels.append(
+                ChannelInfo(
+                    i,
+                    name=ch.name or None,
+                    emission_nm=round(em * 1000, 3) if em else None,
+                    excitation_nm=round(ex * 1000, 3) if ex else None,
+                    color=color,
+                    source_id=ch.id,
+                )
+            )
+        pixel = (y, x) if x and y else None
+        return tuple(channels), pixel, z if z else None, interval if interval else None
+
+
+def _description(local: str, path: str, backend: str) -> str:
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(local) as tif:
+            return tif.pages.first.description or ""
+    except (tifffile.TiffFileError, ValueError, IndexError) as exc:
+        raise ExportMetadataError(
+            f"not a readable TIFF (truncated?): {exc}", path=path, backend=backend
+        ) from exc

@@ -1,0 +1,92 @@
+"""Reading exports' XML metadata files with typed errors that name the file.
+
+The standard library's expat parser is used (ElementTree, streamed with
+``iterparse``): it resolves no external entities, and expat 2.4+ bounds entity
+expansion; documents declaring entities are refused outright, since no instrument
+writes them.  A truncated or malformed document raises
+:class:`~hcsflow.errors.ExportMetadataError` with the line and column expat stopped at.
+"""
+
+from __future__ import annotations
+
+import io
+import xml.etree.ElementTree as ET
+from collections.abc import Iterator
+
+from hcsflow.errors import ExportMetadataError
+
+__all__ = ["split_tag", "iterparse", "parse", "number", "integer"]
+
+
+def split_tag(tag: str) -> tuple[str, str]:
+    """``"{ns}Name"`` -> ``("ns", "Name")``; ``("", tag)`` without a namespace."""
+    if tag.startswith("{"):
+        ns, _, local = tag[1:].partition("}")
+        return ns, local
+    return "", tag
+
+
+def _refuse_entities(data: bytes, path: str, backend: str) -> None:
+    if b"<!ENTITY" in data:
+        raise ExportMetadataError(
+            "the XML document declares entities; instrument metadata never does",
+            path=path,
+            backend=backend,
+        )
+
+
+def _parse_error(exc: ET.ParseError, path: str, backend: str) -> ExportMetadataError:
+    line, col = getattr(exc, "position", (0, 0))
+    what = (
+        "truncated"
+        if "no element found" in str(exc) or "unclosed token" in str(exc)
+        else "malformed"
+    )
+    return ExportMetadataError(
+        f"{what} XML at line {line}, column {col}: {exc}", path=path, backend=backend
+    )
+
+
+def iterparse(
+    data: bytes, path: str, backend: str, events: tuple[str, ...] = ("start", "end")
+) -> Iterator[tuple[str, ET.Element]]:
+    """Stream ``(event, element)`` pairs of the document ``data`` read from ``path``."""
+    _refuse_entities(data, path, backend)
+    try:
+        yield from ET.iterparse(io.BytesIO(data), events=events)
+    except ET.ParseError as exc:
+        raise _parse_error(exc, path, backend) from None
+
+
+def parse(data: bytes, path: str, backend: str) -> ET.Element:
+    """The root element of the document ``data`` read from ``path``."""
+    _refuse_entities(data, path, backend)
+    try:
+        return ET.fromstring(data)
+    except ET.ParseError as exc:
+        raise _parse_error(exc, path, backend) from None
+
+
+def number(text: str | None, what: str, path: str, backend: str) -> float:
+    """``text`` as a float; :class:`ExportMetadataError` naming ``what`` otherwise."""
+    try:
+        value = float((text or "").strip())
+    except ValueError:
+        raise ExportMetadataError(
+            f"{what} is {text!r}, not a number", path=path, backend=backend
+        ) from None
+    if value != value or value in (float("inf"), float("-inf")):
+        raise ExportMetadataError(
+            f"{what} is {text!r}, not a finite number", path=path, backend=backend
+        )
+    return value
+
+
+def integer(text: str | None, what: str, path: str, backend: str) -> int:
+    """``text`` as an int; :class:`ExportMetadataError` naming ``what`` otherwise."""
+    try:
+        return int((text or "").strip())
+    except ValueError:
+        raise ExportMetadataError(
+            f"{what} is {text!r}, not an integer", path=path, backend=backend
+        ) from None

@@ -1,7 +1,13 @@
 """The virtual file system: backends, registries and :class:`FileManager`."""
 
 from hcsflow.storage._base import IMAGE_EXTENSIONS, Backend, EntryKind, FileInfo, StorageBackend
-from hcsflow.storage._codecs import Codec, CodecRegistry, default_codecs, to_host_array
+from hcsflow.storage._codecs import (
+    Codec,
+    CodecRegistry,
+    TiffConfig,
+    default_codecs,
+    to_host_array,
+)
 from hcsflow.storage._disk import DiskStorageBackend
 from hcsflow.storage._filemanager import FileManager
 from hcsflow.storage._memory import MemoryStorageBackend
@@ -33,6 +39,7 @@ __all__ = [
     "BackendRegistry",
     "Codec",
     "CodecRegistry",
+    "TiffConfig",
     "DiskStorageBackend",
     "MemoryStorageBackend",
     "default_codecs",

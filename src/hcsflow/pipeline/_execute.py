@@ -27,9 +27,9 @@ from hcsflow.errors import (
 )
 from hcsflow.pipeline._compiler import FunctionCall, StepPlan, WellPlan
 from hcsflow.pipeline._layouts import image_filename
-from hcsflow.readers import ImageMetadata, PlateImage
 from hcsflow.pipeline._materialize import MaterializationFileManager
 from hcsflow.pipeline._step import COMPONENT_ATTR
+from hcsflow.readers import ImageMetadata, PlateImage
 from hcsflow.storage import (
     Backend,
     BackendRegistry,

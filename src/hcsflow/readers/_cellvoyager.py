@@ -146,7 +146,7 @@ class _Parser:
     # -- MeasurementData.mlf
     def records(self) -> list[_Rec]:
         root = self.root_of(self.mlf, "MeasurementData")
-        out = []
+        out: list[_Rec] = []
         for number, rec in enumerate(root, start=1):
             _, local = _xml.split_tag(rec.tag)
             if local != "MeasurementRecord":

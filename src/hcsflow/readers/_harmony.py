@@ -259,7 +259,7 @@ class _Parser:
             path = self.resolve(url_v.text, index_dir, rec)
             row = self.required_int(rec, "Row")
             col = self.required_int(rec, "Col")
-            ids = tuple(
+            fid, pid, tid, cid = (
                 self.required_int(rec, k)
                 for k in ("FieldID", "PlaneID", "TimepointID", "ChannelID")
             )
@@ -268,7 +268,7 @@ class _Parser:
                 not_ok[path] = state.text
             elif path not in present:
                 missing.append(src.rel(path))
-            rows.append((rec, path, row, col, *ids))
+            rows.append((rec, path, row, col, fid, pid, tid, cid))
         if missing:
             raise MissingPlaneError(
                 f"{len(missing)} image file(s) named by the Harmony index are missing: "
@@ -430,9 +430,10 @@ class _Parser:
             vx, vy = self.field_of(rec, "PositionX"), self.field_of(rec, "PositionY")
             if vx is None or vy is None:
                 return {}
+            # + 0.0: a position of -0.0 m prints as 0
             out[key] = (
-                round(self.length_um(vy, f"PositionY of record {rec.id!r}"), 6),
-                round(self.length_um(vx, f"PositionX of record {rec.id!r}"), 6),
+                round(self.length_um(vy, f"PositionY of record {rec.id!r}"), 6) + 0.0,
+                round(self.length_um(vx, f"PositionX of record {rec.id!r}"), 6) + 0.0,
             )
         return out
 

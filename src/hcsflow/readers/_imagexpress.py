@@ -438,7 +438,7 @@ class ImageXpressReader(PlateReader):
             break
         z_step = None
         if len(z_planes) > 1 and ref is not None:
-            zs = []
+            zs: list[float] = []
             for z in sorted(z_planes)[:2]:
                 local = source.local_path(z_planes[z])
                 found = (

@@ -175,7 +175,7 @@ class _Parser:
                             raise self.fail(doc.xml_path, f"well {well.id!r}: {exc}") from None
                         samples = sorted(
                             well.well_samples,
-                            key=lambda s: (s.index if s.index is not None else 0),
+                            key=lambda s: s.index if s.index is not None else 0,
                         )
                         for f, sample in enumerate(samples):
                             ref = sample.image_ref.id if sample.image_ref else None
@@ -210,14 +210,13 @@ class _Parser:
                     builder.unplace(doc.home, "site numbers in names start at 1")
                     continue
                 placements.append((next(iter(images.values())), wname, site))
-            for image, wname, f in placements:
+            for image, wname, fld in placements:
                 pixels = image.pixels
                 first_pixels = first_pixels if first_pixels is not None else pixels
                 for (c, z, t), (path, ifd) in self.planes(doc, image).items():
-                    coords = ImageCoordinates(wname, f, c, z, t)
-                    if coords in where:
-                        if where[coords] == (path, ifd):
-                            continue
+                    coords = ImageCoordinates(wname, fld, c, z, t)
+                    if where.get(coords) == (path, ifd):
+                        continue  # the same plane described by another file's copy of the XML
                     where[coords] = (path, ifd)
                     if path not in present:
                         missing.append(src.rel(path))
@@ -226,7 +225,7 @@ class _Parser:
                         coords,
                         path,
                         page=ifd,
-                        what=f"image {image.id!r} plane c{c} z{z} t{t} ({src.rel(path)!r} page {ifd})",
+                        what=f"image {image.id!r} c{c} z{z} t{t} ({src.rel(path)!r} page {ifd})",
                     )
         if missing:
             raise MissingPlaneError(
@@ -236,14 +235,14 @@ class _Parser:
                 backend=self.backend,
             )
         used = {img.path for img in builder.placed.values()}
-        for f in src.files():
-            lower = f.lower()
-            if f in used or lower.endswith(_COMPANION):
+        for name in src.files():
+            lower = name.lower()
+            if name in used or lower.endswith(_COMPANION):
                 continue
             if lower.endswith((".tif", ".tiff")):
-                builder.unplace(f, "no OME-XML places it on the plate")
+                builder.unplace(name, "no OME-XML places it on the plate")
             else:
-                builder.skip(f, "not an image plane")
+                builder.skip(name, "not an image plane")
         channels, pixel, z_step, interval = self.pixel_metadata(first_pixels, docs[0].xml_path)
         return builder.build(
             metadata_path=docs[0].xml_path,
@@ -292,9 +291,12 @@ class _Parser:
                 path = doc.home
             else:
                 raise self.fail(
-                    doc.xml_path, f"image {image.id!r}: a TiffData block names no file (UUID FileName)"
+                    doc.xml_path,
+                    f"image {image.id!r}: a TiffData block names no file (UUID FileName)",
                 )
-            start = index_of(int(block.first_c or 0), int(block.first_z or 0), int(block.first_t or 0))
+            start = index_of(
+                int(block.first_c or 0), int(block.first_z or 0), int(block.first_t or 0)
+            )
             count = block.plane_count
             if count is None:
                 count = total - start if len(blocks) == 1 else 1
@@ -341,9 +343,14 @@ class _Parser:
                 interval = round(float(pixels.time_increment) * factor, 9)
         channels = []
         for i, ch in enumerate(pixels.channels):
-            em = self.length(ch.emission_wavelength, ch.emission_wavelength_unit, "EmissionWavelength", path)
+            em = self.length(
+                ch.emission_wavelength, ch.emission_wavelength_unit, "EmissionWavelength", path
+            )
             ex = self.length(
-                ch.excitation_wavelength, ch.excitation_wavelength_unit, "ExcitationWavelength", path
+                ch.excitation_wavelength,
+                ch.excitation_wavelength_unit,
+                "ExcitationWavelength",
+                path,
             )
             rgb = ch.color.as_rgb_tuple(alpha=False) if ch.color is not None else None
             color = None

@@ -47,13 +47,11 @@ def _parse_error(exc: ET.ParseError, path: str, backend: str) -> ExportMetadataE
     )
 
 
-def iterparse(
-    data: bytes, path: str, backend: str, events: tuple[str, ...] = ("start", "end")
-) -> Iterator[tuple[str, ET.Element]]:
-    """Stream ``(event, element)`` pairs of the document ``data`` read from ``path``."""
+def iterparse(data: bytes, path: str, backend: str) -> Iterator[tuple[str, ET.Element]]:
+    """Stream ``("start" | "end", element)`` pairs of the document ``data`` from ``path``."""
     _refuse_entities(data, path, backend)
     try:
-        yield from ET.iterparse(io.BytesIO(data), events=events)
+        yield from ET.iterparse(io.BytesIO(data), events=("start", "end"))
     except ET.ParseError as exc:
         raise _parse_error(exc, path, backend) from None
 

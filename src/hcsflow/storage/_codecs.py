@@ -219,7 +219,9 @@ class TiffCodec(Codec):
     def prepare(self, data: Any, **options: Any) -> np.ndarray:
         ome = options.get("ome")
         if ome is not None and not isinstance(ome, Mapping):
-            raise CodecRefusal(f"the ome option is a mapping of OME metadata, got {_type_name(ome)}")
+            raise CodecRefusal(
+                f"the ome option is a mapping of OME metadata, got {_type_name(ome)}"
+            )
         return _image_array(data, "TIFF")
 
     def encode(self, prepared: np.ndarray, fh: IO[bytes], **options: Any) -> None:

@@ -48,6 +48,8 @@ __all__ = [
 DEFAULT_CHANNELS: tuple[tuple[str, float, float], ...] = (
     ("DAPI", 375.0, 456.0),
     ("Alexa 488", 488.0, 525.0),
+    ("Alexa 568", 561.0, 603.0),
+    ("Alexa 647", 640.0, 665.0),
 )
 
 
@@ -83,7 +85,9 @@ class Export:
         return plane_data(coords, self.size, self.seed)
 
 
-def plane_data(coords: ImageCoordinates, size: tuple[int, int] = (64, 64), seed: int = 0) -> np.ndarray:
+def plane_data(
+    coords: ImageCoordinates, size: tuple[int, int] = (64, 64), seed: int = 0
+) -> np.ndarray:
     """A uint16 plane: tilted background, bright blobs, noise, and a coordinate offset.
 
     Deterministic in ``(coords, size, seed)``; the offset ``1000 * (channel + 1) + 100 *
@@ -109,7 +113,10 @@ def _channels(
     channels: Sequence[str | tuple[str, float, float]] | int,
 ) -> list[tuple[str, float | None, float | None]]:
     if isinstance(channels, int):
-        return [(DEFAULT_CHANNELS[i % 2][0] + (f" {i}" if i >= 2 else ""), *DEFAULT_CHANNELS[i % 2][1:]) for i in range(channels)]
+        return [
+            DEFAULT_CHANNELS[i] if i < len(DEFAULT_CHANNELS) else (f"Channel {i + 1}", None, None)
+            for i in range(channels)
+        ]
     out: list[tuple[str, float | None, float | None]] = []
     for ch in channels:
         if isinstance(ch, str):
@@ -158,11 +165,12 @@ def write_imagexpress_export(
 ) -> Export:
     """An ImageXpress/MetaXpress export: ``<plate>.HTD`` plus ``TimePoint_<t>`` folders.
 
-    ``site_grid`` is (XSites, YSites), every site selected (``None``: ``"Sites",
-    FALSE`` and names without ``_s``); one channel is written without ``_w`` only when
-    ``channels`` names a single wavelength and ``"Waves", FALSE`` is wanted, which is
-    ``channels=1``... a single named channel keeps ``"Waves", TRUE``.  z-stacks go to
-    ``ZStep_<z>`` folders.  ``plate_format`` is (rows, columns) of the plate.
+    ``site_grid`` is (XSites, YSites) with every site selected; ``None`` writes
+    ``"Sites", FALSE`` and names without ``_s``.  ``channels`` names the wavelengths
+    (or counts them); ``channels=1`` writes ``"Waves", FALSE`` and names without
+    ``_w``.  z-stacks go to ``ZStep_<z>`` folders; ``guid`` appends a MetaXpress GUID to
+    every name; ``thumbnails`` writes a ``_thumb`` file beside every plane.
+    ``plate_format`` is (rows, columns) of the plate.
     """
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
@@ -234,7 +242,12 @@ def write_imagexpress_export(
                         tag = _guid(rng) if guid else ""
                         fname = f"{stem}{tag}.tif"
                         desc = _metaseries(name, em, pixel_size_um, 1000.0 + z * z_step_um, size)
-                        _tiff(zfolder / fname, export.plane(coords), description=desc, software="MetaSeries")
+                        _tiff(
+                            zfolder / fname,
+                            export.plane(coords),
+                            description=desc,
+                            software="MetaSeries",
+                        )
                         export.files[coords] = (zfolder / fname).relative_to(root)
                         if thumbnails:
                             thumb = export.plane(coords)[::4, ::4]
@@ -271,7 +284,10 @@ def _metaseries(
         return "\r\n".join(f'<prop id="{i}" type="{t}" value="{v}"/>' for i, t, v in items)
 
     return (
-        "<MetaData>\r\n" + fmt(props) + "\r\n<PlaneInfo>\r\n" + fmt(plane)
+        "<MetaData>\r\n"
+        + fmt(props)
+        + "\r\n<PlaneInfo>\r\n"
+        + fmt(plane)
         + "\r\n</PlaneInfo>\r\n<SetInfo>\r\n"
         + '<prop id="number-of-planes" type="int" value="1"/>\r\n</SetInfo>\r\n</MetaData>'
     )
@@ -404,7 +420,10 @@ def write_harmony_export(
                     for c in range(len(chans)):
                         rid = f"{wid}K{t + 1}F{f + 1}P{z + 1}R{c + 1}"
                         sub(well_el, "Image", id=rid)
-                        url = f"r{p.row + 1:02d}c{p.column + 1:02d}f{f + 1:02d}p{z + 1:02d}-ch{c + 1}sk{t + 1}fk1fl1.tiff"
+                        url = (
+                            f"r{p.row + 1:02d}c{p.column + 1:02d}f{f + 1:02d}p{z + 1:02d}"
+                            f"-ch{c + 1}sk{t + 1}fk1fl1.tiff"
+                        )
                         img = sub(images_el, "Image", Version="1")
                         sub(img, "id", rid)
                         sub(img, "State", "Ok")
@@ -422,7 +441,12 @@ def write_harmony_export(
                         sub(img, "PositionY", repr((f // 3) * -step_m), Unit="m")
                         sub(img, "PositionZ", repr(-2e-6 + z * z_step_um * 1e-6), Unit="m")
                         sub(img, "AbsPositionZ", repr(0.1352 + z * z_step_um * 1e-6), Unit="m")
-                        sub(img, "MeasurementTimeOffset", repr(t * time_interval_s + 0.5 * c), Unit="s")
+                        sub(
+                            img,
+                            "MeasurementTimeOffset",
+                            repr(t * time_interval_s + 0.5 * c),
+                            Unit="s",
+                        )
                         sub(img, "AbsTime", "2024-05-06T10:11:12.13+02:00")
                         coords = ImageCoordinates(p.name, f, c, z, t)
                         _tiff(images_dir / url, export.plane(coords))
@@ -433,7 +457,9 @@ def write_harmony_export(
     (root / "Assaylayout").mkdir(exist_ok=True)
     (root / "Assaylayout" / "layout.xml").write_text('<?xml version="1.0"?><AssayLayout/>')
     (root / "FFC_Profile").mkdir(exist_ok=True)
-    (root / "FFC_Profile" / "FFC_Profile_Measurement 1.xml").write_text('<?xml version="1.0"?><Profile/>')
+    (root / "FFC_Profile" / "FFC_Profile_Measurement 1.xml").write_text(
+        '<?xml version="1.0"?><Profile/>'
+    )
     return export
 
 
@@ -502,7 +528,10 @@ def write_cellvoyager_export(
             for f in range(fields):
                 for z in range(z_planes):
                     for c in range(len(chans)):
-                        name = f"{plate}_{well}_T{t + 1:04d}F{f + 1:03d}L01A01Z{z + 1:02d}C{c + 1:02d}.tif"
+                        name = (
+                            f"{plate}_{well}_T{t + 1:04d}F{f + 1:03d}L01A01"
+                            f"Z{z + 1:02d}C{c + 1:02d}.tif"
+                        )
                         when = start + timedelta(seconds=t * time_interval_s + 2 * f + 0.1 * c)
                         attrs = {
                             a("Type"): "IMG",
@@ -551,7 +580,11 @@ def write_cellvoyager_export(
     ET.SubElement(
         mrf,
         a("MeasurementSamplePlate"),
-        {a("Name"): plate, a("WellPlateFileName"): f"{plate}.wpi", a("WellPlateProductFileName"): "Greiner-781091.wpp"},
+        {
+            a("Name"): plate,
+            a("WellPlateFileName"): f"{plate}.wpi",
+            a("WellPlateProductFileName"): "Greiner-781091.wpp",
+        },
     )
     for c, (_, _, em) in enumerate(chans):
         ET.SubElement(
@@ -571,14 +604,20 @@ def write_cellvoyager_export(
                 a("ShadingCorrectionSource"): f"SC_BP{int(em or 0)}_40x_CH{c + 1:02d}.tif",
             },
         )
-        _tiff(root / f"SC_BP{int(em or 0)}_40x_CH{c + 1:02d}.tif", np.full(size, 1000 + c, np.uint16))
+        _tiff(
+            root / f"SC_BP{int(em or 0)}_40x_CH{c + 1:02d}.tif", np.full(size, 1000 + c, np.uint16)
+        )
     (root / "MeasurementDetail.mrf").write_bytes(_xml_bytes(mrf))
     mes = ET.Element(a("MeasurementSetting"), {a("Version"): "1.0"})
     light = ET.SubElement(mes, a("LightSourceList"))
     chan_list = ET.SubElement(mes, a("ChannelList"))
     colors = ("#FF0000FF", "#FF00FF00", "#FFFF0000", "#FFFF00FF")
     for c, (name, ex, em) in enumerate(chans):
-        ET.SubElement(light, a("LightSource"), {a("Name"): f"{int(ex or 405)}nm", a("WaveLength"): str(int(ex or 405))})
+        ET.SubElement(
+            light,
+            a("LightSource"),
+            {a("Name"): f"{int(ex or 405)}nm", a("WaveLength"): str(int(ex or 405))},
+        )
         ET.SubElement(
             chan_list,
             a("Channel"),
@@ -594,7 +633,10 @@ def write_cellvoyager_export(
             },
         )
     (root / f"{plate}.mes").write_bytes(_xml_bytes(mes))
-    wpi = ET.Element(a("WellPlate"), {a("Name"): plate, a("ProductID"): "781091", a("Rows"): str(rows), a("Columns"): str(cols)})
+    wpi = ET.Element(
+        a("WellPlate"),
+        {a("Name"): plate, a("ProductID"): "781091", a("Rows"): str(rows), a("Columns"): str(cols)},
+    )
     (root / f"{plate}.wpi").write_bytes(_xml_bytes(wpi))
     return export
 
@@ -661,19 +703,16 @@ def write_ome_tiff_plate(
             urn = f"urn:uuid:{uuid.UUID(bytes=rng.bytes(16))}"
             files[(p.name, f)] = (fname, urn)
             image_id = f"Image:{n}"
-            chan_models = [
-                om.Channel(
-                    id=f"Channel:{n}:{c}",
-                    name=name,
-                    samples_per_pixel=1,
-                    **({"emission_wavelength": em, "excitation_wavelength": ex} if em else {}),
-                )
-                for c, (name, ex, em) in enumerate(chans)
-            ]
+            chan_models = []
+            for c, (name, ex, em) in enumerate(chans):
+                chan = om.Channel(id=f"Channel:{n}:{c}", name=name, samples_per_pixel=1)
+                if em is not None and ex is not None:
+                    chan.emission_wavelength, chan.excitation_wavelength = em, ex
+                chan_models.append(chan)
             pixels = om.Pixels(
                 id=f"Pixels:{n}",
-                dimension_order="XYCZT",
-                type="uint16",
+                dimension_order=om.Pixels_DimensionOrder.XYCZT,
+                type=om.PixelType.UINT16,
                 size_x=size[1],
                 size_y=size[0],
                 size_c=len(chans),
@@ -681,8 +720,8 @@ def write_ome_tiff_plate(
                 size_t=timepoints,
                 physical_size_x=pixel_size_um,
                 physical_size_y=pixel_size_um,
-                **({"physical_size_z": z_step_um} if z_planes > 1 else {}),
-                **({"time_increment": time_interval_s} if timepoints > 1 else {}),
+                physical_size_z=z_step_um if z_planes > 1 else None,
+                time_increment=time_interval_s if timepoints > 1 else None,
                 channels=chan_models,
                 tiff_data_blocks=[
                     om.TiffData(
@@ -698,12 +737,16 @@ def write_ome_tiff_plate(
                     id=f"WellSample:{n}",
                     index=n,
                     position_x=100.0 * f,
+                    position_x_unit=om.UnitsLength.MICROMETER,
                     position_y=-50.0 * f,
+                    position_y_unit=om.UnitsLength.MICROMETER,
                     image_ref=om.ImageRef(id=image_id),
                 )
             )
             n += 1
-        wells_el.append(om.Well(id=f"Well:{p.row}_{p.column}", row=p.row, column=p.column, well_samples=samples))
+        wells_el.append(
+            om.Well(id=f"Well:{p.row}_{p.column}", row=p.row, column=p.column, well_samples=samples)
+        )
     rows, cols = plate_format
     ome_plate = om.Plate(id="Plate:0", name=plate, rows=rows, columns=cols, wells=wells_el)
     for p in positions:

@@ -1072,7 +1072,9 @@ def image_metadata(
     img, _, _ = _image_loc(plate, well, field)
     node = _ome.read_node(img)
     if node is None:
-        raise NotFoundError(f"missing image group: store {img.url!r}", path=img.url, backend=BACKEND)
+        raise NotFoundError(
+            f"missing image group: store {img.url!r}", path=img.url, backend=BACKEND
+        )
     try:
         return _ome.image_attrs(_ome.unwrap(node.attributes)[1])
     except (KeyError, TypeError, IndexError, ValueError) as exc:

@@ -763,7 +763,7 @@ def write_ome_tiff_plate(
             tifffile.imwrite(
                 root / fname,
                 np.stack(stack),
-                description=to_xml(doc),
+                description=to_xml(doc).encode("utf-8"),
                 metadata=None,
                 photometric="minisblack",
             )

@@ -56,7 +56,10 @@ def test_info_format_and_layout_options(tmp_path, capsys):
     assert main(["info", "--format", "files", str(export.root / "Images")]) == 0
     text = capsys.readouterr().out
     assert "files (file-name layout operaphenix)" in text and "not recorded" in text
-    layout = r"r(?P<row>\d+)c(?P<column>\d+)f(?P<site>\d+)p(?P<z>\d+)-ch(?P<channel>\d+)sk\d+fk1fl1\.tiff"
+    layout = (
+        r"r(?P<row>\d+)c(?P<column>\d+)f(?P<site>\d+)p(?P<z>\d+)-ch(?P<channel>\d+)"
+        r"sk\d+fk1fl1\.tiff"
+    )
     assert main(["info", "--layout", layout, str(export.root / "Images")]) == 0
     assert "layout regex" in capsys.readouterr().out
     assert main(["info", "--format", "nope", str(export.root)]) == 2

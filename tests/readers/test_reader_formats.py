@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import tifffile
 
+from hcsflow.errors import MissingPlaneError
 from hcsflow.readers import (
     FileLayoutReader,
     PlateSource,
@@ -315,3 +316,13 @@ def test_coordinates_are_ranked_not_assumed_contiguous(tmp_path):
     assert [c.name for c in desc.channel_info] == ["DAPI", "Alexa 568"]
     img = next(i for i in desc.wells["A01"] if i.coords == ImageCoordinates("A01", 0, 1))
     assert img.path.endswith("-ch3sk1fk1fl1.tiff")
+
+
+def test_ome_tiff_companion_fileset(tmp_path):
+    export = write_ome_tiff_plate(tmp_path / "p", companion=True, z_planes=2)
+    check(export, "ome-tiff")
+    desc = read_plate(export.root)
+    assert [s.reason for s in desc.skipped] == ["OME companion metadata"]
+    (export.root / "OME_plate.companion.ome").unlink()
+    with pytest.raises(MissingPlaneError, match="OME_plate.companion.ome"):
+        read_plate(export.root)

@@ -658,6 +658,7 @@ def write_ome_tiff_plate(
     z_step_um: float = 0.5,
     time_interval_s: float = 60.0,
     plate_format: tuple[int, int] = (8, 12),
+    companion: bool = False,
     seed: int = 0,
 ) -> Export:
     """A multi-file OME-TIFF plate: ``<plate>_<well>_f<field>.ome.tif``, one per field.
@@ -665,7 +666,8 @@ def write_ome_tiff_plate(
     Every file holds its field's planes as pages (``DimensionOrder`` XYCZT) and the
     whole plate's OME-XML (``Plate``/``Well``/``WellSample``, one ``Image`` per field,
     ``TiffData`` with each file's ``UUID`` and ``FileName``), as Bio-Formats writes
-    plates.
+    plates.  ``companion=True`` writes the XML once, to ``<plate>.companion.ome``, and
+    each TIFF a ``BinaryOnly`` pointer to it (the OME-TIFF way for large plates).
     """
     import tifffile
     from ome_types import model as om
@@ -749,10 +751,23 @@ def write_ome_tiff_plate(
         )
     rows, cols = plate_format
     ome_plate = om.Plate(id="Plate:0", name=plate, rows=rows, columns=cols, wells=wells_el)
+    master_urn = f"urn:uuid:{uuid.UUID(bytes=rng.bytes(16))}"
+    # serialised once; each file's copy differs only in the root's UUID
+    full = to_xml(om.OME(uuid=master_urn, images=images, plates=[ome_plate], creator="hcsflow"))
+    companion_name = f"{stem}.companion.ome"
+    if companion:
+        (root / companion_name).write_text(full, encoding="utf-8")
     for p in positions:
         for f in range(fields):
             fname, urn = files[(p.name, f)]
-            doc = om.OME(uuid=urn, images=images, plates=[ome_plate], creator="hcsflow.testing")
+            if companion:
+                pointer = om.OME(
+                    uuid=urn,
+                    binary_only=om.OME.BinaryOnly(metadata_file=companion_name, uuid=master_urn),
+                )
+                text = to_xml(pointer)
+            else:
+                text = full.replace(master_urn, urn, 1)
             stack = []
             for t in range(timepoints):
                 for z in range(z_planes):
@@ -763,7 +778,7 @@ def write_ome_tiff_plate(
             tifffile.imwrite(
                 root / fname,
                 np.stack(stack),
-                description=to_xml(doc).encode("utf-8"),
+                description=text.encode("utf-8"),
                 metadata=None,
                 photometric="minisblack",
             )

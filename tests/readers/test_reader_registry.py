@@ -167,3 +167,17 @@ def test_third_party_reader_runs_a_pipeline(tmp_path):
     with tifffile.TiffFile(tmp_path / "out" / "images" / "A02" / "A02_s1_w1.tif") as tif:
         assert tif.is_ome and tif.asarray().max() == 2  # the projection of sites 1 and 2
         assert 'Name="nuclei"' in tif.ome_metadata
+
+
+def test_readers_layer_imports_no_pipeline_and_no_ome_types():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, hcsflow.readers\n"
+        "from hcsflow.readers import reader_registry\n"
+        "bad = [m for m in sys.modules if m.startswith(('hcsflow.pipeline', 'hcsflow.cli',"
+        " 'ome_types', 'torch', 'jax', 'tensorflow', 'cupy'))]\n"
+        "assert not bad, bad\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)

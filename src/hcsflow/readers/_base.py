@@ -358,7 +358,7 @@ class PlateReader(ABC):
         Files holding one plane go through :meth:`FileManager.load_batch`; pages of
         multi-plane TIFF files are read with one ``key=`` read per file.
         """
-        out: list[np.ndarray | None] = [None] * len(images)
+        out: list[np.ndarray] = [np.empty(0)] * len(images)
         single = [i for i, img in enumerate(images) if img.page is None]
         if single:
             arrays = filemanager.load_batch([images[i].path for i in single], backend)
@@ -379,7 +379,7 @@ class PlateReader(ABC):
                 )
             for k, i in enumerate(idx):
                 out[i] = data[k]
-        return [a for a in out if a is not None]
+        return out
 
     def __eq__(self, other: object) -> bool:
         return type(other) is type(self) and other.__dict__ == self.__dict__

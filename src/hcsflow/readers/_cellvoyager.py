@@ -147,56 +147,51 @@ class _Parser:
     def records(self) -> list[_Rec]:
         root = self.root_of(self.mlf, "MeasurementData")
         out: list[_Rec] = []
+        record_tag, type_tag, time_tag = _a("MeasurementRecord"), _a("Type"), _a("Time")
+        ints = tuple(_a(n) for n in ("Row", "Column", "FieldIndex", "ZIndex", "TimePoint", "Ch"))
+        floats = tuple(_a(n) for n in ("X", "Y", "Z"))
         for number, rec in enumerate(root, start=1):
-            _, local = _xml.split_tag(rec.tag)
-            if local != "MeasurementRecord":
+            if rec.tag != record_tag:
                 continue
-            kind = rec.get(_a("Type"))
-            where = f"record {number} of {MLF_NAME}"
-
-            def num(
-                attr: str, required: bool = True, where: str = where, rec: Element = rec
-            ) -> float | None:
-                text = rec.get(_a(attr))
-                if text is None:
-                    if required:
-                        raise self.fail(self.mlf, f"{where} has no bts:{attr}")
-                    return None
-                return _xml.number(text, f"bts:{attr} of {where}", self.mlf, self.backend)
-
-            def whole(attr: str, where: str = where, rec: Element = rec) -> int:
-                text = rec.get(_a(attr))
-                if text is None:
-                    raise self.fail(self.mlf, f"{where} has no bts:{attr}")
-                return _xml.integer(text, f"bts:{attr} of {where}", self.mlf, self.backend)
-
+            at = rec.attrib
+            kind = at.get(type_tag)
             file = (rec.text or "").strip()
             path = ""
             if kind == "IMG":
                 if not file:
-                    raise self.fail(self.mlf, f"{where} names no image file")
-                path = self.resolve(file, where)
+                    raise self.fail(self.mlf, f"record {number} of {MLF_NAME} names no image file")
+                path = self.resolve(file, f"record {number} of {MLF_NAME}")
             elif kind != "ERR":
-                raise self.fail(self.mlf, f"{where} has bts:Type {kind!r}, not IMG or ERR")
-            r = _Rec(
-                number,
-                file,
-                path,
-                whole("Row"),
-                whole("Column"),
-                whole("FieldIndex"),
-                whole("ZIndex"),
-                whole("TimePoint"),
-                whole("Ch"),
-                num("X", False),
-                num("Y", False),
-                num("Z", False),
-                rec.get(_a("Time")),
-            )
+                raise self.fail(
+                    self.mlf,
+                    f"record {number} of {MLF_NAME} has bts:Type {kind!r}, not IMG or ERR",
+                )
+            try:
+                row, col, field, z, tp, ch = (int(at[k]) for k in ints)
+                x, y, zpos = (float(at[k]) if k in at else None for k in floats)
+            except (KeyError, ValueError):
+                self.bad_record(rec, number)
+                raise  # bad_record raises; this keeps type checkers informed
+            r = _Rec(number, file, path, row, col, field, z, tp, ch, x, y, zpos, at.get(time_tag))
             (out if kind == "IMG" else self.errors).append(r)
         return out
 
+    def bad_record(self, rec: Element, number: int) -> None:
+        """Raise the error that names what is wrong with record ``number``."""
+        where = f"record {number} of {MLF_NAME}"
+        for attr in ("Row", "Column", "FieldIndex", "ZIndex", "TimePoint", "Ch"):
+            text = rec.get(_a(attr))
+            if text is None:
+                raise self.fail(self.mlf, f"{where} has no bts:{attr}")
+            _xml.integer(text, f"bts:{attr} of {where}", self.mlf, self.backend)
+        for attr in ("X", "Y", "Z"):
+            text = rec.get(_a(attr))
+            if text is not None:
+                _xml.number(text, f"bts:{attr} of {where}", self.mlf, self.backend)
+
     def resolve(self, file: str, where: str) -> str:
+        if "/" not in file and "\\" not in file and file not in (".", ".."):
+            return f"{self.source.root}/{file}"  # the usual case: a file beside the .mlf
         text = file.replace("\\", "/")
         try:
             path = vpaths.join(vpaths.parent(self.mlf), text)

@@ -30,6 +30,7 @@ import posixpath
 import statistics
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import NamedTuple
 from xml.etree.ElementTree import Element
 
 from hcsflow import paths as vpaths
@@ -75,10 +76,34 @@ _CHANNEL_FIELDS = (
 )
 
 
-@dataclass
-class _Value:
+class _Value(NamedTuple):
     text: str
     unit: str | None
+
+
+# the fields of an image record (or a Maps entry) the reader uses
+_WANTED = frozenset(
+    {
+        "id",
+        "State",
+        "URL",
+        "Row",
+        "Col",
+        "FieldID",
+        "PlaneID",
+        "TimepointID",
+        "ChannelID",
+        "ChannelName",
+        "ImageResolutionX",
+        "ImageResolutionY",
+        "PositionX",
+        "PositionY",
+        "PositionZ",
+        "MeasurementTimeOffset",
+        "MainExcitationWavelength",
+        "MainEmissionWavelength",
+    }
+)
 
 
 @dataclass
@@ -131,6 +156,8 @@ class _Parser:
         self.maps: dict[str, dict[str, _Value]] = {}
         self.records: list[_Record] = []
         self.version = ""
+        self.cut = 0
+        self.wanted: list[tuple[str, str]] = []
         self.by_path: dict[str, _Record] = {}
 
     # -- errors
@@ -152,52 +179,51 @@ class _Parser:
         return _xml.number(value.text, what, self.index, self.backend) * factor
 
     # -- parsing
+    def root_tag(self, data: bytes) -> str:
+        """The root element's tag, from the start of the document only."""
+        head = _xml.pull_parser(self.index, self.backend)
+        for i in range(0, len(data), 1 << 16):
+            for elem in head.feed(data[i : i + (1 << 16)]):
+                return str(elem.tag)
+        raise self.error("truncated XML: the document has no root element")
+
     def parse(self) -> None:
         data = self.source.read_bytes(self.index)
         if not data.strip():
             raise self.error("the Harmony index is empty")
-        stack: list[str] = []
-        ns = ""
-        for event, elem in _xml.iterparse(data, self.index, self.backend):
-            if event == "start":
-                ens, local = _xml.split_tag(elem.tag)
-                if not stack:
-                    if local != "EvaluationInputData":
-                        raise self.error(
-                            f"root element is {local!r}, not 'EvaluationInputData': not a "
-                            "Harmony index"
-                        )
-                    if ens not in HARMONY_NAMESPACES:
-                        raise self.error(
-                            f"unknown XML namespace {ens!r} of the Harmony index; known: "
-                            f"{', '.join(HARMONY_NAMESPACES)}"
-                        )
-                    ns = ens
-                    self.version = HARMONY_NAMESPACES[ns]
-                elif ens != ns:
-                    raise self.error(
-                        f"element {local!r} is in namespace {ens!r}, the index in {ns!r}"
-                    )
-                stack.append(local)
-                continue
-            local = stack.pop()
-            depth = len(stack)
-            parent = stack[-1] if stack else ""
-            if depth == 2 and stack[0:2] == ["EvaluationInputData", "Plates"] and local == "Plate":
-                self.read_plate(elem)
-                elem.clear()
-            elif depth == 3 and parent == "Map" and local == "Entry":
+        ns, local = _xml.split_tag(self.root_tag(data))
+        if local != "EvaluationInputData":
+            raise self.error(
+                f"root element is {local!r}, not 'EvaluationInputData': not a Harmony index"
+            )
+        if ns not in HARMONY_NAMESPACES:
+            raise self.error(
+                f"unknown XML namespace {ns!r} of the Harmony index; known: "
+                f"{', '.join(HARMONY_NAMESPACES)}"
+            )
+        self.version = HARMONY_NAMESPACES[ns]
+        self.cut = len(ns) + 2
+        self.wanted = [(local, f"{{{ns}}}{local}") for local in sorted(_WANTED)]
+        image, entry, plate, well = (f"{{{ns}}}{t}" for t in ("Image", "Entry", "Plate", "Well"))
+        # "end" events only: each element is handled once it is complete, then freed
+        for elem in _xml.iter_ends(data, self.index, self.backend):
+            tag = elem.tag
+            if tag == image:
+                if len(elem):  # Images/Image; Wells/Well/Image are empty references
+                    self.records.append(self.read_record(elem))
+                    elem.clear()
+            elif tag == entry:
                 self.read_map_entry(elem)
                 elem.clear()
-            elif depth == 2 and parent == "Images" and local == "Image":
-                self.records.append(self.read_record(elem))
+            elif tag == plate:
+                self.read_plate(elem)
                 elem.clear()
-        if stack:
-            raise self.error("truncated XML: the document ends inside an element")
+            elif tag == well and len(elem):
+                elem.clear()  # Wells/Well: references to the images, not needed
 
     def read_plate(self, elem: Element) -> None:
         for child in elem:
-            _, local = _xml.split_tag(child.tag)
+            local = child.tag[self.cut :]
             if local == "Well":
                 wid = child.get("id")
                 if wid:
@@ -211,15 +237,18 @@ class _Parser:
             return  # entries keyed otherwise (none known) carry no channel description
         entry = self.maps.setdefault(cid.strip(), {})
         for child in elem:
-            _, local = _xml.split_tag(child.tag)
-            if len(child) == 0 and local not in entry:
+            local = child.tag[self.cut :]
+            if local in _WANTED and local not in entry:
                 entry[local] = _Value((child.text or "").strip(), child.get("Unit"))
 
     def read_record(self, elem: Element) -> _Record:
+        by_tag = {child.tag: child for child in elem}  # one C-level pass over the children
         fields: dict[str, _Value] = {}
-        for child in elem:
-            _, local = _xml.split_tag(child.tag)
-            fields[local] = _Value((child.text or "").strip(), child.get("Unit"))
+        for local, tag in self.wanted:
+            child = by_tag.get(tag)
+            if child is not None:
+                text = child.text
+                fields[local] = _Value(text.strip() if text else "", child.get("Unit"))
         rid = fields["id"].text if "id" in fields else f"#{len(self.records) + 1}"
         return _Record(rid, fields)
 
@@ -257,12 +286,16 @@ class _Parser:
             if url_v is None or url_v.text == "":
                 raise self.error(f"image record {rec.id!r} has no URL")
             path = self.resolve(url_v.text, index_dir, rec)
-            row = self.required_int(rec, "Row")
-            col = self.required_int(rec, "Col")
-            fid, pid, tid, cid = (
-                self.required_int(rec, k)
-                for k in ("FieldID", "PlaneID", "TimepointID", "ChannelID")
-            )
+            vals = rec.fields
+            try:
+                row, col, fid, pid, tid, cid = (
+                    int(vals[k].text)
+                    for k in ("Row", "Col", "FieldID", "PlaneID", "TimepointID", "ChannelID")
+                )
+            except (KeyError, ValueError):
+                for k in ("Row", "Col", "FieldID", "PlaneID", "TimepointID", "ChannelID"):
+                    self.required_int(rec, k)  # raises the error naming the field
+                raise
             state = rec.fields.get("State")
             if state is not None and state.text and state.text != "Ok":
                 not_ok[path] = state.text
@@ -332,6 +365,8 @@ class _Parser:
         )
 
     def resolve(self, url: str, index_dir: str, rec: _Record) -> str:
+        if "/" not in url and "\\" not in url and url not in (".", ".."):
+            return f"{index_dir}/{url}"  # the usual case: a file beside the index
         text = url.replace("\\", "/")
         if "://" in text or text.startswith("/") or (len(text) > 1 and text[1] == ":"):
             # absolute paths and URLs of the acquisition machine: the file sits beside the index

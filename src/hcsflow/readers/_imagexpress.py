@@ -26,6 +26,7 @@ only their first IFD.
 from __future__ import annotations
 
 import csv
+import functools
 import re
 from dataclasses import dataclass
 from xml.etree.ElementTree import Element
@@ -42,7 +43,7 @@ from hcsflow.readers._base import (
 )
 from hcsflow.readers._layouts import is_thumbnail
 from hcsflow.readers._source import PlateSource
-from hcsflow.storage.plate import ImageCoordinates, WellPosition, row_name
+from hcsflow.storage.plate import ImageCoordinates, WellPosition, parse_well, row_name
 
 __all__ = ["ImageXpressReader", "Htd", "parse_htd"]
 
@@ -344,16 +345,11 @@ class ImageXpressReader(PlateReader):
         prefixes: set[str],
     ) -> None:
         try:
-            well = ImageCoordinates(m.group("well")).well
+            well = parse_well(m.group("well")).name
         except PlateLayoutError:
             builder.unplace(path, f"{m.group('well')!r} is not a well name")
             return
-        t_dir = z_dir = None
-        for part in vpaths.relative_to(vpaths.parent(path), source.root).split("/"):
-            if (mt := _TIME_DIR.match(part)) is not None:
-                t_dir = int(mt.group(1))
-            elif (mz := _Z_DIR.match(part)) is not None:
-                z_dir = int(mz.group(1))
+        t_dir, z_dir = _folders(vpaths.relative_to(vpaths.parent(path), source.root))
         site = int(m.group("site")) if m.group("site") else 1
         wave = int(m.group("wave")) if m.group("wave") else 1
         t = t_dir if t_dir is not None else int(m.group("t")) if m.group("t") else 1
@@ -384,12 +380,14 @@ class ImageXpressReader(PlateReader):
         self, source: PlateSource, htd: Htd, builder: PlateBuilder
     ) -> tuple[tuple[ChannelInfo, ...], tuple[float, float] | None, float | None, list[str]]:
         """Channel names and wavelengths, pixel size and z step from MetaSeries headers."""
-        first: dict[int, str] = {}
+        first: dict[int, tuple[ImageCoordinates, str]] = {}
         z_planes: dict[int, str] = {}
         ref = min(builder.placed) if builder.placed else None
-        for coords, img in sorted(builder.placed.items()):
-            if coords.t == 0 and coords.z == 0 and coords.channel not in first:
-                first[coords.channel] = img.path
+        for coords, img in builder.placed.items():
+            if coords.t == 0 and coords.z == 0:
+                seen = first.get(coords.channel)
+                if seen is None or coords < seen[0]:
+                    first[coords.channel] = (coords, img.path)
             if ref is not None and (coords.well, coords.field, coords.channel, coords.t) == (
                 ref.well,
                 ref.field,
@@ -400,7 +398,7 @@ class ImageXpressReader(PlateReader):
         notes: list[str] = []
         props: dict[int, dict[str, str]] = {}
         origin: dict[int, str] = {}
-        for ch, path in sorted(first.items()):
+        for ch, (_, path) in sorted(first.items()):
             local = source.local_path(path)
             if local is None:
                 notes.append("TIFF headers not read (not a local folder): no pixel size")
@@ -454,6 +452,18 @@ class ImageXpressReader(PlateReader):
             if len(zs) == 2 and zs[1] != zs[0]:
                 z_step = round(abs(zs[1] - zs[0]), 6)
         return tuple(channels), pixel, z_step, notes
+
+
+@functools.lru_cache(maxsize=4096)
+def _folders(relative_folder: str) -> tuple[int | None, int | None]:
+    """(timepoint, z step) named by ``TimePoint_<t>``/``ZStep_<z>`` folders of a path."""
+    t_dir = z_dir = None
+    for part in relative_folder.split("/"):
+        if (mt := _TIME_DIR.match(part)) is not None:
+            t_dir = int(mt.group(1))
+        elif (mz := _Z_DIR.match(part)) is not None:
+            z_dir = int(mz.group(1))
+    return t_dir, z_dir
 
 
 def _float(props: dict[str, str], key: str, path: str, backend: str) -> float | None:

@@ -132,7 +132,6 @@ def describe_store(store: str, reader: PlateReader) -> PlateDescription:
     wells: dict[str, tuple[PlateImage, ...]] = {}
     problems: list[str] = []
     dims: dict[str, tuple[int, ...]] = {}
-    shapes: dict[str, tuple[int, ...]] = {}
     for well in info.wells:
         w = open_well(store, well)
         axes = tuple(w.axes)
@@ -140,7 +139,6 @@ def describe_store(store: str, reader: PlateReader) -> PlateDescription:
             problems.append(f"well {well}: axes {axes} are not (c, z, y, x) or (t, c, z, y, x)")
             continue
         shape = tuple(w.shape)
-        shapes[well] = shape[-2:]
         t_n, c_n, z_n = (shape[0], shape[1], shape[2]) if len(axes) == 5 else (1, *shape[:2])
         dims[well] = (len(w.field_paths), t_n, c_n, z_n)
         wells[well] = tuple(
@@ -202,7 +200,7 @@ def describe_store(store: str, reader: PlateReader) -> PlateDescription:
         name=info.name,
         channel_info=tuple(channels),
         pixel_size_um=pixel,
-        z_step_um=z_step if n_z > 1 or z_step is not None else None,
+        z_step_um=z_step,
         time_interval_s=interval,
         plate_shape=(len(info.rows), len(info.columns)),
         notes=tuple(notes),

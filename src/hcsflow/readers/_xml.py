@@ -12,10 +12,11 @@ from __future__ import annotations
 import io
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
+from typing import Any
 
 from hcsflow.errors import ExportMetadataError
 
-__all__ = ["split_tag", "iterparse", "parse", "number", "integer"]
+__all__ = ["split_tag", "iterparse", "iter_ends", "pull_parser", "parse", "number", "integer"]
 
 
 def split_tag(tag: str) -> tuple[str, str]:
@@ -54,6 +55,39 @@ def iterparse(data: bytes, path: str, backend: str) -> Iterator[tuple[str, ET.El
         yield from ET.iterparse(io.BytesIO(data), events=("start", "end"))
     except ET.ParseError as exc:
         raise _parse_error(exc, path, backend) from None
+
+
+def iter_ends(data: bytes, path: str, backend: str) -> Iterator[ET.Element]:
+    """Stream the elements of ``data`` as each one ends (children complete)."""
+    _refuse_entities(data, path, backend)
+    try:
+        for _, elem in ET.iterparse(io.BytesIO(data), events=("end",)):
+            yield elem
+    except ET.ParseError as exc:
+        raise _parse_error(exc, path, backend) from None
+
+
+class _Pull:
+    """An ``XMLPullParser`` for "start" events whose parse errors name the file."""
+
+    def __init__(self, path: str, backend: str):
+        self.parser: Any = ET.XMLPullParser(events=("start",))
+        self.path, self.backend = path, backend
+
+    def feed(self, chunk: bytes) -> Iterator[ET.Element]:
+        if b"<!ENTITY" in chunk:
+            _refuse_entities(chunk, self.path, self.backend)
+        try:
+            self.parser.feed(chunk)
+            for _, elem in self.parser.read_events():
+                yield elem
+        except ET.ParseError as exc:
+            raise _parse_error(exc, self.path, self.backend) from None
+
+
+def pull_parser(path: str, backend: str) -> _Pull:
+    """An incremental parser yielding each element as its start tag is fed."""
+    return _Pull(path, backend)
 
 
 def parse(data: bytes, path: str, backend: str) -> ET.Element:

@@ -19,7 +19,6 @@ Planes are read as pages (``key=``), each file once per group of planes.
 
 from __future__ import annotations
 
-import hashlib
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -99,42 +98,51 @@ class _Parser:
             raise self.fail(path, f"OME-XML does not parse: {first}") from exc
 
     def documents(self, builder: PlateBuilder) -> tuple[list[_Doc], list[str]]:
+        """The OME-XML documents of the folder (companions first).
+
+        A TIFF that an already parsed document names (``TiffData/UUID/@FileName``: a
+        companion file, or a fileset's XML repeated in every file) is not opened at
+        all; a TIFF whose XML is a ``BinaryOnly`` pointer is recognised without
+        parsing it.
+        """
         src = self.source
         files = src.files()
         docs: list[_Doc] = []
-        seen: dict[str, _Doc] = {}
         tiffs = vpaths.natural_sorted(f for f in files if f.lower().endswith(_OME_TIFF))
         companions = vpaths.natural_sorted(f for f in files if f.lower().endswith(_COMPANION))
+        covered: set[str] = set()
+
+        def add(doc: _Doc) -> None:
+            docs.append(doc)
+            for image in doc.ome.images:
+                for block in image.pixels.tiff_data_blocks:
+                    if block.uuid is not None and block.uuid.file_name:
+                        covered.add(self.resolve(block.uuid.file_name, doc.xml_path))
+
         for comp in companions:
             text = src.read_bytes(comp).decode("utf-8", errors="strict")
-            doc = _Doc(comp, None, self.from_xml(text, comp))
-            seen[hashlib.sha1(text.encode()).hexdigest()] = doc
-            docs.append(doc)
+            add(_Doc(comp, None, self.from_xml(text, comp)))
             builder.skip(comp, "OME companion metadata")
         for tiff in tiffs:
+            if tiff in covered:
+                continue
             local = src.local_path(tiff)
             if local is None:
                 raise self.fail(tiff, "OME-TIFF headers can only be read from a local folder")
             text = _description(local, tiff, self.backend)
             if not text.rstrip().endswith("OME>"):
                 continue  # no OME-XML in this file: placed by another document or unplaced
-            digest = hashlib.sha1(text.encode()).hexdigest()
-            if digest in seen:
-                continue
-            ome = self.from_xml(text, tiff)
-            if ome.binary_only is not None:
-                meta = ome.binary_only.metadata_file
-                target = self.resolve(meta, tiff)
-                if target not in companions:
+            pointer = _BINARY_ONLY.search(text)
+            if pointer is not None:
+                meta = pointer.group(1)
+                if self.resolve(meta, tiff) not in companions:
                     raise MissingPlaneError(
                         f"BinaryOnly names the metadata file {meta!r}, which is not in the folder",
                         path=tiff,
                         backend=self.backend,
                     )
                 continue
-            doc = _Doc(tiff, tiff, ome)
-            seen[digest] = doc
-            docs.append(doc)
+            add(_Doc(tiff, tiff, self.from_xml(text, tiff)))
         return docs, tiffs
 
     def resolve(self, name: str, relative_to: str) -> str:
@@ -368,6 +376,9 @@ class _Parser:
             )
         pixel = (y, x) if x and y else None
         return tuple(channels), pixel, z if z else None, interval if interval else None
+
+
+_BINARY_ONLY = re.compile(r"<(?:\w+:)?BinaryOnly\b[^>]*\bMetadataFile=\"([^\"]*)\"")
 
 
 def _description(local: str, path: str, backend: str) -> str:

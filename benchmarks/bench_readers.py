@@ -142,7 +142,7 @@ def main() -> None:
             hcs, base = [], []
             for _ in range(5):  # alternate, so both see the same machine state
                 hcs.append(_median(lambda r=root: read_plate(r), 1))
-                base.append(_median(lambda r=root: raw(r), 1))
+                base.append(_median(lambda r=root, f=raw: f(r), 1))
             t_h, t_b = statistics.median(hcs), statistics.median(base)
             rows.append(
                 {

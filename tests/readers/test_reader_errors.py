@@ -332,7 +332,7 @@ def test_ome_xml_malformed(ome):
         tifffile.imwrite(
             p, data, description=xml.replace("</Pixels>", "</Pixel>").encode(), metadata=None
         )
-    _raises(ExportMetadataError, ome.root, "OME-XML does not parse", ".ome.tif")
+    _raises(ExportMetadataError, ome.root, "malformed XML", ".ome.tif")
 
 
 def test_ome_tiffdata_names_a_missing_file(ome):
@@ -393,3 +393,21 @@ def test_layout_with_another_format(harmony):
         format="harmony",
         layout=OperaPhenixLayout(),
     )
+
+
+def test_ome_unknown_namespace_and_bad_values(ome):
+    path = ome.root / ome.files[min(ome.files)]
+    with tifffile.TiffFile(path) as tif:
+        data = tif.asarray()
+        xml = tif.pages.first.description
+
+    def rewrite(text: str) -> None:
+        for p in ome.root.glob("*.ome.tif"):
+            tifffile.imwrite(p, data, description=text.encode(), metadata=None)
+
+    rewrite(xml.replace("Schemas/OME/2016-06", "Schemas/OME/2099-01"))
+    _raises(ExportMetadataError, ome.root, "unknown OME-XML namespace", "2099-01", ".ome.tif")
+    rewrite(xml.replace('SizeC="2"', 'SizeC="two"'))
+    _raises(ExportMetadataError, ome.root, "SizeC", "'two'", ".ome.tif")
+    rewrite(xml.replace('PlaneCount="2"', 'PlaneCount="9"'))
+    _raises(ExportMetadataError, ome.root, "TiffData", "covers planes", ".ome.tif")

@@ -177,7 +177,7 @@ def test_readers_layer_imports_no_pipeline_and_no_ome_types():
         "import sys, hcsflow.readers\n"
         "from hcsflow.readers import reader_registry\n"
         "bad = [m for m in sys.modules if m.startswith(('hcsflow.pipeline', 'hcsflow.cli',"
-        " 'ome_types', 'torch', 'jax', 'tensorflow', 'cupy'))]\n"
+        " 'ome_types', 'tifffile', 'zarr', 'torch', 'jax', 'tensorflow', 'cupy'))]\n"
         "assert not bad, bad\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -1,8 +1,8 @@
 """Format ``ome-tiff``: plates stored as OME-TIFF files (``*.ome.tif``).
 
 The OME-XML in each file's first ``ImageDescription`` (or in a ``*.companion.ome``
-file that ``BinaryOnly`` points to) is parsed with ``ome-types``; a document shared
-by several files (a multi-file fileset) is parsed once.  What is read:
+file that ``BinaryOnly`` points to) is read with ElementTree (see ``_omexml``); files
+that an already read document names are not opened.  What is read:
 
 * ``Plate/Well`` (``Row``, ``Column``: 0-based) and its ``WellSample``s in order
   (fields), each naming an ``Image``; ``Plate/@Name`` names the plate;
@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any
 
 from hcsflow import paths as vpaths
 from hcsflow.errors import ExportMetadataError, MissingPlaneError, PathEscapeError, PlateLayoutError
@@ -32,8 +31,16 @@ from hcsflow.readers._base import (
     PlateReader,
     listing,
 )
+from hcsflow.readers._omexml import (
+    OmeDoc,
+    OmeImage,
+    OmePixels,
+    OmeWellSample,
+    Quantity,
+    parse_ome,
+)
 from hcsflow.readers._source import PlateSource
-from hcsflow.storage.plate import ImageCoordinates, WellPosition
+from hcsflow.storage.plate import ImageCoordinates, WellPosition, parse_well
 
 __all__ = ["OmeTiffReader"]
 
@@ -48,21 +55,17 @@ _NAME_RE = re.compile(
 )
 
 
-def _unit(value: Any) -> str:
-    return str(getattr(value, "value", value))
-
-
 @dataclass
 class _Doc:
     xml_path: str
     """The file holding the XML (a TIFF or a companion file)."""
     home: str | None
     """The TIFF holding the XML (planes without a file name are in it)."""
-    ome: Any
+    ome: OmeDoc
 
 
 class OmeTiffReader(PlateReader):
-    """OME-TIFF plates (OME-XML parsed with ome-types)."""
+    """OME-TIFF plates (OME-XML: plate, images, channels, TiffData)."""
 
     name = "ome-tiff"
     title = "OME-TIFF"
@@ -88,14 +91,8 @@ class _Parser:
     def fail(self, path: str, message: str) -> ExportMetadataError:
         return ExportMetadataError(message, path=path, backend=self.backend)
 
-    def from_xml(self, text: str, path: str) -> Any:
-        import ome_types
-
-        try:
-            return ome_types.from_xml(text)
-        except Exception as exc:  # ome-types raises pydantic, xsdata and lxml errors alike
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise self.fail(path, f"OME-XML does not parse: {first}") from exc
+    def from_xml(self, text: str, path: str) -> OmeDoc:
+        return parse_ome(text.encode("utf-8"), path, self.backend)
 
     def documents(self, builder: PlateBuilder) -> tuple[list[_Doc], list[str]]:
         """The OME-XML documents of the folder (companions first).
@@ -114,10 +111,10 @@ class _Parser:
 
         def add(doc: _Doc) -> None:
             docs.append(doc)
-            for image in doc.ome.images:
-                for block in image.pixels.tiff_data_blocks:
-                    if block.uuid is not None and block.uuid.file_name:
-                        covered.add(self.resolve(block.uuid.file_name, doc.xml_path))
+            for image in doc.ome.images.values():
+                for block in image.pixels.tiff_data:
+                    if block.file_name:
+                        covered.add(self.resolve(block.file_name, doc.xml_path))
 
         for comp in companions:
             text = src.read_bytes(comp).decode("utf-8", errors="strict")
@@ -133,8 +130,8 @@ class _Parser:
             if not text.rstrip().endswith("OME>"):
                 continue  # no OME-XML in this file: placed by another document or unplaced
             pointer = _BINARY_ONLY.search(text)
-            if pointer is not None:
-                meta = pointer.group(1)
+            meta = pointer.group(1) if pointer is not None else None
+            if meta is not None:
                 if self.resolve(meta, tiff) not in companions:
                     raise MissingPlaneError(
                         f"BinaryOnly names the metadata file {meta!r}, which is not in the folder",
@@ -163,31 +160,30 @@ class _Parser:
         present = set(src.files())
         where: dict[ImageCoordinates, tuple[str, int]] = {}
         missing: list[str] = []
-        first_pixels: Any = None
+        first_pixels: OmePixels | None = None
         plate_name = None
         plate_shape = None
         positions: dict[tuple[str, int], tuple[float, float]] = {}
         for doc in docs:
-            images = {img.id: img for img in doc.ome.images}
-            placements: list[tuple[Any, str, int]] = []  # (image, well, field)
+            images = doc.ome.images
+            placements: list[tuple[OmeImage, str, int]] = []  # (image, well, field)
             if doc.ome.plates:
                 for plate in doc.ome.plates:
                     plate_name = plate_name or plate.name
                     if plate.rows and plate.columns and plate_shape is None:
-                        plate_shape = (int(plate.rows), int(plate.columns))
+                        plate_shape = (plate.rows, plate.columns)
                     for well in plate.wells:
                         try:
-                            wname = WellPosition(int(well.row), int(well.column)).name
-                            ImageCoordinates(wname)
+                            wname = parse_well(WellPosition(well.row, well.column).name).name
                         except (PlateLayoutError, ValueError) as exc:
                             raise self.fail(doc.xml_path, f"well {well.id!r}: {exc}") from None
                         samples = sorted(
-                            well.well_samples,
+                            well.samples,
                             key=lambda s: s.index if s.index is not None else 0,
                         )
                         for f, sample in enumerate(samples):
-                            ref = sample.image_ref.id if sample.image_ref else None
-                            if ref not in images:
+                            ref = sample.image_ref
+                            if ref is None or ref not in images:
                                 raise self.fail(
                                     doc.xml_path,
                                     f"well sample {sample.id!r} refers to image {ref!r}, which the "
@@ -251,7 +247,7 @@ class _Parser:
                 builder.unplace(name, "no OME-XML places it on the plate")
             else:
                 builder.skip(name, "not an image plane")
-        channels, pixel, z_step, interval = self.pixel_metadata(first_pixels, docs[0].xml_path)
+        channels, pixel, z_step, interval = self.pixel_metadata(first_pixels)
         return builder.build(
             metadata_path=docs[0].xml_path,
             name=plate_name,
@@ -265,11 +261,11 @@ class _Parser:
             notes=tuple(self.notes),
         )
 
-    def planes(self, doc: _Doc, image: Any) -> dict[tuple[int, int, int], tuple[str, int]]:
+    def planes(self, doc: _Doc, image: OmeImage) -> dict[tuple[int, int, int], tuple[str, int]]:
         """(c, z, t) -> (file, IFD) of every plane of ``image``."""
         p = image.pixels
-        sizes = {"C": int(p.size_c), "Z": int(p.size_z), "T": int(p.size_t)}
-        order = _unit(p.dimension_order)[2:]  # e.g. "CZT": C varies fastest
+        sizes = {"C": p.size_c, "Z": p.size_z, "T": p.size_t}
+        order = p.dimension_order[2:]  # e.g. "CZT": C varies fastest
         total = sizes["C"] * sizes["Z"] * sizes["T"]
 
         def coords_of(index: int) -> tuple[int, int, int]:
@@ -287,14 +283,14 @@ class _Parser:
             return idx
 
         result: dict[tuple[int, int, int], tuple[str, int]] = {}
-        blocks = list(p.tiff_data_blocks)
+        blocks = p.tiff_data
         if not blocks:
             if doc.home is None:
                 raise self.fail(doc.xml_path, f"image {image.id!r} has no TiffData")
             return {coords_of(i): (doc.home, i) for i in range(total)}
         for block in blocks:
-            if block.uuid is not None and block.uuid.file_name:
-                path = self.resolve(block.uuid.file_name, doc.xml_path)
+            if block.file_name:
+                path = self.resolve(block.file_name, doc.xml_path)
             elif doc.home is not None:
                 path = doc.home
             else:
@@ -302,68 +298,63 @@ class _Parser:
                     doc.xml_path,
                     f"image {image.id!r}: a TiffData block names no file (UUID FileName)",
                 )
-            start = index_of(
-                int(block.first_c or 0), int(block.first_z or 0), int(block.first_t or 0)
-            )
+            start = index_of(block.first_c, block.first_z, block.first_t)
             count = block.plane_count
             if count is None:
                 count = total - start if len(blocks) == 1 else 1
-            if start + int(count) > total:
+            if start + count > total or min(start, block.ifd, count) < 0:
                 raise self.fail(
                     doc.xml_path,
                     f"image {image.id!r}: TiffData at IFD {block.ifd} covers planes "
-                    f"{start}..{start + int(count) - 1} of {total}",
+                    f"{start}..{start + count - 1} of {total}",
                 )
-            for k in range(int(count)):
-                result[coords_of(start + k)] = (path, int(block.ifd) + k)
+            for k in range(count):
+                result[coords_of(start + k)] = (path, block.ifd + k)
         return result
 
-    def sample_position(self, sample: Any) -> tuple[float, float] | None:
+    def sample_position(self, sample: OmeWellSample) -> tuple[float, float] | None:
         if sample.position_x is None or sample.position_y is None:
             return None
-        fx = _LENGTH_UM.get(_unit(sample.position_x_unit))
-        fy = _LENGTH_UM.get(_unit(sample.position_y_unit))
+        fx = _LENGTH_UM.get(sample.position_x.unit)
+        fy = _LENGTH_UM.get(sample.position_y.unit)
         if fx is None or fy is None:
-            return None
-        return (round(float(sample.position_y) * fy, 6), round(float(sample.position_x) * fx, 6))
+            return None  # "reference frame" (the default) is not a length
+        return (
+            round(sample.position_y.value * fy, 6) + 0.0,
+            round(sample.position_x.value * fx, 6) + 0.0,
+        )
 
-    def length(self, value: Any, unit: Any, what: str, path: str) -> float | None:
-        if value is None:
+    def length(self, q: Quantity | None, what: str) -> float | None:
+        """``q`` in micrometres (``None`` with a note when its unit is not a length)."""
+        if q is None:
             return None
-        factor = _LENGTH_UM.get(_unit(unit))
+        factor = _LENGTH_UM.get(q.unit)
         if factor is None:
-            self.notes.append(f"{what} is in {_unit(unit)!r}, not a length in metres: not used")
+            self.notes.append(f"{what} is in {q.unit!r}, not a length: not used")
             return None
-        return round(float(value) * factor, 9)
+        return round(q.value * factor, 9)
 
     def pixel_metadata(
-        self, pixels: Any, path: str
+        self, pixels: OmePixels | None
     ) -> tuple[tuple[ChannelInfo, ...], tuple[float, float] | None, float | None, float | None]:
         if pixels is None:
             return (), None, None, None
-        x = self.length(pixels.physical_size_x, pixels.physical_size_x_unit, "PhysicalSizeX", path)
-        y = self.length(pixels.physical_size_y, pixels.physical_size_y_unit, "PhysicalSizeY", path)
-        z = self.length(pixels.physical_size_z, pixels.physical_size_z_unit, "PhysicalSizeZ", path)
+        x = self.length(pixels.physical_x, "PhysicalSizeX")
+        y = self.length(pixels.physical_y, "PhysicalSizeY")
+        z = self.length(pixels.physical_z, "PhysicalSizeZ")
         interval = None
         if pixels.time_increment is not None:
-            factor = _TIME_S.get(_unit(pixels.time_increment_unit))
+            factor = _TIME_S.get(pixels.time_increment.unit)
             if factor is not None:
-                interval = round(float(pixels.time_increment) * factor, 9)
+                interval = round(pixels.time_increment.value * factor, 9)
         channels = []
         for i, ch in enumerate(pixels.channels):
-            em = self.length(
-                ch.emission_wavelength, ch.emission_wavelength_unit, "EmissionWavelength", path
-            )
-            ex = self.length(
-                ch.excitation_wavelength,
-                ch.excitation_wavelength_unit,
-                "ExcitationWavelength",
-                path,
-            )
-            rgb = ch.color.as_rgb_tuple(alpha=False) if ch.color is not None else None
+            em = self.length(ch.emission, "EmissionWavelength")
+            ex = self.length(ch.excitation, "ExcitationWavelength")
             color = None
-            if rgb is not None and tuple(rgb) != (255, 255, 255):  # OME's default: not a choice
-                color = "".join(f"{v:02X}" for v in rgb)
+            if ch.color is not None and ch.color != -1:  # -1: opaque white, OME's default
+                rgba = ch.color & 0xFFFFFFFF
+                color = f"{rgba >> 8:06X}"
             channels.append(
                 ChannelInfo(
                     i,

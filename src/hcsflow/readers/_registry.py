@@ -203,9 +203,7 @@ def _builtin_registry() -> ReaderRegistry:
     reg.register_factory("harmony", harmony, priority=20)
     reg.register_factory("cellvoyager", cellvoyager, priority=30)
     reg.register_factory("imagexpress", imagexpress, priority=60)
-    reg.register_factory(
-        "ome-tiff", ome_tiff, priority=70, hint="pip install ome-types (a dependency of hcsflow)"
-    )
+    reg.register_factory("ome-tiff", ome_tiff, priority=70)
     reg.register_factory("files", files, priority=1000)
     return reg
 

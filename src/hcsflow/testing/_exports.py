@@ -16,7 +16,9 @@ that encodes the plane's coordinates, so a plane read into the wrong place shows
   the ``.mes`` settings, ``PL1_A01_T0001F001L01A01Z01C01.tif`` planes, shading
   correction images.
 * :func:`write_ome_tiff_plate`: one multi-page ``.ome.tif`` per well and field, with
-  the plate's OME-XML (``Plate``, ``Well``, ``WellSample``, ``TiffData``).
+  the plate's OME-XML (``Plate``, ``Well``, ``WellSample``, ``TiffData``) written by
+  ``ome-types`` (an independent writer for the reader to be tested against; needs
+  ``pip install ome-types``).
 
 Structures follow public descriptions of these formats (Bio-Formats' readers and
 other open-source readers); the data is synthetic.
@@ -670,8 +672,14 @@ def write_ome_tiff_plate(
     each TIFF a ``BinaryOnly`` pointer to it (the OME-TIFF way for large plates).
     """
     import tifffile
-    from ome_types import model as om
-    from ome_types import to_xml
+
+    try:
+        from ome_types import model as om
+        from ome_types import to_xml
+    except ImportError as exc:  # a test dependency, not a core one
+        raise ImportError(
+            "write_ome_tiff_plate writes its OME-XML with ome-types: pip install ome-types"
+        ) from exc
 
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)

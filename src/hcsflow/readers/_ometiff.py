@@ -105,8 +105,8 @@ class _Parser:
         src = self.source
         files = src.files()
         docs: list[_Doc] = []
-        tiffs = vpaths.natural_sorted(f for f in files if f.lower().endswith(_OME_TIFF))
-        companions = vpaths.natural_sorted(f for f in files if f.lower().endswith(_COMPANION))
+        tiffs = sorted(f for f in files if f.lower().endswith(_OME_TIFF))
+        companions = sorted(f for f in files if f.lower().endswith(_COMPANION))
         covered: set[str] = set()
 
         def add(doc: _Doc) -> None:
@@ -143,6 +143,8 @@ class _Parser:
         return docs, tiffs
 
     def resolve(self, name: str, relative_to: str) -> str:
+        if "/" not in name and "\\" not in name and name not in (".", ".."):
+            return f"{vpaths.parent(relative_to)}/{name}"  # the usual case: a file alongside
         try:
             path = vpaths.join(vpaths.parent(relative_to), name.replace("\\", "/"))
         except PathEscapeError:

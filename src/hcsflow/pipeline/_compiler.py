@@ -111,6 +111,9 @@ class WellPlan:
     """``hcsflow.readers.ImageMetadata`` the outputs carry (pixel size, channels...)."""
     tiff_config: Any = None
     """``hcsflow.storage.TiffConfig`` of TIFF outputs (``None``: ``TiffConfig()``)."""
+    output: Any = None
+    """Where the well writes (a ``WellSink`` set by the run inside the worker; ``None``:
+    a local disk backend and zarr stores at their virtual paths)."""
 
 
 @dataclass(frozen=True)

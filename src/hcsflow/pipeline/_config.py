@@ -217,6 +217,11 @@ class PipelineConfig:
     tiff: Any = None
     """A ``hcsflow.storage.TiffConfig`` for TIFF outputs (default ``TiffConfig()``:
     zlib, OME metadata).  Replaced as a whole, like ``zarr``."""
+    scheduler: str | None = None
+    """Address of an existing Dask scheduler (``tcp://host:8786``) for ``executor="dask"``;
+    ``None`` starts a ``LocalCluster`` of ``num_workers`` workers."""
+    retries: int | None = None
+    """Times a well is run again after its worker died or its storage failed."""
 
     def __post_init__(self) -> None:
         _validate_run_fields(self)
@@ -273,6 +278,15 @@ def _validate_run_fields(cfg: PipelineConfig) -> None:
         raise ConfigurationError(
             f"tiff must be a hcsflow.storage.TiffConfig, got {type(cfg.tiff).__name__}"
         )
+    if cfg.retries is not None and (
+        not isinstance(cfg.retries, int) or isinstance(cfg.retries, bool) or cfg.retries < 0
+    ):
+        raise ConfigurationError(f"retries must be a non-negative int, got {cfg.retries!r}")
+    if cfg.scheduler is not None and (not isinstance(cfg.scheduler, str) or not cfg.scheduler):
+        raise ConfigurationError(
+            f"scheduler must be a Dask scheduler address such as 'tcp://host:8786', "
+            f"got {cfg.scheduler!r}"
+        )
 
 
 _DEFAULT_VALUES: dict[str, Any] = {
@@ -290,6 +304,7 @@ _DEFAULT_VALUES: dict[str, Any] = {
     "fail_fast": False,
     "strict_input": False,
     "tiff": TiffConfig(),
+    "retries": 2,
 }
 
 

@@ -10,6 +10,7 @@ from hcsflow.storage._codecs import (
 )
 from hcsflow.storage._disk import DiskStorageBackend
 from hcsflow.storage._filemanager import FileManager
+from hcsflow.storage._fsspec import FsspecStorageBackend
 from hcsflow.storage._memory import MemoryStorageBackend
 from hcsflow.storage._registry import (
     BackendRegistry,
@@ -41,6 +42,7 @@ __all__ = [
     "CodecRegistry",
     "TiffConfig",
     "DiskStorageBackend",
+    "FsspecStorageBackend",
     "MemoryStorageBackend",
     "default_codecs",
     "to_host_array",

@@ -15,8 +15,8 @@ from hcsflow.errors import (
     PathEscapeError,
 )
 from hcsflow.storage import DiskStorageBackend
-from hcsflow.storage import _disk as disk_module
-from hcsflow.storage._disk import is_temp_name
+from hcsflow.storage.disk import _publish as disk_module
+from hcsflow.storage.disk import is_temp_name
 from hcsflow.testing import BackendTests
 
 

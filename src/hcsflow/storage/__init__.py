@@ -2,7 +2,6 @@
 
 from hcsflow.storage._base import IMAGE_EXTENSIONS, Backend, EntryKind, FileInfo, StorageBackend
 from hcsflow.storage._codecs import Codec, CodecRegistry, default_codecs, to_host_array
-from hcsflow.storage._disk import DiskStorageBackend
 from hcsflow.storage._filemanager import FileManager
 from hcsflow.storage._memory import MemoryStorageBackend
 from hcsflow.storage._registry import (
@@ -11,6 +10,7 @@ from hcsflow.storage._registry import (
     register_backend,
     storage_registry,
 )
+from hcsflow.storage.disk import DiskStorageBackend
 from hcsflow.storage.zarr import (
     PlateInfo,
     WellInfo,

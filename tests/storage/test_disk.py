@@ -133,11 +133,17 @@ def test_new_files_get_the_umask_mode(disk) -> None:
     assert os.stat(_real(disk, "/x.npy")).st_mode & 0o777 == 0o666 & ~mask
 
 
-@pytest.fixture(params=["rename-noreplace", "link"])
+@pytest.fixture(params=["unnamed", "rename-noreplace", "link"])
 def publish_route(request, monkeypatch) -> str:
-    """Run a test with the one-step no-clobber rename, and with the hard-link fallback."""
+    """Run a test with each publish route: an unnamed file (O_TMPFILE) linked into place,
+    a named temporary file renamed with RENAME_NOREPLACE, and the hard-link fallback."""
+    if request.param == "unnamed":
+        if not disk_module._O_TMPFILE or not disk_module._proc_fd_links():
+            pytest.skip("O_TMPFILE is not available here")
+        return request.param
+    monkeypatch.setattr(disk_module, "_O_TMPFILE", 0)
     if request.param == "link":
-        monkeypatch.setattr(disk_module, "_rename_noreplace", lambda src, dst: False)
+        monkeypatch.setattr(disk_module, "_rename_noreplace", lambda *args: False)
     elif disk_module._renameat2() is None:
         pytest.skip("renameat2 is not available here")
     return request.param
@@ -145,15 +151,15 @@ def publish_route(request, monkeypatch) -> str:
 
 def test_no_clobber_publish_refuses_a_target_that_appears(disk, monkeypatch, publish_route) -> None:
     disk.ensure_directory("/d")
-    original = disk._write_temp
+    original = disk._stage
 
-    def write_then_race(vp, real, *args, **kwargs):
-        tmp = original(vp, real, *args, **kwargs)
-        with open(real, "wb") as fh:  # another process wins the race meanwhile
+    def write_then_race(dir_fd, name, vp, *args, **kwargs):
+        staged = original(dir_fd, name, vp, *args, **kwargs)
+        with open(_real(disk, vp), "wb") as fh:  # another process wins the race meanwhile
             fh.write(b"theirs")
-        return tmp
+        return staged
 
-    monkeypatch.setattr(disk, "_write_temp", write_then_race)
+    monkeypatch.setattr(disk, "_stage", write_then_race)
     with pytest.raises(AlreadyExistsError):
         disk.save(np.arange(3), "/d/x.npy")
     with open(_real(disk, "/d/x.npy"), "rb") as fh:
@@ -165,16 +171,16 @@ def test_no_clobber_publish_refuses_a_target_that_appears(disk, monkeypatch, pub
 def test_save_batch_rolls_back_when_publishing_fails(disk, monkeypatch) -> None:
     disk.ensure_directory("/b")
     disk.save(np.full(3, 7), "/b/0.npy")
-    original = disk._publish
+    original = disk._commit
     calls = []
 
-    def flaky_publish(tmp, vp, real, overwrite):
+    def flaky_commit(dir_fd, name, vp, staged, overwrite):
         calls.append(vp)
         if len(calls) == 3:
             raise OSError(28, "No space left on device")
-        original(tmp, vp, real, overwrite)
+        original(dir_fd, name, vp, staged, overwrite)
 
-    monkeypatch.setattr(disk, "_publish", flaky_publish)
+    monkeypatch.setattr(disk, "_commit", flaky_commit)
     paths = [f"/b/{i}.npy" for i in range(4)]
     with pytest.raises(BatchError) as info:
         disk.save_batch([np.full(3, i + 10) for i in range(4)], paths, overwrite=True)
@@ -256,25 +262,23 @@ def test_rename_noreplace_refuses_an_existing_target(tmp_path) -> None:
     assert sorted(os.listdir(tmp_path)) == ["b", "c"]
 
 
-@pytest.mark.parametrize(
-    ("operation", "last_check"), [("move", "entry_kind"), ("copy", "_check_target")]
-)
+@pytest.mark.parametrize("operation", ["move", "copy"])
 def test_directory_move_and_copy_never_replace_a_directory_that_appears(
-    disk, monkeypatch, operation, last_check
+    disk, monkeypatch, operation
 ) -> None:
     if disk_module._renameat2() is None:
         pytest.skip("renameat2 is not available here")
     disk.ensure_directory("/src")
     disk.save(np.arange(3), "/src/f.npy")
-    original = getattr(disk, last_check)
+    original = disk_module._rename_noreplace
 
-    def check_then_race(path, *args, **kwargs):
-        outcome = original(path, *args, **kwargs)
-        if disk.norm(path) == "/dst" and not os.path.lexists(_real(disk, "/dst")):
-            os.mkdir(_real(disk, "/dst"))  # another process creates it meanwhile
-        return outcome
+    def race_then_rename(src, dst, *args):
+        # every check has passed: another process creates the destination meanwhile
+        if dst == "dst" and not os.path.lexists(_real(disk, "/dst")):
+            os.mkdir(_real(disk, "/dst"))
+        return original(src, dst, *args)
 
-    monkeypatch.setattr(disk, last_check, check_then_race)
+    monkeypatch.setattr(disk_module, "_rename_noreplace", race_then_rename)
     with pytest.raises(AlreadyExistsError):
         getattr(disk, operation)("/src", "/dst")
     assert os.listdir(_real(disk, "/dst")) == []

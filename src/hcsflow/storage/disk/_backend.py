@@ -1,4 +1,17 @@
-"""The disk backend: real files and directories, formats chosen by extension."""
+"""The disk backend: real files and directories, formats chosen by extension.
+
+Path mapping: without a root a virtual path *is* the real absolute path; with a root,
+virtual ``/a/b`` is ``<root>/a/b``.  Virtual paths cannot climb above ``/`` (see
+:mod:`hcsflow.paths`), and below a root every operation is resolved through directory
+descriptors (see :mod:`hcsflow.storage._contain`): a symlink leading out of the root
+raises :class:`~hcsflow.errors.PathEscapeError`, and one swapped in by another process
+while an operation runs cannot redirect it.
+
+Symlinks are real OS symlinks storing the absolute real path of their target, so a
+link keeps pointing at the same virtual path when it (or a directory holding it) is
+moved or copied - the same as the memory backend.  Writes are atomic (see
+:mod:`hcsflow.storage.disk._publish`).
+"""
 
 from __future__ import annotations
 
@@ -20,9 +33,14 @@ from hcsflow.errors import (
     NotFoundError,
     SymlinkLoopError,
 )
-from hcsflow.storage._base import Backend, EntryKind, FileInfo
+from hcsflow.storage._base import EntryKind, FileInfo
+from hcsflow.storage._contain import EscapeError, Tree, copy_file_at
 from hcsflow.storage.disk._paths import _kind
-from hcsflow.storage.disk._publish import _DiskPublish, _temp_name, is_temp_name
+from hcsflow.storage.disk._publish import _DiskPublish, is_temp_name, temp_name
+
+__all__ = ["DiskStorageBackend"]
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
 
 
 class DiskStorageBackend(_DiskPublish):
@@ -34,9 +52,8 @@ class DiskStorageBackend(_DiskPublish):
     power loss; atomicity does not depend on it).
     ``max_workers``: threads for ``save_batch``/``load_batch``
     (default ``min(32, cpu_count * 4)``).
+    ``limits``: :class:`~hcsflow.storage.StorageLimits` checked before decoding.
     """
-
-    name = Backend.DISK.value
 
     # ------------------------------------------------------------------ queries
 
@@ -44,73 +61,92 @@ class DiskStorageBackend(_DiskPublish):
         self, path: vpaths.PathLike, *, follow_symlinks: bool = True
     ) -> EntryKind | None:
         """Kind of entry at ``path``; ``None`` when missing, dangling or looping."""
-        _, real = self._locate(path, follow=follow_symlinks)
+        vp = self.norm(path)
         try:
-            st = os.stat(real) if follow_symlinks else os.lstat(real)
-        except (FileNotFoundError, NotADirectoryError):
-            return None
+            _, st = self._tree.lookup(vp, follow=follow_symlinks)
+        except EscapeError as exc:
+            self._raise_os_error(exc, vp, "cannot resolve path")
         except OSError as exc:
-            if exc.errno == errno.ELOOP:
+            if exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
                 return None
-            raise
-        return _kind(st.st_mode)
+            self._raise_os_error(exc, vp, "cannot resolve path")
+        return None if st is None else _kind(st.st_mode)
 
     def list_dir(self, directory: vpaths.PathLike) -> list[str]:
         """Entry names in ``directory`` (in-flight temporary files hidden), naturally sorted."""
-        vp, real = self._locate(directory)
+        vp = self.norm(directory)
         try:
-            with os.scandir(real) as it:
-                names = [e.name for e in it if not is_temp_name(e.name)]
-        except OSError as exc:
+            fd, _ = self._tree.open_dir(vp)
+        except (OSError, EscapeError) as exc:
             self._raise_os_error(exc, vp, "cannot list directory")
+        try:
+            with os.scandir(fd) as it:
+                names = [e.name for e in it if not is_temp_name(e.name)]
+        finally:
+            os.close(fd)
         return vpaths.natural_sorted(names)
 
     def walk(self, directory: vpaths.PathLike, *, recursive: bool = True) -> Iterator[str]:
         """Files below ``directory`` (see :meth:`StorageBackend.walk`), read with scandir."""
-        root_vp, root_real = self._locate(directory)
+        root_vp = self.norm(directory)
         self._require_dir(root_vp)
-        stack = [(root_vp, root_real)]
+        stack = [root_vp]
         while stack:
-            vdir, rdir = stack.pop()
-            with os.scandir(rdir) as it:
-                entries = sorted(
-                    (e for e in it if not is_temp_name(e.name)),
-                    key=lambda e: vpaths.natural_key(e.name),
-                )
+            vdir = stack.pop()
+            try:
+                fd, _ = self._tree.open_dir(vdir)
+            except (OSError, EscapeError) as exc:
+                self._raise_os_error(exc, vdir, "cannot list directory")
+            try:
+                with os.scandir(fd) as it:
+                    entries = sorted(
+                        (e for e in it if not is_temp_name(e.name)),
+                        key=lambda e: vpaths.natural_key(e.name),
+                    )
+                kinds = []
+                for entry in entries:
+                    if entry.is_symlink():
+                        kinds.append("symlink")
+                    elif entry.is_dir(follow_symlinks=False):
+                        kinds.append("directory")
+                    else:
+                        kinds.append("file")
+            finally:
+                os.close(fd)
             subdirs = []
-            for entry in entries:
+            for entry, kind in zip(entries, kinds, strict=True):
                 full = vdir + "/" + entry.name if vdir != "/" else "/" + entry.name
-                if entry.is_symlink():
-                    if self._root is not None:
-                        self._locate(full)
-                    if entry.is_file():
+                if kind == "symlink":
+                    if self.entry_kind(full) == "file":
                         yield full
-                elif entry.is_dir(follow_symlinks=False):
-                    subdirs.append((full, entry.path))
-                elif entry.is_file(follow_symlinks=False):
+                elif kind == "directory":
+                    subdirs.append(full)
+                else:
                     yield full
             if recursive:
                 stack.extend(reversed(subdirs))
 
     def read_link(self, link: vpaths.PathLike) -> str:
         """The virtual path the symlink ``link`` points at."""
-        vp, real = self._locate(link, follow=False)
-        try:
-            target = os.readlink(real)
-        except OSError as exc:
-            if exc.errno == errno.EINVAL:
-                raise InvalidPathError("not a symlink", path=vp, backend=self.name) from exc
-            self._raise_os_error(exc, vp, "cannot read link")
-        return self._virtual(os.path.join(os.path.dirname(real), target))
+        vp = self.norm(link)
+        with self._parent_at(vp) as (dir_fd, name, pvp):
+            try:
+                target = os.readlink(name, dir_fd=dir_fd)
+            except OSError as exc:
+                if exc.errno == errno.EINVAL:
+                    raise InvalidPathError("not a symlink", path=vp, backend=self.name) from exc
+                self._raise_os_error(exc, vp, "cannot read link")
+        return self._virtual_target(target, pvp, vp)
 
     def stat(self, path: vpaths.PathLike) -> FileInfo:
         """:class:`FileInfo` for ``path`` itself (a symlink is reported as a symlink)."""
-        vp, real = self._locate(path, follow=False)
-        try:
-            st = os.lstat(real)
-        except OSError as exc:
-            self._raise_os_error(exc, vp, "cannot stat")
-        kind = _kind(st.st_mode) if not stat_mod.S_ISLNK(st.st_mode) else "symlink"
+        vp = self.norm(path)
+        _, st = self._lookup(vp, follow=False, what="cannot stat")
+        if st is None:
+            raise NotFoundError(
+                "cannot stat: no such file or directory", path=vp, backend=self.name
+            )
+        kind = _kind(st.st_mode)
         if kind == "symlink":
             return FileInfo(vp, "symlink", target=self.read_link(vp), mtime=st.st_mtime)
         if kind == "directory":
@@ -121,135 +157,173 @@ class DiskStorageBackend(_DiskPublish):
 
     def ensure_directory(self, directory: vpaths.PathLike) -> str:
         """Create ``directory`` and its missing parents; return its normalised path."""
-        vp, real = self._locate(directory)
+        vp = self.norm(directory)
         try:
-            os.makedirs(real, exist_ok=True)
-        except FileExistsError as exc:
-            if os.path.islink(real) and not os.path.exists(real):
-                raise NotFoundError(
-                    "symlink target does not exist", path=vp, backend=self.name
-                ) from exc
-            raise NotADirectoryStorageError(
-                "a file is in the way", path=vp, backend=self.name
-            ) from exc
+            self._tree.makedirs(vp)
+        except EscapeError as exc:
+            self._raise_os_error(exc, vp, "cannot create directory")
         except OSError as exc:
+            where = exc.filename if isinstance(exc.filename, str) else vp
+            if exc.errno == errno.ENOENT:
+                raise NotFoundError(
+                    "symlink target does not exist", path=where, backend=self.name
+                ) from exc
+            if exc.errno in (errno.EEXIST, errno.ENOTDIR):
+                raise NotADirectoryStorageError(
+                    "a file is in the way", path=vp, backend=self.name
+                ) from exc
             self._raise_os_error(exc, vp, "cannot create directory")
         return vp
 
     def _delete(self, path: str, recursive: bool) -> None:
-        vp, real = self._locate(path, follow=False)
-        try:
-            st = os.lstat(real)
-            if stat_mod.S_ISDIR(st.st_mode):
-                if recursive:
-                    shutil.rmtree(real)
+        with self._parent_at(path) as (dir_fd, name, _):
+            try:
+                st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+                if not stat_mod.S_ISDIR(st.st_mode):
+                    os.unlink(name, dir_fd=dir_fd)
+                elif recursive:
+                    Tree.rmtree(dir_fd, name)
                 else:
-                    os.rmdir(real)
-            else:
-                os.unlink(real)
-        except OSError as exc:
-            self._raise_os_error(exc, vp, "cannot delete")
+                    os.rmdir(name, dir_fd=dir_fd)
+            except OSError as exc:
+                self._raise_os_error(exc, path, "cannot delete")
 
     def _create_symlink(self, target: str, link: str, overwrite: bool) -> None:
         # an OS symlink holding the target's absolute real path
-        tvp, treal = self._locate(target)
-        lvp, lreal = self._locate(link, follow=False)
-        if self.entry_kind(tvp) is None:
-            raise NotFoundError("symlink target does not exist", path=tvp, backend=self.name)
-        if lvp == "/":
-            raise IsADirectoryStorageError("the root is a directory", path=lvp, backend=self.name)
-        self._check_target(lvp, lreal, overwrite)
-        if not overwrite:
+        if self.entry_kind(target) is None:
+            raise NotFoundError("symlink target does not exist", path=target, backend=self.name)
+        if link == "/":
+            raise IsADirectoryStorageError("the root is a directory", path=link, backend=self.name)
+        treal = self._tree.real(target)
+        with self._parent_at(link, writing=True) as (dir_fd, name, _):
+            self._check_target_at(dir_fd, name, link, overwrite)
+            if not overwrite:
+                try:
+                    os.symlink(treal, name, dir_fd=dir_fd)
+                except OSError as exc:
+                    self._raise_os_error(exc, link, "cannot create symlink")
+                return
+            tmp = temp_name(name)
+            os.symlink(treal, tmp, dir_fd=dir_fd)
+            backup = self._backup_at(dir_fd, name)
             try:
-                os.symlink(treal, lreal)
-            except OSError as exc:
-                self._raise_os_error(exc, lvp, "cannot create symlink")
-            return
-        tmp = _temp_name(os.path.dirname(lreal), os.path.basename(lreal))
-        os.symlink(treal, tmp)
-        backup = self._backup(lreal)
-        try:
-            os.replace(tmp, lreal)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            if backup is not None:
-                os.unlink(backup)
-            raise
-        try:
-            os.stat(lreal)
-        except OSError as exc:
-            if exc.errno != errno.ELOOP:
+                os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+            except BaseException:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(tmp, dir_fd=dir_fd)
+                if backup is not None:
+                    os.unlink(backup, dir_fd=dir_fd)
                 raise
-            # replacing a link can make the new target run through the link itself
+            try:
+                self._tree.lookup(link, follow=True)
+            except OSError as exc:
+                if exc.errno != errno.ELOOP:
+                    raise
+                # replacing a link can make the new target run through the link itself
+                if backup is not None:
+                    os.replace(backup, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+                else:
+                    os.unlink(name, dir_fd=dir_fd)
+                raise SymlinkLoopError(
+                    "the new link would form a loop", path=link, backend=self.name
+                ) from exc
+            except EscapeError:
+                pass  # the new link's own chain was checked when its target was
             if backup is not None:
-                os.replace(backup, lreal)
-            else:
-                os.unlink(lreal)
-            raise SymlinkLoopError(
-                "the new link would form a loop", path=lvp, backend=self.name
-            ) from exc
-        if backup is not None:
-            os.unlink(backup)
+                os.unlink(backup, dir_fd=dir_fd)
 
     def _move(self, src: str, dst: str, replace_symlinks: bool) -> None:
-        svp, sreal = self._locate(src, follow=False)
-        dvp, dreal = self._locate(dst, follow=False)
-        try:
-            sst = os.lstat(sreal)
-        except OSError as exc:
-            self._raise_os_error(exc, svp, "cannot move")
-        if dvp == "/":
-            raise AlreadyExistsError("destination exists", path=dvp, backend=self.name)
-        self._check_parent(dvp, dreal)
-        dkind = self.entry_kind(dvp, follow_symlinks=False)
-        if dkind is not None and not (dkind == "symlink" and replace_symlinks):
-            raise AlreadyExistsError("destination exists", path=dvp, backend=self.name)
-        is_dir = stat_mod.S_ISDIR(sst.st_mode)
-        if is_dir:
-            rsrc = os.path.realpath(sreal)
-            rdst = os.path.join(os.path.realpath(os.path.dirname(dreal)), os.path.basename(dreal))
-            if rdst == rsrc or rdst.startswith(rsrc + "/"):
+        with (
+            self._parent_at(src) as (sdir, sname, spvp),
+            self._parent_at(dst, writing=True) as (ddir, dname, dpvp),
+        ):
+            try:
+                sst = os.stat(sname, dir_fd=sdir, follow_symlinks=False)
+            except OSError as exc:
+                self._raise_os_error(exc, src, "cannot move")
+            if dst == "/":
+                raise AlreadyExistsError("destination exists", path=dst, backend=self.name)
+            try:
+                dst_st: os.stat_result | None = os.stat(dname, dir_fd=ddir, follow_symlinks=False)
+            except FileNotFoundError:
+                dst_st = None
+            dkind = None if dst_st is None else _kind(dst_st.st_mode)
+            if dkind is not None and not (dkind == "symlink" and replace_symlinks):
+                raise AlreadyExistsError("destination exists", path=dst, backend=self.name)
+            is_dir = stat_mod.S_ISDIR(sst.st_mode)
+            if is_dir and vpaths.is_relative_to(vpaths.join(dpvp, dname), vpaths.join(spvp, sname)):
                 raise InvalidPathError(
-                    "cannot move a directory into itself", path=dvp, backend=self.name
+                    "cannot move a directory into itself", path=dst, backend=self.name
                 )
-        try:
-            if dkind == "symlink":
+            try:
+                if dkind == "symlink" and not is_dir:
+                    os.replace(sname, dname, src_dir_fd=sdir, dst_dir_fd=ddir)
+                    return
+                if dkind == "symlink":
+                    os.unlink(dname, dir_fd=ddir)
                 if is_dir:
-                    os.unlink(dreal)
-                    self._rename_dir_no_clobber(sreal, dvp, dreal)
+                    self._rename_dir_no_clobber(sdir, sname, ddir, dname, dst)
                 else:
-                    os.replace(sreal, dreal)
-            elif is_dir:
-                self._rename_dir_no_clobber(sreal, dvp, dreal)
-            else:
-                self._move_no_clobber(sreal, dvp, dreal)
-        except OSError as exc:
-            if exc.errno == errno.EXDEV:
-                self._move_across_devices(sreal, dvp, dreal, is_dir)
-                return
-            self._raise_os_error(exc, dvp, "cannot move")
+                    self._move_no_clobber(sdir, sname, ddir, dname, dst)
+            except OSError as exc:
+                if exc.errno == errno.EXDEV:
+                    self._move_across_devices(sdir, sname, ddir, dname, dst, is_dir)
+                    return
+                if exc.errno == errno.EINVAL and is_dir:
+                    raise InvalidPathError(
+                        "cannot move a directory into itself", path=dst, backend=self.name
+                    ) from exc
+                self._raise_os_error(exc, dst, "cannot move")
 
-    def _move_across_devices(self, sreal: str, dvp: str, dreal: str, is_dir: bool) -> None:
-        directory, base = os.path.split(dreal)
-        tmp = _temp_name(directory, base)
+    def _rename_dir_no_clobber(self, sdir: int, sname: str, ddir: int, dname: str, vp: str) -> None:
+        """Rename a directory unless something is at the destination by then.
+
+        ``os.rename`` would silently replace an empty directory that appeared after the
+        caller's check; ``renameat2(RENAME_NOREPLACE)`` refuses it in the same step.
+        """
+        if self._rename_noreplace_or_refuse(sdir, sname, ddir, dname, vp):
+            return
+        # no renameat2 on this platform or file system: check as late as possible
+        try:
+            os.stat(dname, dir_fd=ddir, follow_symlinks=False)
+        except FileNotFoundError:
+            os.rename(sname, dname, src_dir_fd=sdir, dst_dir_fd=ddir)
+            return
+        raise AlreadyExistsError("destination exists", path=vp, backend=self.name)
+
+    def _move_no_clobber(self, sdir: int, sname: str, ddir: int, dname: str, vp: str) -> None:
+        if self._link_no_clobber(sdir, sname, ddir, dname, vp):
+            os.unlink(sname, dir_fd=sdir)
+            return
+        self._rename_dir_no_clobber(sdir, sname, ddir, dname, vp)
+
+    def _move_across_devices(
+        self, sdir: int, sname: str, ddir: int, dname: str, vp: str, is_dir: bool
+    ) -> None:
+        tmp = temp_name(dname)
         try:
             if is_dir:
-                shutil.copytree(sreal, tmp, symlinks=True)
-                self._rename_dir_no_clobber(tmp, dvp, dreal)
+                sfd = os.open(sname, _DIR_FLAGS, dir_fd=sdir)
+                try:
+                    Tree.copytree(sfd, ddir, tmp)
+                finally:
+                    os.close(sfd)
+                self._rename_dir_no_clobber(ddir, tmp, ddir, dname, vp)
             else:
-                shutil.copy2(sreal, tmp, follow_symlinks=False)
-                self._publish(tmp, dvp, dreal, overwrite=False)
+                copy_file_at(sdir, sname, ddir, tmp)
+                self._publish_named(ddir, tmp, dname, vp, overwrite=False)
         except BaseException:
-            if os.path.isdir(tmp) and not os.path.islink(tmp):
-                shutil.rmtree(tmp)
-            elif os.path.lexists(tmp):
-                os.unlink(tmp)
+            with contextlib.suppress(FileNotFoundError):
+                st = os.stat(tmp, dir_fd=ddir, follow_symlinks=False)
+                if stat_mod.S_ISDIR(st.st_mode):
+                    Tree.rmtree(ddir, tmp)
+                else:
+                    os.unlink(tmp, dir_fd=ddir)
             raise
         if is_dir:
-            shutil.rmtree(sreal)
+            Tree.rmtree(sdir, sname)
         else:
-            os.unlink(sreal)
+            os.unlink(sname, dir_fd=sdir)
 
     def copy(self, src: vpaths.PathLike, dst: vpaths.PathLike, *, overwrite: bool = False) -> None:
         """Copy a file's bytes (atomically) or a directory tree (links kept as links).
@@ -258,21 +332,41 @@ class DiskStorageBackend(_DiskPublish):
         it does not convert); ``overwrite`` applies to files; a directory copy needs a
         new ``dst``.
         """
-        svp, sreal = self._locate(src)
-        dvp, dreal = self._locate(dst, follow=False)
-        kind = self.entry_kind(svp)
-        if kind is None:
-            # the OS says why: missing, a parent that is a file, or a link loop
-            try:
-                os.stat(sreal)
-            except OSError as exc:
-                self._raise_os_error(exc, svp, "cannot copy")
+        svp, dvp = self.norm(src), self.norm(dst)
+        rsrc, st = self._lookup(svp, follow=True, what="cannot copy")
+        if st is None:
             raise NotFoundError("no such file or directory", path=svp, backend=self.name)
-        if kind == "file":
+        if not stat_mod.S_ISDIR(st.st_mode):
+            self._copy_file(svp, rsrc, dvp, overwrite)
+            return
+        if dvp == "/" or self.entry_kind(dvp, follow_symlinks=False) is not None:
+            raise AlreadyExistsError("copy destination exists", path=dvp, backend=self.name)
+        with self._parent_at(dvp, writing=True) as (ddir, dname, dpvp):
+            if vpaths.is_relative_to(vpaths.join(dpvp, dname), rsrc):
+                raise InvalidPathError(
+                    "cannot copy a directory into itself", path=dvp, backend=self.name
+                )
+            try:
+                sfd, _ = self._tree.open_dir(rsrc)
+            except (OSError, EscapeError) as exc:
+                self._raise_os_error(exc, svp, "cannot copy")
+            tmp = temp_name(dname)
+            try:
+                try:
+                    Tree.copytree(sfd, ddir, tmp, skip=is_temp_name)
+                finally:
+                    os.close(sfd)
+                self._rename_dir_no_clobber(ddir, tmp, ddir, dname, dvp)
+            except BaseException:
+                with contextlib.suppress(FileNotFoundError):
+                    Tree.rmtree(ddir, tmp)
+                raise
+
+    def _copy_file(self, svp: str, rsrc: str, dvp: str, overwrite: bool) -> None:
+        with self._parent_at(dvp, writing=True) as (ddir, dname, _):
             # the target rules first: a directory is never replaced, whatever its name
-            self._check_target(dvp, dreal, overwrite)
-            source_name = os.path.basename(os.path.realpath(sreal))
-            scodec, dcodec = self.codecs.for_name(source_name), self._codec(dvp)
+            self._check_target_at(ddir, dname, dvp, overwrite)
+            scodec, dcodec = self.codecs.for_name(vpaths.name(rsrc)), self._codec(dvp)
             if scodec is not dcodec:
                 raise DataFormatError(
                     f"copy does not convert formats ({scodec.name if scodec else 'unknown'} "
@@ -280,38 +374,19 @@ class DiskStorageBackend(_DiskPublish):
                     path=dvp,
                     backend=self.name,
                 )
+            sfd, _ = self._open_file(rsrc, os.O_RDONLY, "cannot copy")
 
             def writer(fh: IO[bytes]) -> None:
-                with open(sreal, "rb") as source:
+                with os.fdopen(sfd, "rb", closefd=False) as source:
                     shutil.copyfileobj(source, fh, 1 << 20)
 
-            tmp = self._write_temp(dvp, dreal, None, None, {}, writer=writer)
             try:
-                self._publish(tmp, dvp, dreal, overwrite)
-            except BaseException:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(tmp)
-                raise
-            return
-        if dvp == "/" or os.path.lexists(dreal):
-            raise AlreadyExistsError("copy destination exists", path=dvp, backend=self.name)
-        self._check_target(dvp, dreal, overwrite=False)
-        rsrc = os.path.realpath(sreal)
-        rdst = os.path.join(os.path.realpath(os.path.dirname(dreal)), os.path.basename(dreal))
-        if rdst == rsrc or rdst.startswith(rsrc + "/"):
-            raise InvalidPathError(
-                "cannot copy a directory into itself", path=dvp, backend=self.name
-            )
-        tmp = _temp_name(os.path.dirname(dreal), os.path.basename(dreal))
-        try:
-            shutil.copytree(
-                rsrc,
-                tmp,
-                symlinks=True,
-                ignore=lambda _d, names: [n for n in names if is_temp_name(n)],
-            )
-            self._rename_dir_no_clobber(tmp, dvp, dreal)
-        except BaseException:
-            if os.path.isdir(tmp):
-                shutil.rmtree(tmp)
-            raise
+                staged = self._stage(ddir, dname, dvp, None, None, {}, writer=writer)
+            finally:
+                os.close(sfd)
+            try:
+                self._commit(ddir, dname, dvp, staged, overwrite)
+            finally:
+                staged.discard(ddir)
+            if self.fsync:
+                os.fsync(ddir)

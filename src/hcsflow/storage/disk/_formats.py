@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Sequence
 from concurrent.futures import Future
 from typing import Any
@@ -10,18 +11,18 @@ from typing import Any
 from hcsflow import paths as vpaths
 from hcsflow.errors import (
     BatchError,
+    CodecRefusal,
     CorruptDataError,
     DataFormatError,
     HcsflowError,
     PickleRefusedError,
+    ResourceLimitError,
     UnsupportedFormatError,
 )
-from hcsflow.storage._codecs import (
-    Codec,
-    CodecRefusal,
-    PickleNotAllowed,
-)
-from hcsflow.storage.disk._paths import _DiskPaths
+from hcsflow.storage._codecs import Codec, PickleNotAllowed
+from hcsflow.storage.disk._paths import _DiskPaths, file_object
+
+__all__: list[str] = []
 
 
 class _DiskFormats(_DiskPaths):
@@ -43,25 +44,53 @@ class _DiskFormats(_DiskPaths):
                 f"the {codec.name} format does not take option {bad!r}", path=vp, backend=self.name
             )
 
+    def _prepare(self, data: Any, vp: str, options: dict[str, Any]) -> tuple[Codec, Any]:
+        codec = self._codec(vp)
+        self._check_options(codec, vp, options, loading=False)
+        try:
+            return codec, codec.prepare(data, **options)
+        except CodecRefusal as exc:
+            raise DataFormatError(
+                f"cannot save as {codec.name}: {exc}", path=vp, backend=self.name
+            ) from exc
+
     # ------------------------------------------------------------------ load
 
     def load(self, path: vpaths.PathLike, **options: Any) -> Any:
         """Decode the file at ``path`` (through symlinks) with its extension's format."""
-        vp, real = self._locate(path)
+        vp = self.norm(path)
         codec = self._codec(vp)
         self._check_options(codec, vp, options, loading=True)
-        return self._decode(codec, vp, real, options)
+        return self._decode(codec, vp, options)
 
-    def _decode(self, codec: Codec, vp: str, real: str, options: dict[str, Any]) -> Any:
+    def _decode(self, codec: Codec, vp: str, options: dict[str, Any]) -> Any:
+        # "r+" memory maps write back to the file, so it is opened for writing too
+        flags = os.O_RDWR if options.get("mmap_mode") == "r+" else os.O_RDONLY
+        fd, _ = self._open_file(vp, flags, "cannot load")
+        fh = file_object(fd, "r+" if flags == os.O_RDWR else "r", vp, closefd=True)
         try:
-            return codec.decode(real, **options)
+            with fh:
+                return codec.decode(fh, limits=self.limits, path=vp, backend=self.name, **options)
         except PickleNotAllowed as exc:
             raise PickleRefusedError(
                 f"{exc}; pass allow_pickle=True only for files you trust",
                 path=vp,
                 backend=self.name,
             ) from exc
-        except (MemoryError, ImportError):
+        except CodecRefusal as exc:
+            raise DataFormatError(
+                f"cannot load as {codec.name}: {exc}", path=vp, backend=self.name
+            ) from exc
+        except HcsflowError:
+            raise
+        except MemoryError as exc:
+            raise ResourceLimitError(
+                f"not enough memory to decode the file as {codec.name} (it is within "
+                "StorageLimits; lower HCSFLOW_MAX_DECODED_BYTES to refuse such files early)",
+                path=vp,
+                backend=self.name,
+            ) from exc
+        except ImportError:
             raise
         except OSError as exc:
             mapped = self._os_error(exc, vp, "cannot load")
@@ -74,7 +103,9 @@ class _DiskFormats(_DiskPaths):
             ) from exc
         except Exception as exc:
             raise CorruptDataError(
-                f"cannot decode the file as {codec.name}: {exc}", path=vp, backend=self.name
+                f"cannot decode the file as {codec.name}: {type(exc).__name__}: {exc}",
+                path=vp,
+                backend=self.name,
             ) from exc
 
     def load_batch(self, paths: Sequence[vpaths.PathLike], **options: Any) -> list[Any]:
@@ -85,40 +116,33 @@ class _DiskFormats(_DiskPaths):
         jobs = []
         for index, path in enumerate(paths):
             try:
-                vp, real = self._locate(path)
+                vp = self.norm(path)
                 codec = self._codec(vp)
                 self._check_options(codec, vp, options, loading=True)
             except HcsflowError as exc:
                 raise BatchError(
-                    f"batch item {index} cannot be loaded",
+                    f"batch item {index} cannot be loaded: {exc}",
                     index=index,
                     path=str(path),
                     backend=self.name,
                 ) from exc
-            jobs.append((codec, vp, real))
+            jobs.append((codec, vp))
         if len(jobs) <= 1:
             return [self._batch_item(i, job, options) for i, job in enumerate(jobs)]
         pool = self._executor()
         futures = [pool.submit(self._batch_item, i, job, options) for i, job in enumerate(jobs)]
         return _gather(futures)
 
-    def _batch_item(self, index: int, job: tuple[Codec, str, str], options: dict[str, Any]) -> Any:
-        codec, vp, real = job
+    def _batch_item(self, index: int, job: tuple[Codec, str], options: dict[str, Any]) -> Any:
+        codec, vp = job
         try:
-            return self._decode(codec, vp, real, options)
+            return self._decode(codec, vp, options)
         except HcsflowError as exc:
             raise BatchError(
-                f"batch item {index} could not be loaded", index=index, path=vp, backend=self.name
-            ) from exc
-
-    def _prepare(self, data: Any, vp: str, options: dict[str, Any]) -> tuple[Codec, Any]:
-        codec = self._codec(vp)
-        self._check_options(codec, vp, options, loading=False)
-        try:
-            return codec, codec.prepare(data, **options)
-        except CodecRefusal as exc:
-            raise DataFormatError(
-                f"cannot save as {codec.name}: {exc}", path=vp, backend=self.name
+                f"batch item {index} could not be loaded: {exc}",
+                index=index,
+                path=vp,
+                backend=self.name,
             ) from exc
 
 

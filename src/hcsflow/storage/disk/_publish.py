@@ -1,39 +1,75 @@
-"""Atomic publishing for the disk backend: temporary names, no-clobber renames, batches."""
+"""Atomic publishing for the disk backend: unnamed temporary files, no-clobber links.
+
+A write never exposes a partial file under any name where the kernel allows it:
+
+1. the data goes into an *unnamed* file in the target's directory
+   (``open(dir, O_TMPFILE)``), is flushed and fsynced: a process killed now leaves
+   nothing behind, not even a temporary name;
+2. without ``overwrite`` the finished file gets its name with one ``linkat`` (the
+   kernel refuses an existing name, so a file another process created meanwhile is
+   never clobbered);
+3. with ``overwrite`` it is linked to the target's *publish window* name
+   ``.hcsflow-<name>.<32 zeros>.tmp`` and renamed over the target.  Only a kill
+   between those two system calls leaves that (complete, unpublished) file; the next
+   overwrite of the same path finds it under its fixed name and removes it once it is
+   older than a minute (a live writer holds the name for microseconds, and one that
+   finds its window gone links its file again).
+
+File systems without ``O_TMPFILE`` (NFS, most FUSE file systems, macOS) get a named
+temporary file ``.hcsflow-<name>.<writer tag>.tmp`` instead (tag: see
+:mod:`hcsflow.storage._debris`), published with ``renameat2(RENAME_NOREPLACE)`` or
+``link`` + ``unlink``; there a write first lists the directory and removes that
+path's temporary files left by writers that died.  Listings hide every ``.hcsflow-``
+temporary name.
+"""
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
 import functools
 import os
-import secrets
-import shutil
+import resource
 import stat as stat_mod
 import sys
+import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import IO, Any
 
 from hcsflow import paths as vpaths
 from hcsflow.errors import (
     AlreadyExistsError,
     BatchError,
+    CodecRefusal,
     DataFormatError,
     HcsflowError,
     IsADirectoryStorageError,
-    NotADirectoryStorageError,
-    NotFoundError,
+    StorageError,
 )
 from hcsflow.storage._base import _check_batch
-from hcsflow.storage._codecs import (
-    Codec,
+from hcsflow.storage._codecs import Codec
+from hcsflow.storage._contain import copy_file_at, rename_noreplace, renameat2
+from hcsflow.storage._debris import (
+    GRACE_SECONDS,
+    NAME_MAX,
+    WINDOW_TAG,
+    bounded_name,
+    lock,
+    lock_held,
+    tag_of,
+    writer_state,
+    writer_tag,
 )
 from hcsflow.storage.disk._formats import _DiskFormats, _gather
+from hcsflow.storage.disk._paths import file_object
 
-__all__ = ["TEMP_PREFIX", "TEMP_SUFFIX", "is_temp_name"]
+__all__ = ["TEMP_PREFIX", "TEMP_SUFFIX", "is_temp_name", "temp_name", "window_name"]
 
 TEMP_PREFIX = ".hcsflow-"
 TEMP_SUFFIX = ".tmp"
+# prefix + base + "." + tag + suffix must fit one file name
+_BASE_BYTES = NAME_MAX - len(TEMP_PREFIX) - 1 - 32 - len(TEMP_SUFFIX)
 
 
 def is_temp_name(name: str) -> bool:
@@ -41,66 +77,107 @@ def is_temp_name(name: str) -> bool:
     return name.startswith(TEMP_PREFIX) and name.endswith(TEMP_SUFFIX)
 
 
-def _temp_name(directory: str, base: str) -> str:
-    return os.path.join(directory, f"{TEMP_PREFIX}{base[:64]}.{secrets.token_hex(6)}{TEMP_SUFFIX}")
+def _temp_base(name: str) -> str:
+    return bounded_name(name, _BASE_BYTES)
 
 
-_AT_FDCWD = -100
-_RENAME_NOREPLACE = 1
-#: errors meaning "this kernel or file system has no renameat2(RENAME_NOREPLACE)"
-_NOREPLACE_UNSUPPORTED = frozenset({errno.ENOSYS, errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP})
+def temp_name(name: str) -> str:
+    """A fresh temporary name for ``name`` carrying this writer's tag (fits NAME_MAX)."""
+    return f"{TEMP_PREFIX}{_temp_base(name)}.{writer_tag()}{TEMP_SUFFIX}"
+
+
+def window_name(name: str) -> str:
+    """The fixed publish-window name of ``name`` (see the module docstring)."""
+    return f"{TEMP_PREFIX}{_temp_base(name)}.{WINDOW_TAG}{TEMP_SUFFIX}"
+
+
 # what os.link raises on file systems without hard links (or at the link-count limit)
 _NO_HARDLINK = frozenset({errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK})
+#: what open(O_TMPFILE) raises where the file system (or kernel) cannot make one
+_NO_TMPFILE = frozenset({errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL, errno.ENOENT})
+_O_TMPFILE = getattr(os, "O_TMPFILE", 0)
+_MAX_PUBLISH_ATTEMPTS = 16
+# module-level names, so tests can take the fallback routes
+_renameat2 = renameat2
+_rename_noreplace = rename_noreplace
 
 
 @functools.cache
-def _renameat2() -> Any:
-    """glibc's ``renameat2`` (Linux), or ``None`` where the C library lacks it."""
-    if not sys.platform.startswith("linux"):
-        return None
+def _proc_fd_links() -> bool:
+    """Whether ``/proc/self/fd`` can name an unnamed file for ``linkat`` here."""
+    return sys.platform.startswith("linux") and os.path.isdir("/proc/self/fd")
+
+
+@functools.cache
+def _fd_budget() -> int:
+    """Unnamed files a batch may keep open at once (a quarter of the descriptor limit)."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft <= 0:
+        return 1024
+    return max(8, soft // 4)
+
+
+_NO_TMPFILE_DEVICES: set[int] = set()
+
+
+@dataclass
+class _Staged:
+    """A finished file not yet under its name: unnamed (``fd``) or a temporary name."""
+
+    fd: int | None = None
+    tmp: str | None = None
+
+    def discard(self, dir_fd: int) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+        if self.tmp is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.tmp, dir_fd=dir_fd)
+            self.tmp = None
+
+
+def _link_fd(fd: int, dir_fd: int, name: str) -> None:
+    """Give the unnamed file ``fd`` the name ``name`` (``FileExistsError`` if taken)."""
+    os.link(f"/proc/self/fd/{fd}", name, dst_dir_fd=dir_fd, follow_symlinks=True)
+
+
+def _is_stale(dir_fd: int, name: str) -> bool:
+    """Whether the entry ``name`` has not changed for :data:`GRACE_SECONDS`."""
     try:
-        fn = ctypes.CDLL(None, use_errno=True).renameat2
-    except (OSError, AttributeError):
-        return None
-    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
-    fn.restype = ctypes.c_int
-    return fn
-
-
-def _rename_noreplace(src: str, dst: str) -> bool:
-    """Rename ``src`` to ``dst`` unless ``dst`` exists, in one atomic step.
-
-    Returns ``False`` (nothing done) where the platform or file system cannot do it;
-    raises :class:`FileExistsError` when ``dst`` exists.  One metadata operation instead
-    of link + unlink, so a durable save commits less to the journal.
-    """
-    fn = _renameat2()
-    if fn is None:
-        return False
-    if fn(_AT_FDCWD, os.fsencode(src), _AT_FDCWD, os.fsencode(dst), _RENAME_NOREPLACE) == 0:
+        st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
         return True
-    err = ctypes.get_errno()
-    if err in _NOREPLACE_UNSUPPORTED:
-        return False
-    raise OSError(err, os.strerror(err), dst)
+    return time.time() - st.st_ctime > GRACE_SECONDS
 
 
-def _fsync_dir(directory: str) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+def _remove_dead_temps(dir_fd: int, base: str | None = None) -> int:
+    """Remove temporary names of dead writers in the directory (of ``base`` only, if given).
+
+    Tagged names go when their writer is dead, or finished (its lock is free) and
+    older than :data:`GRACE_SECONDS`; publish windows when older than that.
+    """
+    prefix = TEMP_PREFIX + (_temp_base(base) + "." if base is not None else "")
+    removed = 0
+    with os.scandir(dir_fd) as it:
+        names = [e.name for e in it if e.name.startswith(prefix) and is_temp_name(e.name)]
+    for name in names:
+        tag = tag_of(name)
+        doomed = _is_stale(dir_fd, name) if tag == WINDOW_TAG else writer_state(tag) == "dead"
+        if doomed:
+            with contextlib.suppress(FileNotFoundError, IsADirectoryError):
+                os.unlink(name, dir_fd=dir_fd)
+                removed += 1
+    return removed
 
 
 class _DiskPublish(_DiskFormats):
-    """Writes through a temporary name, published atomically (single files and batches)."""
+    """Writes through an unnamed (or temporary) file, published atomically."""
 
-    def _check_target(self, vp: str, real: str, overwrite: bool) -> None:
-        """Parent must be an existing directory; target must not be a directory or exist."""
-        self._check_parent(vp, real)
+    def _check_target_at(self, dir_fd: int, name: str, vp: str, overwrite: bool) -> None:
+        """The target must not be a directory, nor exist unless ``overwrite``."""
         try:
-            st = os.lstat(real)
+            st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
         except FileNotFoundError:
             return
         if stat_mod.S_ISDIR(st.st_mode):
@@ -110,114 +187,234 @@ class _DiskPublish(_DiskFormats):
                 "target exists; pass overwrite=True to replace it", path=vp, backend=self.name
             )
 
-    def _check_parent(self, vp: str, real: str) -> None:
-        parent_vp = vpaths.parent(vp)
-        try:
-            pst = os.stat(os.path.dirname(real))
-        except OSError as exc:
-            if isinstance(exc, FileNotFoundError):
-                raise NotFoundError(
-                    "parent directory does not exist", path=parent_vp, backend=self.name
-                ) from exc
-            if isinstance(exc, NotADirectoryError):
-                raise NotADirectoryStorageError(
-                    "a parent is not a directory", path=parent_vp, backend=self.name
-                ) from exc
-            self._raise_os_error(exc, parent_vp, "cannot reach parent directory")
-        if not stat_mod.S_ISDIR(pst.st_mode):
-            raise NotADirectoryStorageError(
-                "parent is not a directory", path=parent_vp, backend=self.name
-            )
-
     def save(
         self, data: Any, path: vpaths.PathLike, *, overwrite: bool = False, **options: Any
     ) -> None:
         """Encode ``data`` by the path's extension and publish it atomically."""
-        vp, real = self._locate(path, follow=False)
+        vp = self.norm(path)
         codec, prepared = self._prepare(data, vp, options)
         if vp == "/":
             raise IsADirectoryStorageError("the root is a directory", path=vp, backend=self.name)
-        self._check_target(vp, real, overwrite)
-        tmp = self._write_temp(vp, real, codec, prepared, options)
-        try:
-            self._publish(tmp, vp, real, overwrite)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
-        if self.fsync:
-            _fsync_dir(os.path.dirname(real))
+        with self._parent_at(vp, writing=True) as (dir_fd, name, _):
+            self._check_target_at(dir_fd, name, vp, overwrite)
+            staged = self._stage(dir_fd, name, vp, codec, prepared, options)
+            try:
+                self._commit(dir_fd, name, vp, staged, overwrite)
+            finally:
+                staged.discard(dir_fd)
+            if self.fsync:
+                os.fsync(dir_fd)
 
-    def _write_temp(
+    # ------------------------------------------------------------------ staging
+
+    def _stage(
         self,
+        dir_fd: int,
+        name: str,
         vp: str,
-        real: str,
         codec: Codec | None,
         prepared: Any,
         options: dict[str, Any],
         writer: Callable[[IO[bytes]], None] | None = None,
-    ) -> str:
-        """Write into a fresh temporary file next to ``real``; return its real path."""
-        directory, base = os.path.split(real)
-        fh = None
-        for _attempt in range(16):
-            tmp = _temp_name(directory, base)
-            try:
-                # exclusive create, named (tifffile wants a file object with a real name),
-                # nothing to truncate, and the umask gives the mode any new file gets
-                fh = open(tmp, "x+b")  # noqa: SIM115 - closed by the with block below
-            except FileExistsError:
-                continue
-            break
-        if fh is None:
-            raise AlreadyExistsError(
-                "could not create a temporary file next to the target", path=vp, backend=self.name
-            )
+        *,
+        cleanup: bool = True,
+    ) -> _Staged:
+        """Write the file's bytes into an unnamed file (or a fresh temporary name)."""
+        staged = _Staged()
+        fd = self._open_unnamed(dir_fd)
+        if fd is None:
+            if cleanup:
+                _remove_dead_temps(dir_fd, name)
+            for _attempt in range(16):
+                tmp = temp_name(name)
+                try:
+                    fd = os.open(
+                        tmp,
+                        os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW,
+                        0o666,
+                        dir_fd=dir_fd,
+                    )
+                except FileExistsError:
+                    continue
+                lock(fd)
+                staged.tmp = tmp
+                break
+            if fd is None:
+                raise AlreadyExistsError(
+                    "could not create a temporary file next to the target",
+                    path=vp,
+                    backend=self.name,
+                )
+        staged.fd = fd
         try:
-            with fh:
+            with file_object(fd, "r+", vp, closefd=False) as fh:
                 if writer is not None:
                     writer(fh)
                 else:
                     assert codec is not None
                     try:
                         codec.encode(prepared, fh, **options)
-                    except (OSError, MemoryError, ImportError):
+                    except (OSError, MemoryError, ImportError, HcsflowError):
                         raise
+                    except CodecRefusal as exc:
+                        raise DataFormatError(
+                            f"cannot save as {codec.name}: {exc}", path=vp, backend=self.name
+                        ) from exc
                     except Exception as exc:
                         raise DataFormatError(
                             f"cannot save as {codec.name}: {exc}", path=vp, backend=self.name
                         ) from exc
                 fh.flush()
-                if self.fsync:
-                    os.fsync(fh.fileno())
+            if self.fsync:
+                os.fsync(fd)
         except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
+            staged.discard(dir_fd)
             raise
-        return tmp
+        if staged.tmp is not None:
+            os.close(fd)
+            staged.fd = None
+        return staged
 
-    def _publish(self, tmp: str, vp: str, real: str, overwrite: bool) -> None:
-        """Move the finished temporary file to ``real`` (no-clobber unless ``overwrite``)."""
+    def _open_unnamed(self, dir_fd: int) -> int | None:
+        """An unnamed file in the directory, or ``None`` where the file system has none."""
+        if not _O_TMPFILE or not _proc_fd_links():
+            return None
+        dev = os.fstat(dir_fd).st_dev
+        if dev in _NO_TMPFILE_DEVICES:
+            return None
         try:
-            if overwrite:
-                os.replace(tmp, real)
+            return os.open(".", _O_TMPFILE | os.O_RDWR, 0o666, dir_fd=dir_fd)
+        except OSError as exc:
+            if exc.errno not in _NO_TMPFILE:
+                raise
+            _NO_TMPFILE_DEVICES.add(dev)
+            return None
+
+    # ------------------------------------------------------------------ publishing
+
+    def _commit(self, dir_fd: int, name: str, vp: str, staged: _Staged, overwrite: bool) -> None:
+        """Give the staged file its name (no-clobber unless ``overwrite``)."""
+        try:
+            if staged.tmp is not None:
+                self._publish_named(dir_fd, staged.tmp, name, vp, overwrite)
+                staged.tmp = None
                 return
-            if self._rename_noreplace_or_refuse(tmp, real, vp):
-                return
-            if not self._link_no_clobber(tmp, real, vp):
-                # no hard links on this file system: reserve the name exclusively, then
-                # replace the (empty) reservation with the finished file
+            assert staged.fd is not None
+            if not overwrite:
                 try:
-                    os.close(os.open(real, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-                except FileExistsError as exc2:
+                    _link_fd(staged.fd, dir_fd, name)
+                except FileExistsError as exc:
                     raise AlreadyExistsError(
                         "target appeared while writing; not overwritten", path=vp, backend=self.name
-                    ) from exc2
-                os.replace(tmp, real)
+                    ) from exc
                 return
-            os.unlink(tmp)
+            self._publish_window(dir_fd, staged.fd, name, vp)
         except OSError as exc:
             self._raise_os_error(exc, vp, "cannot publish file")
+
+    def _publish_window(self, dir_fd: int, fd: int, name: str, vp: str) -> None:
+        """Link ``fd`` to the publish window, then rename it over ``name``."""
+        for _attempt in range(_MAX_PUBLISH_ATTEMPTS):
+            window = window_name(name)
+            try:
+                _link_fd(fd, dir_fd, window)
+            except FileExistsError:
+                if _is_stale(dir_fd, window):
+                    # a writer died between the link and the rename: its debris
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(window, dir_fd=dir_fd)
+                    continue
+                # another writer of the same path is inside its window right now
+                window = temp_name(name)
+                _link_fd(fd, dir_fd, window)
+            try:
+                os.replace(window, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+                return
+            except FileNotFoundError:
+                continue  # the window name was cleaned meanwhile: link again
+            except BaseException:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(window, dir_fd=dir_fd)
+                raise
+        raise StorageError(
+            "could not publish the file: its temporary name kept disappearing",
+            path=vp,
+            backend=self.name,
+        )
+
+    def _publish_named(self, dir_fd: int, tmp: str, name: str, vp: str, overwrite: bool) -> None:
+        """Move the finished temporary file ``tmp`` to ``name``."""
+        if overwrite:
+            os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+            return
+        if self._rename_noreplace_or_refuse(dir_fd, tmp, dir_fd, name, vp):
+            return
+        if not self._link_no_clobber(dir_fd, tmp, dir_fd, name, vp):
+            # no hard links on this file system: reserve the name exclusively, then
+            # replace the (empty) reservation with the finished file
+            try:
+                os.close(
+                    os.open(
+                        name,
+                        os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW,
+                        0o600,
+                        dir_fd=dir_fd,
+                    )
+                )
+            except FileExistsError as exc:
+                raise AlreadyExistsError(
+                    "target appeared while writing; not overwritten", path=vp, backend=self.name
+                ) from exc
+            os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+            return
+        os.unlink(tmp, dir_fd=dir_fd)
+
+    def _rename_noreplace_or_refuse(
+        self, src_dir: int, src: str, dst_dir: int, dst: str, vp: str
+    ) -> bool:
+        """:func:`_rename_noreplace`, refusing an existing ``dst`` with AlreadyExistsError."""
+        try:
+            return _rename_noreplace(src, dst, src_dir, dst_dir)
+        except FileExistsError as exc:
+            raise AlreadyExistsError(
+                "target appeared meanwhile; not overwritten", path=vp, backend=self.name
+            ) from exc
+
+    def _link_no_clobber(self, src_dir: int, src: str, dst_dir: int, dst: str, vp: str) -> bool:
+        """Hard-link ``src`` to the new name ``dst``; ``False`` if the file system can't.
+
+        A name that appeared at ``dst`` meanwhile raises :class:`AlreadyExistsError`.
+        """
+        try:
+            os.link(src, dst, src_dir_fd=src_dir, dst_dir_fd=dst_dir, follow_symlinks=False)
+        except FileExistsError as exc:
+            raise AlreadyExistsError(
+                "target appeared meanwhile; not overwritten", path=vp, backend=self.name
+            ) from exc
+        except OSError as exc:
+            if exc.errno not in _NO_HARDLINK:
+                raise
+            return False
+        return True
+
+    def _backup_at(self, dir_fd: int, name: str) -> str | None:
+        """A second (temporary) name for the entry ``name``, for rollback; ``None`` if none."""
+        backup = temp_name(name)
+        try:
+            os.link(name, backup, src_dir_fd=dir_fd, dst_dir_fd=dir_fd, follow_symlinks=False)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            if exc.errno not in _NO_HARDLINK:
+                raise
+            st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+            if stat_mod.S_ISLNK(st.st_mode):
+                os.symlink(os.readlink(name, dir_fd=dir_fd), backup, dir_fd=dir_fd)
+            else:
+                copy_file_at(dir_fd, name, dir_fd, backup)
+        return backup
+
+    # ------------------------------------------------------------------ batches
 
     def save_batch(
         self,
@@ -230,42 +427,71 @@ class _DiskPublish(_DiskFormats):
         """Save many items: all-or-nothing.
 
         Every item is checked (format, data, target) before anything is written; the
-        files are then written to temporary names on the thread pool and only published
-        once all are written.  If an item fails, temporary files are removed and files
-        already published in this batch are restored to their previous content (or
-        removed), and :class:`BatchError` names the failing item.
+        files are then written (unnamed where the file system allows) on the thread
+        pool and only published once all are written.  If an item fails, nothing of
+        the batch stays: files already published in this batch are restored to their
+        previous content (or removed), and :class:`BatchError` names the failing item.
+        Each target directory is first cleared of temporary files of dead writers.
         """
         norm = _check_batch(self, data_list, paths)
-        plans: list[tuple[str, str, Codec, Any]] = []
-        for index, (item, vp) in enumerate(zip(data_list, norm, strict=True)):
-            try:
-                _, real = self._locate(vp, follow=False)
-                codec, prepared = self._prepare(item, vp, options)
-                if vp == "/":
-                    raise IsADirectoryStorageError(
-                        "the root is a directory", path=vp, backend=self.name
-                    )
-                self._check_target(vp, real, overwrite)
-            except HcsflowError as exc:
-                raise BatchError(
-                    f"batch item {index} cannot be written", index=index, path=vp, backend=self.name
-                ) from exc
-            plans.append((vp, real, codec, prepared))
+        plans: list[tuple[str, int, str, Codec, Any]] = []
+        dirs: dict[str, int] = {}
+        try:
+            for index, (item, vp) in enumerate(zip(data_list, norm, strict=True)):
+                try:
+                    codec, prepared = self._prepare(item, vp, options)
+                    if vp == "/":
+                        raise IsADirectoryStorageError(
+                            "the root is a directory", path=vp, backend=self.name
+                        )
+                    parent = vpaths.parent(vp)
+                    if parent not in dirs:
+                        with self._parent_at(vp, writing=True) as (pfd, _, _):
+                            dirs[parent] = os.dup(pfd)
+                    else:
+                        self._check_name(vp)
+                    dir_fd = dirs[parent]
+                    name = vpaths.name(vp)
+                    self._check_target_at(dir_fd, name, vp, overwrite)
+                except HcsflowError as exc:
+                    raise BatchError(
+                        f"batch item {index} cannot be written: {exc}",
+                        index=index,
+                        path=vp,
+                        backend=self.name,
+                    ) from exc
+                plans.append((vp, dir_fd, name, codec, prepared))
+            for dir_fd in dirs.values():
+                _remove_dead_temps(dir_fd)
+            self._write_batch(plans, overwrite, options)
+            if self.fsync:
+                for dir_fd in dirs.values():
+                    os.fsync(dir_fd)
+        finally:
+            for dir_fd in dirs.values():
+                os.close(dir_fd)
 
-        temps: list[str | None] = [None] * len(plans)
+    def _write_batch(
+        self,
+        plans: list[tuple[str, int, str, Codec, Any]],
+        overwrite: bool,
+        options: dict[str, Any],
+    ) -> None:
+        staged: list[_Staged | None] = [None] * len(plans)
+        budget = _fd_budget()
 
         def write(index: int) -> None:
-            vp, real, codec, prepared = plans[index]
+            vp, dir_fd, name, codec, prepared = plans[index]
             try:
-                temps[index] = self._write_temp(vp, real, codec, prepared, options)
-            except HcsflowError as exc:
-                raise BatchError(
-                    f"batch item {index} could not be written",
-                    index=index,
-                    path=vp,
-                    backend=self.name,
-                ) from exc
-            except OSError as exc:
+                item = self._stage(dir_fd, name, vp, codec, prepared, options, cleanup=False)
+                if item.fd is not None and index >= budget:
+                    # more unnamed files than descriptors to spare: name this one
+                    tmp = temp_name(name)
+                    _link_fd(item.fd, dir_fd, tmp)
+                    os.close(item.fd)
+                    item.fd, item.tmp = None, tmp
+                staged[index] = item
+            except (HcsflowError, OSError) as exc:
                 raise BatchError(
                     f"batch item {index} could not be written: {exc}",
                     index=index,
@@ -281,108 +507,67 @@ class _DiskPublish(_DiskFormats):
                 pool = self._executor()
                 _gather([pool.submit(write, i) for i in range(len(plans))])
         except BaseException:
-            for tmp in temps:
-                if tmp is not None:
-                    with contextlib.suppress(FileNotFoundError):
-                        os.unlink(tmp)
+            for item, (_, dir_fd, _, _, _) in zip(staged, plans, strict=True):
+                if item is not None:
+                    item.discard(dir_fd)
             raise
+        self._publish_batch(plans, staged, overwrite)
 
-        published: list[tuple[str, str | None]] = []
+    def _publish_batch(
+        self,
+        plans: list[tuple[str, int, str, Codec, Any]],
+        staged: list[_Staged | None],
+        overwrite: bool,
+    ) -> None:
+        published: list[tuple[int, str, str | None]] = []
         index = 0
         try:
-            for index, (vp, real, _, _) in enumerate(plans):
-                backup = self._backup(real) if overwrite else None
-                tmp = temps[index]
-                assert tmp is not None
+            for index, (vp, dir_fd, name, _, _) in enumerate(plans):
+                item = staged[index]
+                assert item is not None
+                backup = self._backup_at(dir_fd, name) if overwrite else None
                 try:
-                    self._publish(tmp, vp, real, overwrite)
+                    self._commit(dir_fd, name, vp, item, overwrite)
                 except BaseException:
                     if backup is not None:
-                        os.unlink(backup)
+                        os.unlink(backup, dir_fd=dir_fd)
                     raise
-                temps[index] = None
-                published.append((real, backup))
+                item.discard(dir_fd)
+                published.append((dir_fd, name, backup))
         except BaseException as exc:
-            for real, backup in reversed(published):
+            for dir_fd, name, backup in reversed(published):
                 if backup is not None:
-                    os.replace(backup, real)
+                    os.replace(backup, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
                 else:
-                    os.unlink(real)
-            for tmp in temps:
-                if tmp is not None:
-                    with contextlib.suppress(FileNotFoundError):
-                        os.unlink(tmp)
+                    os.unlink(name, dir_fd=dir_fd)
+            for item, (_, dir_fd, _, _, _) in zip(staged, plans, strict=True):
+                if item is not None:
+                    item.discard(dir_fd)
             if isinstance(exc, Exception):
                 raise BatchError(
-                    f"batch item {index} could not be published; the batch was rolled back",
+                    f"batch item {index} could not be published; the batch was rolled back: {exc}",
                     index=index,
                     path=plans[index][0],
                     backend=self.name,
                 ) from exc
             raise
-        for _, backup in published:
+        for dir_fd, _, backup in published:
             if backup is not None:
-                os.unlink(backup)
-        if self.fsync:
-            for directory in dict.fromkeys(os.path.dirname(real) for _, real, _, _ in plans):
-                _fsync_dir(directory)
+                os.unlink(backup, dir_fd=dir_fd)
 
-    def _backup(self, real: str) -> str | None:
-        """A second name for the current entry at ``real`` (for rollback), if any."""
-        backup = _temp_name(os.path.dirname(real), os.path.basename(real))
-        try:
-            os.link(real, backup, follow_symlinks=False)
-        except FileNotFoundError:
-            return None
-        except OSError as exc:
-            if exc.errno not in _NO_HARDLINK:
-                raise
-            shutil.copy2(real, backup, follow_symlinks=False)
-        return backup
 
-    def _rename_noreplace_or_refuse(self, src: str, dst: str, vp: str) -> bool:
-        """:func:`_rename_noreplace`, refusing an existing ``dst`` with AlreadyExistsError."""
-        try:
-            return _rename_noreplace(src, dst)
-        except FileExistsError as exc:
-            raise AlreadyExistsError(
-                "target appeared meanwhile; not overwritten", path=vp, backend=self.name
-            ) from exc
+def remove_dead_temps(dir_fd: int) -> int:
+    """Remove every temporary file of dead writers in a directory; returns how many."""
+    return _remove_dead_temps(dir_fd)
 
-    def _rename_dir_no_clobber(self, src: str, dvp: str, dreal: str) -> None:
-        """Rename the directory ``src`` to ``dreal`` unless something is there by then.
 
-        ``os.rename`` would silently replace an empty directory that appeared after the
-        caller's check; ``renameat2(RENAME_NOREPLACE)`` refuses it in the same step.
-        """
-        if self._rename_noreplace_or_refuse(src, dreal, dvp):
-            return
-        # no renameat2 on this platform or file system: check as late as possible
-        if os.path.lexists(dreal):
-            raise AlreadyExistsError("destination exists", path=dvp, backend=self.name)
-        os.rename(src, dreal)
-
-    def _link_no_clobber(self, src: str, dst: str, vp: str) -> bool:
-        """Hard-link ``src`` to the new name ``dst``; ``False`` if the file system can't.
-
-        A name that appeared at ``dst`` meanwhile raises :class:`AlreadyExistsError`.
-        """
-        try:
-            os.link(src, dst, follow_symlinks=False)
-        except FileExistsError as exc:
-            raise AlreadyExistsError(
-                "target appeared meanwhile; not overwritten", path=vp, backend=self.name
-            ) from exc
-        except OSError as exc:
-            if exc.errno not in _NO_HARDLINK:
-                raise
-            return False
+def temp_lock_free(dir_fd: int, name: str) -> bool:
+    """Whether the temporary file ``name`` is not locked by a writer at work."""
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=dir_fd)
+    except OSError:
         return True
-
-    def _move_no_clobber(self, sreal: str, dvp: str, dreal: str) -> None:
-        if not self._link_no_clobber(sreal, dreal, dvp):
-            if os.path.lexists(dreal):
-                raise AlreadyExistsError("destination exists", path=dvp, backend=self.name)
-            os.rename(sreal, dreal)
-            return
-        os.unlink(sreal)
+    try:
+        return not lock_held(fd)
+    finally:
+        os.close(fd)

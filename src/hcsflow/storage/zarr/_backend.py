@@ -192,7 +192,9 @@ class ZarrStorageBackend(_ZarrPlateImages):
             plane = self._read_plate_images([(sreal, sinfo)])[0]
             if dkind is not None:
                 self._loc(dreal).remove()
-            self._write_file(dreal, plane, "array", self.config, int(plane.nbytes))
+            self._write_file(
+                dreal, plane, "array", self.config, int(plane.nbytes), existed=False, vp=dvp
+            )
             self._loc(sreal).remove()
             return
         if dkind is not None:
@@ -239,7 +241,8 @@ class ZarrStorageBackend(_ZarrPlateImages):
                 "array",
                 self.config,
                 int(data.nbytes),
-                exclusive=dkind is None,
+                exclusive=dkind is None and not overwrite,
+                existed=dkind is not None,
                 vp=dvp,
             )
             return

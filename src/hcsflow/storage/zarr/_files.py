@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import io
 import os
-import tempfile
-import uuid
 from abc import abstractmethod
 from typing import Any
 
@@ -15,6 +13,7 @@ from hcsflow import paths as vpaths
 from hcsflow.errors import (
     AlreadyExistsError,
     CorruptDataError,
+    CorruptStoreError,
     DataFormatError,
     HcsflowError,
     IsADirectoryStorageError,
@@ -29,10 +28,13 @@ from hcsflow.storage._codecs import (
     PickleNotAllowed,
     to_host_array,
 )
+from hcsflow.storage._debris import writer_tag
 from hcsflow.storage.zarr import _ome
 from hcsflow.storage.zarr import _plates as plates
 from hcsflow.storage.zarr._config import ZarrConfig
-from hcsflow.storage.zarr._io import Location
+from hcsflow.storage.zarr._debris import building, clean_node
+from hcsflow.storage.zarr._io import Location, store_errors
+from hcsflow.storage.zarr._localfs import LocalFS
 from hcsflow.storage.zarr._nodes import (
     _ARRAY_CODECS,
     _MAX_READ_RETRIES,
@@ -112,7 +114,14 @@ class _ZarrFiles(_ZarrNodes):
         arr, fmt, cfg = self._encode(data, vp, options)
         real, kind = self._write_target(vp, overwrite)
         self._write_file(
-            real, arr, fmt, cfg, size=_size_of(data, arr), exclusive=kind is None, vp=vp
+            real,
+            arr,
+            fmt,
+            cfg,
+            size=_size_of(data, arr),
+            exclusive=kind is None and not overwrite,
+            existed=kind is not None,
+            vp=vp,
         )
 
     def _write_file(
@@ -124,17 +133,23 @@ class _ZarrFiles(_ZarrNodes):
         size: int | None,
         *,
         exclusive: bool = False,
+        existed: bool = True,
         vp: str | None = None,
     ) -> None:
         """Write a file node: data under a fresh name, then switch ``zarr.json`` to it.
 
-        ``exclusive`` publishes with an atomic create, so of concurrent writers of a new
-        path exactly one wins and the others get :class:`AlreadyExistsError`.
+        A new node (``existed=False``) on a local disk is built in a hidden sibling and
+        renamed into place (:meth:`_create_node`).  Otherwise the data array is written
+        inside the node's directory under a name carrying this writer's tag, and
+        ``zarr.json`` is switched to it.  ``exclusive`` publishes with an atomic create,
+        so of concurrent writers of a new path exactly one wins and the others get
+        :class:`AlreadyExistsError`; without it a node that appeared meanwhile is
+        overwritten, never refused.  Afterwards the node's debris (replaced arrays,
+        arrays and temporary files of writers that died or finished) is removed.
         """
         loc = self._loc(real)
-        old = self._data_children(real)
-        # a random name per write: concurrent writers never share a data array
-        name = f"data{uuid.uuid4().hex[:8]}"
+        # a name per write: concurrent writers never share a data array
+        name = f"data{writer_tag()}"
         file_cfg = (
             cfg
             if cfg.zarr_format == 3
@@ -142,40 +157,72 @@ class _ZarrFiles(_ZarrNodes):
         )
         info = {"kind": "file", "format": fmt, "data": name, "size": size}
         doc = _ome.group_document({"hcsflow": info})
-        if exclusive and loc.fs.local:
-            # build the whole node in a hidden sibling, then rename it into place: a
-            # directory rename onto an existing node fails, so exactly one writer wins
-            # and no reader ever sees a half-built node under the real name
-            tmp = Location(loc.fs, f"{loc.parent.path}/.{loc.name}.{uuid.uuid4().hex}.partial")
-            try:
-                plates.create_array(tmp.child(name), arr, file_cfg, None)
-                tmp.write("zarr.json", doc)
-                os.rename(tmp.path, loc.path)
-            except OSError as exc:
-                tmp.remove()
-                if os.path.exists(loc.path):
+        fs = loc.fs
+        if isinstance(fs, LocalFS):
+            fs.clean_siblings(loc.path)
+            if not existed:
+                if self._create_node(fs, loc, name, arr, file_cfg, doc):
+                    return
+                if exclusive:
                     raise AlreadyExistsError(
                         "target exists; pass overwrite=True to replace it",
                         path=vp or real,
                         backend=self.name,
-                    ) from exc
-                raise
-            return
-        plates.create_array(loc.child(name), arr, file_cfg, None)
-        if exclusive:
-            if not loc.write_once("zarr.json", doc):
-                loc.child(name).remove()
-                raise AlreadyExistsError(
-                    "target exists; pass overwrite=True to replace it",
-                    path=vp or real,
-                    backend=self.name,
-                )
-        else:
-            # the switch: readers follow zarr.json to the data array
-            loc.write("zarr.json", doc)
+                    )
+        old = self._data_children(real)
+        data_loc = loc.child(name)
+        with building(data_loc):
+            plates.create_array(data_loc, arr, file_cfg, None)
+            if exclusive:
+                if not loc.write_once("zarr.json", doc):
+                    data_loc.remove()
+                    raise AlreadyExistsError(
+                        "target exists; pass overwrite=True to replace it",
+                        path=vp or real,
+                        backend=self.name,
+                    )
+            else:
+                # the switch: readers follow zarr.json to the data array
+                loc.write("zarr.json", doc)
         for child in old:
             if child != name:
                 loc.child(child).remove()
+        clean_node(loc, self._node_data(real))
+
+    def _create_node(
+        self,
+        fs: LocalFS,
+        loc: Location,
+        name: str,
+        arr: np.ndarray,
+        cfg: ZarrConfig,
+        doc: bytes,
+    ) -> bool:
+        """Build a new file node in a hidden sibling and rename it into place.
+
+        ``False`` (and nothing left behind) when a node appeared at ``loc`` meanwhile:
+        the rename never replaces anything, so of concurrent creators exactly one wins
+        and no reader ever sees a half-built node.
+        """
+        fd, built = fs.birth_dir(loc.path)
+        build = Location(fs, built, limits=loc.limits)
+        try:
+            plates.create_array(build.child(name), arr, cfg, None)
+            build.write_unpublished("zarr.json", doc)
+            if fs.publish_dir(built, loc.path):
+                return True
+        except BaseException:
+            build.remove()
+            raise
+        finally:
+            os.close(fd)
+        build.remove()
+        return False
+
+    def _node_data(self, real: str) -> str | None:
+        """The data array the file node at ``real`` names now (``None``: not a file node)."""
+        children = self._data_children(real)
+        return children[0] if children else None
 
     def _data_children(self, real: str) -> list[str]:
         kind, info = self._node(real)
@@ -269,17 +316,18 @@ class _ZarrFiles(_ZarrNodes):
             raise DataFormatError(
                 f"the {codec.name} format does not take option {bad!r}", path=vp, backend=self.name
             )
-        suffix = codec.extensions[0] if codec.extensions else ""
-        fd, tmp = tempfile.mkstemp(suffix=suffix)
         try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(np.ascontiguousarray(data).tobytes())
-            return codec.decode(tmp, **options)
+            fh = io.BytesIO(np.ascontiguousarray(data).tobytes())
+            return codec.decode(fh, limits=self.limits, path=vp, backend=self.name, **options)
         except PickleNotAllowed as exc:
             raise PickleRefusedError(
                 f"{exc}; pass allow_pickle=True only for files you trust",
                 path=vp,
                 backend=self.name,
+            ) from exc
+        except CodecRefusal as exc:
+            raise DataFormatError(
+                f"cannot load as {codec.name}: {exc}", path=vp, backend=self.name
             ) from exc
         except (MemoryError, ImportError, HcsflowError):
             raise
@@ -287,8 +335,6 @@ class _ZarrFiles(_ZarrNodes):
             raise CorruptDataError(
                 f"cannot decode the file as {codec.name}: {exc}", path=vp, backend=self.name
             ) from exc
-        finally:
-            os.unlink(tmp)
 
     def _read_array(self, loc: Location, child: str | None) -> np.ndarray:
         import zarr
@@ -301,12 +347,22 @@ class _ZarrFiles(_ZarrNodes):
                 path=target.url,
                 backend=self.name,
             )
-        from hcsflow.storage.zarr._io import store_errors
-
         with store_errors(target.url):
-            arr = zarr.open_array(
-                store=target.zarr_store(), mode="r", zarr_format=3 if meta.zarr_format == 3 else 2
-            )
+            try:
+                arr = zarr.open_array(
+                    store=target.zarr_store(),
+                    mode="r",
+                    zarr_format=3 if meta.zarr_format == 3 else 2,
+                )
+            except (HcsflowError, OSError):
+                raise
+            except Exception as exc:
+                raise CorruptStoreError(
+                    f"unreadable array metadata: store {self._base.url!r}, key "
+                    f"{target.path!r}: {type(exc).__name__}: {exc}",
+                    path=target.url,
+                    backend=self.name,
+                ) from exc
         return plates.read_array(arr, Ellipsis, target)
 
 

@@ -11,6 +11,7 @@ import numpy as np
 from hcsflow import paths as vpaths
 from hcsflow.errors import (
     AlreadyExistsError,
+    CorruptStoreError,
     InvalidPathError,
     IsADirectoryStorageError,
     NotADirectoryStorageError,
@@ -22,10 +23,13 @@ from hcsflow.storage._codecs import (
     CodecRegistry,
     default_codecs,
 )
+from hcsflow.storage._debris import NAME_MAX
+from hcsflow.storage._limits import StorageLimits
 from hcsflow.storage.zarr import _ome
 from hcsflow.storage.zarr import _plates as plates
 from hcsflow.storage.zarr._config import ZarrConfig
-from hcsflow.storage.zarr._io import _LOCAL, META_FILES, Location, location
+from hcsflow.storage.zarr._io import META_FILES, Location, location
+from hcsflow.storage.zarr._localfs import LocalFS
 
 _MAX_LINK_HOPS = 64
 #: reads of a file repeated when overwrites keep replacing its data array meanwhile
@@ -48,13 +52,14 @@ def _hidden(name: str) -> bool:
     return name in META_FILES or name == plates.MARKERS[0] or _IN_FLIGHT.search(name) is not None
 
 
-_DATA_NAME = re.compile(r"^data[0-9a-f]{8}$")
+#: a file node's data array: "data" + a writer tag (older stores: 8 random hex digits)
+_DATA_NAME = re.compile(r"^data(?:[0-9a-f]{32}|[0-9a-f]{8})$")
 
 
 def _in_progress(loc: Location) -> bool:
     """Whether ``loc`` is a file node still being written (data array, no ``zarr.json``)."""
     if loc.fs.local:
-        if os.path.exists(os.path.join(loc.path, "zarr.json")) or not os.path.isdir(loc.path):
+        if loc.fs.kind(loc.path) != "directory" or loc.exists_file("zarr.json"):
             return False
     elif loc.exists_file("zarr.json"):
         return False
@@ -80,15 +85,17 @@ class _ZarrNodes(StorageBackend):
         storage_options: dict[str, Any] | None = None,
         config: ZarrConfig | None = None,
         codecs: CodecRegistry | None = None,
+        limits: StorageLimits | None = None,
     ):
         self._root_url = None if root is None else os.fspath(root)
         self.storage_options = dict(storage_options or {})
         self.config = config or ZarrConfig()
         self.codecs = codecs if codecs is not None else default_codecs()
+        self.limits = limits if limits is not None else StorageLimits()
         if root is None:
-            self._base = Location(_LOCAL, "/")
+            self._base = Location(LocalFS(None, self.limits), "/", limits=self.limits)
         else:
-            self._base = location(root, self.storage_options)
+            self._base = location(root, self.storage_options, self.limits)
             if self._base.fs.local and not os.path.isdir(self._base.path):
                 raise NotFoundError(
                     "the zarr backend root is not an existing directory",
@@ -105,6 +112,7 @@ class _ZarrNodes(StorageBackend):
             "storage_options": self.storage_options,
             "config": self.config,
             "codecs": self.codecs,
+            "limits": self.limits,
         }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -113,6 +121,7 @@ class _ZarrNodes(StorageBackend):
             storage_options=state["storage_options"],
             config=state["config"],
             codecs=state["codecs"],
+            limits=state.get("limits"),
         )
 
     # ------------------------------------------------------------------ mapping
@@ -124,6 +133,13 @@ class _ZarrNodes(StorageBackend):
             if part and _hidden(part):
                 raise InvalidPathError(
                     f"{part!r} is a name reserved by the zarr format or the zarr backend",
+                    path=vp,
+                    backend=self.name,
+                )
+            if len(part) > NAME_MAX // 4 and len(os.fsencode(part)) > NAME_MAX:
+                raise InvalidPathError(
+                    f"a name is {len(os.fsencode(part))} bytes long; file systems allow "
+                    f"{NAME_MAX} bytes per name",
                     path=vp,
                     backend=self.name,
                 )
@@ -148,19 +164,24 @@ class _ZarrNodes(StorageBackend):
             info = meta.attributes.get("hcsflow")
             if isinstance(info, dict):
                 kind = info.get("kind")
-                if kind in ("file", "plate-image"):
+                if kind == "file":
+                    self._check_data_name(loc, info)
+                    return "file", info
+                if kind == "plate-image":
                     return "file", info
                 if kind == "symlink":
+                    self._check_target(loc, info)
                     return "symlink", info
             return "directory", None
         if loc.fs.local:
-            if os.path.isdir(loc.path):
+            found = loc.fs.kind(loc.path)
+            if found == "directory":
                 if _in_progress(loc):
                     return None, None
-                if os.path.exists(os.path.join(loc.path, "zarr.json")):
+                if loc.exists_file("zarr.json"):
                     return self._node(vp)  # a writer published since the first look
                 return "directory", None
-            if os.path.lexists(loc.path):
+            if found is not None:
                 return "file", {"kind": "raw"}
             return None, None
         if loc.is_dir():
@@ -168,6 +189,38 @@ class _ZarrNodes(StorageBackend):
         if loc.exists_file():
             return "file", {"kind": "raw"}
         return None, None
+
+    def _check_target(self, loc: Location, info: dict[str, Any]) -> None:
+        """A stored link target must be a normalised absolute virtual path."""
+        target = info.get("target")
+        try:
+            ok = isinstance(target, str) and vpaths.normalize_path(target) == target
+        except InvalidPathError:
+            ok = False
+        if not ok:
+            raise CorruptStoreError(
+                f"symlink target {target!r} is not a normalised virtual path inside the "
+                f"store: store {self._base.url!r}, key {loc.path!r} ('zarr.json')",
+                path=loc.url,
+                backend=self.name,
+            )
+
+    def _check_data_name(self, loc: Location, info: dict[str, Any]) -> None:
+        """A file node's ``data`` must name a data array inside the node."""
+        data = info.get("data")
+        if (
+            not isinstance(data, str)
+            or data in ("", ".", "..")
+            or "/" in data
+            or "\x00" in data
+            or data in META_FILES
+        ):
+            raise CorruptStoreError(
+                f"file node names data array {data!r}, not a data array of the node: "
+                f"store {self._base.url!r}, key {loc.path!r} ('zarr.json')",
+                path=loc.url,
+                backend=self.name,
+            )
 
     def _resolve(
         self, vp: str, follow_last: bool, seen: set[str] | None = None

@@ -255,17 +255,29 @@ class _ZarrPlateImages(_ZarrFiles):
                 real, kind = self._write_target(p, overwrite)
             except HcsflowError as exc:
                 raise BatchError(
-                    f"batch item {index} cannot be written", index=index, path=p, backend=self.name
+                    f"batch item {index} cannot be written: {exc}",
+                    index=index,
+                    path=p,
+                    backend=self.name,
                 ) from exc
             encoded.append((p, real, kind is None, arr, fmt, c, _size_of(item, arr)))
         for index, (p, real, new, arr, fmt, c, size) in enumerate(encoded):
             try:
-                # a new target is created exclusively: one that appeared since the check
-                # is refused, not clobbered
-                self._write_file(real, arr, fmt, c, size, exclusive=new, vp=p)
+                # without overwrite a new target is created exclusively: one that
+                # appeared since the check is refused, not clobbered
+                self._write_file(
+                    real,
+                    arr,
+                    fmt,
+                    c,
+                    size,
+                    exclusive=new and not overwrite,
+                    existed=not new,
+                    vp=p,
+                )
             except HcsflowError as exc:
                 raise BatchError(
-                    f"batch item {index} could not be written",
+                    f"batch item {index} could not be written: {exc}",
                     index=index,
                     path=p,
                     backend=self.name,
@@ -285,7 +297,7 @@ class _ZarrPlateImages(_ZarrFiles):
                     out[index] = self._load_file(vp, options, (real, kind, info))
             except StorageError as exc:
                 raise BatchError(
-                    f"batch item {index} could not be loaded",
+                    f"batch item {index} could not be loaded: {exc}",
                     index=index,
                     path=getattr(exc, "path", None) or str(path),
                     backend=self.name,

@@ -286,4 +286,3 @@ class MaterializationError(PipelineError, RuntimeError):
 
 class RunDirectoryError(PipelineError, FileExistsError):
     """The output directory already holds a previous run and overwrite was not asked for."""
-

@@ -1,4 +1,4 @@
-"""The ``hcsflow`` command: ``demo``, ``run``, ``info`` and ``validate``."""
+"""The ``hcsflow`` command: ``demo``, ``run``, ``info``, ``validate`` and ``fsck``."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from hcsflow.cli._fsck import add_fsck_parser
 from hcsflow.errors import HcsflowError
 
 __all__ = ["main", "build_parser", "demo_pipeline"]
@@ -114,6 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     v = sub.add_parser("validate", help="check an OME-Zarr plate against the NGFF specification")
     v.add_argument("path")
     v.add_argument("--deep", action="store_true", help="also decode every chunk (slow)")
+    add_fsck_parser(sub)
     return p
 
 
@@ -121,6 +123,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``hcsflow`` command; returns the exit status."""
     args = build_parser().parse_args(argv)
     try:
+        if hasattr(args, "handler"):
+            return int(args.handler(args))
         if args.command == "demo":
             return _demo(args)
         if args.command == "run":

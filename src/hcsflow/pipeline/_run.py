@@ -39,6 +39,7 @@ from hcsflow.pipeline._config import (
 from hcsflow.pipeline._execute import WellResult, execute_well
 from hcsflow.pipeline._plate import PlateIndex
 from hcsflow.pipeline._step import FunctionStep, Pipeline
+from hcsflow.storage import neutralize_csv_text
 from hcsflow.storage.plate import PlateLayout
 
 __all__ = [
@@ -354,7 +355,7 @@ def _consolidate(results: list[WellResult], staging: Path) -> dict[str, str]:
             frames = [pd.read_csv(io.StringIO(t)) for t in texts]
             text = pd.concat(frames, ignore_index=True).to_csv(index=False)
         target = staging / f"{key}.csv"
-        _atomic_write_text(target, text)
+        _atomic_write_text(target, neutralize_csv_text(text))
         plate[key] = target.name
     return plate
 

@@ -2,13 +2,21 @@
 
 from hcsflow.storage._base import IMAGE_EXTENSIONS, Backend, EntryKind, FileInfo, StorageBackend
 from hcsflow.storage._codecs import Codec, CodecRegistry, default_codecs, to_host_array
+from hcsflow.storage._decode import ALIGNMENT, aligned_empty
 from hcsflow.storage._filemanager import FileManager
+from hcsflow.storage._fsck import Debris, find_debris, remove_debris
+from hcsflow.storage._limits import ENV_MAX_DECODED_BYTES, StorageLimits
 from hcsflow.storage._memory import MemoryStorageBackend
 from hcsflow.storage._registry import (
     BackendRegistry,
     backend_name,
     register_backend,
     storage_registry,
+)
+from hcsflow.storage._tables import (
+    neutralize_csv_text,
+    neutralize_formula,
+    neutralize_formulas,
 )
 from hcsflow.storage.disk import DiskStorageBackend
 from hcsflow.storage.zarr import (
@@ -44,6 +52,17 @@ __all__ = [
     "backend_name",
     "register_backend",
     "storage_registry",
+    # limits, alignment, crash debris, CSV safety
+    "StorageLimits",
+    "ENV_MAX_DECODED_BYTES",
+    "ALIGNMENT",
+    "aligned_empty",
+    "Debris",
+    "find_debris",
+    "remove_debris",
+    "neutralize_formula",
+    "neutralize_formulas",
+    "neutralize_csv_text",
     # zarr backend and OME-Zarr plates
     "ZarrStorageBackend",
     "ZarrConfig",

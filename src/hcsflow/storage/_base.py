@@ -340,7 +340,7 @@ class StorageBackend(ABC):
                 self.save(item, p, overwrite=overwrite, **options)
             except HcsflowError as exc:
                 raise BatchError(
-                    f"batch item {index} could not be written",
+                    f"batch item {index} could not be written: {exc}",
                     index=index,
                     path=p,
                     backend=self.name,
@@ -353,7 +353,10 @@ class StorageBackend(ABC):
                 self._check_can_write(p, overwrite)
             except HcsflowError as exc:
                 raise BatchError(
-                    f"batch item {index} cannot be written", index=index, path=p, backend=self.name
+                    f"batch item {index} cannot be written: {exc}",
+                    index=index,
+                    path=p,
+                    backend=self.name,
                 ) from exc
 
     def load_batch(self, paths: Sequence[vpaths.PathLike], **options: Any) -> list[Any]:
@@ -364,7 +367,7 @@ class StorageBackend(ABC):
                 out.append(self.load(p, **options))
             except HcsflowError as exc:
                 raise BatchError(
-                    f"batch item {index} could not be loaded",
+                    f"batch item {index} could not be loaded: {exc}",
                     index=index,
                     path=self._item_path(p),
                     backend=self.name,

@@ -11,6 +11,7 @@ from hcsflow import paths as vpaths
 from hcsflow.errors import (
     AlreadyExistsError,
     BatchError,
+    CorruptStoreError,
     DataFormatError,
     HcsflowError,
     InvalidPathError,
@@ -45,18 +46,46 @@ class _ZarrPlateImages(_ZarrFiles):
                 return "/" + "/".join(parts[:i])
         return vpaths.parent(real)
 
+    def _plate_pointer(
+        self, real: str, info: dict[str, Any]
+    ) -> tuple[int, str, int, tuple[int, ...]]:
+        """(levels up to the store, well ``"B/3"``, field, index) of a plate image, checked."""
+        up, well, field, index = (info.get(k) for k in ("up", "well", "field", "index"))
+        depth = real.strip("/").count("/")
+        ok = (
+            isinstance(up, int)
+            and 0 <= up <= depth
+            and isinstance(field, int)
+            and field >= 0
+            and isinstance(well, str)
+            and _ome.unsafe_path(well, parts=2) is None
+            and well.split("/")[1].isdigit()
+            and isinstance(index, list)
+            and all(isinstance(x, int) and x >= 0 for x in index)
+        )
+        if not ok:
+            raise CorruptStoreError(
+                f"malformed plate-image record {info!r}: store {self._base.url!r}, key "
+                f"{real.lstrip('/')!r} ('zarr.json')",
+                path=self._loc(real).url,
+                backend=self.name,
+            )
+        assert isinstance(up, int) and isinstance(well, str) and isinstance(field, int)
+        assert isinstance(index, list)
+        return up, well, field, tuple(index)
+
     def _read_plate_images(self, items: list[tuple[str, dict[str, Any]]]) -> list[np.ndarray]:
         """Planes for plate-image pointers; each chunk is decoded at most once."""
         groups: dict[tuple[str, str, int], list[int]] = {}
         coords: list[tuple[int, ...]] = []
         for i, (real, info) in enumerate(items):
-            up = int(info.get("up", 0))
+            up, well, field, index = self._plate_pointer(real, info)
             store = vpaths.parent(real)
             for _ in range(up):
                 store = vpaths.parent(store)
-            key = (store, str(info["well"]), int(info["field"]))
+            key = (store, well, field)
             groups.setdefault(key, []).append(i)
-            coords.append(tuple(int(x) for x in info["index"]))
+            coords.append(index)
         out: list[np.ndarray | None] = [None] * len(items)
         for (store, well, field), idxs in groups.items():
             plate_loc = self._loc(store)

@@ -8,8 +8,8 @@ writers make, with the reason it is or is not safe to remove:
 entry                                            removable when
 ===============================================  ==========================================
 ``.hcsflow-<name>.<tag>.tmp`` (disk temporary)   its writer is dead (writer tag, see below)
-``.hcsflow-<name>.<zeros>.tmp`` (publish window) unchanged for a minute (it lives for
-                                                 microseconds)
+``.hcsflow-<name>.<zeros>.tmp`` (publish window) no writer holds its lock (it is named
+                                                 for microseconds)
 ``<name>.<hash>.deleting`` (zarr removal)        always (any process may finish a removal)
 ``<name>.<tag>.partial`` (zarr temporary)        its writer is dead
 ``.<name>.<hash>.partial`` (zarr node build)     unlocked and unchanged for a minute
@@ -44,7 +44,7 @@ from hcsflow.storage._debris import (
     tag_of,
     writer_state,
 )
-from hcsflow.storage.disk._publish import is_temp_name
+from hcsflow.storage.disk._publish import is_temp_name, window_left_behind
 
 __all__ = ["Debris", "find_debris", "remove_debris"]
 
@@ -172,8 +172,8 @@ def _classify(
     if is_temp_name(name):
         tag = tag_of(name)
         if tag == WINDOW_TAG:
-            ok = age > GRACE_SECONDS
-            why = "published file's window name, unchanged for a minute" if ok else "in use now"
+            ok = window_left_behind(dir_fd, name)
+            why = "its writer died between link and rename" if ok else "a writer is using it"
             return "disk publish window", ok, why
         ok, why = _by_tag(tag, age, older_than)
         return "disk temporary file", ok, why

@@ -3,16 +3,16 @@
 A write never exposes a partial file under any name where the kernel allows it:
 
 1. the data goes into an *unnamed* file in the target's directory
-   (``open(dir, O_TMPFILE)``), is flushed and fsynced: a process killed now leaves
-   nothing behind, not even a temporary name;
+   (``open(dir, O_TMPFILE)``), locked (``flock``), flushed and fsynced: a process
+   killed now leaves nothing behind, not even a temporary name;
 2. without ``overwrite`` the finished file gets its name with one ``linkat`` (the
    kernel refuses an existing name, so a file another process created meanwhile is
    never clobbered);
 3. with ``overwrite`` it is linked to the target's *publish window* name
    ``.hcsflow-<name>.<32 zeros>.tmp`` and renamed over the target.  Only a kill
    between those two system calls leaves that (complete, unpublished) file; the next
-   overwrite of the same path finds it under its fixed name and removes it once it is
-   older than a minute (a live writer holds the name for microseconds, and one that
+   overwrite of the same path finds it under its fixed name and removes it when its
+   lock is free (a live writer holds the lock until its rename is done; one that
    finds its window gone links its file again).
 
 File systems without ``O_TMPFILE`` (NFS, most FUSE file systems, macOS) get a named
@@ -64,7 +64,14 @@ from hcsflow.storage._debris import (
 from hcsflow.storage.disk._formats import _DiskFormats, _gather
 from hcsflow.storage.disk._paths import file_object
 
-__all__ = ["TEMP_PREFIX", "TEMP_SUFFIX", "is_temp_name", "temp_name", "window_name"]
+__all__ = [
+    "TEMP_PREFIX",
+    "TEMP_SUFFIX",
+    "is_temp_name",
+    "temp_name",
+    "window_name",
+    "window_left_behind",
+]
 
 TEMP_PREFIX = ".hcsflow-"
 TEMP_SUFFIX = ".tmp"
@@ -142,20 +149,50 @@ def _link_fd(fd: int, dir_fd: int, name: str) -> None:
     os.link(f"/proc/self/fd/{fd}", name, dst_dir_fd=dir_fd, follow_symlinks=True)
 
 
+def window_left_behind(dir_fd: int, name: str) -> bool:
+    """Whether the publish window ``name`` was left by a writer that died."""
+    return _is_stale(dir_fd, name)
+
+
 def _is_stale(dir_fd: int, name: str) -> bool:
-    """Whether the entry ``name`` has not changed for :data:`GRACE_SECONDS`."""
+    """Whether no writer holds the publish window ``name`` (its lock is free).
+
+    A writer locks its unnamed file when it creates it and keeps the lock through the
+    link and the rename, so a window whose lock can be taken was left by a writer that
+    died between the two.  Where locks are not supported, a window unchanged for
+    :data:`GRACE_SECONDS` counts as left behind.
+    """
     try:
-        st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=dir_fd)
     except FileNotFoundError:
         return True
-    return time.time() - st.st_ctime > GRACE_SECONDS
+    except OSError:
+        return False
+    try:
+        if not lock_held(fd):
+            return True
+        return _locks_unsupported(fd) and time.time() - os.fstat(fd).st_ctime > GRACE_SECONDS
+    finally:
+        os.close(fd)
+
+
+def _locks_unsupported(fd: int) -> bool:
+    """Whether ``flock`` fails on this file for another reason than a held lock."""
+    import fcntl
+
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError as exc:
+        return exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES)
+    fcntl.flock(fd, fcntl.LOCK_UN)
+    return False
 
 
 def _remove_dead_temps(dir_fd: int, base: str | None = None) -> int:
     """Remove temporary names of dead writers in the directory (of ``base`` only, if given).
 
-    Tagged names go when their writer is dead, or finished (its lock is free) and
-    older than :data:`GRACE_SECONDS`; publish windows when older than that.
+    Tagged names go when their writer is dead; publish windows when no writer holds
+    their lock (see :func:`_is_stale`).
     """
     prefix = TEMP_PREFIX + (_temp_base(base) + "." if base is not None else "")
     removed = 0
@@ -283,12 +320,14 @@ class _DiskPublish(_DiskFormats):
         if dev in _NO_TMPFILE_DEVICES:
             return None
         try:
-            return os.open(".", _O_TMPFILE | os.O_RDWR, 0o666, dir_fd=dir_fd)
+            fd = os.open(".", _O_TMPFILE | os.O_RDWR, 0o666, dir_fd=dir_fd)
         except OSError as exc:
             if exc.errno not in _NO_TMPFILE:
                 raise
             _NO_TMPFILE_DEVICES.add(dev)
             return None
+        lock(fd)  # held through the link and the rename: see _is_stale
+        return fd
 
     # ------------------------------------------------------------------ publishing
 
@@ -554,20 +593,3 @@ class _DiskPublish(_DiskFormats):
         for dir_fd, _, backup in published:
             if backup is not None:
                 os.unlink(backup, dir_fd=dir_fd)
-
-
-def remove_dead_temps(dir_fd: int) -> int:
-    """Remove every temporary file of dead writers in a directory; returns how many."""
-    return _remove_dead_temps(dir_fd)
-
-
-def temp_lock_free(dir_fd: int, name: str) -> bool:
-    """Whether the temporary file ``name`` is not locked by a writer at work."""
-    try:
-        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=dir_fd)
-    except OSError:
-        return True
-    try:
-        return not lock_held(fd)
-    finally:
-        os.close(fd)

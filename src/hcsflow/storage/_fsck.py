@@ -12,7 +12,7 @@ entry                                            removable when
                                                  for microseconds)
 ``<name>.<hash>.deleting`` (zarr removal)        always (any process may finish a removal)
 ``<name>.<tag>.partial`` (zarr temporary)        its writer is dead
-``.<name>.<hash>.partial`` (zarr node build)     unlocked and unchanged for a minute
+``.<name>.<hash>.partial`` (zarr node build)     no builder holds its lock
 ``data<tag>`` no ``zarr.json`` names (zarr file) its writer is dead, or finished (lock free)
 ===============================================  ==========================================
 
@@ -37,7 +37,6 @@ from hcsflow import paths as vpaths
 from hcsflow.errors import NotADirectoryStorageError, NotFoundError
 from hcsflow.storage._contain import EscapeError, Tree
 from hcsflow.storage._debris import (
-    GRACE_SECONDS,
     WINDOW_TAG,
     age_seconds,
     lock_held,
@@ -181,11 +180,11 @@ def _classify(
     if match is not None:
         if match.group(2) == "deleting":
             return "zarr tree being removed", True, "any process may finish a removal"
-        if name.startswith("."):
+        if name.startswith(".") and writer_state(match.group(1)) != "alive":
+            # a fixed build name (not a tag): its builder holds its lock while at work
             locked = _locked(dir_fd, name)
-            ok = not locked and age > GRACE_SECONDS
-            why = "being built now" if not ok else "unlocked and unchanged for a minute"
-            return "zarr node being built", ok, why
+            why = "being built now" if locked else "its builder died (lock free)"
+            return "zarr node being built", not locked, why
         ok, why = _by_tag(match.group(1), age, older_than)
         return "zarr temporary file", ok, why
     data_match = _DATA.match(name)

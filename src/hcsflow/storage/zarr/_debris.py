@@ -28,7 +28,7 @@ from hcsflow.storage._debris import tag_of, writer_state
 from hcsflow.storage.zarr._io import META_FILES, Location
 from hcsflow.storage.zarr._localfs import LocalFS, partial_name
 
-__all__ = ["building", "clean_node", "debris_kind", "DATA_NAME", "IN_FLIGHT"]
+__all__ = ["building", "clean_node", "clean_in_flight", "debris_kind", "DATA_NAME", "IN_FLIGHT"]
 
 #: a file node's data array: "data" + a writer tag (older stores: 8 random hex digits)
 DATA_NAME = re.compile(r"^data(?:[0-9a-f]{32}|[0-9a-f]{8})$")
@@ -83,6 +83,21 @@ def clean_node(loc: Location, current: str | None) -> int:
     removed = 0
     for name in loc.list():
         if debris_kind(loc, name, current) is not None:
+            loc.child(name).remove()
+            removed += 1
+    return removed
+
+
+def clean_in_flight(loc: Location) -> int:
+    """Remove in-flight debris (``.partial``/``.deleting`` of dead writers) in a local group.
+
+    Object stores have neither (their writes are single PUTs), so nothing is listed there.
+    """
+    if not isinstance(loc.fs, LocalFS):
+        return 0
+    removed = 0
+    for name in loc.list():
+        if IN_FLIGHT.search(name) and debris_kind(loc, name, None) is not None:
             loc.child(name).remove()
             removed += 1
     return removed

@@ -26,9 +26,7 @@ from hcsflow import paths as vpaths
 from hcsflow.errors import PathEscapeError
 from hcsflow.storage._contain import EscapeError, Tree, copy_file_at, rename_noreplace
 from hcsflow.storage._debris import (
-    GRACE_SECONDS,
     NAME_MAX,
-    age_seconds,
     bounded_name,
     lock,
     lock_held,
@@ -270,24 +268,30 @@ class LocalFS(_FS):
     def birth_dir(self, path: str) -> tuple[int, str]:
         """(locked descriptor, real path) of a new hidden directory to build ``path`` in.
 
-        The fixed :func:`birth_name` is used, so the next write of ``path`` finds the
-        debris of a builder that died; one still at work (locked, or too young to tell)
-        makes this builder use a tagged name instead.
+        The directory is made under a tagged name, locked, and only then renamed to the
+        fixed :func:`birth_name`, so that name is never seen unlocked while a builder is
+        at work: the next write of ``path`` removes it as soon as its lock is free (a
+        builder that died).  While another builder holds it, this one builds under its
+        tagged name.
         """
         with self._parent(path, create=True) as (dir_fd, name):
-            fixed = birth_name(name)
             head = path.rsplit("/", 1)[0]
-            for candidate in (fixed, fixed, partial_name(name)):
+            tagged = partial_name(name)
+            os.mkdir(tagged, dir_fd=dir_fd)
+            fd = os.open(tagged, _DIR, dir_fd=dir_fd)
+            lock(fd)
+            fixed = birth_name(name)
+            for _attempt in range(4):
                 try:
-                    os.mkdir(candidate, dir_fd=dir_fd)
+                    if not rename_noreplace(tagged, fixed, dir_fd, dir_fd):
+                        break  # no renameat2 here: build under the tagged name
                 except FileExistsError:
-                    if candidate == fixed and _stale_dir(dir_fd, fixed):
-                        Tree.rmtree(dir_fd, fixed)
+                    if _locked_dir(dir_fd, fixed):
+                        break
+                    Tree.rmtree(dir_fd, fixed)
                     continue
-                fd = os.open(candidate, _DIR, dir_fd=dir_fd)
-                lock(fd)
-                return fd, f"{head}/{candidate}"
-        raise FileExistsError(errno.EEXIST, "could not create a build directory", path)
+                return fd, f"{head}/{fixed}"
+            return fd, f"{head}/{tagged}"
 
     def publish_dir(self, built: str, path: str) -> bool:
         """Rename the directory ``built`` to ``path`` unless ``path`` exists (then ``False``)."""
@@ -325,7 +329,7 @@ class LocalFS(_FS):
                     os.stat(debris, dir_fd=dir_fd, follow_symlinks=False)
                 except FileNotFoundError:
                     continue
-                if debris.endswith(".deleting") or _stale_dir(dir_fd, debris):
+                if debris.endswith(".deleting") or not _locked_dir(dir_fd, debris):
                     Tree.rmtree(dir_fd, debris)
                     removed += 1
         return removed
@@ -386,14 +390,14 @@ def remove_entry(dir_fd: int, name: str) -> None:
         Tree.rmtree(dir_fd, doomed)
 
 
-def _stale_dir(dir_fd: int, name: str) -> bool:
-    """Whether the directory ``name`` is unlocked and unchanged for GRACE_SECONDS."""
+def _locked_dir(dir_fd: int, name: str) -> bool:
+    """Whether a writer holds the lock of the directory ``name`` (``False`` if gone)."""
     try:
         fd = os.open(name, _DIR, dir_fd=dir_fd)
     except OSError:
         return False
     try:
-        return not lock_held(fd) and age_seconds(os.fstat(fd).st_ctime) > GRACE_SECONDS
+        return lock_held(fd)
     finally:
         os.close(fd)
 

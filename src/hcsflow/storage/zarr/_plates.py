@@ -56,7 +56,7 @@ from hcsflow.storage._decode import aligned_empty
 from hcsflow.storage.plate import PLATE_FORMATS, WellPosition, parse_well, row_index, row_name
 from hcsflow.storage.zarr import _ome
 from hcsflow.storage.zarr._config import ZarrConfig
-from hcsflow.storage.zarr._debris import debris_kind
+from hcsflow.storage.zarr._debris import clean_in_flight, debris_kind
 from hcsflow.storage.zarr._io import (
     BACKEND,
     Location,
@@ -461,6 +461,13 @@ def write_well(
         ):
             well_loc.child(stale).remove()
     markers = _mark_well(plate, pos, len(new_paths), cfg.zarr_format, version)
+    # temporary files of writers of this well that died (plate, row and marker groups)
+    for group in (
+        plate,
+        plate.child(pos.row_name),
+        plate.child(*MARKERS, _marker_name(pos, len(new_paths))),
+    ):
+        clean_in_flight(group)
     if update_plate:
         _settle_plate(plate, version, cfg.zarr_format, fmt, listing=markers)
     return WellInfo(
@@ -537,7 +544,7 @@ def _mark_well(
     if not markers.exists_file("zarr.json" if zarr_format == 3 else ".zgroup"):
         _ensure_group(plate.child(MARKERS[0]), {}, zarr_format)
         _ensure_group(markers, {}, zarr_format)
-    name = f"{pos.row_name}.{pos.column + 1}.{n_fields}"
+    name = _marker_name(pos, n_fields)
     _ensure_group(markers.child(name), {}, zarr_format)
     listing = set(markers.list())
     for other in list(listing):
@@ -546,6 +553,10 @@ def _mark_well(
             markers.child(other).remove()
             listing.discard(other)
     return frozenset(listing)
+
+
+def _marker_name(pos: WellPosition, n_fields: int) -> str:
+    return f"{pos.row_name}.{pos.column + 1}.{n_fields}"
 
 
 @functools.lru_cache(maxsize=4096)

@@ -55,14 +55,16 @@ def aligned_empty(shape: tuple[int, ...], dtype: Any, *, order: str = "C") -> np
     for d in shape:
         count *= int(d)
     nbytes = count * dt.itemsize
+    if nbytes == 0:
+        return np.empty(shape, dtype=dt, order=order)  # type: ignore[call-overload]
     raw = np.empty(nbytes + ALIGNMENT, dtype=np.uint8)
     offset = (-raw.ctypes.data) % ALIGNMENT
     return raw[offset : offset + nbytes].view(dt).reshape(shape, order=order)
 
 
 def is_aligned(arr: np.ndarray, alignment: int = ALIGNMENT) -> bool:
-    """Whether ``arr``'s data pointer is a multiple of ``alignment``."""
-    return arr.ctypes.data % alignment == 0
+    """Whether ``arr``'s data pointer is a multiple of ``alignment`` (empty arrays: yes)."""
+    return arr.size == 0 or arr.ctypes.data % alignment == 0
 
 
 def remaining_bytes(fh: IO[bytes]) -> int | None:

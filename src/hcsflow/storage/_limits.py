@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from hcsflow.errors import ConfigurationError, ResourceLimitError
+from hcsflow.errors import ConfigurationError, CorruptDataError, ResourceLimitError
 
 __all__ = ["StorageLimits", "ENV_MAX_DECODED_BYTES", "parse_size"]
 
@@ -220,13 +220,13 @@ def declared_nbytes(
         dims = [int(s) for s in shape]
         itemsize = np.dtype(dtype).itemsize
     except (TypeError, ValueError, OverflowError) as exc:
-        raise ResourceLimitError(
+        raise CorruptDataError(
             f"{what} declares an unusable shape {shape!r} or dtype {dtype!r}",
             path=path,
             backend=backend,
         ) from exc
     if any(d < 0 for d in dims):
-        raise ResourceLimitError(
+        raise CorruptDataError(
             f"{what} declares a negative dimension in shape {tuple(dims)}",
             path=path,
             backend=backend,

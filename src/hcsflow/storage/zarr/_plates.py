@@ -53,6 +53,7 @@ from hcsflow.errors import (
     ZarrError,
 )
 from hcsflow.storage._decode import aligned_empty
+from hcsflow.storage._limits import StorageLimits
 from hcsflow.storage.plate import PLATE_FORMATS, WellPosition, parse_well, row_index, row_name
 from hcsflow.storage.zarr import _ome
 from hcsflow.storage.zarr._config import ZarrConfig
@@ -122,10 +123,14 @@ class WellInfo:
 # --------------------------------------------------------------------------- helpers
 
 
-def _loc(store: StoreLike, storage_options: dict[str, Any] | None) -> Location:
+def _loc(
+    store: StoreLike,
+    storage_options: dict[str, Any] | None,
+    limits: StorageLimits | None = None,
+) -> Location:
     if isinstance(store, Location):
         return store
-    return location(store, storage_options)
+    return location(store, storage_options, limits)
 
 
 def _well_pos(loc: Location, well: str | WellPosition) -> WellPosition:
@@ -981,9 +986,14 @@ def read_well(
     level: int = 0,
     *,
     storage_options: dict[str, Any] | None = None,
+    limits: StorageLimits | None = None,
 ) -> np.ndarray:
-    """One field image of a well as a numpy array (``(c, z, y, x)`` or with ``t``)."""
-    plate = _loc(store, storage_options)
+    """One field image of a well as a numpy array (``(c, z, y, x)`` or with ``t``).
+
+    The array is 64-byte aligned; its declared size and chunk count are checked against
+    ``limits`` (default :class:`~hcsflow.storage.StorageLimits`) before reading.
+    """
+    plate = _loc(store, storage_options, limits)
     img, _, _ = _image_loc(plate, well, field)
     arr, loc = _open_array_at(img, level)
     return read_array(arr, Ellipsis, loc)
@@ -1116,9 +1126,10 @@ def read_labels(
     level: int = 0,
     *,
     storage_options: dict[str, Any] | None = None,
+    limits: StorageLimits | None = None,
 ) -> np.ndarray:
     """A label image written by :func:`write_labels` (image axes, channel 1)."""
-    plate = _loc(store, storage_options)
+    plate = _loc(store, storage_options, limits)
     img, _, _ = _image_loc(plate, well, field)
     target = img.child("labels", name)
     arr, loc = _open_array_at(target, level)

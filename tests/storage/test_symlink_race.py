@@ -3,8 +3,9 @@
 Another process flips ``<root>/d`` between the real directory and a symlink to a
 directory outside the root (``renameat2(RENAME_EXCHANGE)``), as fast as it can, while
 the backend saves, loads, lists, copies, moves and deletes below ``/d``.  Nothing
-outside the root may be read, written or deleted.  The race runs ``HCSFLOW_RACE_SECONDS`` seconds per backend (default 3; the
-figures in docs/storage.md come from 20).
+outside the root may be read, written or deleted.  The race runs
+``HCSFLOW_RACE_SECONDS`` seconds per backend (default 3; the figures in
+docs/storage.md come from 20).
 """
 
 from __future__ import annotations

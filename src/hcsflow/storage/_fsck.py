@@ -11,8 +11,8 @@ entry                                            removable when
 ``.hcsflow-<name>.<zeros>.tmp`` (publish window) no writer holds its lock (it is named
                                                  for microseconds)
 ``<name>.<hash>.deleting`` (zarr removal)        always (any process may finish a removal)
-``<name>.<tag>.partial`` (zarr temporary)        its writer is dead
-``.<name>.<hash>.partial`` (zarr node build)     no builder holds its lock
+``<name>.<tag>.partial`` (zarr temporary, build) its writer is dead
+``.<name>.<hash>.partial`` (zarr build claim)    the builder it names is dead
 ``data<tag>`` no ``zarr.json`` names (zarr file) its writer is dead, or finished (lock free)
 ===============================================  ==========================================
 
@@ -180,11 +180,14 @@ def _classify(
     if match is not None:
         if match.group(2) == "deleting":
             return "zarr tree being removed", True, "any process may finish a removal"
-        if name.startswith(".") and writer_state(match.group(1)) != "alive":
-            # a fixed build name (not a tag): its builder holds its lock while at work
-            locked = _locked(dir_fd, name)
-            why = "being built now" if locked else "its builder died (lock free)"
-            return "zarr node being built", not locked, why
+        if name.startswith(".") and writer_state(match.group(1)) == "unknown":
+            # a build claim: a symlink naming its builder's tagged build directory
+            try:
+                target = os.readlink(name, dir_fd=dir_fd)
+            except OSError:
+                return None
+            ok, why = _by_tag(tag_of(target), age, older_than)
+            return "zarr node build claim", ok, why
         ok, why = _by_tag(match.group(1), age, older_than)
         return "zarr temporary file", ok, why
     data_match = _DATA.match(name)

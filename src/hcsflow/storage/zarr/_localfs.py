@@ -30,6 +30,8 @@ from hcsflow.storage._debris import (
     bounded_name,
     lock,
     lock_held,
+    tag_of,
+    writer_state,
     writer_tag,
 )
 from hcsflow.storage._limits import StorageLimits
@@ -54,7 +56,7 @@ def deleting_name(name: str) -> str:
 
 
 def birth_name(name: str) -> str:
-    """The fixed hidden sibling a new node ``name`` is built in before it is renamed."""
+    """The fixed hidden name that claims the build of a new node ``name`` (a symlink)."""
     digest = hashlib.sha256(os.fsencode(name)).hexdigest()[:32]
     return f".{bounded_name(name, NAME_MAX - _SUFFIX_BYTES - 1)}.{digest}.partial"
 
@@ -268,70 +270,77 @@ class LocalFS(_FS):
     def birth_dir(self, path: str) -> tuple[int, str]:
         """(locked descriptor, real path) of a new hidden directory to build ``path`` in.
 
-        The directory is made under a tagged name, locked, and only then renamed to the
-        fixed :func:`birth_name`, so that name is never seen unlocked while a builder is
-        at work: the next write of ``path`` removes it as soon as its lock is free (a
-        builder that died).  While another builder holds it, this one builds under its
-        tagged name.
+        The directory gets a tagged name (:func:`partial_name`), and a symlink with the
+        fixed :func:`birth_name` is made to it *first*, in one atomic step: the link
+        claims the build and names its builder, so the next write of ``path`` finds the
+        debris of a builder that died (:meth:`clean_siblings`).  While a live builder
+        holds the claim, this one builds unclaimed.
         """
         with self._parent(path, create=True) as (dir_fd, name):
             head = path.rsplit("/", 1)[0]
             tagged = partial_name(name)
-            os.mkdir(tagged, dir_fd=dir_fd)
-            fd = os.open(tagged, _DIR, dir_fd=dir_fd)
-            lock(fd)
             fixed = birth_name(name)
             for _attempt in range(4):
                 try:
-                    if not rename_noreplace(tagged, fixed, dir_fd, dir_fd):
-                        break  # no renameat2 here: build under the tagged name
+                    os.symlink(tagged, fixed, dir_fd=dir_fd)
+                    break
                 except FileExistsError:
-                    if _locked_dir(dir_fd, fixed):
-                        break
-                    Tree.rmtree(dir_fd, fixed)
-                    continue
-                return fd, f"{head}/{fixed}"
+                    if not _remove_dead_claim(dir_fd, fixed):
+                        break  # a builder at work holds it
+            os.mkdir(tagged, dir_fd=dir_fd)
+            fd = os.open(tagged, _DIR, dir_fd=dir_fd)
+            lock(fd)
             return fd, f"{head}/{tagged}"
 
     def publish_dir(self, built: str, path: str) -> bool:
-        """Rename the directory ``built`` to ``path`` unless ``path`` exists (then ``False``)."""
+        """Rename the directory ``built`` to ``path`` unless ``path`` exists (then ``False``).
+
+        Either way the build's claim (see :meth:`birth_dir`) is released.
+        """
         with self._parent(path) as (dir_fd, name):
             bname = built.rsplit("/", 1)[1]
             try:
-                if rename_noreplace(bname, name, dir_fd, dir_fd):
-                    return True
-            except FileExistsError:
+                return self._rename_no_clobber(dir_fd, bname, name)
+            finally:
+                _release_claim(dir_fd, birth_name(name), bname)
+
+    @staticmethod
+    def _rename_no_clobber(dir_fd: int, src: str, dst: str) -> bool:
+        try:
+            if rename_noreplace(src, dst, dir_fd, dir_fd):
+                return True
+        except FileExistsError:
+            return False
+        # no renameat2 here: check as late as possible
+        try:
+            os.stat(dst, dir_fd=dir_fd, follow_symlinks=False)
+            return False
+        except FileNotFoundError:
+            pass
+        try:
+            os.rename(src, dst, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        except OSError as exc:
+            if exc.errno in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR, errno.EISDIR):
                 return False
-            # no renameat2 here: check as late as possible
-            try:
-                os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-                return False
-            except FileNotFoundError:
-                pass
-            try:
-                os.rename(bname, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-            except OSError as exc:
-                if exc.errno in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR, errno.EISDIR):
-                    return False
-                raise
-            return True
+            raise
+        return True
 
     def clean_siblings(self, path: str) -> int:
-        """Remove debris next to ``path``: its interrupted removal and a dead builder's
-        directory (see :func:`deleting_name`, :func:`birth_name`); how many."""
+        """Remove debris next to ``path``: its interrupted removal and the build of a
+        builder that died (see :func:`deleting_name`, :func:`birth_name`); how many."""
         removed = 0
         with (
             contextlib.suppress(FileNotFoundError, NotADirectoryError),
             self._parent(path) as (dir_fd, name),
         ):
-            for debris in (deleting_name(name), birth_name(name)):
-                try:
-                    os.stat(debris, dir_fd=dir_fd, follow_symlinks=False)
-                except FileNotFoundError:
-                    continue
-                if debris.endswith(".deleting") or not _locked_dir(dir_fd, debris):
-                    Tree.rmtree(dir_fd, debris)
-                    removed += 1
+            doomed = deleting_name(name)
+            try:
+                os.stat(doomed, dir_fd=dir_fd, follow_symlinks=False)
+                Tree.rmtree(dir_fd, doomed)
+                removed += 1
+            except FileNotFoundError:
+                pass
+            removed += _remove_dead_claim(dir_fd, birth_name(name))
         return removed
 
     def locked(self, path: str) -> bool:
@@ -388,6 +397,43 @@ def remove_entry(dir_fd: int, name: str) -> None:
         return
     with contextlib.suppress(FileNotFoundError):
         Tree.rmtree(dir_fd, doomed)
+
+
+def _remove_dead_claim(dir_fd: int, fixed: str) -> int:
+    """Remove the build claim ``fixed`` and its directory if the builder died; how many.
+
+    ``0`` when there is no claim or its builder may be at work.
+    """
+    try:
+        target = os.readlink(fixed, dir_fd=dir_fd)
+    except FileNotFoundError:
+        return 0
+    except OSError as exc:
+        if exc.errno != errno.EINVAL:
+            raise
+        # not a link: a directory of its own; removed once nobody holds its lock
+        if _locked_dir(dir_fd, fixed):
+            return 0
+        Tree.rmtree(dir_fd, fixed)
+        return 1
+    if "/" in target or writer_state(tag_of(target)) != "dead":
+        return 0
+    with contextlib.suppress(FileNotFoundError):
+        st = os.stat(target, dir_fd=dir_fd, follow_symlinks=False)
+        if stat_mod.S_ISDIR(st.st_mode):
+            Tree.rmtree(dir_fd, target)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(fixed, dir_fd=dir_fd)
+    return 1
+
+
+def _release_claim(dir_fd: int, fixed: str, built: str) -> None:
+    """Remove the build claim ``fixed`` if it is this build's (it names ``built``)."""
+    try:
+        if os.readlink(fixed, dir_fd=dir_fd) == built:
+            os.unlink(fixed, dir_fd=dir_fd)
+    except OSError:
+        return
 
 
 def _locked_dir(dir_fd: int, name: str) -> bool:

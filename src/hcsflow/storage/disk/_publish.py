@@ -49,7 +49,7 @@ from hcsflow.errors import (
 )
 from hcsflow.storage._base import _check_batch
 from hcsflow.storage._codecs import Codec
-from hcsflow.storage._contain import copy_file_at, rename_noreplace, renameat2
+from hcsflow.storage._contain import copy_fd, copy_file_at, rename_noreplace, renameat2
 from hcsflow.storage._debris import (
     GRACE_SECONDS,
     NAME_MAX,
@@ -151,11 +151,11 @@ def _link_fd(fd: int, dir_fd: int, name: str) -> None:
 
 def window_left_behind(dir_fd: int, name: str) -> bool:
     """Whether the publish window ``name`` was left by a writer that died."""
-    return _is_stale(dir_fd, name)
+    return _window_state(dir_fd, name) == "left behind"
 
 
-def _is_stale(dir_fd: int, name: str) -> bool:
-    """Whether no writer holds the publish window ``name`` (its lock is free).
+def _window_state(dir_fd: int, name: str) -> str:
+    """``"gone"``, ``"in use"`` or ``"left behind"`` (no writer holds its lock).
 
     A writer locks its unnamed file when it creates it and keeps the lock through the
     link and the rename, so a window whose lock can be taken was left by a writer that
@@ -165,13 +165,14 @@ def _is_stale(dir_fd: int, name: str) -> bool:
     try:
         fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=dir_fd)
     except FileNotFoundError:
-        return True
+        return "gone"
     except OSError:
-        return False
+        return "in use"
     try:
         if not lock_held(fd):
-            return True
-        return _locks_unsupported(fd) and time.time() - os.fstat(fd).st_ctime > GRACE_SECONDS
+            return "left behind"
+        stale = _locks_unsupported(fd) and time.time() - os.fstat(fd).st_ctime > GRACE_SECONDS
+        return "left behind" if stale else "in use"
     finally:
         os.close(fd)
 
@@ -192,7 +193,7 @@ def _remove_dead_temps(dir_fd: int, base: str | None = None) -> int:
     """Remove temporary names of dead writers in the directory (of ``base`` only, if given).
 
     Tagged names go when their writer is dead; publish windows when no writer holds
-    their lock (see :func:`_is_stale`).
+    their lock (see :func:`_window_state`).
     """
     prefix = TEMP_PREFIX + (_temp_base(base) + "." if base is not None else "")
     removed = 0
@@ -200,7 +201,10 @@ def _remove_dead_temps(dir_fd: int, base: str | None = None) -> int:
         names = [e.name for e in it if e.name.startswith(prefix) and is_temp_name(e.name)]
     for name in names:
         tag = tag_of(name)
-        doomed = _is_stale(dir_fd, name) if tag == WINDOW_TAG else writer_state(tag) == "dead"
+        if tag == WINDOW_TAG:
+            doomed = _window_state(dir_fd, name) == "left behind"
+        else:
+            doomed = writer_state(tag) == "dead"
         if doomed:
             with contextlib.suppress(FileNotFoundError, IsADirectoryError):
                 os.unlink(name, dir_fd=dir_fd)
@@ -326,7 +330,7 @@ class _DiskPublish(_DiskFormats):
                 raise
             _NO_TMPFILE_DEVICES.add(dev)
             return None
-        lock(fd)  # held through the link and the rename: see _is_stale
+        lock(fd)  # held through the link and the rename: see _window_state
         return fd
 
     # ------------------------------------------------------------------ publishing
@@ -347,30 +351,46 @@ class _DiskPublish(_DiskFormats):
                         "target appeared while writing; not overwritten", path=vp, backend=self.name
                     ) from exc
                 return
-            self._publish_window(dir_fd, staged.fd, name, vp)
+            self._publish_window(dir_fd, staged, name, vp)
         except OSError as exc:
             self._raise_os_error(exc, vp, "cannot publish file")
 
-    def _publish_window(self, dir_fd: int, fd: int, name: str, vp: str) -> None:
-        """Link ``fd`` to the publish window, then rename it over ``name``."""
+    def _publish_window(self, dir_fd: int, staged: _Staged, name: str, vp: str) -> None:
+        """Link the staged file to the publish window, then rename it over ``name``.
+
+        Another writer may remove a window it judged left behind just as this one
+        links its own (the judgement and the unlink are two system calls).  The kernel
+        then refuses to link the same unnamed file a second time, so the bytes are
+        copied into a fresh unnamed file and published from there: rare, never lost.
+        """
         for _attempt in range(_MAX_PUBLISH_ATTEMPTS):
+            assert staged.fd is not None
             window = window_name(name)
             try:
-                _link_fd(fd, dir_fd, window)
+                _link_fd(staged.fd, dir_fd, window)
             except FileExistsError:
-                if _is_stale(dir_fd, window):
+                state = _window_state(dir_fd, window)
+                if state == "left behind":
                     # a writer died between the link and the rename: its debris
                     with contextlib.suppress(FileNotFoundError):
                         os.unlink(window, dir_fd=dir_fd)
+                if state != "in use":
                     continue
                 # another writer of the same path is inside its window right now
                 window = temp_name(name)
-                _link_fd(fd, dir_fd, window)
+                try:
+                    _link_fd(staged.fd, dir_fd, window)
+                except FileNotFoundError:
+                    self._relinkable(dir_fd, staged)
+                    continue
+            except FileNotFoundError:
+                self._relinkable(dir_fd, staged)
+                continue
             try:
                 os.replace(window, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
                 return
             except FileNotFoundError:
-                continue  # the window name was cleaned meanwhile: link again
+                continue  # the window name was removed meanwhile: publish again
             except BaseException:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(window, dir_fd=dir_fd)
@@ -380,6 +400,22 @@ class _DiskPublish(_DiskFormats):
             path=vp,
             backend=self.name,
         )
+
+    def _relinkable(self, dir_fd: int, staged: _Staged) -> None:
+        """Replace the staged unnamed file by a fresh copy the kernel will still link."""
+        assert staged.fd is not None
+        fresh = self._open_unnamed(dir_fd)
+        if fresh is None:
+            raise OSError(errno.ENOENT, "the staged file can no longer be linked")
+        try:
+            copy_fd(staged.fd, fresh)
+            if self.fsync:
+                os.fsync(fresh)
+        except BaseException:
+            os.close(fresh)
+            raise
+        os.close(staged.fd)
+        staged.fd = fresh
 
     def _publish_named(self, dir_fd: int, tmp: str, name: str, vp: str, overwrite: bool) -> None:
         """Move the finished temporary file ``tmp`` to ``name``."""

@@ -262,7 +262,9 @@ def create_array(
         shards=config.shard_shape(data.shape, chunks),
         zarr_format=config.zarr_format,
         fill_value=0,
-        overwrite=True,
+        # always a fresh name: never let zarr delete whatever is there (a writer's
+        # locked, half-built array under a reused name would be lost)
+        overwrite=False,
         **config.codecs(data.dtype.itemsize),
     )
     if config.zarr_format == 3:

@@ -22,7 +22,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from hcsflow.storage._debris import tag_of, writer_state
 from hcsflow.storage.zarr._io import META_FILES, Location
@@ -50,12 +50,17 @@ def building(loc: Location) -> Iterator[None]:
         os.close(fd)
 
 
-def debris_kind(loc: Location, name: str, current: str | None) -> str | None:
+def debris_kind(
+    loc: Location, name: str, current: str | None | Callable[[], str | None]
+) -> str | None:
     """Why the entry ``name`` in the node ``loc`` is debris, or ``None`` if it is not.
 
-    ``current``: the data array the node's ``zarr.json`` names (never debris).
+    ``current``: the data array the node's ``zarr.json`` names (never debris), or a
+    function reading it.  A function is called only *after* the array was found
+    unlocked (or its writer dead): from then on no writer can switch ``zarr.json`` to
+    it any more, so the answer read then cannot go stale.
     """
-    if name in META_FILES or name == current:
+    if name in META_FILES:
         return None
     if DATA_NAME.match(name):
         tag = name[4:]
@@ -63,11 +68,14 @@ def debris_kind(loc: Location, name: str, current: str | None) -> str | None:
             return None  # an older store's array: whose it is cannot be told
         state = writer_state(tag)
         if state == "dead":
-            return "data array of a writer that died"
-        fs = loc.fs
-        if isinstance(fs, LocalFS) and not fs.locked(loc.child(name).path):
-            return "data array no zarr.json names, its writer finished"
-        return None
+            why = "data array of a writer that died"
+        else:
+            fs = loc.fs
+            if not isinstance(fs, LocalFS) or fs.locked(loc.child(name).path):
+                return None
+            why = "data array no zarr.json names, its writer finished"
+        named = current() if callable(current) else current
+        return None if name == named else why
     match = IN_FLIGHT.search(name)
     if match is None:
         return None
@@ -78,8 +86,11 @@ def debris_kind(loc: Location, name: str, current: str | None) -> str | None:
     return None
 
 
-def clean_node(loc: Location, current: str | None) -> int:
-    """Remove the debris inside the node ``loc`` (see the module doc); how many entries."""
+def clean_node(loc: Location, current: Callable[[], str | None]) -> int:
+    """Remove the debris inside the node ``loc`` (see the module doc); how many entries.
+
+    ``current`` reads the data array the node's ``zarr.json`` names now.
+    """
     removed = 0
     for name in loc.list():
         if debris_kind(loc, name, current) is not None:

@@ -187,7 +187,7 @@ class _ZarrFiles(_ZarrNodes):
         for child in old:
             if child != name:
                 loc.child(child).remove()
-        clean_node(loc, self._node_data(real))
+        clean_node(loc, lambda: self._node_data(real))
 
     def _create_node(
         self,

@@ -284,3 +284,21 @@ def test_directory_move_and_copy_never_replace_a_directory_that_appears(
     assert os.listdir(_real(disk, "/dst")) == []
     np.testing.assert_array_equal(np.load(_real(disk, "/src/f.npy")), np.arange(3))
     assert not [n for n in os.listdir(_real(disk, "/")) if is_temp_name(n)]
+
+
+def test_names_over_255_bytes_are_refused_before_any_work(disk) -> None:
+    from hcsflow.errors import InvalidPathError
+
+    too_long = "é" * 130 + ".npy"  # 264 bytes, 134 characters
+    with pytest.raises(InvalidPathError) as info:
+        disk.save(np.arange(3), f"/{too_long}")
+    assert "255 bytes" in str(info.value)
+    with pytest.raises(InvalidPathError):
+        disk.load(f"/{too_long}")
+    assert os.listdir(_real(disk, "/")) == []
+
+
+def test_batch_errors_say_why(disk) -> None:
+    with pytest.raises(BatchError) as info:
+        disk.save_batch([np.array([object()], dtype=object)], ["/a.tif"])
+    assert "object array" in str(info.value)

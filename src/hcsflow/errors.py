@@ -65,6 +65,8 @@ class StorageError(HcsflowError):
     def __init__(self, message: str, *, path: str | None = None, backend: str | None = None):
         self.path = path
         self.backend = backend
+        #: the message without the location (what went wrong)
+        self.reason = message
         where = []
         if path is not None:
             where.append(f"path {path!r}")

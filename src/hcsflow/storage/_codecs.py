@@ -173,6 +173,12 @@ def _has_buffer(data: Any) -> bool:
 
 def _image_array(data: Any, fmt: str) -> np.ndarray:
     arr = to_host_array(data)
+    if arr.dtype.hasobject:
+        raise CodecRefusal(
+            f"a {fmt} image holds numbers; got an array of Python objects (dtype {arr.dtype}, "
+            f"shape {arr.shape}), which often means a function returned a list of arrays of "
+            "different shapes"
+        )
     if arr.ndim < 2:
         raise CodecRefusal(f"a {fmt} image needs at least 2 dimensions, got shape {arr.shape}")
     return arr

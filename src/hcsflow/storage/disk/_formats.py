@@ -19,6 +19,7 @@ from hcsflow.errors import (
     ResourceLimitError,
     UnsupportedFormatError,
 )
+from hcsflow.storage._base import _reason
 from hcsflow.storage._codecs import Codec, PickleNotAllowed
 from hcsflow.storage.disk._paths import _DiskPaths, file_object
 
@@ -121,7 +122,7 @@ class _DiskFormats(_DiskPaths):
                 self._check_options(codec, vp, options, loading=True)
             except HcsflowError as exc:
                 raise BatchError(
-                    f"batch item {index} cannot be loaded: {exc}",
+                    f"batch item {index} cannot be loaded: {_reason(exc)}",
                     index=index,
                     path=str(path),
                     backend=self.name,
@@ -139,7 +140,7 @@ class _DiskFormats(_DiskPaths):
             return self._decode(codec, vp, options)
         except HcsflowError as exc:
             raise BatchError(
-                f"batch item {index} could not be loaded: {exc}",
+                f"batch item {index} could not be loaded: {_reason(exc)}",
                 index=index,
                 path=vp,
                 backend=self.name,

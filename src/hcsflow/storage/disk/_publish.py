@@ -47,7 +47,7 @@ from hcsflow.errors import (
     IsADirectoryStorageError,
     StorageError,
 )
-from hcsflow.storage._base import _check_batch
+from hcsflow.storage._base import _check_batch, _reason
 from hcsflow.storage._codecs import Codec
 from hcsflow.storage._contain import copy_fd, copy_file_at, rename_noreplace, renameat2
 from hcsflow.storage._debris import (
@@ -530,7 +530,7 @@ class _DiskPublish(_DiskFormats):
                     self._check_target_at(dir_fd, name, vp, overwrite)
                 except HcsflowError as exc:
                     raise BatchError(
-                        f"batch item {index} cannot be written: {exc}",
+                        f"batch item {index} cannot be written: {_reason(exc)}",
                         index=index,
                         path=vp,
                         backend=self.name,
@@ -568,7 +568,7 @@ class _DiskPublish(_DiskFormats):
                 staged[index] = item
             except (HcsflowError, OSError) as exc:
                 raise BatchError(
-                    f"batch item {index} could not be written: {exc}",
+                    f"batch item {index} could not be written: {_reason(exc)}",
                     index=index,
                     path=vp,
                     backend=self.name,
@@ -620,7 +620,8 @@ class _DiskPublish(_DiskFormats):
                     item.discard(dir_fd)
             if isinstance(exc, Exception):
                 raise BatchError(
-                    f"batch item {index} could not be published; the batch was rolled back: {exc}",
+                    f"batch item {index} could not be published; the batch was rolled back: "
+                    f"{_reason(exc)}",
                     index=index,
                     path=plans[index][0],
                     backend=self.name,

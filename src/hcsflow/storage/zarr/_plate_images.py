@@ -19,7 +19,7 @@ from hcsflow.errors import (
     StorageError,
     ZarrError,
 )
-from hcsflow.storage._base import Backend, _check_batch
+from hcsflow.storage._base import Backend, _check_batch, _reason
 from hcsflow.storage._codecs import (
     CodecRefusal,
     to_host_array,
@@ -284,7 +284,7 @@ class _ZarrPlateImages(_ZarrFiles):
                 real, kind = self._write_target(p, overwrite)
             except HcsflowError as exc:
                 raise BatchError(
-                    f"batch item {index} cannot be written: {exc}",
+                    f"batch item {index} cannot be written: {_reason(exc)}",
                     index=index,
                     path=p,
                     backend=self.name,
@@ -306,7 +306,7 @@ class _ZarrPlateImages(_ZarrFiles):
                 )
             except HcsflowError as exc:
                 raise BatchError(
-                    f"batch item {index} could not be written: {exc}",
+                    f"batch item {index} could not be written: {_reason(exc)}",
                     index=index,
                     path=p,
                     backend=self.name,
@@ -326,7 +326,7 @@ class _ZarrPlateImages(_ZarrFiles):
                     out[index] = self._load_file(vp, options, (real, kind, info))
             except StorageError as exc:
                 raise BatchError(
-                    f"batch item {index} could not be loaded: {exc}",
+                    f"batch item {index} could not be loaded: {_reason(exc)}",
                     index=index,
                     path=getattr(exc, "path", None) or str(path),
                     backend=self.name,

@@ -25,9 +25,21 @@ def _real(backend: DiskStorageBackend, path: str) -> str:
     return backend.root + path
 
 
+def use_mode(monkeypatch, mode: str) -> None:
+    """Take a fallback route: ``walk`` resolves paths without openat2 (one O_NOFOLLOW
+    openat per component), ``named`` writes named temporary files (no O_TMPFILE)."""
+    from hcsflow.storage import _contain
+
+    if mode == "walk":
+        monkeypatch.setattr(_contain._Openat2, "available", False)
+    elif mode == "named":
+        monkeypatch.setattr(disk_module, "_O_TMPFILE", 0)
+
+
 class TestDiskBackend(BackendTests):
-    @pytest.fixture
-    def backend(self, tmp_path) -> DiskStorageBackend:
+    @pytest.fixture(params=["default", "walk", "named"])
+    def backend(self, request, tmp_path, monkeypatch) -> DiskStorageBackend:
+        use_mode(monkeypatch, request.param)
         root = tmp_path / "root"
         root.mkdir()
         return DiskStorageBackend(root)

@@ -5,6 +5,7 @@ from hcsflow.storage._codecs import Codec, CodecRegistry, default_codecs, to_hos
 from hcsflow.storage._decode import ALIGNMENT, aligned_empty
 from hcsflow.storage._filemanager import FileManager
 from hcsflow.storage._fsck import Debris, find_debris, remove_debris
+from hcsflow.storage._fsspec import FsspecStorageBackend
 from hcsflow.storage._limits import ENV_MAX_DECODED_BYTES, StorageLimits
 from hcsflow.storage._memory import MemoryStorageBackend
 from hcsflow.storage._registry import (
@@ -41,6 +42,7 @@ __all__ = [
     "Codec",
     "CodecRegistry",
     "DiskStorageBackend",
+    "FsspecStorageBackend",
     "MemoryStorageBackend",
     "default_codecs",
     "to_host_array",

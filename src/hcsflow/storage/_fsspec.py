@@ -494,7 +494,8 @@ class FsspecStorageBackend(StorageBackend):
         vp = self.norm(path)
         raw = self._encode(data, vp, options)
         real, kind = self._write_target(vp, overwrite)
-        self._put(real, raw, exclusive=kind is None or not overwrite, vp=vp)
+        # overwrite=True is never refused because another writer created the path first
+        self._put(real, raw, exclusive=not overwrite, vp=vp)
 
     def save_batch(
         self,
@@ -703,7 +704,7 @@ class FsspecStorageBackend(StorageBackend):
             raw = self._cat(sreal)
             if raw is None:
                 raise NotFoundError("no such file", path=svp, backend=self.name)
-            self._put(dreal, raw, exclusive=dkind is None or not overwrite, vp=dvp)
+            self._put(dreal, raw, exclusive=not overwrite, vp=dvp)
             return
         if dvp == "/":
             raise AlreadyExistsError("copy destination exists", path=dvp, backend=self.name)

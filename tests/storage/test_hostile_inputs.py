@@ -201,3 +201,25 @@ def test_size_bombs_under_a_memory_limit(corpus, tmp_path, cap, headroom) -> Non
             assert kind == expected[name], (name, outcome)
         else:
             assert kind in ("ResourceLimitError", "CorruptDataError"), (name, outcome)
+
+
+@pytest.mark.timeout(60)
+def test_hostile_files_through_the_fsspec_backend(corpus) -> None:
+    import uuid
+
+    import fsspec
+
+    from hcsflow.storage import FsspecStorageBackend
+
+    directory, files = corpus
+    root = f"memory://hostile-{uuid.uuid4().hex[:8]}"
+    fs = fsspec.filesystem("memory")
+    for item in files:
+        with open(os.path.join(directory, item.name), "rb") as fh:
+            fs.pipe_file(f"{root[len('memory://') :]}/{item.name}", fh.read())
+    backend = FsspecStorageBackend(root, limits=StorageLimits(max_decoded_bytes=CAP))
+    for item in files:
+        with pytest.raises(HcsflowError) as info:
+            backend.load(f"/{item.name}")
+        assert isinstance(info.value, item.error), (item.name, info.value)
+        assert item.name in str(info.value)

@@ -7,9 +7,12 @@
 * :class:`BackendTests` - the storage conformance suite (pytest); subclass it once.
 * :func:`backend_state_machine` - a hypothesis state machine comparing a backend with
   the memory backend as reference model.
+* :func:`hostile_files` - a generated corpus of size bombs and corrupt files, each with
+  the typed error a backend (or codec) must raise for it.
 
-The last two need the ``test`` extra (pytest, hypothesis) and are imported on first use.
-``import hcsflow`` never loads this package.
+The conformance suite and the state machine need the ``test`` extra (pytest,
+hypothesis); they and the hostile corpus are imported on first use.  ``import hcsflow``
+never loads this package.
 """
 
 from __future__ import annotations
@@ -34,12 +37,16 @@ __all__ = [
     "write_cellvoyager_export",
     "write_ome_tiff_plate",
     "BackendTests",
+    "HostileFile",
     "backend_state_machine",
+    "hostile_files",
     "snapshot",
 ]
 
 _LAZY = {
     "BackendTests": "hcsflow.testing._backend_tests",
+    "HostileFile": "hcsflow.testing._hostile",
+    "hostile_files": "hcsflow.testing._hostile",
     "backend_state_machine": "hcsflow.testing._state_machine",
     "snapshot": "hcsflow.testing._state_machine",
 }

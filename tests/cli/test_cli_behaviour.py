@@ -55,7 +55,7 @@ def test_version_names_the_package_and_where_it_is() -> None:
     assert str(Path(hcsflow.__file__).parent) in out.stdout and "Python 3." in out.stdout
 
 
-@pytest.mark.parametrize("command", ["demo", "run", "info", "validate", "functions"])
+@pytest.mark.parametrize("command", ["demo", "run", "info", "validate", "fsck", "functions"])
 def test_every_subcommand_help_has_a_description_and_examples(command, capsys) -> None:
     with pytest.raises(SystemExit) as info:
         main([command, "--help"])
@@ -273,7 +273,7 @@ def test_an_unexpected_error_is_one_line_and_asks_for_debug(monkeypatch, capsys)
     def boom(args):
         raise ZeroDivisionError("division by zero")
 
-    monkeypatch.setattr(info, "run_info", boom)  # registered when main builds its parser
+    monkeypatch.setattr(info, "info_command", boom)  # registered when main builds its parser
     assert main(["info", "."]) == 3
     err = capsys.readouterr().err
     assert err == (

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import hcsflow
-from hcsflow.cli import _demo, _functions, _info, _run, _validate
+from hcsflow.cli import _demo, _fsck, _functions, _info, _run, _validate
 from hcsflow.cli._common import (
     EXIT_INTERNAL,
     EXIT_SIGINT,
@@ -37,6 +37,7 @@ COMMANDS: tuple[Callable[[Any], None], ...] = (
     _run.register,
     _info.register,
     _validate.register,
+    _fsck.register,
     _functions.register,
 )
 

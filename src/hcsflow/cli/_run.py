@@ -87,11 +87,25 @@ def register(subparsers: Any) -> None:
     )
     add_parallel_options(p, workers=None, executor=None, inherited="the pipeline file's config")
     p.add_argument(
+        "--format",
+        default=None,
+        metavar="NAME",
+        help="plate format: imagexpress, harmony, cellvoyager, ome-tiff, ome-zarr, files "
+        "(or a registered reader) (default: detected)",
+    )
+    p.add_argument(
         "--layout",
         default=None,
         metavar="NAME|REGEX",
-        help="file naming: imagexpress, operaphenix, or a regular expression with named "
-        "groups (well, site, channel, z, t) (default: detected from the file names)",
+        help="file naming of a plain folder of images: imagexpress, operaphenix, or a "
+        "regular expression with named groups (well, site, channel, z, t) (default: "
+        "detected from the file names)",
+    )
+    p.add_argument(
+        "--strict",
+        action="store_true",
+        help="refuse a plate with image files its reader cannot place (otherwise they are "
+        "named and the run goes on without them)",
     )
     p.add_argument(
         "--overwrite",
@@ -228,6 +242,10 @@ def run_command(args: argparse.Namespace) -> int:
         changes["executor"] = "dask"
     if args.retries is not None:
         changes["retries"] = args.retries
+    if args.format is not None:
+        changes["input_format"] = args.format
+    if args.strict:
+        changes["strict_input"] = True
     config = replace(config, **changes)
     wells = [w.strip() for w in args.wells.split(",") if w.strip()] if args.wells else None
     t0 = time.perf_counter()

@@ -340,7 +340,7 @@ class StorageBackend(ABC):
                 self.save(item, p, overwrite=overwrite, **options)
             except HcsflowError as exc:
                 raise BatchError(
-                    f"batch item {index} could not be written",
+                    f"batch item {index} could not be written: {_reason(exc)}",
                     index=index,
                     path=p,
                     backend=self.name,
@@ -353,7 +353,10 @@ class StorageBackend(ABC):
                 self._check_can_write(p, overwrite)
             except HcsflowError as exc:
                 raise BatchError(
-                    f"batch item {index} cannot be written", index=index, path=p, backend=self.name
+                    f"batch item {index} cannot be written: {_reason(exc)}",
+                    index=index,
+                    path=p,
+                    backend=self.name,
                 ) from exc
 
     def load_batch(self, paths: Sequence[vpaths.PathLike], **options: Any) -> list[Any]:
@@ -364,7 +367,7 @@ class StorageBackend(ABC):
                 out.append(self.load(p, **options))
             except HcsflowError as exc:
                 raise BatchError(
-                    f"batch item {index} could not be loaded",
+                    f"batch item {index} could not be loaded: {_reason(exc)}",
                     index=index,
                     path=self._item_path(p),
                     backend=self.name,
@@ -429,3 +432,8 @@ def _check_batch(
         dup = next(p for p in norm if norm.count(p) > 1)
         raise InvalidPathError("path appears twice in one batch", path=dup, backend=backend.name)
     return norm
+
+
+def _reason(exc: BaseException) -> str:
+    """What went wrong, without the location a storage error appends to its message."""
+    return str(getattr(exc, "reason", exc))

@@ -20,7 +20,13 @@ from hcsflow.errors import (
 
 # Layers whose modules (private ones included) are imported and searched for exception
 # classes; a module holding one framework's implementations needs that framework.
-LAYERS = ("hcsflow.memory", "hcsflow.pipeline", "hcsflow.cli", "hcsflow.functions")
+LAYERS = (
+    "hcsflow.memory",
+    "hcsflow.pipeline",
+    "hcsflow.readers",
+    "hcsflow.cli",
+    "hcsflow.functions",
+)
 OPTIONAL_FRAMEWORKS = {"torch", "jax", "tensorflow", "cupy", "cucim", "pyclesperanto"}
 
 

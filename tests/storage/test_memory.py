@@ -23,6 +23,24 @@ def _parent_node(backend: MemoryStorageBackend, path: str) -> tuple[_Dir, str]:
     return node, parts[-1]
 
 
+def _assert_consistent(backend: MemoryStorageBackend) -> None:
+    """The tree, the directory index and the file table describe the same store."""
+    dirs: dict[str, _Dir] = {}
+    files: set[str] = set()
+    stack = [("/", backend._root)]
+    while stack:
+        real, node = stack.pop()
+        dirs[real] = node
+        prefix = real.rstrip("/") + "/"
+        assert not (node.files & set(node.dirs)) and not (node.files & set(node.links))
+        assert not (set(node.dirs) & set(node.links))
+        for name in node.files:
+            files.add(prefix + name)
+        stack.extend((prefix + name, child) for name, child in node.dirs.items())
+    assert backend._index == dirs
+    assert set(backend._files) == files
+
+
 class TestMemoryBackend(BackendTests):
     @pytest.fixture
     def backend(self) -> MemoryStorageBackend:
@@ -30,11 +48,13 @@ class TestMemoryBackend(BackendTests):
 
     def backdoor_write(self, backend, path, value):
         node, name = _parent_node(backend, path)
-        node.files[name] = value
+        node.files.add(name)
+        backend._files[vpaths.normalize_path(path)] = value
 
     def backdoor_read(self, backend, path):
         node, name = _parent_node(backend, path)
-        return node.files[name]
+        assert name in node.files
+        return backend._files[vpaths.normalize_path(path)]
 
     def backdoor_exists(self, backend, path):
         try:

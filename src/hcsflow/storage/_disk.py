@@ -26,7 +26,7 @@ import shutil
 import stat as stat_mod
 import sys
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import IO, Any, NoReturn
 
@@ -304,32 +304,34 @@ class DiskStorageBackend(StorageBackend):
             self._raise_os_error(exc, vp, "cannot list directory")
         return vpaths.natural_sorted(names)
 
-    def walk(self, directory: vpaths.PathLike, *, recursive: bool = True) -> Iterator[str]:
-        """Files below ``directory`` (see :meth:`StorageBackend.walk`), read with scandir."""
-        root_vp, root_real = self._locate(directory)
-        self._require_dir(root_vp)
-        stack = [(root_vp, root_real)]
-        while stack:
-            vdir, rdir = stack.pop()
+    def _scan_dir(self, directory: str) -> tuple[list[str], list[str]]:
+        """Files and subdirectories of one directory, from one ``scandir`` pass.
+
+        The kinds come from the directory entries themselves (no ``stat`` per entry
+        except for symlinks); in-flight temporary files are hidden.
+        """
+        vdir, rdir = self._locate(directory)
+        files: list[str] = []
+        subdirs: list[str] = []
+        prefix = vdir + "/" if vdir != "/" else "/"
+        try:
             with os.scandir(rdir) as it:
-                entries = sorted(
-                    (e for e in it if not is_temp_name(e.name)),
-                    key=lambda e: vpaths.natural_key(e.name),
-                )
-            subdirs = []
-            for entry in entries:
-                full = vdir + "/" + entry.name if vdir != "/" else "/" + entry.name
-                if entry.is_symlink():
-                    if self._root is not None:
-                        self._locate(full)
-                    if entry.is_file():
-                        yield full
-                elif entry.is_dir(follow_symlinks=False):
-                    subdirs.append((full, entry.path))
-                elif entry.is_file(follow_symlinks=False):
-                    yield full
-            if recursive:
-                stack.extend(reversed(subdirs))
+                for entry in it:
+                    name = entry.name
+                    if name.startswith(TEMP_PREFIX) and is_temp_name(name):
+                        continue
+                    if entry.is_symlink():
+                        if self._root is not None:
+                            self._locate(prefix + name)  # refuses a link out of the root
+                        if entry.is_file():
+                            files.append(name)
+                    elif entry.is_dir(follow_symlinks=False):
+                        subdirs.append(name)
+                    elif entry.is_file(follow_symlinks=False):
+                        files.append(name)
+        except OSError as exc:
+            self._raise_os_error(exc, vdir, "cannot list directory")
+        return files, subdirs
 
     def read_link(self, link: vpaths.PathLike) -> str:
         """The virtual path the symlink ``link`` points at."""

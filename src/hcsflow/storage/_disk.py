@@ -27,7 +27,7 @@ import stat as stat_mod
 import sys
 import threading
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from typing import IO, Any, NoReturn
 
 from hcsflow import paths as vpaths
@@ -49,6 +49,13 @@ from hcsflow.errors import (
     UnsupportedFormatError,
 )
 from hcsflow.storage._base import Backend, EntryKind, FileInfo, StorageBackend, _check_batch
+from hcsflow.storage._batch import (
+    batch_workers,
+    mean_file_size,
+    nbytes_of,
+    releases_gil,
+    run_batch,
+)
 from hcsflow.storage._codecs import (
     Codec,
     CodecRefusal,
@@ -411,11 +418,18 @@ class DiskStorageBackend(StorageBackend):
                     backend=self.name,
                 ) from exc
             jobs.append((codec, vp, real))
-        if len(jobs) <= 1:
-            return [self._batch_item(i, job, options) for i, job in enumerate(jobs)]
-        pool = self._executor()
-        futures = [pool.submit(self._batch_item, i, job, options) for i, job in enumerate(jobs)]
-        return _gather(futures)
+        workers = batch_workers(
+            len(jobs),
+            mean_file_size([real for _, _, real in jobs]),
+            gil_free=all(releases_gil(codec) for codec in {job[0] for job in jobs}),
+            max_workers=self.max_workers,
+        )
+        return run_batch(
+            lambda i: self._batch_item(i, jobs[i], options),
+            len(jobs),
+            workers,
+            self._executor() if workers > 1 else None,
+        )
 
     def _batch_item(self, index: int, job: tuple[Codec, str, str], options: dict[str, Any]) -> Any:
         codec, vp, real = job
@@ -621,13 +635,15 @@ class DiskStorageBackend(StorageBackend):
                     backend=self.name,
                 ) from exc
 
+        workers = batch_workers(
+            len(plans),
+            sum(nbytes_of(plan[3]) for plan in plans) / max(1, len(plans)),
+            gil_free=all(releases_gil(codec) for codec in {plan[2] for plan in plans}),
+            durable=self.fsync,
+            max_workers=self.max_workers,
+        )
         try:
-            if len(plans) <= 1:
-                for index in range(len(plans)):
-                    write(index)
-            else:
-                pool = self._executor()
-                _gather([pool.submit(write, i) for i in range(len(plans))])
+            run_batch(write, len(plans), workers, self._executor() if workers > 1 else None)
         except BaseException:
             for tmp in temps:
                 if tmp is not None:
@@ -942,20 +958,3 @@ def _kind(mode: int) -> EntryKind:
         return "symlink"
     return "file"
 
-
-def _gather(futures: list[Future[Any]]) -> list[Any]:
-    """Results in order; on the first failure cancel what has not started and re-raise
-    it once the rest have finished (so no worker is still writing when we return)."""
-    results = []
-    for position, future in enumerate(futures):
-        try:
-            results.append(future.result())
-        except BaseException:
-            for later in futures[position + 1 :]:
-                later.cancel()
-            for later in futures[position + 1 :]:
-                if not later.cancelled():
-                    with contextlib.suppress(BaseException):
-                        later.result()
-            raise
-    return results

@@ -179,15 +179,13 @@ class _NumberCodes(dict[str, str]):
 _number_code = _NumberCodes().__getitem__
 
 
-def _encode(text: str) -> str:
-    """``text`` (components joined by ``"\\x00"``) with its numbers encoded and the last
-    component closed."""
-    parts = _split_digits(text)
-    if len(parts) == 1:
-        return text + "\x00"
+def _encode_all(texts: list[str]) -> list[str]:
+    """Keys of ``texts`` (components joined by ``"\\x00"``): numbers encoded, each text
+    closed by ``"\\x00"``.  One pass over all of them: one regex split, the number codes
+    mapped in C, one join and one split (per text, that is a few times cheaper)."""
+    parts = _split_digits("\x00\x02".join(texts) + "\x00")
     parts[1::2] = map(_number_code, parts[1::2])
-    parts.append("\x00")
-    return "".join(parts)
+    return "".join(parts).split("\x02")
 
 
 def _suffix_ok(piece: str) -> bool:
@@ -198,8 +196,13 @@ def _suffix_ok(piece: str) -> bool:
 
 def _name_text(base: str) -> str:
     """The components of a last path part (natsort's ``path_splitter``), ``"\\x00"``-joined."""
+    stem, dot, ext = base.rpartition(".")
+    if not dot:
+        return base
+    if stem and "." not in stem and 0 < len(ext) <= 4 and ext[0] not in _DIGITS:
+        return stem + "\x00." + ext  # the usual name.ext, decided without the general rules
     # PurePath.suffixes: none when the name ends with "."; leading dots never start one
-    if "." in base and base[-1] != ".":
+    if base[-1] != ".":
         pieces = base.lstrip(".").split(".")
         count = len(pieces)
         if count > 1 and _suffix_ok(pieces[-1]):
@@ -212,8 +215,9 @@ def _name_text(base: str) -> str:
     return base
 
 
-def _fast_key(item: str) -> str | None:
-    """Encoded natural key of ``item``, or ``None`` where only natsort will do."""
+def _fast_text(item: str) -> str | None:
+    """The components of ``item`` joined by ``"\\x00"``, or ``None`` where only natsort
+    will do (other characters, paths not in normal form, other platforms)."""
     if (
         not _POSIX
         or not item
@@ -221,10 +225,11 @@ def _fast_key(item: str) -> str | None:
         or not item.isascii()
         or "\x00" in item
         or "\x01" in item
+        or "\x02" in item
     ):
         return None
     if "/" not in item:
-        return _encode(_name_text(item))
+        return _name_text(item)
     # PurePosixPath parts of a path without "//", "." parts or a trailing slash are
     # its "/"-separated pieces, plus "/" first when it is absolute
     if "//" in item or item[-1] == "/" or item.startswith("./") or item.endswith("/."):
@@ -236,7 +241,13 @@ def _fast_key(item: str) -> str | None:
     head = head.strip("/")
     if head:
         text += head.replace("/", "\x00") + "\x00"
-    return _encode(text + _name_text(last))
+    return text + _name_text(last)
+
+
+def _fast_key(item: str) -> str | None:
+    """Encoded natural key of ``item``, or ``None`` where only natsort will do."""
+    text = _fast_text(item)
+    return None if text is None else _encode_all([text])[0]
 
 
 _KEY_CACHE_MAX = 1 << 17
@@ -255,13 +266,15 @@ def natural_sorted(items: Iterable[str]) -> list[str]:
     if None in keys:
         if len(cache) > _KEY_CACHE_MAX:
             cache.clear()
-        for index, item in enumerate(items):
-            if keys[index] is None:
-                if type(item) is not str:
-                    return sorted(items, key=natural_key)
-                key = _fast_key(item)
-                if key is None:
-                    return sorted(items, key=natural_key)
-                keys[index] = cache[item] = key
+        missing = [i for i, key in enumerate(keys) if key is None]
+        texts = []
+        for index in missing:
+            item = items[index]
+            text = _fast_text(item) if type(item) is str else None
+            if text is None:
+                return sorted(items, key=natural_key)
+            texts.append(text)
+        for index, key in zip(missing, _encode_all(texts), strict=True):
+            keys[index] = cache[items[index]] = key
     lookup: dict[str, str] = dict(zip(items, keys, strict=True))  # type: ignore[arg-type]
     return sorted(items, key=lookup.__getitem__)

@@ -208,14 +208,12 @@ class MemoryStorageBackend(StorageBackend):
                     # a new file under an indexed (real, normal) directory with a plain
                     # name that no directory or link holds; anything else takes the slow
                     # path, which normalises and resolves
-                    cut = path.rfind("/")
-                    if cut > 1:
-                        node = self._index.get(path[:cut])
-                    elif cut == 0:
-                        node = self._root
+                    # one rpartition: a third of the cost of rfind and two slices
+                    parent, slash, name = path.rpartition("/")
+                    if parent:
+                        node = self._index.get(parent) if parent != "/" else None  # "//x"
                     else:
-                        node = None  # relative, or "//name"
-                    name = path[cut + 1 :]
+                        node = self._root if slash else None  # "/x", or relative "x"
                     if not (
                         node is None
                         or not name
@@ -294,8 +292,8 @@ class MemoryStorageBackend(StorageBackend):
         try:
             if self._files.pop(key, _MISSING) is not _MISSING:
                 # a key of the table: a real, normal path whose parent is indexed
-                cut = key.rfind("/")
-                self._index[key[:cut] or "/"].files.remove(key[cut + 1 :])
+                parent, _, name = key.rpartition("/")
+                self._index[parent or "/"].files.remove(name)
                 return
         except TypeError:
             pass  # unhashable: not a key, and the general route reports what it is

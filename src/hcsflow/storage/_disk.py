@@ -325,17 +325,18 @@ class DiskStorageBackend(StorageBackend):
             with os.scandir(rdir) as it:
                 for entry in it:
                     name = entry.name
-                    if name.startswith(TEMP_PREFIX) and is_temp_name(name):
+                    if name[0] == "." and is_temp_name(name):
                         continue
-                    if entry.is_symlink():
+                    # regular files first: one call for the usual entry
+                    if entry.is_file(follow_symlinks=False):
+                        files.append(name)
+                    elif entry.is_dir(follow_symlinks=False):
+                        subdirs.append(name)
+                    elif entry.is_symlink():
                         if self._root is not None:
                             self._locate(prefix + name)  # refuses a link out of the root
                         if entry.is_file():
                             files.append(name)
-                    elif entry.is_dir(follow_symlinks=False):
-                        subdirs.append(name)
-                    elif entry.is_file(follow_symlinks=False):
-                        files.append(name)
         except OSError as exc:
             self._raise_os_error(exc, vdir, "cannot list directory")
         return files, subdirs

@@ -378,3 +378,22 @@ TestMemorySpellingsAndTables = _SpelledMachine.TestCase
 TestMemorySpellingsAndTables.settings = settings(
     max_examples=40, stateful_step_count=25, deadline=None
 )
+
+
+def test_batches_take_the_table_route_and_still_refuse_bad_items() -> None:
+    backend = MemoryStorageBackend()
+    backend.ensure_directory("/d")
+    backend.save_batch([1, 2], ["/d/a", "d/./b"])
+    assert backend.load_batch(["/d/a", "/d//b"]) == [1, 2]
+    with pytest.raises(BatchError) as info:
+        backend.save_batch([3, 4], ["/d/c", "/"])
+    assert info.value.index == 1 and not backend.exists("/d/c")
+    with pytest.raises(BatchError) as info:
+        backend.save_batch([3, 4], ["/d/c", "/d/a"])
+    assert info.value.index == 1 and isinstance(info.value.__cause__, AlreadyExistsError)
+    with pytest.raises(BatchError) as info:
+        backend.load_batch(["/d/a", "/d/missing"])
+    assert info.value.index == 1 and isinstance(info.value.__cause__, NotFoundError)
+    backend.save_batch([5, 6], ["/d/a", "/d/b"], overwrite=True)
+    assert backend.load_batch(["/d/a", "/d/b"]) == [5, 6]
+    _assert_consistent(backend)

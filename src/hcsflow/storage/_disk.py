@@ -958,4 +958,3 @@ def _kind(mode: int) -> EntryKind:
     if stat_mod.S_ISLNK(mode):
         return "symlink"
     return "file"
-

@@ -207,8 +207,8 @@ class MemoryStorageBackend(StorageBackend):
                 else:
                     # a new file under an indexed (real, normal) directory with a plain
                     # name that no directory or link holds; anything else takes the slow
-                    # path, which normalises and resolves
-                    # one rpartition: a third of the cost of rfind and two slices
+                    # path, which normalises and resolves.  (One rpartition costs about
+                    # a third of an rfind and two slices.)
                     parent, slash, name = path.rpartition("/")
                     if parent:
                         node = self._index.get(parent) if parent != "/" else None  # "//x"
@@ -313,14 +313,30 @@ class MemoryStorageBackend(StorageBackend):
         norm = _check_batch(self, data_list, paths)
         # one critical section: no other writer can slip in between checks and stores
         with self._lock:
-            self._check_batch_targets(norm, overwrite)
+            if not all(self._plainly_writable(path, overwrite) for path in norm):
+                # the full checks, which also say which item fails and why
+                self._check_batch_targets(norm, overwrite)
             for item, path in zip(data_list, norm, strict=True):
                 self.save(item, path, True)
 
+    def _plainly_writable(self, path: str, overwrite: bool) -> bool:
+        """Whether a save to the normal ``path`` surely succeeds (lock held): an existing
+        file with ``overwrite``, or a new name in an indexed directory."""
+        if path in self._files:
+            return overwrite
+        parent, _, name = path.rpartition("/")
+        node = self._index.get(parent or "/")
+        return bool(name) and node is not None and name not in node.dirs and name not in node.links
+
     def load_batch(self, paths: Sequence[vpaths.PathLike], **options: Any) -> list[Any]:
         """Load every path, in order, as one snapshot; a failing item raises BatchError."""
+        files: dict[Any, Any] = self._files
         with self._lock:
-            return super().load_batch(paths, **options)
+            try:
+                return [files[path] for path in paths]
+            except (KeyError, TypeError):
+                # not all real, normal file paths: item by item, errors naming the item
+                return super().load_batch(paths, **options)
 
     # ------------------------------------------------------------------ queries
 

@@ -397,3 +397,12 @@ def test_batches_take_the_table_route_and_still_refuse_bad_items() -> None:
     backend.save_batch([5, 6], ["/d/a", "/d/b"], overwrite=True)
     assert backend.load_batch(["/d/a", "/d/b"]) == [5, 6]
     _assert_consistent(backend)
+
+
+def test_batches_stage_arrays_read_only_without_copies() -> None:
+    backend = MemoryStorageBackend()
+    arrays = [np.arange(4.0), np.zeros(3)]
+    backend.save_batch(arrays, ["/a.npy", "/b.npy"])
+    for original, stored in zip(arrays, backend.load_batch(["/a.npy", "/b.npy"]), strict=True):
+        assert np.shares_memory(original, stored) and not stored.flags.writeable
+        assert original.flags.writeable

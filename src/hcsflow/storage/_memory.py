@@ -73,6 +73,14 @@ class _Dir:
 _MISSING: Any = object()
 
 
+def _frozen(data: Any) -> Any:
+    """What is stored for ``data``: a read-only view of a writable numpy array, else itself."""
+    if isinstance(data, _ndarray) and data.flags.writeable:
+        data = data.view()
+        data.setflags(False)
+    return data
+
+
 def _size_of(data: Any) -> int | None:
     if isinstance(data, np.ndarray):
         return int(data.nbytes)
@@ -193,7 +201,7 @@ class MemoryStorageBackend(StorageBackend):
         """
         if isinstance(data, _ndarray) and data.flags.writeable:
             data = data.view()
-            data.setflags(False)  # positional: much cheaper than write=False
+            data.setflags(False)  # positional: much cheaper than write=False (as _frozen)
         if type(path) is str:
             files = self._files
             # the critical section: the existence checks and the stores
@@ -313,20 +321,32 @@ class MemoryStorageBackend(StorageBackend):
         norm = _check_batch(self, data_list, paths)
         # one critical section: no other writer can slip in between checks and stores
         with self._lock:
-            if not all(self._plainly_writable(path, overwrite) for path in norm):
+            targets = [self._plain_target(path, overwrite) for path in norm]
+            if None in targets:
                 # the full checks, which also say which item fails and why
                 self._check_batch_targets(norm, overwrite)
-            for item, path in zip(data_list, norm, strict=True):
-                self.save(item, path, True)
+                for item, path in zip(data_list, norm, strict=True):
+                    self.save(item, path, True)
+                return
+            files = self._files
+            for item, path, target in zip(data_list, norm, targets, strict=True):
+                node, name = target  # type: ignore[misc]
+                files[path] = _frozen(item)
+                node.files.add(name)
 
-    def _plainly_writable(self, path: str, overwrite: bool) -> bool:
-        """Whether a save to the normal ``path`` surely succeeds (lock held): an existing
-        file with ``overwrite``, or a new name in an indexed directory."""
-        if path in self._files:
-            return overwrite
+    def _plain_target(self, path: str, overwrite: bool) -> tuple[_Dir, str] | None:
+        """(parent node, name) when a save to the normal ``path`` surely succeeds on the
+        fast route (lock held): an existing file with ``overwrite``, or a new plain name
+        in an indexed directory; else ``None``."""
         parent, _, name = path.rpartition("/")
         node = self._index.get(parent or "/")
-        return bool(name) and node is not None and name not in node.dirs and name not in node.links
+        if node is None or not name:
+            return None
+        if path in self._files:
+            return (node, name) if overwrite else None
+        if name in node.dirs or name in node.links:
+            return None
+        return node, name
 
     def load_batch(self, paths: Sequence[vpaths.PathLike], **options: Any) -> list[Any]:
         """Load every path, in order, as one snapshot; a failing item raises BatchError."""

@@ -64,9 +64,9 @@ def test_disk_run_counts_cells_and_writes_manifest(plate, tmp_path):
         "A01_s2_w1.tif",
     ]
     assert tifffile.imread(out / "images/A01/A01_s1_w1.tif").dtype == np.float32
-    masks = tifffile.imread(out / "results/01_count_cells/A01_masks.tif")
+    masks = tifffile.imread(out / "results/count_cells/A01_masks.tif")
     assert masks.shape == (2, 128, 128) and masks.max() > 0
-    summary = json.loads((out / "results/01_count_cells/A01_cell_counts.json").read_text())
+    summary = json.loads((out / "results/count_cells/A01_cell_counts.json").read_text())
     assert summary["rows"] == 2
     assert summary["numeric"]["cell_count"]["sum"] == plate.true_counts["A01"]
     per_object = pd.read_csv(out / "object_measurements.csv")
@@ -81,7 +81,7 @@ def test_disk_run_counts_cells_and_writes_manifest(plate, tmp_path):
     for rel, meta in m["files"].items():
         assert hashlib.sha256((out / rel).read_bytes()).hexdigest() == meta["sha256"]
     masks = [o for o in m["wells"]["A02"]["outputs"] if o.get("key") == "masks"][0]
-    assert masks["path"] == "results/01_count_cells/A02_masks.tif"
+    assert masks["path"] == "results/count_cells/A02_masks.tif"
     assert masks["sha256"] == m["files"][masks["path"]]["sha256"]
     assert not any(p.name.startswith(".") for p in tmp_path.iterdir())  # no staging left
 
@@ -146,7 +146,7 @@ def test_special_io_across_steps_and_positions(plate, tmp_path):
     )
     assert res.ok, res.failed[0].traceback if res.failed else ""
     assert seen["n"] == 2
-    pos = pd.read_csv(out / "results/00_find_centres/A01_positions_positions.csv")
+    pos = pd.read_csv(out / "results/find_centres/A01_positions_positions.csv")
     assert list(pos.columns) == ["y", "x", "slice_index"] and len(pos) == 4
     plate_table = pd.read_csv(out / "n_centres.csv")
     assert list(plate_table["well"]) == ["A01", "A01", "A02", "A02", "A03", "A03"]
@@ -198,7 +198,7 @@ def test_checkpoint_with_well_filter_and_step_level_config(plate, tmp_path):
         steps, plate.root, out, cfg(), pipeline_config=PipelineConfig(well_filter=("A01", "A02"))
     )
     assert res.ok
-    assert [p.name for p in (out / "checkpoints/00_gaussian_filter").iterdir()] == ["A02"]
+    assert [p.name for p in (out / "checkpoints/gaussian_filter").iterdir()] == ["A02"]
     from hcsflow.storage import open_plate
 
     assert open_plate(str(out / "masks.zarr")).wells == ("A01", "A02")

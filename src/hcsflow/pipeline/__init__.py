@@ -23,6 +23,7 @@ from hcsflow.pipeline._compiler import (
     StepPlan,
     WellPlan,
     compile_pipeline,
+    step_folder_names,
 )
 from hcsflow.pipeline._config import (
     DEFAULTS,
@@ -45,7 +46,9 @@ from hcsflow.pipeline._layouts import (
     image_filename,
 )
 from hcsflow.pipeline._materialize import (
+    IDENTIFIER_COLUMNS,
     MaterializationFileManager,
+    is_identifier_column,
     materialize_labels,
     materialize_positions,
     materialize_table,
@@ -81,6 +84,7 @@ __all__ = [
     "FunctionCall",
     "FunctionStep",
     "GlobalPipelineConfig",
+    "IDENTIFIER_COLUMNS",
     "ImageXpressLayout",
     "InProcessExecutor",
     "MANIFEST_NAME",
@@ -107,6 +111,7 @@ __all__ = [
     "get_special_inputs",
     "get_special_outputs",
     "image_filename",
+    "is_identifier_column",
     "load_pipeline_file",
     "make_executor",
     "materialize_labels",
@@ -119,4 +124,5 @@ __all__ = [
     "run_pipeline",
     "special_inputs",
     "special_outputs",
+    "step_folder_names",
 ]

@@ -29,7 +29,14 @@ from hcsflow.pipeline._step import FunctionStep, Pipeline, as_callable_name
 from hcsflow.storage import Backend, FileManager
 from hcsflow.storage.plate import PlateLayout
 
-__all__ = ["FunctionCall", "StepPlan", "WellPlan", "RunPlan", "compile_pipeline"]
+__all__ = [
+    "FunctionCall",
+    "StepPlan",
+    "WellPlan",
+    "RunPlan",
+    "compile_pipeline",
+    "step_folder_names",
+]
 
 _KNOWN_MEMORY_TYPES = ("numpy", "cupy", "torch", "tensorflow", "jax", "pyclesperanto")
 
@@ -72,6 +79,13 @@ class StepPlan:
     materialization_backend: str
     results_dir: str
     checkpoint: CheckpointPlan | None
+    zarr_store: str | None = None
+    """The OME-Zarr plate whose images this step's zarr materializers attach labels to
+    (``MaterializationFileManager.zarr_store``): the run's image plate when the run
+    writes zarr, else the step's own ``<results folder>/images.zarr``."""
+    writes_zarr_store: bool = False
+    """Whether the executor writes the step's output images into ``zarr_store`` when the
+    step finishes (the step's own plate: its zarr labels need their image)."""
 
 
 @dataclass(frozen=True)
@@ -223,6 +237,45 @@ def _component_values(plate: PlateIndex | None, component: str) -> tuple[int, ..
     return {"site": plate.sites, "channel": plate.channels, "z": plate.zs, "t": plate.ts}[component]
 
 
+_FOLDER_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-+")
+_FOLDER_MAX = 100
+
+
+def step_folder_names(names: Sequence[str], template: str = "{name}") -> list[str]:
+    """The results/checkpoint folder name of each step, in pipeline order.
+
+    ``template`` is formatted with ``index`` and ``name``; every character other than
+    ASCII letters, digits, ``_``, ``-`` and ``+`` becomes ``_`` (no dots: no hidden,
+    ``..`` or ``*.zarr`` folders), the name is cut at 100 characters, and an empty one is
+    ``step``.  Names are unique ignoring case (for macOS and Windows disks): the first
+    step keeps a name, later steps with the same name get ``_2``, ``_3``... (the first
+    number that no step's own name uses).  A step's folder therefore depends only on
+    its own name and on earlier steps of the same name.
+    """
+    bases = []
+    for index, name in enumerate(names):
+        try:
+            raw = template.format(index=index, name=name)
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ConfigurationError(
+                f"step_dir_template {template!r} may use only {{index}} and {{name}}: {exc}"
+            ) from None
+        safe = "".join(c if c in _FOLDER_CHARS else "_" for c in raw)[:_FOLDER_MAX]
+        bases.append(safe or "step")
+    reserved = {b.lower() for b in bases}
+    taken: set[str] = set()
+    out = []
+    for base in bases:
+        name, k = base, 1
+        while name.lower() in taken or (k > 1 and name.lower() in reserved):
+            k += 1
+            suffix = f"_{k}"
+            name = base[: _FOLDER_MAX - len(suffix)] + suffix
+        taken.add(name.lower())
+        out.append(name)
+    return out
+
+
 def compile_pipeline(
     pipeline: Pipeline | Sequence[FunctionStep],
     plate: str | PlateIndex,
@@ -267,6 +320,16 @@ def compile_pipeline(
     if not steps:
         problems.append("the pipeline has no steps")
     out = vpaths.normalize_path(os.path.abspath(os.fspath(output_dir)))
+    assert run_config.vfs is not None and run_config.path_planning is not None
+    run_backend = str(run_config.vfs.materialization_backend)
+    images_name = run_config.path_planning.images_dir or "images"
+    if run_backend == Backend.ZARR.value and not images_name.endswith(".zarr"):
+        images_name += ".zarr"
+    images_dir = vpaths.join(out, images_name)
+    dir_names = step_folder_names(
+        [s.name if isinstance(s, FunctionStep) else f"step{i}" for i, s in enumerate(steps)],
+        run_config.path_planning.step_dir_template or "{name}",
+    )
     plans: list[StepPlan] = []
     produced: dict[str, str] = {}
     for index, step in enumerate(steps):
@@ -348,9 +411,8 @@ def compile_pipeline(
                         step_keys.add(key)
         for key in step_keys:
             produced[key] = where
-        template = cfg.path_planning.step_dir_template or "{index:02d}_{name}"
-        dir_name = template.format(index=index, name=step.name)
-        dir_name = "".join(c if c.isalnum() or c in "-_.+" else "_" for c in dir_name)
+        dir_name = dir_names[index]
+        results_dir = vpaths.join(out, cfg.path_planning.results_dir or "results", dir_name)
         mat = cfg.materialization_defaults
         assert mat is not None
         checkpoint = None
@@ -371,6 +433,17 @@ def compile_pipeline(
                     f"output directory"
                 )
             checkpoint = CheckpointPlan(config=mat, backend=cp_backend, directory=cp_dir)
+        # NGFF labels live inside an image: a step materializing to zarr in a run whose
+        # images go to disk gets a plate of its own output images to attach them to
+        zarr_store: str | None = None
+        writes_zarr_store = False
+        if run_backend == Backend.ZARR.value:
+            zarr_store = images_dir
+        elif mat_backend == Backend.ZARR.value and any(
+            m is not None for chain in calls.values() for c in chain for _, m in c.special_outputs
+        ):
+            zarr_store = vpaths.join(results_dir, "images.zarr")
+            writes_zarr_store = True
         plans.append(
             StepPlan(
                 index=index,
@@ -382,16 +455,20 @@ def compile_pipeline(
                 check_finite=bool(cfg.check_finite),
                 gpu_id=cfg.device.gpu_id,
                 materialization_backend=mat_backend,
-                results_dir=vpaths.join(out, cfg.path_planning.results_dir or "results", dir_name),
+                results_dir=results_dir,
                 checkpoint=checkpoint,
+                zarr_store=zarr_store,
+                writes_zarr_store=writes_zarr_store,
             )
         )
 
-    assert run_config.vfs is not None and run_config.path_planning is not None
-    mat_backend = str(run_config.vfs.materialization_backend)
     zarr_config = None
-    uses_zarr = mat_backend == Backend.ZARR.value or any(
-        p.checkpoint is not None and p.checkpoint.backend == Backend.ZARR.value for p in plans
+    # any zarr output (images, a checkpoint, or a step's materializers, which may also
+    # write through the well's zarr backend) needs the run's ZarrConfig
+    uses_zarr = run_backend == Backend.ZARR.value or any(
+        p.materialization_backend == Backend.ZARR.value
+        or (p.checkpoint is not None and p.checkpoint.backend == Backend.ZARR.value)
+        for p in plans
     )
     if uses_zarr:
         try:
@@ -401,10 +478,6 @@ def compile_pipeline(
     if problems:
         raise CompilationError(problems)
     assert plate_index is not None
-    images_name = run_config.path_planning.images_dir or "images"
-    if mat_backend == Backend.ZARR.value and not images_name.endswith(".zarr"):
-        images_name += ".zarr"
-    images_dir = vpaths.join(out, images_name)
     wanted_wells = run_config.well_filter
     wells = list(plate_index.wells)
     if wanted_wells is not None:
@@ -421,7 +494,7 @@ def compile_pipeline(
             steps=step_tuple,
             output_dir=out,
             images_dir=images_dir,
-            materialization_backend=mat_backend,
+            materialization_backend=run_backend,
             zarr_config=zarr_config,
             multi_z=len(plate_index.zs) > 1,
             multi_t=len(plate_index.ts) > 1,
@@ -434,8 +507,20 @@ def compile_pipeline(
     )
 
 
-def describe_steps(steps: Sequence[StepPlan]) -> list[dict[str, Any]]:
-    """A JSON-ready description of compiled steps (for the manifest)."""
+def describe_steps(
+    steps: Sequence[StepPlan], output_dir: str | None = None
+) -> list[dict[str, Any]]:
+    """A JSON-ready description of compiled steps (for the manifest).
+
+    Folders inside ``output_dir`` are given relative to it: a run is compiled into a
+    staging directory that is renamed when the run is published.
+    """
+
+    def rel(path: str | None) -> str | None:
+        if path is None or output_dir is None or not vpaths.is_relative_to(path, output_dir):
+            return path
+        return vpaths.relative_to(path, output_dir) or "."
+
     out = []
     for s in steps:
         out.append(
@@ -458,7 +543,10 @@ def describe_steps(steps: Sequence[StepPlan]) -> list[dict[str, Any]]:
                     ]
                     for k, chain in s.calls.items()
                 },
-                "checkpoint": s.checkpoint.directory if s.checkpoint else None,
+                "results_dir": rel(s.results_dir),
+                "materialization_backend": s.materialization_backend,
+                "checkpoint": rel(s.checkpoint.directory) if s.checkpoint else None,
+                "zarr_store": rel(s.zarr_store),
             }
         )
     return out

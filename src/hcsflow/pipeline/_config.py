@@ -1,6 +1,8 @@
 """Configuration: frozen dataclasses resolved step -> pipeline -> global.
 
-Every field of every configuration class defaults to ``None``, meaning "inherit".  A
+Every field of every configuration class defaults to ``None``, meaning "inherit" (one
+exception: ``StepMaterializationConfig.enabled`` defaults to ``True``, because a
+materialization configuration given explicitly asks for materialization).  A
 :class:`GlobalPipelineConfig` fills its own unset fields from the built-in defaults
 (:data:`DEFAULTS`) when it is created, so a global configuration is always complete.
 :func:`resolve_config` then merges, field by field and recursively into nested
@@ -84,7 +86,9 @@ class PathPlanningConfig:
     results_dir: str | None = None
     """Materialized special outputs, one sub-folder per step."""
     step_dir_template: str | None = None
-    """Sub-folder name of a step: ``str.format`` with ``index`` and ``name``."""
+    """Sub-folder name of a step: ``str.format`` with ``index`` and ``name`` (default
+    ``"{name}"``, so that removing a step does not rename the folders of later steps).
+    The result is made a safe, unique folder name (see ``docs/pipeline.md``)."""
 
     def __post_init__(self) -> None:
         for f in ("images_dir", "results_dir"):
@@ -105,9 +109,16 @@ class PathPlanningConfig:
 
 @dataclass(frozen=True)
 class StepMaterializationConfig:
-    """Whether a step's main output is saved as a checkpoint, where and for which wells."""
+    """Whether a step's main output is saved as a checkpoint, where and for which wells.
 
-    enabled: bool | None = None
+    A configuration given explicitly is enabled: ``StepMaterializationConfig()`` on a
+    step checkpoints that step.  ``enabled=False`` turns checkpoints off at its level: on
+    a step, the step opts out of pipeline or global defaults that enable checkpoints; as
+    ``materialization_defaults``, its other fields (``backend``, ``well_filter``...) only
+    serve as defaults for the steps that enable their own.  ``enabled=None`` inherits.
+    """
+
+    enabled: bool | None = True
     sub_dir: str | None = None
     """Folder for the checkpoint images (default: ``checkpoints/<step folder>``)."""
     well_filter: tuple[str, ...] | None = None
@@ -117,6 +128,11 @@ class StepMaterializationConfig:
     """Backend for checkpoints (default: ``VFSConfig.materialization_backend``)."""
 
     def __post_init__(self) -> None:
+        if self.enabled is not None and not isinstance(self.enabled, bool):
+            raise ConfigurationError(
+                f"StepMaterializationConfig.enabled must be True, False or None (inherit), "
+                f"got {self.enabled!r}"
+            )
         if self.well_filter is not None:
             object.__setattr__(self, "well_filter", normalize_well_filter(self.well_filter))
         if self.well_filter_mode not in (None, "include", "exclude"):
@@ -237,7 +253,7 @@ _DEFAULT_VALUES: dict[str, Any] = {
     "executor": "processes",
     "vfs": VFSConfig(Backend.MEMORY, Backend.DISK, fsync=True),
     "path_planning": PathPlanningConfig(
-        images_dir="images", results_dir="results", step_dir_template="{index:02d}_{name}"
+        images_dir="images", results_dir="results", step_dir_template="{name}"
     ),
     "materialization_defaults": StepMaterializationConfig(
         enabled=False, well_filter_mode="include"

@@ -10,6 +10,7 @@ raised, so one bad well does not stop the others.
 
 from __future__ import annotations
 
+import functools
 import time
 import traceback
 from collections.abc import Callable
@@ -36,6 +37,7 @@ from hcsflow.storage import (
     FileManager,
     MemoryStorageBackend,
     StorageBackend,
+    ZarrStorageBackend,
 )
 from hcsflow.storage.plate import ImageCoordinates
 
@@ -67,17 +69,20 @@ class WellResult:
         return dict(self.__dict__)
 
 
-def well_registry(*, fsync: bool = True) -> BackendRegistry:
-    """A fresh registry for one well: its own memory backend, plus disk.
+def well_registry(*, fsync: bool = True, zarr_config: Any = None) -> BackendRegistry:
+    """A fresh registry for one well: its own memory backend, plus disk and zarr.
 
-    OME-Zarr images and labels are written with the storage layer's plate helpers, which
-    place them by well and field rather than by file path.
+    Every backend a materializer may name is there (``filemanager.save(..., "zarr")``
+    included); zarr is created on first use, with the run's ``ZarrConfig``.  OME-Zarr
+    images and labels are written with the storage layer's plate helpers, which place
+    them by well and field rather than by file path.
     """
     backends: dict[str, StorageBackend] = {
         Backend.MEMORY.value: MemoryStorageBackend(),
         Backend.DISK.value: DiskStorageBackend(fsync=fsync),
     }
-    return BackendRegistry(backends)
+    zarr = functools.partial(ZarrStorageBackend, config=zarr_config)
+    return BackendRegistry(backends, factories={Backend.ZARR.value: zarr})
 
 
 class _Well:
@@ -86,7 +91,7 @@ class _Well:
     def __init__(self, plan: WellPlan, result: WellResult):
         self.plan = plan
         self.result = result
-        self.registry = well_registry(fsync=plan.fsync)
+        self.registry = well_registry(fsync=plan.fsync, zarr_config=plan.zarr_config)
         self.fm = FileManager(self.registry)
         self.mem = Backend.MEMORY.value
         self.root = f"/{plan.well}"
@@ -276,6 +281,10 @@ def _run_step(state: _Well, step: StepPlan) -> None:
         state.fm.delete_all(d, state.mem)
     if step.checkpoint is not None and step.checkpoint.config.applies_to(state.plan.well):
         _write_checkpoint(state, step)
+    if step.writes_zarr_store:
+        assert step.zarr_store is not None
+        # recorded as a checkpoint: the step's images as it left them, finalized with the rest
+        _save_images(state, Backend.ZARR.value, step.zarr_store, "checkpoint")
 
 
 def _chain_for(
@@ -428,13 +437,20 @@ def _stage(
 
 
 def _materialize_all(state: _Well) -> None:
-    """Phase 2: run every declared materializer on its staged value (after the images)."""
+    """Phase 2: run every declared materializer on its staged value (after the images).
+
+    The step's results folder exists on disk before its first materializer runs.
+    """
+    ready: set[str] = set()
     for step, skey, materializer, mem_path, vpath, label, members, where in state.pending:
+        if step.results_dir not in ready:
+            state.fm.ensure_directory(step.results_dir, Backend.DISK.value)
+            ready.add(step.results_dir)
         mfm = MaterializationFileManager(
             state.registry,
             materialization_backend=step.materialization_backend,
             well=state.plan.well,
-            zarr_store=state.plan.images_dir,
+            zarr_store=step.zarr_store,
             zarr_config=state.plan.zarr_config,
             slice_coords=tuple(members),
         )

@@ -24,6 +24,7 @@ from hcsflow.errors import DataFormatError, MaterializationError
 from hcsflow.storage import Backend, FileManager
 
 __all__ = [
+    "IDENTIFIER_COLUMNS",
     "MaterializationFileManager",
     "materialize_table",
     "materialize_labels",
@@ -31,6 +32,38 @@ __all__ = [
     "to_dataframe",
     "base_path",
 ]
+
+
+IDENTIFIER_COLUMNS: frozenset[str] = frozenset(
+    {
+        # plate coordinates (the columns hcsflow adds to tidy tables, and their aliases)
+        "plate",
+        "well",
+        "row",
+        "column",
+        "site",
+        "field",
+        "channel",
+        "wavelength",
+        "z",
+        "z_index",
+        "t",
+        "timepoint",
+        "slice_index",
+        # object identifiers
+        "label",
+        "id",
+    }
+)
+"""Columns a table's JSON summary does not describe: a sum or mean of coordinates or of
+object ids means nothing.  Matched ignoring case; any column ending in ``_id``
+(``object_id``, ``tile_id``...) is an identifier too."""
+
+
+def is_identifier_column(name: object) -> bool:
+    """Whether the JSON summary of a table skips column ``name`` (see IDENTIFIER_COLUMNS)."""
+    low = str(name).lower()
+    return low in IDENTIFIER_COLUMNS or low.endswith("_id")
 
 
 class MaterializationFileManager(FileManager):
@@ -102,14 +135,18 @@ def materialize_table(data: Any, path: str, filemanager: FileManager) -> str:
     """Write a table as ``<base>.csv`` (one tidy row per object or slice) and a JSON summary.
 
     The summary (``<base>.json``) holds the row count, the columns and, for every numeric
-    column, its sum, mean, min and max.  Returns the CSV path.
+    column that is not a coordinate or an identifier (:data:`IDENTIFIER_COLUMNS`), its
+    sum, mean, min and max; ``identifier_columns`` lists the columns left out.  Returns
+    the CSV path.
     """
     df = to_dataframe(data)
     base = base_path(path)
     csv_path, json_path = f"{base}.csv", f"{base}.json"
     backend = Backend.DISK.value
     _ensure_parent(filemanager, csv_path, backend)
+    skipped = [str(c) for c in df.columns if is_identifier_column(c)]
     num = df.select_dtypes(include="number")
+    num = num.loc[:, [not is_identifier_column(c) for c in num.columns]]
     names = [str(c) for c in num.columns]
     stats: dict[str, dict[str, Any]] = {}
     if names:
@@ -131,7 +168,12 @@ def materialize_table(data: Any, path: str, filemanager: FileManager) -> str:
                 "min": _json_safe(mins[i]) if has else None,
                 "max": _json_safe(maxs[i]) if has else None,
             }
-    summary = {"rows": len(df), "columns": [str(c) for c in df.columns], "numeric": stats}
+    summary = {
+        "rows": len(df),
+        "columns": [str(c) for c in df.columns],
+        "identifier_columns": skipped,
+        "numeric": stats,
+    }
     filemanager.save(df, csv_path, backend, overwrite=True)
     filemanager.save(json.dumps(summary, indent=2), json_path, backend, overwrite=True)
     return csv_path

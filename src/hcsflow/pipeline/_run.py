@@ -332,12 +332,15 @@ def _consolidate(results: list[WellResult], staging: Path) -> dict[str, str]:
     Rows come in plate order: wells as the plate lists them, then each well's groups,
     then each table's own rows.  Tables with identical headers (the usual case: one
     function made them all) are joined as text; otherwise pandas aligns the columns.
+    Only CSV files on disk are joined: a table a materializer wrote into a zarr hierarchy
+    (a zarr group named ``*.csv``) stays per well.
     """
     by_key: dict[str, list[Path]] = {}
     for r in results:  # results are in plate order
         for o in r.outputs:
-            if o.get("kind") == "special_output" and str(o.get("path", "")).endswith(".csv"):
-                by_key.setdefault(o["key"], []).append(Path(o["path"]))
+            path = str(o.get("path", ""))
+            if o.get("kind") == "special_output" and path.endswith(".csv") and Path(path).is_file():
+                by_key.setdefault(o["key"], []).append(Path(path))
     plate: dict[str, str] = {}
     for key, files in sorted(by_key.items()):
         texts = [f.read_text() for f in files]
@@ -566,7 +569,7 @@ def _manifest(
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t_start)),
         "duration_s": duration,
         "plate": plan.plate.summary(),
-        "pipeline": describe_steps(plan.steps),
+        "pipeline": describe_steps(plan.steps, plan.output_dir),
         "config": config_to_dict(plan.config),
         "versions": dict(_versions()),
         "summary": {

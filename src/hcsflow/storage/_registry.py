@@ -11,7 +11,10 @@ from hcsflow.storage._base import Backend, StorageBackend
 __all__ = ["BackendRegistry", "storage_registry", "register_backend", "backend_name"]
 
 _INSTALL_HINTS = {
-    "zarr": "the zarr backend is registered by hcsflow.storage; reinstall hcsflow",
+    "zarr": (
+        "this registry was built without it: register one with "
+        "registry.register_backend('zarr', hcsflow.storage.ZarrStorageBackend())"
+    ),
 }
 
 

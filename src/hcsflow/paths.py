@@ -244,6 +244,24 @@ def _fast_text(item: str) -> str | None:
     return text + _name_text(last)
 
 
+def _names_text(items: list[str]) -> list[str] | None:
+    """:func:`_fast_text` of many plain names (the usual listing), checked all at once;
+    ``None`` when any item needs the checks one by one."""
+    if not _POSIX or not all(type(item) is str and item for item in items):
+        return None
+    blob = "".join(items)
+    if (
+        not blob.isascii()
+        or "/" in blob
+        or "\x00" in blob
+        or "\x01" in blob
+        or "\x02" in blob
+        or max(map(len, items), default=0) > 4096
+    ):
+        return None
+    return list(map(_name_text, items))
+
+
 def _fast_key(item: str) -> str | None:
     """Encoded natural key of ``item``, or ``None`` where only natsort will do."""
     text = _fast_text(item)
@@ -267,13 +285,15 @@ def natural_sorted(items: Iterable[str]) -> list[str]:
         if len(cache) > _KEY_CACHE_MAX:
             cache.clear()
         missing = [i for i, key in enumerate(keys) if key is None]
-        texts = []
-        for index in missing:
-            item = items[index]
-            text = _fast_text(item) if type(item) is str else None
-            if text is None:
-                return sorted(items, key=natural_key)
-            texts.append(text)
+        texts = _names_text([items[i] for i in missing])
+        if texts is None:
+            texts = []
+            for index in missing:
+                item = items[index]
+                text = _fast_text(item) if type(item) is str else None
+                if text is None:
+                    return sorted(items, key=natural_key)
+                texts.append(text)
         for index, key in zip(missing, _encode_all(texts), strict=True):
             keys[index] = cache[items[index]] = key
     lookup: dict[str, str] = dict(zip(items, keys, strict=True))  # type: ignore[arg-type]

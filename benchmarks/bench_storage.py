@@ -784,28 +784,61 @@ def bench_disk(tmp: str) -> list[dict[str, Any]]:
 # ---------------------------------------------------------------------- report
 
 
+def _fmt(value: float) -> str:
+    return f"{value:.3g}" if abs(value) < 1000 else f"{value:.0f}"
+
+
 def _markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
+    """The docs' tables, from the rows of one run."""
+    peer = meta.get("peer_version")
     lines = [
-        f"Run of {meta['time']} ({meta['seconds']:.0f} s, hcsflow {meta['hcsflow']}, "
-        f"Python {meta['python']}, {meta['cpus']} CPUs; load average "
-        f"{meta['load_before'][0]} before and {meta['load_after'][0]} after"
-        + (
-            f"; peer: OpenHCS {meta['peer_version']}"
-            if meta.get("peer_version")
-            else "; peer: not run"
+        f"Run of {meta['time']} ({meta['seconds']:.0f} s, hcsflow {meta['hcsflow']}, Python "
+        f"{meta['python']}, {meta['cpus']} CPUs; load average {meta['load_before'][0]} before, "
+        f"{meta['load_after'][0]} after; peer: "
+        + (f"OpenHCS {peer}" if peer else "not run")
+        + "). Medians of paired, alternating rounds, p25-p75 in brackets; ratios are "
+        "median / reference median, lower is faster.",
+        "",
+        "**Memory backend, never-seen paths through `FileManager`**, µs per path "
+        "(1,000 paths a round, timed in chunks of 100):",
+        "",
+        "| store | operation | hcsflow | dict | hcsflow / dict | dict + RLock |"
+        + (" OpenHCS | hcsflow / OpenHCS |" if peer else ""),
+        "|---|---|---|---|---|---|" + ("---|---|" if peer else ""),
+    ]
+    memory = [r for r in rows if r["benchmark"].startswith("memory ")]
+    by_key = {(r["benchmark"], r["contender"].split()[0]): r for r in memory}
+    for bench in dict.fromkeys(r["benchmark"] for r in memory):
+        ours, locked = by_key[bench, "hcsflow"], by_key[bench, "dict"]
+        op, _, size = bench[len("memory ") :].partition(", new path, store of ")
+        line = (
+            f"| {size} | {op} | {_fmt(ours['median'])} [{_fmt(ours['p25'])}-{_fmt(ours['p75'])}]"
+            f" | {_fmt(ours['reference_median'])} | {ours['ratio']:.1f}x"
+            f" | {_fmt(locked['median'])} |"
         )
-        + "). Median of paired, alternating rounds; p25-p75 in brackets; ratio = median / "
-        "reference median (lower is faster).",
+        if peer:
+            other = by_key.get((bench, "OpenHCS"))
+            line += (
+                f" {_fmt(other['median'])} | {ours['median'] / other['median']:.2f}x |"
+                if other
+                else " | |"
+            )
+        lines.append(line)
+    lines += [
+        "",
+        "**Listings, batches and single files:**",
         "",
         "| benchmark | contender | median | reference | ratio | target |",
         "|---|---|---|---|---|---|",
     ]
     for r in rows:
+        if r in memory:
+            continue
         unit = "µs" if r["unit"] == "us" else r["unit"]
         lines.append(
-            f"| {r['benchmark']} | {r['contender']} | {r['median']:.3g} {unit} "
-            f"[{r['p25']:.3g}-{r['p75']:.3g}] "
-            f"| {r['reference']} {r['reference_median']:.3g} {unit} "
+            f"| {r['benchmark']} | {r['contender']} | {_fmt(r['median'])} {unit} "
+            f"[{_fmt(r['p25'])}-{_fmt(r['p75'])}] "
+            f"| {r['reference']} {_fmt(r['reference_median'])} {unit} "
             f"| {r['ratio']:.2f}x | {r['target']} |"
         )
     return "\n".join(lines) + "\n"

@@ -473,7 +473,12 @@ def _check_batch(
         raise BatchLengthError(
             f"save_batch got {len(data_list)} items for {len(paths)} paths", backend=backend.name
         )
-    norm = [backend.norm(p) for p in paths]
+    if type(backend).norm is StorageBackend.norm:
+        # the plain normaliser, called directly: one call per path, not two
+        name = backend.name
+        norm = [vpaths.normalize_path(p, backend=name) for p in paths]
+    else:
+        norm = [backend.norm(p) for p in paths]
     if len(set(norm)) != len(norm):
         dup = next(p for p in norm if norm.count(p) > 1)
         raise InvalidPathError("path appears twice in one batch", path=dup, backend=backend.name)

@@ -73,14 +73,6 @@ class _Dir:
 _MISSING: Any = object()
 
 
-def _frozen(data: Any) -> Any:
-    """What is stored for ``data``: a read-only view of a writable numpy array, else itself."""
-    if isinstance(data, _ndarray) and data.flags.writeable:
-        data = data.view()
-        data.setflags(False)
-    return data
-
-
 def _size_of(data: Any) -> int | None:
     if isinstance(data, np.ndarray):
         return int(data.nbytes)
@@ -201,7 +193,7 @@ class MemoryStorageBackend(StorageBackend):
         """
         if isinstance(data, _ndarray) and data.flags.writeable:
             data = data.view()
-            data.setflags(False)  # positional: much cheaper than write=False (as _frozen)
+            data.setflags(False)  # positional: much cheaper than write=False
         if type(path) is str:
             files = self._files
             # the critical section: the existence checks and the stores
@@ -321,32 +313,30 @@ class MemoryStorageBackend(StorageBackend):
         norm = _check_batch(self, data_list, paths)
         # one critical section: no other writer can slip in between checks and stores
         with self._lock:
-            targets = [self._plain_target(path, overwrite) for path in norm]
-            if None in targets:
-                # the full checks, which also say which item fails and why
-                self._check_batch_targets(norm, overwrite)
-                for item, path in zip(data_list, norm, strict=True):
-                    self.save(item, path, True)
-                return
-            files = self._files
-            for item, path, target in zip(data_list, norm, targets, strict=True):
-                node, name = target  # type: ignore[misc]
-                files[path] = _frozen(item)
+            files, index = self._files, self._index
+            targets: list[tuple[_Dir, str]] = []
+            for path in norm:
+                # what a save of the normal path needs on the fast route: an existing
+                # file with overwrite, or a new plain name in an indexed directory
+                parent, _, name = path.rpartition("/")
+                node = index.get(parent or "/")
+                if (
+                    node is None
+                    or not name
+                    or (not overwrite if path in files else name in node.dirs or name in node.links)
+                ):
+                    # the full checks, which also say which item fails and why
+                    self._check_batch_targets(norm, overwrite)
+                    for item, target in zip(data_list, norm, strict=True):
+                        self.save(item, target, True)
+                    return
+                targets.append((node, name))
+            for item, path, (node, name) in zip(data_list, norm, targets, strict=True):
+                if isinstance(item, _ndarray) and item.flags.writeable:  # as in save
+                    item = item.view()
+                    item.setflags(False)
+                files[path] = item
                 node.files.add(name)
-
-    def _plain_target(self, path: str, overwrite: bool) -> tuple[_Dir, str] | None:
-        """(parent node, name) when a save to the normal ``path`` surely succeeds on the
-        fast route (lock held): an existing file with ``overwrite``, or a new plain name
-        in an indexed directory; else ``None``."""
-        parent, _, name = path.rpartition("/")
-        node = self._index.get(parent or "/")
-        if node is None or not name:
-            return None
-        if path in self._files:
-            return (node, name) if overwrite else None
-        if name in node.dirs or name in node.links:
-            return None
-        return node, name
 
     def load_batch(self, paths: Sequence[vpaths.PathLike], **options: Any) -> list[Any]:
         """Load every path, in order, as one snapshot; a failing item raises BatchError."""

@@ -333,8 +333,9 @@ class MemoryStorageBackend(StorageBackend):
                 targets.append((node, name))
             for item, path, (node, name) in zip(data_list, norm, targets, strict=True):
                 if isinstance(item, _ndarray) and item.flags.writeable:  # as in save
-                    item = item.view()
-                    item.setflags(False)
+                    view: Any = item.view()
+                    view.setflags(False)
+                    item = view
                 files[path] = item
                 node.files.add(name)
 

@@ -12,6 +12,16 @@ Timings alternate the compared variants and report medians with the spread of sa
   (target <= 1.2x).
 * accuracy: mean absolute error of the counted nuclei per well against the synthetic
   plate's ground truth.
+
+Runs that scale out and survive (:func:`runs_rows`; alone: ``python -c "from
+benchmarks.bench_pipeline import main_runs; main_runs()"``):
+
+* Dask: an existing scheduler with 2 single-threaded worker processes against the local
+  process pool of 2 workers, same plate (target <= 1.15x).
+* resume: ``resume=True`` of a run that had committed 90% of its wells against a full
+  run (target <= 0.15x); it verifies the committed wells' checksums.
+* bytes through the client per well with Dask: the pickled task and result (goal:
+  metadata only), against the well's image bytes.
 """
 
 from __future__ import annotations
@@ -121,14 +131,22 @@ def _hand_written(plate: str, out: Path) -> None:
                     properties=(
                         "label",
                         "area",
+                        "perimeter",
                         "centroid",
-                        "intensity_mean",
-                        "intensity_max",
                         "eccentricity",
                         "solidity",
+                        "axis_major_length",
+                        "axis_minor_length",
+                        "orientation",
+                        "intensity_mean",
+                        "intensity_max",
+                        "intensity_min",
+                        "intensity_std",
                     ),
                 )
             ).rename(columns={"centroid-0": "centroid_y", "centroid-1": "centroid_x"})
+            props.insert(3, "form_factor", 4 * np.pi * props["area"] / props["perimeter"] ** 2)
+            props["intensity_integrated"] = props["intensity_mean"] * props["area"]
             for col, value in (("slice_index", site), ("t", 1), ("z", 1), ("channel", 1)):
                 props.insert(0, col, value)
             props.insert(0, "site", site + 1)
@@ -432,10 +450,155 @@ def main() -> None:
                 "detail": f"cells; 48 wells, baseline = mean true count, max error {max(errors)}",
             }
         )
+        # ---------------------------------------------------------------- runs
+        rows.extend(runs_rows(tmp))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     print_table("pipeline (units in the detail column)", rows)
     path = write_results("pipeline", rows)
+    print(f"results: {path}")
+
+
+# --------------------------------------------------------------------------- runs at scale
+
+RUNS_WELLS = 40
+RUNS_REPEATS = 3
+
+
+def _run_with(plate: str, out: Path, config: Any, **kw: Any) -> Any:
+    from hcsflow.pipeline import run_pipeline
+
+    return run_pipeline(_pipeline(), plate, out, config, progress=False, **kw)
+
+
+def runs_rows(tmp: Path) -> list[dict[str, Any]]:
+    """Dask cluster vs local pool, resume cost, bytes through the client (see module doc)."""
+    import pickle
+
+    import cloudpickle
+    from distributed import Client, LocalCluster
+
+    from hcsflow.cli._synthetic import make_synthetic_plate
+    from hcsflow.pipeline import GlobalPipelineConfig, VFSConfig
+
+    rows: list[dict[str, Any]] = []
+    plate = make_synthetic_plate(
+        tmp / "runs-plate", RUNS_WELLS, sites=SITES, size=SIZE, seed=4, touching=0.3
+    )
+    local_cfg = GlobalPipelineConfig(
+        num_workers=2, executor="processes", vfs=VFSConfig(fsync=False)
+    )
+    out_local, out_dask = tmp / "runs-local", tmp / "runs-dask"
+
+    # ---------------------------------------------------------------- Dask vs local pool
+    with (
+        LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, dashboard_address="127.0.0.1:0"
+        ) as cluster,
+        Client(cluster),
+    ):
+        dask_cfg = GlobalPipelineConfig(
+            num_workers=2,
+            executor="dask",
+            scheduler=cluster.scheduler_address,
+            vfs=VFSConfig(fsync=False),
+        )
+
+        def local() -> Any:
+            return _run_with(plate.root, out_local, local_cfg)
+
+        def dask() -> Any:
+            return _run_with(plate.root, out_dask, dask_cfg)
+
+        _timed(local, out_local)  # fork server, imports and caches warm for both
+        _timed(dask, out_dask)
+        t_local, t_dask = [], []
+        for _ in range(RUNS_REPEATS):  # alternated
+            t_local.append(_timed(local, out_local))
+            t_dask.append(_timed(dask, out_dask))
+        tl, td = _median(t_local), _median(t_dask)
+        rows.append(
+            {
+                "benchmark": "runs: Dask cluster (2 workers) vs local process pool (2)",
+                "hcsflow": td,
+                "baseline": tl,
+                "ratio": td / tl,
+                "target": "<= 1.15",
+                "ok": td / tl <= 1.15,
+                "detail": f"s, median of {RUNS_REPEATS} alternated; {RUNS_WELLS} wells x "
+                f"{SITES} sites {SIZE}px; existing scheduler, single-threaded workers; "
+                f"{_spread(t_dask, t_local)}",
+            }
+        )
+        # ------------------------------------------------------------ bytes via the client
+        sent, received = [], []
+        from hcsflow.pipeline import compile_pipeline
+        from hcsflow.pipeline._commit import WellTask, run_well
+        from hcsflow.pipeline._output import OutputRoot
+
+        root = OutputRoot.of(tmp / "runs-bytes")
+        plan = compile_pipeline(_pipeline(), plate.root, root.vroot, dask_cfg)
+        for wp in plan.wells[:8]:
+            task = WellTask(plan=wp, root=root, run_id="bench")
+            sent.append(len(cloudpickle.dumps((run_well, (task,)))))
+            received.append(len(pickle.dumps(run_well(task))))
+        image_bytes = SITES * SIZE * SIZE * 2
+        per_well = (sum(sent) + sum(received)) / len(sent)
+        rows.append(
+            {
+                "benchmark": "runs: bytes through the client per well (Dask)",
+                "hcsflow": per_well / 1024,
+                "baseline": image_bytes / 1024,
+                "ratio": per_well / image_bytes,
+                "target": "metadata only",
+                "ok": per_well < image_bytes / 10,
+                "detail": f"KiB; task sent {statistics.mean(sent) / 1024:.1f} KiB, result "
+                f"received {statistics.mean(received) / 1024:.1f} KiB (pickled as Dask "
+                "ships them); baseline = the well's raw input image bytes",
+            }
+        )
+
+    # ---------------------------------------------------------------- resume after 90%
+    from hcsflow.pipeline import read_plate
+
+    wells = list(read_plate(plate.root).wells)
+    first = wells[: int(len(wells) * 0.9)]
+    out_resume = tmp / "runs-resume"
+    t_full, t_resume = [], []
+    for _ in range(RUNS_REPEATS):
+        t_full.append(_timed(lambda: _run_with(plate.root, out_local, local_cfg), out_local))
+        shutil.rmtree(out_resume, ignore_errors=True)
+        _run_with(plate.root, out_resume, local_cfg, wells=first)
+        t0 = time.perf_counter()
+        res = _run_with(plate.root, out_resume, local_cfg, resume=True)
+        t_resume.append(time.perf_counter() - t0)
+        assert res.ok and len(res.skipped) == len(first)
+    tf, tr = _median(t_full), _median(t_resume)
+    rows.append(
+        {
+            "benchmark": "runs: resume after 90% of wells vs full run",
+            "hcsflow": tr,
+            "baseline": tf,
+            "ratio": tr / tf,
+            "target": "<= 0.15",
+            "ok": tr / tf <= 0.15,
+            "detail": f"s, median of {RUNS_REPEATS}; {len(first)} of {len(wells)} wells "
+            f"committed, checksums verified, {len(wells) - len(first)} run; 2 processes; "
+            f"{_spread(t_resume, t_full)}",
+        }
+    )
+    return rows
+
+
+def main_runs() -> None:
+    """Only the runs rows (Dask, resume, client bytes); writes results/pipeline_runs.json."""
+    tmp = Path(tempfile.mkdtemp(prefix="hcsflow-bench-runs-"))
+    try:
+        rows = runs_rows(tmp)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    print_table("pipeline runs (units in the detail column)", rows)
+    path = write_results("pipeline_runs", rows)
     print(f"results: {path}")
 
 

@@ -46,6 +46,7 @@ __all__ = [
     "StepExecutionError",
     "MaterializationError",
     "RunDirectoryError",
+    "RunInterrupted",
 ]
 
 
@@ -244,3 +245,22 @@ class MaterializationError(PipelineError, RuntimeError):
 
 class RunDirectoryError(PipelineError, FileExistsError):
     """The output directory already holds a previous run and overwrite was not asked for."""
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """A run stopped by SIGINT or SIGTERM after shutting its workers down.
+
+    A ``KeyboardInterrupt`` (not an :class:`HcsflowError`), so code that catches errors
+    never swallows it.  ``exit_code`` is the conventional status (130 for SIGINT, 143
+    for SIGTERM); the message is one line saying whether the partial output was kept
+    (resumable) or removed.
+    """
+
+    def __init__(self, message: str, *, signal_name: str, exit_code: int, kept: bool | None = None):
+        super().__init__(message)
+        self.signal_name = signal_name
+        self.exit_code = exit_code
+        self.kept = kept
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""

@@ -215,3 +215,12 @@ def test_lazy_registry_lists_exactly_what_each_framework_module_exports(framewor
     pytest.importorskip(framework)
     module = importlib.import_module(lib._LAZY_MODULES[framework])
     assert sorted(lib._LAZY_FUNCTIONS[framework]) == sorted(module.__all__)
+
+
+def test_astype_rounds_and_clips() -> None:
+    from hcsflow.functions import astype
+
+    stack = np.array([[[-3.6, 0.4, 70000.2]]])
+    np.testing.assert_array_equal(astype(stack, "uint16"), [[[0, 0, 65535]]])
+    assert astype(stack).dtype == np.float32
+    np.testing.assert_array_equal(astype(stack.astype(np.int64), "uint8"), [[[0, 0, 255]]])

@@ -291,16 +291,19 @@ def test_previous_run_is_refused_kept_and_replaced_on_overwrite(plate, tmp_path)
     with pytest.raises(RunDirectoryError, match="previous run"):
         run_pipeline([FunctionStep(func="max_projection")], plate.root, out, cfg())
     assert (out / "manifest.json").read_bytes() == before
-    # a failing fail-fast run leaves the previous run intact
+    # a pipeline that does not compile leaves the previous run untouched
+    with pytest.raises(CompilationError):
+        run_pipeline([FunctionStep(func="nope")], plate.root, out, cfg(), overwrite=True)
+    assert (out / "manifest.json").read_bytes() == before
+    # overwrite replaces the run as soon as the new one starts: a fail-fast stop leaves
+    # the new, interrupted run (no manifest), which the next run reports
     with pytest.raises(StepExecutionError, match="fail_fast"):
         run_pipeline(
             [FunctionStep(func=_boom)], plate.root, out, cfg(fail_fast=True), overwrite=True
         )
-    assert (out / "manifest.json").read_bytes() == before
-    # so does a pipeline that does not compile
-    with pytest.raises(CompilationError):
-        run_pipeline([FunctionStep(func="nope")], plate.root, out, cfg(), overwrite=True)
-    assert (out / "manifest.json").read_bytes() == before
+    assert not (out / "manifest.json").exists()
+    with pytest.raises(RunDirectoryError, match=r"interrupted run \(0 of 3 wells committed\)"):
+        run_pipeline([FunctionStep(func=_boom)], plate.root, out, cfg())
     res = run_pipeline(
         [FunctionStep(func="mean_projection")], plate.root, out, cfg(), overwrite=True
     )
@@ -498,4 +501,6 @@ def test_fail_fast_stops_submitting_wells(tmp_path):
             on_well_done=lambda r: done.append(r.well),
         )
     assert done == ["A01"]  # A02 and A03 never ran
-    assert not (tmp_path / "o").exists()
+    # the stop leaves a resumable run: A01 is recorded as failed, nothing else committed
+    record = json.loads((tmp_path / "o/.hcsflow/wells/A01.json").read_text())
+    assert record["status"] == "failed" and not (tmp_path / "o/manifest.json").exists()

@@ -101,7 +101,7 @@ def test_bad_special_input_declarations():
 def test_global_config_is_complete_and_frozen():
     g = GlobalPipelineConfig()
     for f in fields(g):
-        if f.name not in ("zarr", "well_filter"):
+        if f.name not in ("zarr", "well_filter", "scheduler"):
             assert getattr(g, f.name) is not None, f.name
     assert g.vfs == VFSConfig("memory", "disk", fsync=True)
     with pytest.raises(AttributeError):

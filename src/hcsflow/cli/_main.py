@@ -77,8 +77,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="Python file defining `pipeline = [FunctionStep(...), ...]` "
         "(and optionally `config = GlobalPipelineConfig(...)`)",
     )
-    r.add_argument("plate", help="plate directory (ImageXpress or Opera Phenix file names)")
-    r.add_argument("--out", required=True, help="output directory")
+    r.add_argument(
+        "plate",
+        help="plate directory or URL (s3://bucket/plate/, gs://...; ImageXpress or Opera "
+        "Phenix file names, or an OME-Zarr plate)",
+    )
+    r.add_argument(
+        "--out", required=True, help="output directory or URL (s3://bucket/prefix, gs://...)"
+    )
     r.add_argument(
         "--backend",
         choices=["disk", "zarr"],
@@ -104,7 +110,42 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument(
         "--fail-fast",
         action="store_true",
-        help="stop at the first failing well (the previous run is kept)",
+        help="stop at the first failing well (the wells committed so far are kept)",
+    )
+    r.add_argument(
+        "--scheduler",
+        default=None,
+        metavar="ADDRESS",
+        help="address of a running Dask scheduler (tcp://host:8786); implies --executor dask",
+    )
+    r.add_argument(
+        "--storage-options",
+        default=None,
+        metavar="JSON",
+        help='fsspec options for URL plates and outputs, e.g. \'{"endpoint_url": '
+        '"http://minio:9000"}\' (credentials: the environment, as usual)',
+    )
+    r.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue an interrupted run in --out: committed wells are verified and kept",
+    )
+    r.add_argument(
+        "--wells",
+        default=None,
+        metavar="A01,B03",
+        help="run only these wells (comma-separated); others keep what they have",
+    )
+    r.add_argument(
+        "--rerun-failed",
+        action="store_true",
+        help="run the wells the run in --out recorded as failed again",
+    )
+    r.add_argument(
+        "--retries",
+        type=int,
+        default=None,
+        help="times a well is run again after its worker died (default: 2)",
     )
 
     i = sub.add_parser("info", help="describe a plate directory, an OME-Zarr plate or a run")
@@ -114,6 +155,9 @@ def build_parser() -> argparse.ArgumentParser:
     v = sub.add_parser("validate", help="check an OME-Zarr plate against the NGFF specification")
     v.add_argument("path")
     v.add_argument("--deep", action="store_true", help="also decode every chunk (slow)")
+    from hcsflow.cli._functions import add_functions_parser
+
+    add_functions_parser(sub)
     return p
 
 
@@ -121,6 +165,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``hcsflow`` command; returns the exit status."""
     args = build_parser().parse_args(argv)
     try:
+        if hasattr(args, "handler"):
+            return int(args.handler(args))
         if args.command == "demo":
             return _demo(args)
         if args.command == "run":
@@ -267,7 +313,19 @@ def _layout(spec: str | None) -> Any:
 def _run(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
+    from hcsflow.errors import RunInterrupted
     from hcsflow.pipeline import GlobalPipelineConfig, VFSConfig, load_pipeline_file, run_pipeline
+
+    storage_options = None
+    if args.storage_options is not None:
+        try:
+            storage_options = json.loads(args.storage_options)
+        except json.JSONDecodeError as exc:
+            print(f"hcsflow run: error: --storage-options is not JSON: {exc}", file=sys.stderr)
+            return 2
+        if not isinstance(storage_options, dict):
+            print("hcsflow run: error: --storage-options must be a JSON object", file=sys.stderr)
+            return 2
 
     steps, config = load_pipeline_file(args.pipeline)
     config = config or GlobalPipelineConfig()
@@ -278,27 +336,42 @@ def _run(args: argparse.Namespace) -> int:
         changes["executor"] = args.executor
     if args.fail_fast:
         changes["fail_fast"] = True
+    if args.scheduler is not None:
+        changes["scheduler"] = args.scheduler
+        changes["executor"] = "dask"
+    if args.retries is not None:
+        changes["retries"] = args.retries
     if args.backend is not None:
         changes["vfs"] = replace(config.vfs or VFSConfig(), materialization_backend=args.backend)
     config = replace(config, **changes)
     t0 = time.perf_counter()
-    result = run_pipeline(
-        steps,
-        args.plate,
-        args.out,
-        config,
-        layout=_layout(args.layout),
-        overwrite=args.overwrite,
-        preload=[str(Path(args.pipeline).resolve())],
-    )
+    wells = [w.strip() for w in args.wells.split(",") if w.strip()] if args.wells else None
+    try:
+        result = run_pipeline(
+            steps,
+            args.plate,
+            args.out,
+            config,
+            layout=_layout(args.layout),
+            overwrite=args.overwrite,
+            resume=args.resume,
+            rerun_failed=args.rerun_failed,
+            wells=wells,
+            storage_options=storage_options,
+            preload=[str(Path(args.pipeline).resolve())],
+        )
+    except RunInterrupted as exc:
+        print(f"hcsflow run: {exc}", file=sys.stderr)
+        return exc.exit_code
     elapsed = time.perf_counter() - t0
     n_images = sum(w.images_in for w in result.wells)
+    kept = f", {len(result.skipped)} kept from before" if result.skipped else ""
     print(
         f"{len(result.wells)} wells, {n_images} images in {elapsed:.1f} s "
-        f"({n_images / elapsed:.1f} images/s); {len(result.failed)} failed"
+        f"({n_images / elapsed:.1f} images/s); {len(result.failed)} failed{kept}"
     )
     for name, path in result.plate_tables.items():
-        print(f"  plate table {name}: {Path(result.output_dir) / path}")
+        print(f"  plate table {name}: {result.output_dir.rstrip('/')}/{path}")
     print(f"  manifest: {result.manifest_path}")
     for w in result.failed:
         print(f"well {w.well} failed: {w.error_type}: {w.error}", file=sys.stderr)

@@ -31,6 +31,7 @@ __all__ = [
     "label",
     "max_projection",
     "mean_projection",
+    "astype",
 ]
 
 
@@ -278,3 +279,25 @@ def mean_projection(image: Any) -> np.ndarray:
     """Mean over Z, returned as a ``[1, Y, X]`` float32 stack."""
     arr = check_stack(image, "mean_projection")
     return arr.mean(axis=0, keepdims=True, dtype=np.float64).astype(np.float32)
+
+
+@mem.numpy(dtype_policy="native")
+def astype(image: Any, dtype: str = "float32", *, clip: bool = True) -> np.ndarray:
+    """The stack in another dtype (e.g. float64 results of scikit-image as float32 before a
+    pyclesperanto step, which holds no float64).
+
+    Converting to an integer dtype rounds, and with ``clip=True`` (the default) clips to
+    the dtype's range instead of wrapping around.
+    """
+    arr = check_stack(image, "astype")
+    target = np.dtype(dtype)
+    if target.kind in "iu" and arr.dtype.kind == "f":
+        values = np.rint(arr)
+        if clip:
+            info = np.iinfo(target)
+            values = np.clip(values, info.min, info.max)
+        return values.astype(target)
+    if target.kind in "iu" and clip and arr.dtype.kind in "iu":
+        info = np.iinfo(target)
+        return np.clip(arr, info.min, info.max).astype(target)
+    return arr.astype(target)

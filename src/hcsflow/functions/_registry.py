@@ -100,12 +100,24 @@ class FunctionRegistry:
             return sorted(self._entries)
 
     def implementations(self, name: str) -> dict[str, Callable[..., Any]]:
-        """``{memory_type: function}`` for ``name`` (raises ``KeyError`` naming close matches)."""
+        """``{memory_type: function}`` for ``name`` (raises ``KeyError`` naming close matches).
+
+        Names not registered are looked up among the library functions
+        (``skimage.filters.sato``, ``cle.top_hat_box``, unambiguous short names); their
+        CuPy twin (cupyx / cuCIM), where installed, is listed under ``"cupy"``.
+        """
         with self._lock:
             impls = self._entries.get(name)
-            if impls is None:
-                raise KeyError(self._unknown_message(name))
-            return dict(impls)
+            if impls is not None:
+                return dict(impls)
+        from hcsflow.functions import _catalog
+
+        entry = _catalog.lookup(name, registered=self.names())
+        out: dict[str, Callable[..., Any]] = {entry.memory_type: entry.function()}
+        twin = _catalog.gpu_twin(entry)
+        if twin is not None:
+            out[twin.memory_type] = twin.function()
+        return out
 
     def __contains__(self, name: object) -> bool:
         return isinstance(name, str) and name in self._entries
@@ -121,6 +133,8 @@ class FunctionRegistry:
         numpy implementation is used only if ``"numpy"`` is in the list; otherwise
         :class:`ConfigurationError` explains what was tried.
         """
+        if name not in self:
+            return self._resolve_library(name, preference)
         impls = self.implementations(name)
         skipped: list[str] = []
         for mtype in preference:
@@ -141,12 +155,36 @@ class FunctionRegistry:
             f"(available: {sorted(impls)}; skipped: {'; '.join(skipped) or 'none'})"
         )
 
-    def _unknown_message(self, name: str) -> str:
-        import difflib
+    def _resolve_library(self, name: str, preference: Sequence[str]) -> Resolution:
+        """A library function runs on its own memory type, whatever the preference, except
+        that a numpy function's CuPy twin (cupyx / cuCIM) is taken when the preference
+        lists ``"cupy"`` before ``"numpy"``."""
+        from hcsflow.functions import _catalog
 
-        close = difflib.get_close_matches(name, list(self._entries), n=3)
-        hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-        return f"no function named {name!r} is registered{hint}"
+        for mtype in preference:
+            if mtype not in KNOWN_MEMORY_TYPES:
+                raise ConfigurationError(
+                    f"implementation preference names unknown memory type {mtype!r}"
+                )
+        entry = _catalog.lookup(name, registered=self.names())
+        order = list(preference)
+        if (
+            entry.memory_type == "numpy"
+            and "cupy" in order
+            and ("numpy" not in order or order.index("cupy") < order.index("numpy"))
+        ):
+            twin = _catalog.gpu_twin(entry)
+            if twin is not None:
+                return Resolution(name, "cupy", twin.function(), f"{twin.name} (preferred cupy)")
+            reason = f"{entry.name} (cupy preferred, but no CuPy twin is installed)"
+        else:
+            reason = f"{entry.name} (library function)"
+        return Resolution(name, entry.memory_type, entry.function(), reason)
+
+    def _unknown_message(self, name: str) -> str:
+        from hcsflow.functions import _catalog
+
+        return _catalog.unknown_message(name, self.names())
 
 
 function_registry = FunctionRegistry()

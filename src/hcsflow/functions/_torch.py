@@ -25,6 +25,12 @@ __all__ = [
     "max_projection",
     "mean_projection",
     "normalize_percentile",
+    "correct_illumination",
+    "top_hat",
+    "sum_projection",
+    "std_projection",
+    "min_projection",
+    "threshold_local",
 ]
 
 
@@ -191,3 +197,114 @@ def normalize_percentile(
     span = hi - lo
     out = torch.where(span > 0, (x - lo) / torch.where(span > 0, span, 1.0), 0.0)
     return out.clamp(0.0, 1.0).to(torch.float32)
+
+
+# --------------------------------------------------------------------------- HCS essentials
+
+
+def _profile_tensors(profile: Any, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    from hcsflow.functions._hcs import as_profile
+
+    p = as_profile(profile)
+    flat = torch.as_tensor(p.flatfield, dtype=torch.float32, device=like.device)
+    dark = torch.as_tensor(p.darkfield, dtype=torch.float32, device=like.device)
+    return flat, dark
+
+
+@mem.torch(dtype_policy="native")
+def correct_illumination(image: Any, profile: Any) -> torch.Tensor:
+    """``(image - darkfield) / flatfield`` on every plane (float32), as the numpy version."""
+    x = _check(image, "correct_illumination")
+    flat, dark = _profile_tensors(profile, x)
+    if tuple(x.shape[1:]) != tuple(flat.shape):
+        raise ShapeError(
+            f"image planes {tuple(x.shape[1:])} differ from the flat field {tuple(flat.shape)}"
+        )
+    return (x.to(torch.float32) - dark) / flat
+
+
+def _min_max_filter(x: torch.Tensor, size: int, kind: str) -> torch.Tensor:
+    # max_pool2d pads with -inf, which never wins: the result equals scipy's edge modes
+    pad = size // 2
+    y = x.unsqueeze(1)
+    if kind == "max":
+        out = F.max_pool2d(y, size, stride=1, padding=pad)
+    else:
+        out = -F.max_pool2d(-y, size, stride=1, padding=pad)
+    return out.squeeze(1)
+
+
+@mem.torch(dtype_policy="native")
+def top_hat(image: Any, radius: int = 15, *, shape: str = "disk") -> torch.Tensor:
+    """White top-hat with a square element (``shape="square"``), as the numpy version.
+
+    The disk element has no torch implementation (use numpy or pyclesperanto).
+    """
+    x = _check(image, "top_hat")
+    if shape != "square":
+        raise ValueError(
+            f"the torch top_hat supports shape='square' only, got {shape!r} "
+            "(numpy and pyclesperanto implement 'disk')"
+        )
+    if int(radius) != radius or radius < 0:
+        raise ValueError(f"radius must be a non-negative integer, got {radius!r}")
+    size = 2 * int(radius) + 1
+    work = x if x.is_floating_point() else x.to(torch.float32)
+    opened = _min_max_filter(_min_max_filter(work, size, "min"), size, "max")
+    return (work - opened).to(x.dtype)
+
+
+@mem.torch(dtype_policy="native")
+def sum_projection(image: Any) -> torch.Tensor:
+    """Sum over Z as a ``[1, Y, X]`` float32 stack (accumulated in float64)."""
+    x = _check(image, "sum_projection")
+    return x.to(torch.float64).sum(dim=0, keepdim=True).to(torch.float32)
+
+
+@mem.torch(dtype_policy="native")
+def std_projection(image: Any) -> torch.Tensor:
+    """Population standard deviation over Z as a ``[1, Y, X]`` float32 stack."""
+    x = _check(image, "std_projection")
+    return x.to(torch.float64).std(dim=0, keepdim=True, correction=0).to(torch.float32)
+
+
+@mem.torch(dtype_policy="native")
+def min_projection(image: Any) -> torch.Tensor:
+    """Minimum over Z as a ``[1, Y, X]`` stack."""
+    x = _check(image, "min_projection")
+    return x.amin(dim=0, keepdim=True)
+
+
+def _box_mean(x: torch.Tensor, size: int) -> torch.Tensor:
+    k = torch.full((size,), 1.0 / size, dtype=x.dtype, device=x.device)
+    for axis in (1, 2):
+        x = _blur_axis(x, k, axis)
+    return x
+
+
+@mem.torch(dtype_policy="native")
+def threshold_local(
+    image: Any,
+    block_size: int = 51,
+    *,
+    method: str = "gaussian",
+    offset: float = 0.0,
+    slice_by_slice: bool = True,
+) -> torch.Tensor:
+    """Mask above the local Gaussian or box mean minus ``offset``, as the numpy version
+    (``reflect`` borders; plane by plane only)."""
+    x = _check(image, "threshold_local").to(torch.float32)
+    if block_size < 3 or block_size % 2 == 0:
+        raise ValueError(f"threshold_local: block_size must be odd and >= 3, got {block_size}")
+    if not slice_by_slice:
+        raise ShapeError("the torch threshold_local works plane by plane only")
+    if method == "gaussian":
+        k = _kernel((block_size - 1) / 6.0, 4.0, x.dtype, x.device)
+        local = _blur_axis(_blur_axis(x, k, 1), k, 2)
+    elif method == "mean":
+        local = _box_mean(x, int(block_size))
+    else:
+        raise ValueError(
+            f"the torch threshold_local supports 'gaussian' and 'mean', got {method!r}"
+        )
+    return x > local - offset

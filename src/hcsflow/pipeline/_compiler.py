@@ -103,6 +103,9 @@ class WellPlan:
     multi_z: bool
     multi_t: bool
     fsync: bool = True
+    output: Any = None
+    """Where the well writes (a ``WellSink`` set by the run inside the worker; ``None``:
+    a local disk backend and zarr stores at their virtual paths)."""
 
 
 @dataclass(frozen=True)

@@ -200,6 +200,11 @@ class PipelineConfig:
     check_finite: bool | None = None
     fail_fast: bool | None = None
     well_filter: tuple[str, ...] | None = None
+    scheduler: str | None = None
+    """Address of an existing Dask scheduler (``tcp://host:8786``) for ``executor="dask"``;
+    ``None`` starts a ``LocalCluster`` of ``num_workers`` workers."""
+    retries: int | None = None
+    """Times a well is run again after its worker died or its storage failed."""
 
     def __post_init__(self) -> None:
         _validate_run_fields(self)
@@ -246,6 +251,15 @@ def _validate_run_fields(cfg: PipelineConfig) -> None:
         raise ConfigurationError(f"executor must be one of {_EXECUTORS}, got {cfg.executor!r}")
     if cfg.well_filter is not None:
         object.__setattr__(cfg, "well_filter", normalize_well_filter(cfg.well_filter))
+    if cfg.retries is not None and (
+        not isinstance(cfg.retries, int) or isinstance(cfg.retries, bool) or cfg.retries < 0
+    ):
+        raise ConfigurationError(f"retries must be a non-negative int, got {cfg.retries!r}")
+    if cfg.scheduler is not None and (not isinstance(cfg.scheduler, str) or not cfg.scheduler):
+        raise ConfigurationError(
+            f"scheduler must be a Dask scheduler address such as 'tcp://host:8786', "
+            f"got {cfg.scheduler!r}"
+        )
 
 
 _DEFAULT_VALUES: dict[str, Any] = {
@@ -261,6 +275,7 @@ _DEFAULT_VALUES: dict[str, Any] = {
     "device": DeviceConfig(implementation_preference=("numpy",), gpu_id=None),
     "check_finite": True,
     "fail_fast": False,
+    "retries": 2,
 }
 
 

@@ -85,13 +85,24 @@ def well_registry(*, fsync: bool = True, zarr_config: Any = None) -> BackendRegi
     return BackendRegistry(backends, factories={Backend.ZARR.value: zarr})
 
 
+def _zarr_target(plan: WellPlan, store: str | None) -> tuple[str | None, dict[str, Any] | None]:
+    """(local path or URL, fsspec options) of a zarr store named by its virtual path."""
+    if plan.output is None or store is None:
+        return store, None
+    return plan.output.store_url(store), plan.output.storage_options
+
+
 class _Well:
     """State of one well while it runs: its file manager and its current images."""
 
     def __init__(self, plan: WellPlan, result: WellResult):
         self.plan = plan
         self.result = result
-        self.registry = well_registry(fsync=plan.fsync, zarr_config=plan.zarr_config)
+        self.registry = (
+            plan.output.registry(plan.zarr_config)
+            if plan.output is not None
+            else well_registry(fsync=plan.fsync, zarr_config=plan.zarr_config)
+        )
         self.fm = FileManager(self.registry)
         self.mem = Backend.MEMORY.value
         self.root = f"/{plan.well}"
@@ -443,6 +454,7 @@ def _materialize_all(state: _Well) -> None:
     """
     ready: set[str] = set()
     for step, skey, materializer, mem_path, vpath, label, members, where in state.pending:
+        store, storage_options = _zarr_target(state.plan, step.zarr_store)
         if step.results_dir not in ready:
             state.fm.ensure_directory(step.results_dir, Backend.DISK.value)
             ready.add(step.results_dir)
@@ -450,9 +462,10 @@ def _materialize_all(state: _Well) -> None:
             state.registry,
             materialization_backend=step.materialization_backend,
             well=state.plan.well,
-            zarr_store=step.zarr_store,
+            zarr_store=store,
             zarr_config=state.plan.zarr_config,
             slice_coords=tuple(members),
+            storage_options=storage_options,
         )
         data = state.fm.load(mem_path, state.mem)
         name = getattr(materializer, "__name__", repr(materializer))
@@ -502,7 +515,16 @@ def _save_images(state: _Well, backend: str, directory: str, what: str) -> int:
     if backend == Backend.ZARR.value:
         from hcsflow.pipeline._zarr_out import write_well_zarr
 
-        write_well_zarr(directory, state.plan.well, coords, arrays, state.plan.zarr_config)
+        store, storage_options = _zarr_target(state.plan, directory)
+        assert store is not None
+        write_well_zarr(
+            store,
+            state.plan.well,
+            coords,
+            arrays,
+            state.plan.zarr_config,
+            storage_options=storage_options,
+        )
     else:
         well_dir = vpaths.join(directory, state.plan.well)
         state.fm.ensure_directory(well_dir, backend)

@@ -72,7 +72,8 @@ class MaterializationFileManager(FileManager):
     ``materialization_backend`` is the backend ``VFSConfig.materialization_backend``
     selected for this step; ``well``, ``slice_coords`` (the plate coordinates of each
     plane of the stack the function received), ``zarr_store`` (the run's OME-Zarr plate)
-    and ``zarr_config`` let materializers place files beside the well's images.
+    and ``zarr_config`` let materializers place files beside the well's images;
+    ``storage_options`` are the fsspec options of that store when it is a URL.
     """
 
     def __init__(
@@ -84,8 +85,10 @@ class MaterializationFileManager(FileManager):
         zarr_store: str | None = None,
         zarr_config: Any = None,
         slice_coords: tuple[Any, ...] = (),
+        storage_options: dict[str, Any] | None = None,
     ):
         super().__init__(registry)
+        self.storage_options = storage_options
         self.materialization_backend = materialization_backend
         self.well = well
         self.zarr_store = zarr_store
@@ -262,6 +265,13 @@ def _labels_to_zarr(arr: np.ndarray, path: str, filemanager: FileManager) -> str
     fname = vpaths.name(base_path(path))
     name = fname[len(well) + 1 :] if fname.startswith(f"{well}_") else fname
     key = write_labels_zarr(
-        store, well, name, arr, coords, getattr(filemanager, "zarr_config", None)
+        store,
+        well,
+        name,
+        arr,
+        coords,
+        getattr(filemanager, "zarr_config", None),
+        storage_options=getattr(filemanager, "storage_options", None),
     )
-    return vpaths.join(store, key)
+    # a store on object storage is a URL, which virtual-path joining would mangle
+    return f"{store.rstrip('/')}/{key}" if "://" in store else vpaths.join(store, key)

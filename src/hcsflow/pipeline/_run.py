@@ -1,44 +1,86 @@
-"""Running a compiled pipeline over a plate: executors, output directory, manifest.
+"""Running a compiled pipeline over a plate: per-well commits, resume, signals, manifest.
 
-Scheduling is one loop over a :class:`concurrent.futures.Executor`: in-process
-(synchronous, deterministic: tests), a thread pool, a process pool (forkserver; spawn on
-Windows) or a Dask ``distributed`` client's executor.  The run writes into a staging
-directory next to the output directory and moves it into place at the end, so a crash
-never leaves a torn output and never destroys a previous run that was not explicitly
-overwritten.
+Scheduling is one loop over a :class:`concurrent.futures.Executor` (see
+:mod:`hcsflow.pipeline._executors`): in-process, threads, local processes or any Dask
+cluster.  Each well is written in place and committed by a record written last
+(:mod:`hcsflow.pipeline._commit`); plate-level files (OME-Zarr plate metadata,
+consolidated tables, ``manifest.json``) are rebuilt from the committed wells at the end.
+That works the same on a local disk and on object storage, makes a retried well
+idempotent, and makes ``resume=True`` a matter of reading commit records.
+
+Guarantees: a well without a commit record is never presented as done; a run never
+deletes files it did not write (a non-empty output that is not an hcsflow run is
+refused); a finished run is replaced only with ``overwrite=True``.  SIGINT and SIGTERM
+stop the run, stop every worker process, and raise :class:`RunInterrupted` with one line
+saying whether the partial output was kept (resumable) or removed.
 """
 
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
 import functools
-import hashlib
-import importlib.util
-import json
-import multiprocessing
+import io
 import os
 import platform
-import shutil
+import signal
 import sys
+import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from hcsflow import __version__
-from hcsflow.errors import PipelineError, RunDirectoryError, StepExecutionError
+from hcsflow.errors import (
+    AlreadyExistsError,
+    PipelineError,
+    RunDirectoryError,
+    RunInterrupted,
+    StepExecutionError,
+)
+from hcsflow.pipeline._commit import (
+    CONTROL_DIR,
+    RUN_RECORD,
+    WellTask,
+    fingerprint,
+    fingerprint_diff,
+    read_record,
+    read_run_record,
+    record_rel,
+    run_well,
+    verify_record,
+    write_json,
+    zarr_well_rel,
+)
 from hcsflow.pipeline._compiler import RunPlan, compile_pipeline, describe_steps
 from hcsflow.pipeline._config import (
     GlobalPipelineConfig,
     PipelineConfig,
     config_to_dict,
+    normalize_well_filter,
     resolve_config,
 )
-from hcsflow.pipeline._execute import WellResult, execute_well
+from hcsflow.pipeline._execute import WellResult
+from hcsflow.pipeline._executors import (
+    WORKER_PRELOAD,
+    InProcessExecutor,
+    WellPool,
+    import_pipeline_file,
+    make_executor,
+    make_pool,
+    process_start_method,
+    warm_up_workers,
+)
+from hcsflow.pipeline._output import INPUT_BACKEND, OutputRoot, plate_location
 from hcsflow.pipeline._plate import PlateIndex
 from hcsflow.pipeline._step import FunctionStep, Pipeline
+from hcsflow.storage import Backend
+from hcsflow.storage._fsspec import is_url
 from hcsflow.storage.plate import PlateLayout
 
 __all__ = [
@@ -56,25 +98,7 @@ __all__ = [
 MANIFEST_NAME = "manifest.json"
 
 
-class InProcessExecutor(cf.Executor):
-    """A :class:`concurrent.futures.Executor` that runs each task at submission, in order."""
-
-    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> cf.Future[Any]:
-        """Run ``fn`` now and return a completed future."""
-        fut: cf.Future[Any] = cf.Future()
-        try:
-            fut.set_result(fn(*args, **kwargs))
-        except BaseException as exc:  # the future carries it to the caller
-            fut.set_exception(exc)
-        return fut
-
-
 # --------------------------------------------------------------------------- pipeline files
-
-
-def _module_name_for(path: Path) -> str:
-    digest = hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:12]
-    return f"hcsflow_pipeline_{digest}"
 
 
 def load_pipeline_file(
@@ -84,12 +108,12 @@ def load_pipeline_file(
 
     The file is imported as a module under a name derived from its absolute path, so
     functions it defines pickle by reference and worker processes (which import the
-    same file first) find them.
+    same file first) find them; Dask workers get them by value.
     """
     p = Path(path).resolve()
     if not p.is_file():
         raise PipelineError(f"pipeline file {str(p)!r} does not exist")
-    module = _import_file(p)
+    module = import_pipeline_file(p)
     steps = getattr(module, "pipeline", None)
     if isinstance(steps, Pipeline):
         steps = steps.steps
@@ -106,172 +130,6 @@ def load_pipeline_file(
     return steps, config
 
 
-def _import_file(p: Path) -> Any:
-    name = _module_name_for(p)
-    existing = sys.modules.get(name)
-    if existing is not None:
-        return existing
-    spec = importlib.util.spec_from_file_location(name, p)
-    if spec is None or spec.loader is None:
-        raise PipelineError(f"cannot import pipeline file {str(p)!r}")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    try:
-        spec.loader.exec_module(module)
-    except BaseException:
-        del sys.modules[name]
-        raise
-    return module
-
-
-def _worker_init(preload: Sequence[str]) -> None:
-    for f in preload:
-        _import_file(Path(f))
-
-
-# Imported once by the fork server; every worker forked from it starts with them loaded
-# instead of importing them again (about a second per spawned worker).  A module that is
-# not installed is skipped by the fork server and imported (or reported) by the worker
-# that needs it, as under spawn.
-WORKER_PRELOAD: tuple[str, ...] = (
-    "numpy",
-    "scipy.ndimage",
-    "pandas",
-    "tifffile",
-    "zarr",
-    "skimage.measure",
-    "skimage.feature",
-    "skimage.filters",
-    "skimage.morphology",
-    "skimage.segmentation",
-    "hcsflow.functions",
-    "hcsflow.pipeline._execute",
-)
-
-
-def process_start_method() -> str:
-    """The start method of ``processes`` workers: ``forkserver`` where the platform has
-    it (Linux, macOS), else ``spawn`` (Windows).  Both start workers from a fresh
-    interpreter, never a copy of the calling process."""
-    return "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
-
-
-def _process_context() -> Any:
-    method = process_start_method()
-    ctx = multiprocessing.get_context(method)
-    if method == "forkserver":
-        # "__main__" keeps the default behaviour: the fork server imports the main module
-        # like a spawned worker would, so functions defined there are found
-        ctx.set_forkserver_preload(["__main__", *WORKER_PRELOAD])
-    return ctx
-
-
-def warm_up_workers() -> None:
-    """Start the fork server now (its imports run in the background); no-op under spawn.
-
-    ``run_pipeline`` calls it before scanning the plate, so the workers' imports overlap
-    with the plate scan and compilation.  The fork server lives as long as this process:
-    later runs start their workers in milliseconds.
-    """
-    ctx = _process_context()
-    if ctx.get_start_method() == "forkserver":
-        from multiprocessing import forkserver
-
-        forkserver.ensure_running()
-
-
-# --------------------------------------------------------------------------- executors
-
-
-def make_executor(
-    kind: str, num_workers: int, *, preload: Sequence[str] = ()
-) -> tuple[cf.Executor, Callable[[], None]]:
-    """An executor of ``kind`` and a function that shuts it down."""
-    # One worker runs in this process: a pool of one only adds start-up and pickling.
-    if kind == "inprocess" or (kind in ("threads", "processes") and num_workers == 1):
-        ex: cf.Executor = InProcessExecutor()
-        return ex, lambda: ex.shutdown()
-    if kind == "threads":
-        tp = cf.ThreadPoolExecutor(max_workers=num_workers, thread_name_prefix="hcsflow-well")
-        return tp, lambda: tp.shutdown(wait=True, cancel_futures=True)
-    if kind == "processes":
-        pp = cf.ProcessPoolExecutor(
-            max_workers=num_workers,
-            mp_context=_process_context(),
-            initializer=_worker_init,
-            initargs=(tuple(preload),),
-        )
-        return pp, lambda: pp.shutdown(wait=True, cancel_futures=True)
-    if kind == "dask":
-        try:
-            from distributed import Client, LocalCluster
-        except ImportError:
-            raise PipelineError(
-                "the dask executor needs dask.distributed: pip install 'hcsflow[dask]'"
-            ) from None
-        # dashboard on a free port: the default fixed port may be held by another cluster
-        cluster = LocalCluster(
-            n_workers=num_workers,
-            threads_per_worker=1,
-            processes=True,
-            dashboard_address="127.0.0.1:0",
-        )
-        client = Client(cluster)
-        if preload:
-            client.run(_worker_init, tuple(preload))
-        dex = client.get_executor()
-
-        def close() -> None:
-            client.close()
-            cluster.close()
-
-        return dex, close
-    raise PipelineError(f"unknown executor {kind!r} (inprocess, threads, processes, dask)")
-
-
-# --------------------------------------------------------------------------- output directory
-
-
-def _is_previous_run(path: Path) -> bool:
-    return (path / MANIFEST_NAME).is_file()
-
-
-def _prepare_output(out: Path, overwrite: bool) -> Path:
-    if out.exists() and not out.is_dir():
-        raise RunDirectoryError(f"output path {str(out)!r} exists and is not a directory")
-    if out.is_dir() and any(out.iterdir()):
-        if not _is_previous_run(out):
-            raise RunDirectoryError(
-                f"output directory {str(out)!r} is not empty and holds no hcsflow run; "
-                f"choose another directory (hcsflow never deletes files it did not write)"
-            )
-        if not overwrite:
-            raise RunDirectoryError(
-                f"output directory {str(out)!r} holds a previous run; pass overwrite=True "
-                f"(--overwrite) to replace it, or choose another directory"
-            )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = out.parent / f".{out.name}.hcsflow-partial-{uuid.uuid4().hex[:8]}"
-    staging.mkdir()
-    return staging
-
-
-def _publish(staging: Path, out: Path) -> None:
-    """Move the finished staging directory to ``out``; the old run goes only after."""
-    old = None
-    if out.exists():
-        old = out.parent / f".{out.name}.hcsflow-old-{uuid.uuid4().hex[:8]}"
-        os.replace(out, old)
-    try:
-        os.replace(staging, out)
-    except BaseException:
-        if old is not None:
-            os.replace(old, out)
-        raise
-    if old is not None:
-        shutil.rmtree(old)
-
-
 # --------------------------------------------------------------------------- results
 
 
@@ -285,24 +143,18 @@ class RunResult:
     plate_tables: dict[str, str]
     duration_s: float
     manifest: dict[str, Any] = field(repr=False, default_factory=dict)
+    skipped: list[str] = field(default_factory=list)
+    """Wells already committed by an earlier run into this output (``resume``)."""
 
     @property
     def failed(self) -> list[WellResult]:
-        """Wells that failed."""
-        return [w for w in self.wells if w.status != "ok"]
+        """Wells that failed (or were not run: ``status`` ``not_run``)."""
+        return [w for w in self.wells if w.status == "failed"]
 
     @property
     def ok(self) -> bool:
         """Whether every well succeeded."""
-        return not self.failed
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+        return all(w.status == "ok" for w in self.wells)
 
 
 @functools.cache
@@ -318,61 +170,172 @@ def _versions() -> dict[str, str]:
     return out
 
 
-def _relative(path: str, staging: Path) -> str:
-    p = Path(path)
-    try:
-        return p.relative_to(staging).as_posix()
-    except ValueError:
-        return path
-
-
-def _consolidate(results: list[WellResult], staging: Path) -> dict[str, str]:
-    """Concatenate per-well tables into one plate CSV per special output key.
-
-    Rows come in plate order: wells as the plate lists them, then each well's groups,
-    then each table's own rows.  Tables with identical headers (the usual case: one
-    function made them all) are joined as text; otherwise pandas aligns the columns.
-    Only CSV files on disk are joined: a table a materializer wrote into a zarr hierarchy
-    (a zarr group named ``*.csv``) stays per well.
-    """
-    by_key: dict[str, list[Path]] = {}
-    for r in results:  # results are in plate order
-        for o in r.outputs:
-            path = str(o.get("path", ""))
-            if o.get("kind") == "special_output" and path.endswith(".csv") and Path(path).is_file():
-                by_key.setdefault(o["key"], []).append(Path(path))
-    plate: dict[str, str] = {}
-    for key, files in sorted(by_key.items()):
-        texts = [f.read_text() for f in files]
-        headers = {t.split("\n", 1)[0] for t in texts}
-        if len(headers) == 1:
-            header = headers.pop()
-            body = "".join(t.split("\n", 1)[1] if "\n" in t else "" for t in texts)
-            text = f"{header}\n{body}"
-        else:
-            import io
-
-            import pandas as pd
-
-            frames = [pd.read_csv(io.StringIO(t)) for t in texts]
-            text = pd.concat(frames, ignore_index=True).to_csv(index=False)
-        target = staging / f"{key}.csv"
-        _atomic_write_text(target, text)
-        plate[key] = target.name
-    return plate
-
-
-def _atomic_write_text(target: Path, text: str) -> None:
-    tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, target)
-
-
 def _progress(total: int, enabled: bool | None) -> Any:
     from tqdm import tqdm
 
     show = sys.stderr.isatty() if enabled is None else enabled
     return tqdm(total=total, unit="well", disable=not show, desc="wells", leave=False)
+
+
+# --------------------------------------------------------------------------- signals
+
+
+class _Interrupt(BaseException):
+    """Raised in the main thread by the signal handler; turned into RunInterrupted."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def _signals(enabled: bool) -> Iterator[list[int]]:
+    """SIGINT and SIGTERM raise :class:`_Interrupt` once; later ones are noted only."""
+    received: list[int] = []
+    if not enabled or threading.current_thread() is not threading.main_thread():
+        yield received
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        received.append(signum)
+        if len(received) == 1:
+            raise _Interrupt(signum)
+
+    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield received
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+# --------------------------------------------------------------------------- the plate
+
+
+def _plate_index(
+    plate: str, layout: PlateLayout | None, storage_options: dict[str, Any] | None
+) -> PlateIndex:
+    """Index a plate given as a URL: OME-Zarr, or image files named by a layout."""
+    from hcsflow.pipeline._plate import read_plate, read_zarr_plate
+    from hcsflow.storage import FileManager
+    from hcsflow.storage._registry import BackendRegistry
+
+    backend = plate_location(plate, storage_options)
+    probe = backend.exists("/zarr.json") or backend.exists("/.zattrs")
+    if probe:
+        return read_zarr_plate(plate)
+    fm = FileManager(BackendRegistry({INPUT_BACKEND: backend}))
+    index = read_plate("/", filemanager=fm, backend=INPUT_BACKEND, layout=layout)
+    return replace(index, root=plate)
+
+
+# --------------------------------------------------------------------------- run state
+
+
+def _state(root: OutputRoot) -> str:
+    """``new`` (absent or empty), ``finished``, ``partial`` (interrupted) or ``foreign``."""
+    if root.is_file():
+        raise RunDirectoryError(f"output path {root.url!r} exists and is not a directory")
+    names = root.entries()
+    if not names:
+        return "new"
+    if MANIFEST_NAME in names and root.read_bytes(MANIFEST_NAME) is not None:
+        return "finished"
+    if CONTROL_DIR in names and read_run_record(root) is not None:
+        return "partial"
+    return "foreign"
+
+
+def _count_committed(root: OutputRoot, wells: Sequence[str]) -> int:
+    with cf.ThreadPoolExecutor(max_workers=8) as pool:
+        records = pool.map(lambda w: read_record(root, w), wells)
+        return sum(r is not None and r["status"] == "ok" for r in records)
+
+
+def _prepare(
+    root: OutputRoot,
+    plan: RunPlan,
+    *,
+    overwrite: bool,
+    resume: bool,
+    rerun_failed: bool,
+    wells: Sequence[str] | None,
+) -> tuple[str, dict[str, Any]]:
+    """Check the output against the request; returns (mode, run record).
+
+    ``mode`` is ``new`` or ``resume``.  Refuses foreign directories always, finished or
+    interrupted runs without ``overwrite``/``resume``, and a resume whose pipeline,
+    configuration or plate differ from the run's.
+    """
+    state = _state(root)
+    continuing = resume or rerun_failed
+    fp = fingerprint(plan)
+    if state == "foreign":
+        raise RunDirectoryError(
+            f"output directory {root.url!r} is not empty and holds no hcsflow run; "
+            f"choose another directory (hcsflow never deletes files it did not write)"
+        )
+    if state in ("finished", "partial") and overwrite:
+        # the manifest goes first: from then on nothing presents the old run as done
+        root.remove_files([MANIFEST_NAME])
+        root.remove()
+        state = "new"
+    if state == "new":
+        if continuing and not overwrite:
+            raise RunDirectoryError(
+                f"nothing to resume: {root.url!r} holds no run (drop --resume/--rerun-failed "
+                f"to start one)"
+            )
+        record: dict[str, Any] | None = {
+            "hcsflow_run": 1,
+            "run_id": uuid.uuid4().hex,
+            "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "output": root.url,
+            "wells": [w.well for w in plan.wells],
+            "fingerprint": fp,
+        }
+        assert record is not None
+        fsync = bool(plan.config.vfs and plan.config.vfs.fsync)
+        try:
+            write_json(root, RUN_RECORD, record, fsync=fsync, create=True)
+        except AlreadyExistsError as exc:
+            raise RunDirectoryError(
+                f"another run started in {root.url!r} meanwhile; choose another output"
+            ) from exc
+        return "new", record
+    record = read_run_record(root)
+    if state == "finished" and record is None:
+        raise RunDirectoryError(
+            f"output directory {root.url!r} holds a run of an earlier hcsflow without commit "
+            f"records; pass --overwrite to replace it"
+        )
+    assert record is not None
+    if not continuing and wells is None:
+        if state == "finished":
+            raise RunDirectoryError(
+                f"output directory {root.url!r} holds a previous run; pass overwrite=True "
+                f"(--overwrite) to replace it, rerun_failed=True (--rerun-failed) to run its "
+                f"failed wells again, or choose another directory"
+            )
+        done = _count_committed(root, record.get("wells", []))
+        raise RunDirectoryError(
+            f"output directory {root.url!r} holds an interrupted run ({done} of "
+            f"{len(record.get('wells', []))} wells committed); pass resume=True (--resume) "
+            f"to continue it or overwrite=True (--overwrite) to start over"
+        )
+    diff = fingerprint_diff(record.get("fingerprint", {}), fp)
+    if diff:
+        shown = "; ".join(diff[:5]) + (f"; and {len(diff) - 5} more" if len(diff) > 5 else "")
+        raise RunDirectoryError(
+            f"cannot resume the run in {root.url!r}: its pipeline or configuration differs "
+            f"from this one ({shown}); pass overwrite=True (--overwrite) to start over"
+        )
+    # wells are about to change: until a new manifest is written, the run is not finished
+    root.remove_files([MANIFEST_NAME])
+    return "resume", record
+
+
+# --------------------------------------------------------------------------- run_pipeline
 
 
 def run_pipeline(
@@ -385,202 +348,535 @@ def run_pipeline(
     layout: PlateLayout | None = None,
     executor: str | cf.Executor | None = None,
     overwrite: bool = False,
+    resume: bool = False,
+    rerun_failed: bool = False,
+    wells: Sequence[str] | None = None,
+    storage_options: dict[str, Any] | None = None,
     progress: bool | None = None,
     preload: Sequence[str] = (),
     on_well_done: Callable[[WellResult], None] | None = None,
     post_run: Callable[[Path, list[WellResult], dict[str, str]], None] | None = None,
+    handle_signals: bool = True,
 ) -> RunResult:
-    """Compile and run ``pipeline`` over every well of ``plate``; write into ``output_dir``.
+    """Compile and run ``pipeline`` over the wells of ``plate``; write into ``output_dir``.
 
-    ``executor`` is ``"inprocess"``, ``"threads"``, ``"processes"``, ``"dask"`` or any
-    :class:`concurrent.futures.Executor` (default: the configuration's ``executor``).
-    Raises :class:`CompilationError` before any work, :class:`RunDirectoryError` when
-    ``output_dir`` holds a previous run and ``overwrite`` is false, and (with
-    ``fail_fast``) :class:`StepExecutionError` at the first failing well, leaving any
-    previous run in place.  Otherwise failing wells are reported in the result and the
-    manifest.  ``post_run(staging_dir, well_results, plate_tables)`` may add files to the
-    run before its manifest is written (they are checksummed with the rest).
+    ``plate`` and ``output_dir`` are local paths or fsspec URLs (``s3://bucket/prefix``);
+    ``storage_options`` go to fsspec for both (credentials otherwise come from the
+    environment).  ``executor`` is ``"inprocess"``, ``"threads"``, ``"processes"``,
+    ``"dask"`` or any :class:`concurrent.futures.Executor` (default: the configuration's
+    ``executor``; ``config.scheduler`` names an existing Dask scheduler).
+
+    Each well is committed as soon as it is written.  ``resume=True`` continues an
+    interrupted run in the same output (committed wells are verified against their
+    checksums and skipped); ``rerun_failed=True`` runs the wells recorded as failed
+    again; ``wells=["A01", "B03"]`` runs only those wells (again, if they were committed).
+    A resume with a different pipeline, configuration or plate is refused.
+
+    Raises :class:`CompilationError` before any work, :class:`RunDirectoryError` for an
+    output that holds something else, and (with ``fail_fast``) :class:`StepExecutionError`
+    at the first failing well.  SIGINT/SIGTERM raise :class:`RunInterrupted` after every
+    worker stopped.  ``post_run(output_dir, well_results, plate_tables)`` may add files to
+    a local run before its manifest is written (they are checksummed with the rest).
     """
     t_start = time.time()
     t0 = time.perf_counter()
     global_config = config if config is not None else GlobalPipelineConfig()
-    out = Path(output_dir).absolute()
-    if not isinstance(plate, PlateIndex) and "://" not in str(plate):
+    root = OutputRoot.of(output_dir, storage_options)
+    if post_run is not None and root.remote:
+        raise PipelineError("post_run needs a local output directory")
+    plate_arg: str | PlateIndex
+    plate_url: str | None = None
+    if isinstance(plate, PlateIndex):
+        plate_arg = plate
+    elif is_url(os.fspath(plate)):
+        plate_url = os.fspath(plate).rstrip("/")
+        plate_arg = _plate_index(plate_url, layout, storage_options)
+    else:
         plate_dir = Path(plate).absolute()
-        if out == plate_dir or plate_dir in out.parents:
-            raise RunDirectoryError(
-                f"output directory {str(out)!r} is inside the plate directory "
-                f"{str(plate_dir)!r}; its files would be read as plate images next time"
+        if not root.remote:
+            out = Path(root.url)
+            if out == plate_dir or plate_dir in out.parents:
+                raise RunDirectoryError(
+                    f"output directory {str(out)!r} is inside the plate directory "
+                    f"{str(plate_dir)!r}; its files would be read as plate images next time"
+                )
+        plate_arg = str(plate_dir)
+    run_cfg = resolve_config(global_config, pipeline_config)
+    if not isinstance(executor, cf.Executor):
+        kind = executor or str(run_cfg.executor)
+        if kind == "processes" and int(run_cfg.num_workers or 1) > 1:
+            warm_up_workers()  # its imports overlap with the plate scan below
+    with _signals(handle_signals) as received:
+        try:
+            plan = compile_pipeline(
+                pipeline,
+                plate_arg,
+                root.vroot,
+                global_config,
+                pipeline_config=pipeline_config,
+                layout=layout,
             )
-        plate = str(plate_dir)
-    staging = _prepare_output(out, overwrite)
-    try:
-        if not isinstance(executor, cf.Executor):
-            run_cfg = resolve_config(global_config, pipeline_config)
-            kind = executor or str(run_cfg.executor)
-            if kind == "processes" and int(run_cfg.num_workers or 1) > 1:
-                warm_up_workers()  # its imports overlap with the plate scan below
-        plan = compile_pipeline(
-            pipeline,
-            plate if isinstance(plate, PlateIndex) else str(plate),
-            str(staging),
-            global_config,
-            pipeline_config=pipeline_config,
-            layout=layout,
+        except _Interrupt as exc:
+            name = signal.Signals(exc.signum).name
+            raise RunInterrupted(
+                f"interrupted by {name} before any well ran; nothing was written",
+                signal_name=name,
+                exit_code=128 + exc.signum,
+            ) from None
+        selected = None if wells is None else set(normalize_well_filter(list(wells)))
+        if selected is not None:
+            unknown = sorted(selected - {w.well for w in plan.wells})
+            if unknown:
+                raise PipelineError(f"wells {unknown} are not wells of this run")
+        session = _Session(root, plan, executor, preload, progress, on_well_done, plate_url)
+        session.storage_options = storage_options
+        try:
+            mode, record = _prepare(
+                root,
+                plan,
+                overwrite=overwrite,
+                resume=resume,
+                rerun_failed=rerun_failed,
+                wells=wells,
+            )
+            session.started_new = mode == "new"
+            session.run_id = str(record["run_id"])
+            todo, skipped = session.plan_wells(mode, rerun_failed, selected)
+            results = session.execute(todo)
+            return session.finish(
+                results, skipped, post_run, t_start, time.perf_counter() - t0, mode
+            )
+        except _Interrupt as exc:
+            # a second signal while the workers are being stopped is only noted
+            raise session.interrupted(exc.signum, received) from None
+
+
+# --------------------------------------------------------------------------- a run
+
+
+class _Session:
+    """One invocation of :func:`run_pipeline` on one output."""
+
+    def __init__(
+        self,
+        root: OutputRoot,
+        plan: RunPlan,
+        executor: str | cf.Executor | None,
+        preload: Sequence[str],
+        progress: bool | None,
+        on_well_done: Callable[[WellResult], None] | None,
+        plate_url: str | None,
+    ):
+        self.root = root
+        self.plan = plan
+        self.executor = executor
+        self.preload = preload
+        self.progress = progress
+        self.on_well_done = on_well_done
+        self.plate_url = plate_url
+        self.storage_options: dict[str, Any] | None = None
+        self.started_new = False
+        self.run_id = ""
+        self.pool: WellPool | None = None
+        self.committed_now = 0
+        self.fsync = bool(plan.config.vfs.fsync) if plan.config.vfs is not None else True
+        self.notes: list[str] = []
+
+    # ------------------------------------------------------------------ what to run
+
+    def _zarr_stores(self) -> tuple[str, ...]:
+        stores = set()
+        for wp in self.plan.wells[:1]:
+            if wp.materialization_backend == Backend.ZARR.value:
+                stores.add(self.root.rel(wp.images_dir))
+        for step in self.plan.steps:
+            cp = step.checkpoint
+            if cp is not None and cp.backend == Backend.ZARR.value:
+                stores.add(self.root.rel(cp.directory))
+            if step.zarr_store is not None and (
+                step.writes_zarr_store or step.materialization_backend == Backend.ZARR.value
+            ):
+                stores.add(self.root.rel(step.zarr_store))
+        return tuple(sorted(stores))
+
+    def plan_wells(
+        self, mode: str, rerun_failed: bool, selected: set[str] | None
+    ) -> tuple[list[WellTask], dict[str, dict[str, Any]]]:
+        """Tasks to run now, and the committed records of the wells kept as they are."""
+        wells = [w.well for w in self.plan.wells]
+        records: dict[str, dict[str, Any] | None] = {}
+        if mode == "resume":
+            with cf.ThreadPoolExecutor(max_workers=8) as pool:
+                records = dict(
+                    zip(wells, pool.map(lambda w: read_record(self.root, w), wells), strict=True)
+                )
+        keep: dict[str, dict[str, Any]] = {}
+        to_verify = []
+        for w in wells:
+            rec = records.get(w)
+            if rec is None or (selected is not None and w in selected):
+                continue
+            if rec["status"] == "failed" and rerun_failed:
+                continue
+            if selected is not None and rec["status"] == "ok":
+                keep[w] = rec  # a subset run leaves the others as they are
+                continue
+            if rec["status"] == "ok":
+                to_verify.append(w)
+            else:
+                keep[w] = rec
+        with cf.ThreadPoolExecutor(max_workers=4) as pool:
+            problems = pool.map(lambda w: verify_record(self.root, records[w] or {}), to_verify)
+            for w, problem in zip(to_verify, problems, strict=True):
+                if problem is None:
+                    keep[w] = records[w] or {}
+                else:
+                    self.notes.append(f"well {w} is run again: {problem}")
+        stores = self._zarr_stores()
+        plate_root = None
+        plate_opts = None
+        if self.plate_url is not None and self.plan.plate.backend == INPUT_BACKEND:
+            plate_root, plate_opts = self.plate_url, self.storage_options
+        elif self.root.remote and self.plan.plate.backend == Backend.DISK.value:
+            plate_root = "/"  # a local plate: read through its own disk backend
+        tasks = []
+        for wp in self.plan.wells:
+            if wp.well in keep:
+                continue
+            if selected is not None and wp.well not in selected and mode == "resume":
+                continue
+            if selected is not None and wp.well not in selected and mode == "new":
+                continue
+            if plate_root is not None:
+                wp = replace(wp, input_backend=INPUT_BACKEND)
+            tasks.append(
+                WellTask(
+                    plan=wp,
+                    root=self.root,
+                    run_id=self.run_id,
+                    zarr_stores=stores,
+                    plate=plate_root,
+                    plate_options=plate_opts,
+                )
+            )
+        return tasks, keep
+
+    # ------------------------------------------------------------------ execution
+
+    def execute(self, tasks: list[WellTask]) -> dict[str, WellResult]:
+        """Run the tasks; results by well (every task ends with a result)."""
+        cfg = self.plan.config
+        workers = int(cfg.num_workers or 1)
+        retries = int(cfg.retries or 0)
+        kind: str | cf.Executor = self.executor if self.executor is not None else str(cfg.executor)
+        results: dict[str, WellResult] = {}
+        if not tasks:
+            self.pool = make_pool("inprocess", 1)
+            return results
+        self.pool = make_pool(
+            kind, workers, preload=self.preload, scheduler=cfg.scheduler, retries=retries
         )
-        results = _execute(plan, executor, preload, progress, on_well_done)
-        executor_info = _describe_executor(plan, executor)
-        plate_tables = _consolidate(results, staging)
-        if post_run is not None:
-            post_run(staging, results, plate_tables)
-        zarr_stores = {
-            o["path"]
-            for r in results
-            for o in r.outputs
-            if o.get("kind") in ("images", "checkpoint") and o.get("backend") == "zarr"
-        }
-        if zarr_stores:
+        pool = self.pool
+        bar = _progress(len(tasks), self.progress)
+        pending: deque[WellTask] = deque(tasks)
+        inflight: dict[cf.Future[WellResult], WellTask] = {}
+
+        def fill() -> None:
+            while pending and len(inflight) < pool.window:
+                task = pending.popleft()
+                inflight[pool.submit(run_well, task, task.plan.well)] = task
+
+        def give_up(task: WellTask, why: str) -> None:
+            result = _lost_result(task, why)
+            results[task.plan.well] = result
+            # recorded like any failed well, so that --rerun-failed finds it
+            write_json(
+                self.root,
+                record_rel(task.plan.well),
+                {
+                    "well": task.plan.well,
+                    "run_id": self.run_id,
+                    "attempt": task.attempt,
+                    "status": "failed",
+                    "files": {},
+                    "result": result.to_dict(),
+                },
+                fsync=self.fsync,
+            )
+            bar.update(1)
+
+        try:
+            fill()
+            while inflight:
+                done, _ = cf.wait(list(inflight), return_when=cf.FIRST_COMPLETED)
+                for fut in done:
+                    if fut not in inflight:
+                        continue  # dropped with a broken pool
+                    task = inflight.pop(fut)
+                    try:
+                        result = fut.result()
+                    except BrokenProcessPool:
+                        victims = [task, *inflight.values()]
+                        inflight.clear()
+                        lost = pool.lost([t.plan.well for t in victims])
+                        pool.restart()
+                        for t in reversed(victims):
+                            why = lost.get(t.plan.well)
+                            if why is None:
+                                pending.appendleft(t)  # a bystander: same attempt again
+                            elif t.attempt <= retries:
+                                pending.appendleft(replace(t, attempt=t.attempt + 1))
+                            else:
+                                give_up(t, f"{why} while running the well")
+                        break
+                    except Exception as exc:  # worker lost, storage failure...
+                        if task.attempt <= retries:
+                            pending.appendleft(replace(task, attempt=task.attempt + 1))
+                        else:
+                            give_up(task, f"{type(exc).__name__}: {exc}")
+                        continue
+                    results[task.plan.well] = result
+                    self.committed_now += result.status == "ok"
+                    bar.update(1)
+                    if self.on_well_done is not None:
+                        self.on_well_done(result)
+                    if result.status != "ok" and cfg.fail_fast:
+                        for other in inflight:
+                            other.cancel()
+                        raise StepExecutionError(
+                            f"well {task.plan.well} failed (fail_fast): {result.error_type}: "
+                            f"{result.error}\n{result.traceback}"
+                        )
+                fill()
+        except BaseException:
+            bar.close()
+            for other in inflight:  # a caller's own executor keeps running otherwise
+                other.cancel()
+            pool.kill()
+            self.pool = None
+            raise
+        bar.close()
+        pool.close()
+        return results
+
+    # ------------------------------------------------------------------ interruption
+
+    def interrupted(self, signum: int, received: list[int]) -> RunInterrupted:
+        """Stop every worker; keep the output if any well is committed, else remove it."""
+        name = signal.Signals(signum).name
+        code = 128 + signum
+        if self.pool is not None:
+            with contextlib.suppress(Exception):
+                self.pool.kill()
+        wells = [w.well for w in self.plan.wells]
+        try:
+            committed = _count_committed(self.root, wells) if self.run_id else 0
+        except Exception:
+            committed = 0
+        if self.started_new and committed == 0:
+            with contextlib.suppress(Exception):
+                self.root.remove()
+            msg = (
+                f"interrupted by {name}; no well was committed, the partial output "
+                f"{self.root.url} was removed"
+            )
+            return RunInterrupted(msg, signal_name=name, exit_code=code, kept=False)
+        msg = (
+            f"interrupted by {name}; {committed} of {len(wells)} wells committed, the output "
+            f"{self.root.url} was kept and is resumable (run again with --resume)"
+        )
+        return RunInterrupted(msg, signal_name=name, exit_code=code, kept=True)
+
+    # ------------------------------------------------------------------ plate level
+
+    def finish(
+        self,
+        results: dict[str, WellResult],
+        kept: dict[str, dict[str, Any]],
+        post_run: Callable[[Path, list[WellResult], dict[str, str]], None] | None,
+        t_start: float,
+        duration: float,
+        mode: str,
+    ) -> RunResult:
+        """Rebuild plate-level files from the committed wells; write the manifest last."""
+        root, plan = self.root, self.plan
+        ordered: list[WellResult] = []
+        files: dict[str, dict[str, Any]] = {}
+        for wp in plan.wells:
+            w = wp.well
+            if w in results:
+                res = results[w]
+                rec = read_record(root, w) if res.status == "ok" else None
+                if res.status == "ok" and rec is not None:
+                    files.update(rec.get("files") or {})
+            elif w in kept:
+                rec = kept[w]
+                res = WellResult(**_result_fields(rec.get("result") or {"well": w}))
+                if res.status == "ok":
+                    files.update(rec.get("files") or {})
+            else:
+                res = WellResult(well=w, status="not_run")
+            ordered.append(res)
+        ok_wells = {r.well for r in ordered if r.status == "ok"}
+        stores = self._zarr_stores()
+        for store in stores:  # the plate lists committed wells only
+            for wp in plan.wells:
+                if wp.well not in ok_wells:
+                    root.remove(zarr_well_rel(store, wp.well))
+        plate_tables = _consolidate(ordered, root, self.fsync)
+        plate_files = [f"{name}" for name in plate_tables.values()]
+        storage = root.storage_options if root.remote else None
+        present = [s for s in stores if root.files_below(s)]
+        if present:
             from hcsflow.pipeline._zarr_out import finalize_plates
 
-            finalize_plates(zarr_stores)
+            finalize_plates(
+                [root.store_url(root.vpath(s)) for s in present], storage_options=storage
+            )
+            for store in present:
+                well_groups = [zarr_well_rel(store, w) + "/" for w in ok_wells]
+                plate_files.extend(
+                    f
+                    for f in root.files_below(store)
+                    if not any(f.startswith(g) for g in well_groups)
+                )
+        if post_run is not None:
+            before = set(root.files_below(""))
+            post_run(Path(root.url), ordered, plate_tables)
+            plate_files.extend(
+                f
+                for f in root.files_below("")
+                if f not in before and not f.startswith(CONTROL_DIR + "/")
+            )
+        plate_files = sorted(set(plate_files) - set(files))
+        with cf.ThreadPoolExecutor(max_workers=8) as pool:
+            for rel, got in zip(plate_files, pool.map(root.sha256, plate_files), strict=True):
+                if got is not None:
+                    files[rel] = {"bytes": got[0], "sha256": got[1]}
+        assert self.pool is not None
         manifest = _manifest(
-            plan, results, plate_tables, staging, out, t_start, time.perf_counter() - t0
+            plan, ordered, plate_tables, files, root, t_start, duration, self.pool.describe()
         )
-        manifest["executor"] = executor_info
-        _atomic_write_text(staging / MANIFEST_NAME, json.dumps(manifest, indent=2, default=str))
-        _publish(staging, out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    for r in results:
-        r.outputs = [{**o, "path": _relative(str(o["path"]), staging)} for o in r.outputs]
-    return RunResult(
-        output_dir=str(out),
-        manifest_path=str(out / MANIFEST_NAME),
-        wells=results,
-        plate_tables=plate_tables,
-        duration_s=time.perf_counter() - t0,
-        manifest=manifest,
+        manifest["run"] = {
+            "run_id": self.run_id,
+            "mode": mode,
+            "wells_run": sorted(results),
+            "wells_kept": sorted(kept),
+            "notes": self.notes,
+            "retries": plan.config.retries,
+        }
+        write_json(root, MANIFEST_NAME, manifest, fsync=self.fsync)
+        return RunResult(
+            output_dir=root.url,
+            manifest_path=root.display(MANIFEST_NAME),
+            wells=ordered,
+            plate_tables=plate_tables,
+            duration_s=duration,
+            manifest=manifest,
+            skipped=sorted(kept),
+        )
+
+
+def _result_fields(d: dict[str, Any]) -> dict[str, Any]:
+    names = WellResult.__dataclass_fields__
+    return {k: v for k, v in d.items() if k in names}
+
+
+def _lost_result(task: WellTask, why: str) -> WellResult:
+    return WellResult(
+        well=task.plan.well,
+        status="failed",
+        error=f"well {task.plan.well}: {why} (attempt {task.attempt})",
+        error_type="WorkerLost",
+        started=time.time(),
     )
 
 
-def _describe_executor(plan: RunPlan, executor: str | cf.Executor | None) -> dict[str, Any]:
-    """How the wells ran, for the manifest (the start method matters for reproducing)."""
-    workers = int(plan.config.num_workers or 1)
-    if isinstance(executor, cf.Executor):
-        return {"kind": type(executor).__name__, "workers": workers, "start_method": None}
-    kind = executor or str(plan.config.executor)
-    in_process = kind == "inprocess" or (kind in ("threads", "processes") and workers == 1)
-    method = process_start_method() if kind == "processes" and not in_process else None
-    return {
-        "kind": "inprocess" if in_process else kind,
-        "workers": 1 if in_process else workers,
-        "start_method": method,
-    }
+def _consolidate(results: list[WellResult], root: OutputRoot, fsync: bool) -> dict[str, str]:
+    """Concatenate committed per-well tables into one plate CSV per special output key.
 
+    Rows come in plate order: wells as the plate lists them, then each well's groups,
+    then each table's own rows.  Tables with identical headers (the usual case: one
+    function made them all) are joined as text; otherwise pandas aligns the columns.
+    Only CSV files are joined: a table a materializer wrote into a zarr hierarchy (a zarr
+    group named ``*.csv``) stays per well.
+    """
+    by_key: dict[str, list[str]] = {}
+    for r in results:  # results are in plate order
+        if r.status != "ok":
+            continue
+        for o in r.outputs:
+            if o.get("kind") == "special_output" and str(o.get("path", "")).endswith(".csv"):
+                by_key.setdefault(o["key"], []).append(str(o["path"]))
+    plate: dict[str, str] = {}
+    backend = root.backend(fsync=fsync)
+    for key, rels in sorted(by_key.items()):
+        with cf.ThreadPoolExecutor(max_workers=8) as pool:
+            raws = [raw for raw in pool.map(root.read_bytes, rels) if raw is not None]
+        if not raws:
+            continue
+        texts = [raw.decode("utf-8") for raw in raws]
+        headers = {t.split("\n", 1)[0] for t in texts}
+        if len(headers) == 1:
+            header = headers.pop()
+            body = "".join(t.split("\n", 1)[1] if "\n" in t else "" for t in texts)
+            text = f"{header}\n{body}"
+        else:
+            import pandas as pd
 
-def _execute(
-    plan: RunPlan,
-    executor: str | cf.Executor | None,
-    preload: Sequence[str],
-    progress: bool | None,
-    on_well_done: Callable[[WellResult], None] | None,
-) -> list[WellResult]:
-    cfg = plan.config
-    workers = int(cfg.num_workers or 1)
-    if isinstance(executor, cf.Executor):
-        ex, close = executor, (lambda: None)
-    else:
-        ex, close = make_executor(executor or str(cfg.executor), workers, preload=preload)
-    results: dict[str, WellResult] = {}
-    bar = _progress(len(plan.wells), progress)
-    # A bounded window of submitted wells: the queue never holds the whole plate, and
-    # fail_fast stops submitting (an in-process executor runs each well at submission).
-    window = 1 if isinstance(ex, InProcessExecutor) else 2 * workers
-    pending = iter(plan.wells)
-    inflight: dict[cf.Future[WellResult], str] = {}
-
-    def fill() -> None:
-        while len(inflight) < window:
-            well_plan = next(pending, None)
-            if well_plan is None:
-                return
-            inflight[ex.submit(execute_well, well_plan)] = well_plan.well
-
-    try:
-        fill()
-        while inflight:
-            done, _ = cf.wait(list(inflight), return_when=cf.FIRST_COMPLETED)
-            for fut in done:
-                well = inflight.pop(fut)
-                result = fut.result()
-                results[well] = result
-                bar.update(1)
-                if on_well_done is not None:
-                    on_well_done(result)
-                if result.status != "ok" and cfg.fail_fast:
-                    for other in inflight:
-                        other.cancel()
-                    raise StepExecutionError(
-                        f"well {well} failed (fail_fast): {result.error_type}: {result.error}\n"
-                        f"{result.traceback}"
-                    )
-            fill()
-    finally:
-        bar.close()
-        close()
-    return [results[w.well] for w in plan.wells]
+            frames = [pd.read_csv(io.StringIO(t)) for t in texts if t.strip()]
+            text = pd.concat(frames, ignore_index=True).to_csv(index=False)
+        name = f"{key}.csv"
+        backend.save(text, root.vpath(name), overwrite=True)
+        plate[key] = name
+    return plate
 
 
 def _manifest(
     plan: RunPlan,
     results: list[WellResult],
     plate_tables: dict[str, str],
-    staging: Path,
-    out: Path,
+    files: dict[str, dict[str, Any]],
+    root: OutputRoot,
     t_start: float,
     duration: float,
+    executor: dict[str, Any],
 ) -> dict[str, Any]:
-    paths = sorted(p for p in staging.rglob("*") if p.is_file())
-    # hashlib releases the GIL on large buffers: hash files in parallel threads
-    with cf.ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
-        digests = list(pool.map(_sha256, paths))
-    files = {
-        p.relative_to(staging).as_posix(): {"bytes": p.stat().st_size, "sha256": d}
-        for p, d in zip(paths, digests, strict=True)
-    }
     wells: dict[str, Any] = {}
     for r in results:
         d = r.to_dict()
         outputs = []
         for o in r.outputs:
-            rel = _relative(str(o["path"]), staging)
-            entry = {**o, "path": rel}
-            if rel in files:  # a file (folders such as images/ are listed under "files")
-                entry["sha256"] = files[rel]["sha256"]
+            entry = dict(o)
+            meta = files.get(str(o.get("path")))
+            if meta is not None:  # a file (folders such as images/ are listed under "files")
+                entry["sha256"] = meta["sha256"]
             outputs.append(entry)
         d["outputs"] = outputs
         wells[r.well] = d
     n_ok = sum(r.status == "ok" for r in results)
+    n_failed = sum(r.status == "failed" for r in results)
     images = sum(r.images_in for r in results)
     return {
-        "hcsflow_manifest": 1,
-        "output_dir": str(out),
+        "hcsflow_manifest": 2,
+        "output_dir": root.url,
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t_start)),
         "duration_s": duration,
         "plate": plan.plate.summary(),
         "pipeline": describe_steps(plan.steps, plan.output_dir),
         "config": config_to_dict(plan.config),
         "versions": dict(_versions()),
+        "executor": executor,
         "summary": {
             "wells": len(results),
             "wells_ok": n_ok,
-            "wells_failed": len(results) - n_ok,
+            "wells_failed": n_failed,
+            "wells_not_run": len(results) - n_ok - n_failed,
             "images_in": images,
             "images_per_s": images / duration if duration > 0 else None,
             "conversion_bytes": sum(r.conversion_bytes for r in results),
         },
         "plate_tables": plate_tables,
         "wells": wells,
-        "files": files,
+        "files": dict(sorted(files.items())),
     }

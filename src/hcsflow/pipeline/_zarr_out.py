@@ -42,6 +42,8 @@ def write_well_zarr(
     coords: Sequence[ImageCoordinates],
     arrays: Sequence[np.ndarray],
     zarr_config: Any,
+    *,
+    storage_options: dict[str, Any] | None = None,
 ) -> None:
     """Write one well's 2-D images as OME-Zarr field images, one field per site."""
     sites, chans, zs, ts = _grid(coords, "images", well)
@@ -54,7 +56,9 @@ def write_well_zarr(
         ]
         arr = np.asarray(planes)  # (t, c, z, y, x)
         fields[f] = arr if len(ts) > 1 else arr[0]
-    zp.write_well(store, well, fields, zarr_config, update_plate=False)
+    zp.write_well(
+        store, well, fields, zarr_config, update_plate=False, storage_options=storage_options
+    )
 
 
 def write_labels_zarr(
@@ -64,6 +68,8 @@ def write_labels_zarr(
     labels: np.ndarray,
     slice_coords: Sequence[ImageCoordinates],
     zarr_config: Any,
+    *,
+    storage_options: dict[str, Any] | None = None,
 ) -> str:
     """Write a label stack (one plane per entry of ``slice_coords``) as NGFF labels.
 
@@ -80,10 +86,16 @@ def write_labels_zarr(
     for f, site in enumerate(all_sites):
         planes = sorted((c.z, i) for i, c in enumerate(slice_coords) if c.field == site)
         stack = np.stack([labels[i] for _, i in planes])
-        keys.append(zp.write_labels(store, well, f, name, stack, zarr_config))
+        keys.append(
+            zp.write_labels(
+                store, well, f, name, stack, zarr_config, storage_options=storage_options
+            )
+        )
     return keys[0]
 
 
-def finalize_plates(stores: Iterable[str]) -> list[Any]:
+def finalize_plates(
+    stores: Iterable[str], *, storage_options: dict[str, Any] | None = None
+) -> list[Any]:
     """Rebuild each plate's metadata once, after all wells are written."""
-    return [zp.finalize_plate(s) for s in sorted(set(stores))]
+    return [zp.finalize_plate(s, storage_options=storage_options) for s in sorted(set(stores))]

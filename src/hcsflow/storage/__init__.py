@@ -4,6 +4,7 @@ from hcsflow.storage._base import IMAGE_EXTENSIONS, Backend, EntryKind, FileInfo
 from hcsflow.storage._codecs import Codec, CodecRegistry, default_codecs, to_host_array
 from hcsflow.storage._disk import DiskStorageBackend
 from hcsflow.storage._filemanager import FileManager
+from hcsflow.storage._fsspec import FsspecStorageBackend
 from hcsflow.storage._memory import MemoryStorageBackend
 from hcsflow.storage._registry import (
     BackendRegistry,
@@ -33,6 +34,7 @@ __all__ = [
     "Codec",
     "CodecRegistry",
     "DiskStorageBackend",
+    "FsspecStorageBackend",
     "MemoryStorageBackend",
     "default_codecs",
     "to_host_array",

@@ -1,0 +1,255 @@
+"""Per-well commits: a well's outputs are written, then one small record commits them.
+
+Layout of a run's output (a local directory or an fsspec URL)::
+
+    .hcsflow/run.json          written first: run id, fingerprint, planned wells
+    .hcsflow/wells/<well>.json a well's commit record, written last for that well
+    images/ results/ ...       the wells' outputs
+    <key>.csv, manifest.json   plate-level files, rebuilt from committed wells at the end
+
+A commit record lists every file the well wrote with its size and sha256, and the
+well's result (status, timings, errors).  A well without a record is not done, whatever
+files it left: readers go by records and the manifest, and a retried or resumed well
+replaces such leftovers.  :func:`run_well` is what every executor runs for a well; it
+takes and returns small objects only (plans and results, never image data), so with a
+Dask cluster almost nothing passes through the client.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import hashlib
+import inspect
+import json
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+from hcsflow import paths as vpaths
+from hcsflow.pipeline._compiler import RunPlan, WellPlan, describe_steps
+from hcsflow.pipeline._config import config_to_dict
+from hcsflow.pipeline._execute import WellResult, execute_well
+from hcsflow.pipeline._output import OutputRoot, WellSink
+from hcsflow.storage.plate import parse_well
+
+__all__ = [
+    "CONTROL_DIR",
+    "RUN_RECORD",
+    "WellTask",
+    "run_well",
+    "record_rel",
+    "read_record",
+    "read_run_record",
+    "write_json",
+    "fingerprint",
+    "fingerprint_diff",
+    "verify_record",
+    "zarr_well_rel",
+    "EXECUTION_FIELDS",
+]
+
+CONTROL_DIR = ".hcsflow"
+RUN_RECORD = f"{CONTROL_DIR}/run.json"
+WELLS_DIR = f"{CONTROL_DIR}/wells"
+#: configuration fields that say how wells run, not what they compute: a resume may
+#: change them
+EXECUTION_FIELDS = ("num_workers", "executor", "fail_fast", "well_filter", "scheduler", "retries")
+
+
+def record_rel(well: str) -> str:
+    """Relative path of a well's commit record."""
+    return f"{WELLS_DIR}/{well}.json"
+
+
+def zarr_well_rel(store_rel: str, well: str) -> str:
+    """Relative path of a well's group in an OME-Zarr plate (``images.zarr/A/1``)."""
+    pos = parse_well(well)
+    return f"{store_rel}/{pos.row_name}/{pos.column + 1}"
+
+
+def write_json(
+    root: OutputRoot, rel: str, doc: dict[str, Any], *, fsync: bool = True, create: bool = False
+) -> None:
+    """Write a small JSON record atomically (temp + rename, or one PUT).
+
+    ``create`` refuses an existing record (:class:`AlreadyExistsError`): of two runs
+    starting in one place at once, exactly one creates the run record.
+    """
+    backend = root.backend(fsync=fsync)
+    vp = root.vpath(rel)
+    backend.ensure_directory(vpaths.parent(vp))
+    backend.save(json.dumps(doc, indent=1, default=str), vp, overwrite=not create)
+
+
+def _read_json(root: OutputRoot, rel: str) -> dict[str, Any] | None:
+    raw = root.read_bytes(rel)
+    if raw is None:
+        return None
+    try:
+        doc = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+def read_record(root: OutputRoot, well: str) -> dict[str, Any] | None:
+    """A well's commit record, or ``None`` (absent or unreadable: not committed)."""
+    doc = _read_json(root, record_rel(well))
+    if doc is None or doc.get("well") != well or doc.get("status") not in ("ok", "failed"):
+        return None
+    return doc
+
+
+def read_run_record(root: OutputRoot) -> dict[str, Any] | None:
+    """The run record written when the run started, or ``None``."""
+    return _read_json(root, RUN_RECORD)
+
+
+# --------------------------------------------------------------------------- the task
+
+
+@dataclass(frozen=True)
+class WellTask:
+    """One well to run: its plan, where it writes, and what it may replace."""
+
+    plan: WellPlan
+    root: OutputRoot
+    run_id: str
+    zarr_stores: tuple[str, ...] = ()
+    """Relative paths of the OME-Zarr plates the well writes into (images, checkpoints)."""
+    plate: str | None = None
+    plate_options: dict[str, Any] | None = None
+    attempt: int = 1
+
+
+def run_well(task: WellTask) -> WellResult:
+    """Run one well and commit it: outputs first, then the commit record, last.
+
+    An earlier record of the well is removed before anything is written, and the well's
+    groups in the run's OME-Zarr plates are cleared (leftovers of a crashed attempt), so
+    a well run twice ends with exactly one complete result.  A failed well's files are
+    removed and a record with status ``failed`` is written.  Errors of the storage
+    itself (the record cannot be written) are raised, so the executor can retry.
+    """
+    root, plan = task.root, task.plan
+    root.remove_files([record_rel(plan.well)])
+    groups = [zarr_well_rel(store, plan.well) for store in task.zarr_stores]
+    for group in groups:
+        root.remove(group)
+    sink = WellSink(root, plan.fsync, task.plate, task.plate_options)
+    result = execute_well(replace(plan, output=sink))
+    result.outputs = [{**o, "path": root.rel(str(o["path"]))} for o in result.outputs]
+    written = sink.written()
+    doc: dict[str, Any] = {
+        "well": plan.well,
+        "run_id": task.run_id,
+        "attempt": task.attempt,
+        "committed": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "status": result.status,
+        "host": os.uname().nodename if hasattr(os, "uname") else None,
+        "pid": os.getpid(),
+    }
+    if result.status == "ok":
+        files = list(written)
+        for group in groups:
+            files.extend(root.files_below(group))
+        doc["files"] = _checksums(root, files)
+    else:
+        root.remove_files(written)
+        for group in groups:
+            root.remove(group)
+        doc["files"] = {}
+    doc["result"] = result.to_dict()
+    write_json(root, record_rel(plan.well), doc, fsync=plan.fsync)
+    return result
+
+
+def _checksums(root: OutputRoot, rels: Sequence[str]) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    rels = sorted(set(rels))
+    # hashlib releases the GIL on large buffers, and object stores answer in parallel
+    with cf.ThreadPoolExecutor(max_workers=min(8, max(1, len(rels)))) as pool:
+        for rel, got in zip(rels, pool.map(root.sha256, rels), strict=True):
+            if got is None:
+                raise FileNotFoundError(f"{root.display(rel)} vanished before its commit")
+            out[rel] = {"bytes": got[0], "sha256": got[1]}
+    return out
+
+
+def verify_record(root: OutputRoot, record: dict[str, Any]) -> str | None:
+    """Why a committed well's files do not match its record (``None``: they match)."""
+    files = record.get("files") or {}
+    rels = sorted(files)
+    with cf.ThreadPoolExecutor(max_workers=min(8, max(1, len(rels)))) as pool:
+        for rel, got in zip(rels, pool.map(root.sha256, rels), strict=True):
+            if got is None:
+                return f"{rel} is missing"
+            if got[0] != files[rel]["bytes"] or got[1] != files[rel]["sha256"]:
+                return f"{rel} changed since it was committed"
+    return None
+
+
+# --------------------------------------------------------------------------- fingerprint
+
+
+def _code_digest(func: Callable[..., Any]) -> str | None:
+    target = getattr(func, "__wrapped__", func)
+    try:
+        source = inspect.getsource(target)
+    except (OSError, TypeError):
+        return None
+    return hashlib.sha256(source.encode()).hexdigest()[:16]
+
+
+def _value_digest(value: Any) -> Any:
+    if isinstance(value, (int, float, str, bool)) or value is None:
+        return value
+    shape = getattr(value, "shape", None)
+    tobytes = getattr(value, "tobytes", None)
+    if shape is not None and callable(tobytes):
+        digest = hashlib.sha256(tobytes()).hexdigest()[:16]
+        return f"array{tuple(shape)} {getattr(value, 'dtype', '')} sha256:{digest}"
+    return repr(value)
+
+
+def fingerprint(plan: RunPlan) -> dict[str, Any]:
+    """What a run computes: pipeline (functions, code, arguments), configuration, plate.
+
+    Two runs with equal fingerprints produce the same outputs; a resume requires it.
+    """
+    steps = describe_steps(plan.steps, plan.output_dir)
+    for desc, step in zip(steps, plan.steps, strict=True):
+        for key, chain in step.calls.items():
+            for fdesc, call in zip(desc["functions"][str(key)], chain, strict=True):
+                fdesc["kwargs"] = {k: _value_digest(v) for k, v in call.kwargs.items()}
+                fdesc["code"] = _code_digest(call.func)
+    config = config_to_dict(plan.config)
+    for name in EXECUTION_FIELDS:
+        config.pop(name, None)
+    summary = dict(plan.plate.summary())
+    return {"pipeline": steps, "config": config, "plate": summary}
+
+
+def fingerprint_diff(old: Any, new: Any, where: str = "") -> list[str]:
+    """Human-readable differences between two fingerprints (``where: old -> new``)."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        out = []
+        for key in sorted(set(old) | set(new), key=str):
+            sub = f"{where}.{key}" if where else str(key)
+            if key not in old:
+                out.append(f"{sub}: added ({new[key]!r})")
+            elif key not in new:
+                out.append(f"{sub}: removed (was {old[key]!r})")
+            else:
+                out.extend(fingerprint_diff(old[key], new[key], sub))
+        return out
+    if isinstance(old, list) and isinstance(new, list):
+        if len(old) != len(new):
+            return [f"{where}: {len(old)} entries -> {len(new)}"]
+        out = []
+        for i, (a, b) in enumerate(zip(old, new, strict=True)):
+            out.extend(fingerprint_diff(a, b, f"{where}[{i}]"))
+        return out
+    return [] if old == new else [f"{where}: {old!r} -> {new!r}"]

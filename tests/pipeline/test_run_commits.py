@@ -1,0 +1,589 @@
+"""Runs that survive: per-well commits, resume, re-running failed wells and subsets, a
+changed pipeline refused, object storage (moto S3 on 127.0.0.1), a Dask cluster losing a
+worker, the client killed, SIGTERM/SIGINT, and plain scripts with process workers."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import tifffile
+
+from hcsflow.cli._synthetic import make_synthetic_plate
+from hcsflow.errors import PipelineError, RunDirectoryError
+from hcsflow.pipeline import FunctionStep, GlobalPipelineConfig, VFSConfig, run_pipeline
+
+ROOT = Path(__file__).resolve().parents[2]
+COUNTING = [
+    FunctionStep(func="gaussian_filter", sigma=1.0),
+    FunctionStep(func="count_cells", min_size=20),
+    FunctionStep(func="measure_objects"),
+]
+
+
+def cfg(**kw):
+    kw.setdefault("executor", "inprocess")
+    return GlobalPipelineConfig(**kw)
+
+
+@pytest.fixture(scope="module")
+def plate(tmp_path_factory):
+    root = tmp_path_factory.mktemp("plate")
+    return make_synthetic_plate(
+        root / "plate", 4, sites=2, size=96, min_cells=4, max_cells=10, radius=5, seed=5
+    )
+
+
+def assert_same_outputs(a: Path, b: Path) -> int:
+    """Every image, label image and table of run ``a`` equals run ``b``'s; returns a count."""
+    checked = 0
+    tifs = sorted(p.relative_to(a) for p in a.rglob("*.tif"))
+    assert tifs == sorted(p.relative_to(b) for p in b.rglob("*.tif"))
+    for rel in tifs:
+        np.testing.assert_array_equal(tifffile.imread(a / rel), tifffile.imread(b / rel))
+        checked += 1
+    tables = sorted(p.relative_to(a) for p in a.rglob("*.csv"))
+    assert tables == sorted(p.relative_to(b) for p in b.rglob("*.csv"))
+    for rel in tables:
+        pd.testing.assert_frame_equal(pd.read_csv(a / rel), pd.read_csv(b / rel))
+        checked += 1
+    for store in sorted(p.relative_to(a) for p in a.glob("*.zarr")):
+        from hcsflow.storage import open_image, open_plate, read_labels
+
+        pa, pb = open_plate(str(a / store)), open_plate(str(b / store))
+        assert pa.wells == pb.wells
+        for well in pa.wells:
+            for field in range(pa.field_count or 1):
+                for reader in (open_image, lambda s, w, f: read_labels(s, w, f, "masks")):
+                    np.testing.assert_array_equal(
+                        np.asarray(reader(str(a / store), well, field)[...]),
+                        np.asarray(reader(str(b / store), well, field)[...]),
+                    )
+                    checked += 1
+    return checked
+
+
+def manifest(out: Path) -> dict:
+    return json.loads((out / "manifest.json").read_text())
+
+
+# --------------------------------------------------------------------------- commits
+
+
+def test_each_well_is_committed_with_checksums(plate, tmp_path):
+    out = tmp_path / "o"
+    res = run_pipeline(COUNTING, plate.root, out, cfg())
+    assert res.ok
+    for well in ("A01", "A04"):
+        rec = json.loads((out / f".hcsflow/wells/{well}.json").read_text())
+        assert rec["status"] == "ok" and rec["well"] == well
+        assert f"images/{well}/{well}_s1_w1.tif" in rec["files"]
+        assert f"results/count_cells/{well}_cell_counts.json" in rec["files"]
+        for rel, meta in rec["files"].items():
+            import hashlib
+
+            assert hashlib.sha256((out / rel).read_bytes()).hexdigest() == meta["sha256"]
+    m = manifest(out)
+    assert "cell_counts.csv" in m["files"] and "images/A02/A02_s2_w1.tif" in m["files"]
+    assert m["run"]["mode"] == "new" and m["run"]["wells_run"] == ["A01", "A02", "A03", "A04"]
+
+
+def test_resume_skips_verified_wells_and_reruns_tampered_ones(plate, tmp_path):
+    clean = tmp_path / "clean"
+    run_pipeline(COUNTING, plate.root, clean, cfg())
+    out = tmp_path / "o"
+    run_pipeline(COUNTING, plate.root, out, cfg(), wells=["A01", "A02", "A03"])
+    m = manifest(out)
+    assert m["wells"]["A04"]["status"] == "not_run" and m["summary"]["wells_not_run"] == 1
+    # a committed file changed behind hcsflow's back: its well is run again
+    tifffile.imwrite(out / "images/A02/A02_s1_w1.tif", np.zeros((96, 96), np.float32))
+    ran = []
+    res = run_pipeline(
+        COUNTING, plate.root, out, cfg(), resume=True, on_well_done=lambda r: ran.append(r.well)
+    )
+    assert res.ok and ran == ["A02", "A04"] and res.skipped == ["A01", "A03"]
+    assert any("A02" in n and "changed" in n for n in manifest(out)["run"]["notes"])
+    assert assert_same_outputs(out, clean) > 20
+
+
+def test_rerun_failed_and_subset_of_wells(tmp_path):
+    root = tmp_path / "p"
+    root.mkdir()
+    for w, v in (("A01", 0), ("A02", 5), ("A03", 0)):
+        tifffile.imwrite(root / f"{w}_s1_w1.tif", np.full((8, 8), v, np.uint16))
+    flag = tmp_path / "detector-broken"
+    flag.touch()
+    step = FunctionStep(func=_fails_while_flag, flag=str(flag))
+    res = run_pipeline([step], str(root), tmp_path / "o", cfg())
+    assert [w.status for w in res.wells] == ["ok", "failed", "ok"]
+    assert not (tmp_path / "o/images/A02").exists()  # a failed well leaves no files
+    flag.unlink()
+    seen_manifest = []
+    ran = []
+    res = run_pipeline(
+        [step],
+        str(root),
+        tmp_path / "o",
+        cfg(),
+        rerun_failed=True,
+        on_well_done=lambda r: (
+            ran.append(r.well),
+            seen_manifest.append((tmp_path / "o/manifest.json").exists()),
+        ),
+    )
+    assert res.ok and ran == ["A02"]
+    assert seen_manifest == [False]  # while wells change, the run is not presented as done
+    assert (tmp_path / "o/images/A02/A02_s1_w1.tif").is_file()
+    # --wells runs exactly those wells again, whatever their state
+    res = run_pipeline([step], str(root), tmp_path / "o", cfg(), wells=["a3"])
+    assert res.ok and manifest(tmp_path / "o")["run"]["wells_run"] == ["A03"]
+    with pytest.raises(PipelineError, match=r"wells \['H12'\] are not wells of this run"):
+        run_pipeline([step], str(root), tmp_path / "o", cfg(), wells=["H12"])
+
+
+def _fails_while_flag(stack, flag):
+    if stack.mean() > 0 and os.path.exists(flag):
+        raise RuntimeError("detector saturated")
+    return stack
+
+
+def test_resume_with_a_changed_pipeline_is_refused(plate, tmp_path):
+    out = tmp_path / "o"
+    run_pipeline(COUNTING, plate.root, out, cfg(), wells=["A01"])
+    changed = [FunctionStep(func="gaussian_filter", sigma=2.0), *COUNTING[1:]]
+    with pytest.raises(RunDirectoryError, match=r"kwargs\.sigma: 1\.0 -> 2\.0"):
+        run_pipeline(changed, plate.root, out, cfg(), resume=True)
+    with pytest.raises(RunDirectoryError, match="materialization_backend: 'disk' -> 'zarr'"):
+        run_pipeline(
+            COUNTING,
+            plate.root,
+            out,
+            cfg(vfs=VFSConfig(materialization_backend="zarr")),
+            resume=True,
+        )
+    # how wells run may change; what they compute may not
+    res = run_pipeline(
+        COUNTING, plate.root, out, cfg(executor="threads", num_workers=2), resume=True
+    )
+    assert res.ok and res.skipped == ["A01"]
+    with pytest.raises(RunDirectoryError, match="holds no run"):
+        run_pipeline(COUNTING, plate.root, tmp_path / "empty", cfg(), resume=True)
+
+
+def test_zarr_run_resumes_to_the_same_plate(plate, tmp_path):
+    zcfg = cfg(vfs=VFSConfig(materialization_backend="zarr"))
+    clean, out = tmp_path / "clean", tmp_path / "o"
+    run_pipeline(COUNTING, plate.root, clean, zcfg)
+    run_pipeline(COUNTING, plate.root, out, zcfg, wells=["A02", "A03"])
+    from hcsflow.storage import open_plate
+
+    assert open_plate(str(out / "images.zarr")).wells == ("A02", "A03")
+    # a crashed attempt's half-written well is replaced, never listed
+    shutil_copy = __import__("shutil").copytree
+    shutil_copy(clean / "images.zarr/A/4", out / "images.zarr/A/4")
+    res = run_pipeline(COUNTING, plate.root, out, zcfg, resume=True)
+    assert res.ok and res.skipped == ["A02", "A03"]
+    assert assert_same_outputs(out, clean) > 10
+
+
+# --------------------------------------------------------------------------- object storage
+
+
+@pytest.mark.parametrize("backend", ["disk", "zarr"])
+def test_run_from_a_local_plate_to_s3(plate, tmp_path, s3_bucket, backend):
+    import fsspec
+
+    url, opts = s3_bucket
+    config = cfg(executor="threads", num_workers=2, vfs=VFSConfig(materialization_backend=backend))
+    res = run_pipeline(COUNTING, plate.root, f"{url}/runs/r1", config, storage_options=opts)
+    assert res.ok, res.failed[0].traceback if res.failed else ""
+    assert res.output_dir == f"{url}/runs/r1"
+    local = tmp_path / "local"
+    run_pipeline(COUNTING, plate.root, local, config)
+    fs, _ = fsspec.core.url_to_fs(url, **opts)
+    copy = tmp_path / "copy"
+    fs.get(f"{url}/runs/r1/", str(copy), recursive=True)
+    assert assert_same_outputs(copy, local) > 10
+    m = json.loads((copy / "manifest.json").read_text())
+    assert m["output_dir"] == f"{url}/runs/r1" and m["summary"]["wells_ok"] == 4
+    masks = [o for o in m["wells"]["A01"]["outputs"] if o.get("key") == "masks"][0]
+    if backend == "zarr":
+        assert masks["path"] == "images.zarr/A/1/0/labels/masks"
+    else:
+        assert masks["path"] == "results/count_cells/A01_masks.tif" and "sha256" in masks
+    # the plate and the output both on S3, resumed after a partial run
+    fs.put(str(Path(plate.root)) + "/", f"{url}/plates/p1/", recursive=True)
+    out2 = f"{url}/runs/r2"
+    run_pipeline(COUNTING, f"{url}/plates/p1", out2, config, storage_options=opts, wells=["A01"])
+    res = run_pipeline(
+        COUNTING, f"{url}/plates/p1", out2, config, storage_options=opts, resume=True
+    )
+    assert res.ok and res.skipped == ["A01"]
+    copy2 = tmp_path / "copy2"
+    fs.get(f"{out2}/", str(copy2), recursive=True)
+    assert assert_same_outputs(copy2, local) > 10
+
+
+# --------------------------------------------------------------------------- Dask
+
+
+def _slow(stack, seconds):
+    time.sleep(seconds)
+    return stack
+
+
+def test_dask_scheduler_address_and_a_worker_killed_mid_run(plate, tmp_path):
+    pytest.importorskip("distributed")
+    from distributed import Client, LocalCluster
+
+    steps = [FunctionStep(func=_slow, seconds=0.6), *COUNTING]
+    clean = tmp_path / "clean"
+    run_pipeline(steps, plate.root, clean, cfg())
+    out = tmp_path / "o"
+    with (
+        LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, dashboard_address="127.0.0.1:0"
+        ) as cluster,
+        Client(cluster) as client,
+    ):
+        pids = client.run(os.getpid)
+        killed = []
+
+        def kill_one_worker_mid_well() -> None:
+            # once a well is running on every worker, SIGKILL one of them
+            while not killed:
+                tasks = client.processing()
+                if sum(len(v) for v in tasks.values()) >= 2:
+                    addr = next(a for a, v in tasks.items() if v)
+                    time.sleep(0.2)
+                    os.kill(pids[addr], signal.SIGKILL)
+                    killed.append(addr)
+                time.sleep(0.05)
+
+        killer = threading.Thread(target=kill_one_worker_mid_well, daemon=True)
+        killer.start()
+        res = run_pipeline(
+            steps,
+            plate.root,
+            out,
+            cfg(executor="dask", scheduler=cluster.scheduler_address, num_workers=2),
+        )
+        killer.join(10)
+    assert killed, "no worker was killed"
+    assert res.ok, [w.error for w in res.failed]
+    assert manifest(out)["executor"]["scheduler"].startswith("tcp://127.0.0.1:")
+    assert assert_same_outputs(out, clean) > 20
+
+
+# --------------------------------------------------------------------------- processes
+
+
+PIPELINE_FILE = """
+import time
+from hcsflow.pipeline import FunctionStep
+
+def slow(stack, seconds):
+    time.sleep(seconds)
+    return stack
+
+pipeline = [
+    FunctionStep(func=slow, seconds={seconds}),
+    FunctionStep(func="gaussian_filter", sigma=1.0),
+    FunctionStep(func="count_cells", min_size=20),
+    FunctionStep(func="measure_objects"),
+]
+"""
+
+
+def _cli(args: list[str], **kw) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    return subprocess.Popen(
+        [sys.executable, "-m", "hcsflow.cli", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        start_new_session=True,
+        **kw,
+    )
+
+
+def _finish(p: subprocess.Popen, timeout: float = 120) -> tuple[int, str, str]:
+    out, err = p.communicate(timeout=timeout)
+    return p.returncode, out, err
+
+
+def _wait_for(predicate, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out")
+        time.sleep(0.05)
+
+
+def _committed(out: Path) -> int:
+    return len(list((out / ".hcsflow/wells").glob("*.json"))) if out.exists() else 0
+
+
+def _descendants(pid: int) -> list:
+    psutil = pytest.importorskip("psutil")
+    return psutil.Process(pid).children(recursive=True)
+
+
+def _all_gone(procs, timeout: float = 5.0) -> list:
+    psutil = pytest.importorskip("psutil")
+    _, alive = psutil.wait_procs(procs, timeout=timeout)
+    return alive
+
+
+@pytest.fixture(scope="module")
+def big_plate(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bigplate")
+    return make_synthetic_plate(
+        root / "plate", 8, sites=1, size=96, min_cells=4, max_cells=10, radius=5, seed=7
+    )
+
+
+def test_client_sigkilled_mid_run_then_resume_equals_clean_run(big_plate, tmp_path):
+    pipe = tmp_path / "pipe.py"
+    pipe.write_text(PIPELINE_FILE.format(seconds=0.4))
+    clean = tmp_path / "clean"
+    code, _, err = _finish(
+        _cli(["run", str(pipe), big_plate.root, "--out", str(clean), "--workers", "2"])
+    )
+    assert code == 0, err
+    out = tmp_path / "o"
+    p = _cli(["run", str(pipe), big_plate.root, "--out", str(out), "--workers", "2"])
+    _wait_for(lambda: _committed(out) >= 2)
+    workers = _descendants(p.pid)
+    os.kill(p.pid, signal.SIGKILL)
+    _finish(p, 10)
+    assert _all_gone(workers, timeout=15) == []  # orphans notice and exit
+    assert 2 <= _committed(out) < 8 and not (out / "manifest.json").exists()
+    code, _, err = _finish(
+        _cli(["run", str(pipe), big_plate.root, "--out", str(out), "--workers", "2"])
+    )
+    assert code == 2 and "interrupted run" in err
+    p = _cli(["run", str(pipe), big_plate.root, "--out", str(out), "--workers", "2", "--resume"])
+    stdout, stderr = p.communicate(timeout=120)
+    assert p.returncode == 0, stderr
+    assert "kept from before" in stdout
+    assert assert_same_outputs(out, clean) > 16
+
+
+@pytest.mark.parametrize(
+    ("executor", "signum", "code"),
+    [
+        ("processes", signal.SIGTERM, 143),
+        ("processes", signal.SIGINT, 130),
+        ("dask", signal.SIGTERM, 143),
+    ],
+)
+def test_signal_stops_every_process_with_one_line(big_plate, tmp_path, executor, signum, code):
+    if executor == "dask":
+        pytest.importorskip("distributed")
+    pipe = tmp_path / "pipe.py"
+    pipe.write_text(PIPELINE_FILE.format(seconds=1.0))
+    out = tmp_path / "o"
+    p = _cli(
+        ["run", str(pipe), big_plate.root, "--out", str(out), "--workers", "2"]
+        + ["--executor", executor]
+    )
+    _wait_for(lambda: _committed(out) >= 1)
+    procs = _descendants(p.pid)
+    assert len(procs) >= 3  # two workers and the fork server (or the Dask nannies)
+    t0 = time.monotonic()
+    # SIGINT as a terminal's Ctrl-C sends it: to the whole process group
+    if signum == signal.SIGINT:
+        os.killpg(p.pid, signum)
+    else:
+        os.kill(p.pid, signum)
+    stdout, stderr = p.communicate(timeout=30)
+    assert p.returncode == code, stderr
+    assert time.monotonic() - t0 < 10
+    assert _all_gone(procs, timeout=5) == []
+    lines = [ln for ln in stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "Traceback" not in stderr, stderr
+    name = signal.Signals(signum).name
+    assert f"interrupted by {name}" in lines[0] and "kept and is resumable" in lines[0]
+    n = _committed(out)
+    assert 1 <= n < 8
+    # the next run into the same place reports the partial output
+    code, _, err = _finish(_cli(["run", str(pipe), big_plate.root, "--out", str(out)]), 60)
+    assert code == 2 and f"interrupted run ({n} of 8 wells committed)" in err
+
+
+def test_readme_example_runs_as_a_plain_script(tmp_path):
+    text = (ROOT / "README.md").read_text()
+    blocks = [b.split("```", 1)[0] for b in text.split("```python\n")[1:]]
+    example = next(b for b in blocks if "run_pipeline(" in b)
+    make_synthetic_plate(tmp_path / "plate", 4, sites=1, size=64, min_cells=2, max_cells=5)
+    script = tmp_path / "example.py"
+    script.write_text(example + "\nprint('wells ok:', result.ok, len(result.wells))\n")
+    assert "__main__" not in example and "num_workers=2" in example
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    done = subprocess.run(
+        [sys.executable, str(script)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "wells ok: True 4" in done.stdout
+
+
+def test_plain_script_with_its_own_function_and_process_workers(tmp_path):
+    make_synthetic_plate(tmp_path / "plate", 3, sites=1, size=64, min_cells=2, max_cells=5)
+    script = tmp_path / "mine.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            import os
+            from hcsflow.pipeline import FunctionStep, GlobalPipelineConfig, run_pipeline
+
+            print("script body runs in", os.getpid())
+
+            def invert(stack):
+                return stack.max() - stack
+
+            config = GlobalPipelineConfig(num_workers=2, executor="processes")
+            result = run_pipeline([FunctionStep(func=invert)], "plate", "out", config)
+            print("ok", result.ok, [w.error for w in result.failed])
+            """
+        )
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    done = subprocess.run(
+        [sys.executable, str(script)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "ok True []" in done.stdout
+    assert done.stdout.count("script body runs in") == 1  # never re-run by a worker
+
+
+def _dies_on_bright(stack):
+    if stack.mean() > 0:
+        os.kill(os.getpid(), signal.SIGKILL)
+    time.sleep(0.3)
+    return stack
+
+
+def test_a_local_worker_that_dies_fails_its_well_by_name(tmp_path):
+    root = tmp_path / "p"
+    root.mkdir()
+    for w, v in (("A01", 0), ("A02", 5), ("A03", 0), ("A04", 0)):
+        tifffile.imwrite(root / f"{w}_s1_w1.tif", np.full((8, 8), v, np.uint16))
+    res = run_pipeline(
+        [FunctionStep(func=_dies_on_bright)],
+        str(root),
+        tmp_path / "o",
+        cfg(executor="processes", num_workers=2, retries=1),
+    )
+    status = {w.well: w.status for w in res.wells}
+    assert status == {"A01": "ok", "A02": "failed", "A03": "ok", "A04": "ok"}
+    bad = res.wells[1]
+    assert bad.error_type == "WorkerLost"
+    assert "killed by SIGKILL" in bad.error and "attempt 2" in bad.error
+    assert not (tmp_path / "o/images/A02").exists()
+    assert manifest(tmp_path / "o")["wells"]["A02"]["error_type"] == "WorkerLost"
+    record = json.loads((tmp_path / "o/.hcsflow/wells/A02.json").read_text())
+    assert record["status"] == "failed"  # so that --rerun-failed finds it
+
+
+def test_cli_run_flags(plate, tmp_path, capsys):
+    from hcsflow.cli import main
+
+    pipe = tmp_path / "pipe.py"
+    pipe.write_text(PIPELINE_FILE.format(seconds=0.0))
+    out = tmp_path / "o"
+    base = ["run", str(pipe), plate.root, "--out", str(out), "--executor", "inprocess"]
+    assert main([*base, "--storage-options", "{nope"]) == 2
+    assert "--storage-options is not JSON" in capsys.readouterr().err
+    assert main([*base, "--storage-options", "[1]"]) == 2
+    assert main([*base, "--wells", "A01,A03"]) == 0
+    m = manifest(out)
+    assert [w for w, d in m["wells"].items() if d["status"] == "not_run"] == ["A02", "A04"]
+    assert main(base) == 2
+    assert "interrupted run" not in capsys.readouterr().err  # finished: a previous run
+    assert main([*base, "--resume", "--retries", "0"]) == 0
+    assert "2 kept from before" in capsys.readouterr().out
+    assert manifest(out)["config"]["retries"] == 0
+
+
+def test_two_runs_starting_in_one_place_at_once(plate, tmp_path, monkeypatch):
+    """Both see an empty output; the run record is created exclusively, so one loses."""
+    from hcsflow.pipeline import _run
+
+    out = tmp_path / "o"
+    real_state = _run._state
+    started = []
+
+    def racing_state(root):
+        state = real_state(root)
+        if not started:  # the other run creates its record between our look and our write
+            started.append(True)
+            run_pipeline(COUNTING, plate.root, out, cfg(), wells=["A01"])
+            __import__("os").remove(out / "manifest.json")
+        return state
+
+    monkeypatch.setattr(_run, "_state", racing_state)
+    with pytest.raises(RunDirectoryError, match="another run started"):
+        run_pipeline(COUNTING, plate.root, out, cfg())
+
+
+@pytest.mark.parametrize("executor", ["inprocess", "threads"])
+def test_python_api_signal_raises_run_interrupted(plate, tmp_path, executor):
+    from hcsflow.errors import RunInterrupted
+
+    out = tmp_path / "o"
+
+    def stop_after_first(result) -> None:
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    with pytest.raises(RunInterrupted) as info:
+        run_pipeline(
+            COUNTING,
+            plate.root,
+            out,
+            cfg(executor=executor, num_workers=2),
+            on_well_done=stop_after_first,
+        )
+    exc = info.value
+    assert isinstance(exc, KeyboardInterrupt) and exc.exit_code == 143 and exc.kept
+    assert "interrupted by SIGTERM" in str(exc) and "\n" not in str(exc)
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handlers restored
+    res = run_pipeline(COUNTING, plate.root, out, cfg(), resume=True)
+    assert res.ok and len(res.skipped) >= 1
+
+
+def test_interrupted_before_any_commit_removes_the_output(plate, tmp_path, monkeypatch):
+    from hcsflow.errors import RunInterrupted
+    from hcsflow.pipeline import _run
+
+    def interrupted_well(task):
+        os.kill(os.getpid(), signal.SIGINT)
+        raise AssertionError("the signal handler raises first")
+
+    monkeypatch.setattr(_run, "run_well", interrupted_well)
+    out = tmp_path / "o"
+    with pytest.raises(RunInterrupted, match="no well was committed.*was removed") as info:
+        run_pipeline(COUNTING, plate.root, out, cfg())
+    assert info.value.exit_code == 130 and info.value.kept is False
+    assert not out.exists()

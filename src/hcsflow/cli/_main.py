@@ -1,4 +1,4 @@
-"""The ``hcsflow`` command: ``demo``, ``run``, ``info`` and ``validate``."""
+"""The ``hcsflow`` command: ``demo``, ``run``, ``info``, ``validate`` and ``fsck``."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from hcsflow.cli._fsck import add_fsck_parser
 from hcsflow.errors import HcsflowError
 
 __all__ = ["main", "build_parser", "demo_pipeline"]
@@ -155,6 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
     v = sub.add_parser("validate", help="check an OME-Zarr plate against the NGFF specification")
     v.add_argument("path")
     v.add_argument("--deep", action="store_true", help="also decode every chunk (slow)")
+    add_fsck_parser(sub)
     from hcsflow.cli._functions import add_functions_parser
 
     add_functions_parser(sub)

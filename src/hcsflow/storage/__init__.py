@@ -2,9 +2,11 @@
 
 from hcsflow.storage._base import IMAGE_EXTENSIONS, Backend, EntryKind, FileInfo, StorageBackend
 from hcsflow.storage._codecs import Codec, CodecRegistry, default_codecs, to_host_array
-from hcsflow.storage._disk import DiskStorageBackend
+from hcsflow.storage._decode import ALIGNMENT, aligned_empty
 from hcsflow.storage._filemanager import FileManager
+from hcsflow.storage._fsck import Debris, find_debris, remove_debris
 from hcsflow.storage._fsspec import FsspecStorageBackend
+from hcsflow.storage._limits import ENV_MAX_DECODED_BYTES, StorageLimits
 from hcsflow.storage._memory import MemoryStorageBackend
 from hcsflow.storage._registry import (
     BackendRegistry,
@@ -12,6 +14,12 @@ from hcsflow.storage._registry import (
     register_backend,
     storage_registry,
 )
+from hcsflow.storage._tables import (
+    neutralize_csv_text,
+    neutralize_formula,
+    neutralize_formulas,
+)
+from hcsflow.storage.disk import DiskStorageBackend
 from hcsflow.storage.zarr import (
     PlateInfo,
     WellInfo,
@@ -46,6 +54,17 @@ __all__ = [
     "backend_name",
     "register_backend",
     "storage_registry",
+    # limits, alignment, crash debris, CSV safety
+    "StorageLimits",
+    "ENV_MAX_DECODED_BYTES",
+    "ALIGNMENT",
+    "aligned_empty",
+    "Debris",
+    "find_debris",
+    "remove_debris",
+    "neutralize_formula",
+    "neutralize_formulas",
+    "neutralize_csv_text",
     # zarr backend and OME-Zarr plates
     "ZarrStorageBackend",
     "ZarrConfig",

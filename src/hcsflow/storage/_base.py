@@ -304,6 +304,13 @@ class StorageBackend(ABC):
         """
         root = self.norm(directory)
         keep = _name_filter(pattern, extensions)
+        cls = type(self)
+        if cls._scan_dir is StorageBackend._scan_dir and cls.walk is not StorageBackend.walk:
+            # a backend with its own walk and no _scan_dir lists best through that walk
+            walked = list(self.walk(root, recursive=recursive))
+            kept = set(keep(list({vpaths.name(full) for full in walked})))
+            walked = [full for full in walked if vpaths.name(full) in kept]
+            return vpaths.natural_sorted(walked) if recursive else walked
         self._require_dir(root)
         if not recursive:
             files, _ = self._scan_dir(root)
@@ -360,7 +367,7 @@ class StorageBackend(ABC):
                 self.save(item, p, overwrite=overwrite, **options)
             except HcsflowError as exc:
                 raise BatchError(
-                    f"batch item {index} could not be written",
+                    f"batch item {index} could not be written: {_reason(exc)}",
                     index=index,
                     path=p,
                     backend=self.name,
@@ -373,7 +380,10 @@ class StorageBackend(ABC):
                 self._check_can_write(p, overwrite)
             except HcsflowError as exc:
                 raise BatchError(
-                    f"batch item {index} cannot be written", index=index, path=p, backend=self.name
+                    f"batch item {index} cannot be written: {_reason(exc)}",
+                    index=index,
+                    path=p,
+                    backend=self.name,
                 ) from exc
 
     def load_batch(self, paths: Sequence[vpaths.PathLike], **options: Any) -> list[Any]:
@@ -384,7 +394,7 @@ class StorageBackend(ABC):
                 out.append(self.load(p, **options))
             except HcsflowError as exc:
                 raise BatchError(
-                    f"batch item {index} could not be loaded",
+                    f"batch item {index} could not be loaded: {_reason(exc)}",
                     index=index,
                     path=self._item_path(p),
                     backend=self.name,
@@ -483,3 +493,8 @@ def _check_batch(
         dup = next(p for p in norm if norm.count(p) > 1)
         raise InvalidPathError("path appears twice in one batch", path=dup, backend=backend.name)
     return norm
+
+
+def _reason(exc: BaseException) -> str:
+    """What went wrong, without the location a storage error appends to its message."""
+    return str(getattr(exc, "reason", exc))

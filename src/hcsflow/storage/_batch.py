@@ -101,23 +101,35 @@ def batch_workers(
     return limit
 
 
-def mean_file_size(paths: Sequence[str], sample: int = 16) -> float:
-    """Average size in bytes of the files at ``paths``, from ``stat`` of up to ``sample``
-    of them spread over the list (0 when none can be read).
+def mean_file_size(
+    paths: Sequence[str],
+    sample: int = 16,
+    size_of: Callable[[str], int | None] | None = None,
+) -> float:
+    """Average size in bytes of the files at ``paths``, from up to ``sample`` of them
+    spread over the list (0 when none can be measured).
 
-    Only an estimate for :func:`batch_workers`: a file that cannot be stat'ed is left
-    out here, and the read that follows reports what is wrong with it.
+    ``size_of`` measures one path (default: ``os.stat`` of a real path).  Only an
+    estimate for :func:`batch_workers`: a file that cannot be measured is left out
+    here, and the read that follows reports what is wrong with it.
     """
     if not paths:
         return 0.0
+    measure = size_of if size_of is not None else _stat_size
     step = max(1, len(paths) // sample)
     sizes = []
     for path in paths[::step][:sample]:
         try:
-            sizes.append(os.stat(path).st_size)
-        except OSError:
+            size = measure(path)
+        except (OSError, ValueError):  # missing, or refused (our errors subclass these)
             continue
+        if size is not None:
+            sizes.append(size)
     return sum(sizes) / len(sizes) if sizes else 0.0
+
+
+def _stat_size(path: str) -> int:
+    return os.stat(path).st_size
 
 
 def nbytes_of(obj: Any) -> int:

@@ -13,8 +13,9 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from hcsflow.errors import PlateMetadataError
-from hcsflow.storage.zarr._io import BACKEND, Location
+from hcsflow.errors import CorruptStoreError, PlateMetadataError
+from hcsflow.storage._debris import NAME_MAX
+from hcsflow.storage.zarr._io import BACKEND, META_FILES, Location
 
 __all__ = [
     "NodeMeta",
@@ -26,6 +27,8 @@ __all__ = [
     "multiscales",
     "well_block",
     "plate_block",
+    "child_path",
+    "unsafe_path",
 ]
 
 NGFF_VERSIONS = ("0.5", "0.4")
@@ -68,6 +71,49 @@ def read_node(loc: Location) -> NodeMeta | None:
             attrs = loc.read_json(".zattrs") or {}
             return NodeMeta(2, kind, attrs, doc)
     return None
+
+
+def unsafe_path(value: Any, *, parts: int | None = None) -> str | None:
+    """Why ``value`` is not a relative child path of ``parts`` names, or ``None`` if it is.
+
+    A child path is one or more names joined by ``/``: no empty name, no ``.`` or
+    ``..``, no leading ``/`` (absolute), no backslash or NUL, no zarr metadata file name,
+    at most 255 bytes per name.
+    """
+    if not isinstance(value, str):
+        return f"is a {type(value).__name__}, not a string"
+    if value.startswith("/"):
+        return "is absolute"
+    names = value.split("/")
+    if parts is not None and len(names) != parts:
+        return f"has {len(names)} names, expected {parts}"
+    for name in names:
+        if name in ("", ".", ".."):
+            return f"contains {name!r}" if name else "contains an empty name"
+        if "\\" in name or "\x00" in name:
+            return "contains a backslash or NUL"
+        if name in META_FILES:
+            return f"names the metadata file {name!r}"
+        if len(name.encode("utf-8", "surrogateescape")) > NAME_MAX:
+            return f"has a name longer than {NAME_MAX} bytes"
+    return None
+
+
+def child_path(value: Any, loc: Location, key: str, what: str, *, parts: int | None = None) -> str:
+    """``value`` if it is a safe relative child path (see :func:`unsafe_path`).
+
+    Otherwise :class:`~hcsflow.errors.CorruptStoreError` naming the store, the metadata
+    key and the value: a path read from metadata never reaches outside its node.
+    """
+    problem = unsafe_path(value, parts=parts)
+    if problem is not None:
+        raise CorruptStoreError(
+            f"{what} {value!r} {problem}; it must be a relative path below the node: "
+            f"store {loc.url!r}, key {key!r}",
+            path=f"{loc.url}/{key}" if key else loc.url,
+            backend=BACKEND,
+        )
+    return str(value)
 
 
 def group_document(attributes: dict[str, Any]) -> bytes:

@@ -174,8 +174,16 @@ def _same_tables(fw_out: Path, hand_out: Path) -> None:
 
 def _framework(plate: str, out: Path, workers: int, executor: str, *, fsync: bool = False) -> Any:
     from hcsflow.pipeline import GlobalPipelineConfig, VFSConfig, run_pipeline
+    from hcsflow.storage import TiffConfig
 
-    cfg = GlobalPipelineConfig(num_workers=workers, executor=executor, vfs=VFSConfig(fsync=fsync))
+    # plain TIFFs, as the hand-written loop writes: the comparison measures hcsflow's
+    # overhead, not the default zlib compression and OME metadata of its outputs
+    cfg = GlobalPipelineConfig(
+        num_workers=workers,
+        executor=executor,
+        vfs=VFSConfig(fsync=fsync),
+        tiff=TiffConfig(compression=None, ome=False),
+    )
     return run_pipeline(_pipeline(), plate, out, cfg, overwrite=True, progress=False)
 
 
@@ -377,8 +385,11 @@ def main() -> None:
         import multiprocessing
 
         from hcsflow.pipeline import GlobalPipelineConfig, VFSConfig, run_pipeline
+        from hcsflow.storage import TiffConfig
 
-        warm_cfg = GlobalPipelineConfig(num_workers=2, vfs=VFSConfig(fsync=False))
+        warm_cfg = GlobalPipelineConfig(
+            num_workers=2, vfs=VFSConfig(fsync=False), tiff=TiffConfig(compression=None, ome=False)
+        )
         with cf.ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
 
             def warm() -> Any:

@@ -41,6 +41,11 @@ __all__ = [
     "PlateLayoutError",
     "PlateMetadataError",
     "ObjectStoreError",
+    "PlateReaderError",
+    "ExportMetadataError",
+    "MissingPlaneError",
+    "UnknownPlateFormatError",
+    "ReaderRegistrationError",
     "CorruptStoreError",
     "PipelineError",
     "ConfigurationError",
@@ -250,6 +255,31 @@ class CorruptStoreError(ZarrError, ValueError):
     absolute path), a symlink target above the root, or an hcsflow node record that
     names no valid data array.  The message names the store, the key and the value.
     """
+
+
+# --------------------------------------------------------------------------- plate readers
+
+
+class PlateReaderError(StorageError):
+    """A microscope export cannot be read; the message names the file concerned."""
+
+
+class ExportMetadataError(PlateReaderError, ValueError):
+    """A metadata file of an export (HTD, Harmony index, CellVoyager MLF/MRF/MES,
+    OME-XML) is malformed, truncated, in an unknown XML namespace, or describes one
+    plane twice."""
+
+
+class MissingPlaneError(PlateReaderError, FileNotFoundError):
+    """An export's metadata names image files (or wells) that are not there."""
+
+
+class UnknownPlateFormatError(PlateLayoutError):
+    """No plate reader recognises the directory (or an unknown format was named)."""
+
+
+class ReaderRegistrationError(HcsflowError, ValueError):
+    """A plate reader name is already registered (or the object is not a reader)."""
 
 
 # --------------------------------------------------------------------------- pipelines

@@ -1,7 +1,13 @@
 """The virtual file system: backends, registries and :class:`FileManager`."""
 
 from hcsflow.storage._base import IMAGE_EXTENSIONS, Backend, EntryKind, FileInfo, StorageBackend
-from hcsflow.storage._codecs import Codec, CodecRegistry, default_codecs, to_host_array
+from hcsflow.storage._codecs import (
+    Codec,
+    CodecRegistry,
+    TiffConfig,
+    default_codecs,
+    to_host_array,
+)
 from hcsflow.storage._decode import ALIGNMENT, aligned_empty
 from hcsflow.storage._filemanager import FileManager
 from hcsflow.storage._fsck import Debris, find_debris, remove_debris
@@ -26,6 +32,7 @@ from hcsflow.storage.zarr import (
     ZarrConfig,
     ZarrStorageBackend,
     finalize_plate,
+    image_metadata,
     list_wells,
     open_image,
     open_plate,
@@ -41,6 +48,7 @@ __all__ = [
     "BackendRegistry",
     "Codec",
     "CodecRegistry",
+    "TiffConfig",
     "DiskStorageBackend",
     "FsspecStorageBackend",
     "MemoryStorageBackend",
@@ -77,6 +85,7 @@ __all__ = [
     "write_labels",
     "read_labels",
     "finalize_plate",
+    "image_metadata",
     "open_plate",
     "list_wells",
 ]

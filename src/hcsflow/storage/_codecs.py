@@ -25,6 +25,7 @@ import json
 import pickle
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import IO, Any, ClassVar
 
 import numpy as np
@@ -45,6 +46,7 @@ __all__ = [
     "CodecRefusal",
     "CodecRegistry",
     "PickleNotAllowed",
+    "TiffConfig",
     "default_codecs",
     "to_host_array",
 ]
@@ -190,22 +192,87 @@ def _image_array(data: Any, fmt: str) -> np.ndarray:
 _IMAGEJ_DTYPES = frozenset(np.dtype(t) for t in ("uint8", "uint16", "int16", "float32"))
 
 
+_TIFF_COMPRESSIONS = ("zlib", "zstd", "lzw", "lzma")
+
+
+@dataclass(frozen=True)
+class TiffConfig:
+    """How TIFF images are encoded: lossless compression and OME metadata.
+
+    The default, ``zlib`` at level 1 with horizontal differencing (integer images),
+    is readable by every TIFF reader that handles compression (Fiji, Bio-Formats,
+    napari, tifffile) and typically halves a microscope image; level 1 because higher
+    levels cost 2-3x the time for a few percent.  ``compression=None`` writes
+    uncompressed TIFFs; ``"zstd"`` compresses as well, faster to write but less widely
+    readable.  ``ome=True`` writes OME-XML (physical sizes, channel names) when the
+    writer knows them.
+    """
+
+    compression: str | None = "zlib"
+    level: int | None = 1
+    predictor: bool = True
+    ome: bool = True
+
+    def __post_init__(self) -> None:
+        if self.compression is not None and self.compression not in _TIFF_COMPRESSIONS:
+            raise ValueError(
+                f"TiffConfig.compression must be one of {_TIFF_COMPRESSIONS} or None, "
+                f"got {self.compression!r}"
+            )
+        if self.level is not None and (
+            not isinstance(self.level, int) or isinstance(self.level, bool) or self.level < 0
+        ):
+            raise ValueError(f"TiffConfig.level must be a non-negative int, got {self.level!r}")
+
+    def save_options(self, dtype: Any) -> dict[str, Any]:
+        """``TiffCodec`` save options (``compression``, ``compressionargs``, ``predictor``)
+        for images of ``dtype``."""
+        if self.compression is None:
+            return {}
+        opts: dict[str, Any] = {"compression": self.compression}
+        if self.level is not None and self.compression != "lzw":
+            opts["compressionargs"] = {"level": self.level}
+        # the floating-point predictor is not read by every TIFF reader: integers only
+        if self.predictor and np.dtype(dtype).kind in "iu":
+            opts["predictor"] = True
+        return opts
+
+
 class TiffCodec(Codec):
-    """TIFF through tifffile; 3-D stacks become ImageJ hyperstacks (axes ZYX)."""
+    """TIFF through tifffile; 3-D stacks become ImageJ hyperstacks (axes ZYX).
+
+    Save options: tifffile's ``compression``, ``compressionargs`` and ``predictor``,
+    and ``ome``: a mapping of OME metadata (tifffile's ``metadata=`` for an OME-TIFF:
+    ``axes``, ``PhysicalSizeX``..., ``Channel``) that makes the file an OME-TIFF.
+    """
 
     name = "tiff"
     extensions = (".tif", ".tiff")
     loads_as = "numpy.ndarray (same dtype and shape)"
-    save_options = frozenset({"compression", "compressionargs", "predictor"})
+    save_options = frozenset({"compression", "compressionargs", "predictor", "ome"})
     load_options = frozenset({"key"})
 
     def prepare(self, data: Any, **options: Any) -> np.ndarray:
+        ome = options.get("ome")
+        if ome is not None and not isinstance(ome, Mapping):
+            raise CodecRefusal(
+                f"the ome option is a mapping of OME metadata, got {_type_name(ome)}"
+            )
         return _image_array(data, "TIFF")
 
     def encode(self, prepared: np.ndarray, fh: IO[bytes], **options: Any) -> None:
         import tifffile
 
-        if prepared.ndim == 3 and prepared.dtype in _IMAGEJ_DTYPES:
+        ome = options.pop("ome", None)
+        if ome is not None:
+            meta = dict(ome)
+            meta.setdefault("axes", "ZYX"[-prepared.ndim :] if prepared.ndim <= 3 else None)
+            if meta["axes"] is None:
+                del meta["axes"]
+            tifffile.imwrite(
+                fh, prepared, ome=True, photometric="minisblack", metadata=meta, **options
+            )
+        elif prepared.ndim == 3 and prepared.dtype in _IMAGEJ_DTYPES:
             tifffile.imwrite(fh, prepared, imagej=True, metadata={"axes": "ZYX"}, **options)
         elif prepared.ndim >= 3:
             # grey planes, never guessed RGB from a length-3 or 4 axis

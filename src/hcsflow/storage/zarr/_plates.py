@@ -80,6 +80,7 @@ __all__ = [
     "finalize_plate",
     "open_plate",
     "list_wells",
+    "image_metadata",
 ]
 
 MARKERS = (".hcsflow", "wells")
@@ -286,11 +287,16 @@ def _write_image(
     labels: bool = False,
     taken: set[str] | None = None,
     published: bool = True,
+    scale: Mapping[str, float] | None = None,
+    units: Mapping[str, str] | None = None,
+    channels: Sequence[Mapping[str, Any]] | None = None,
 ) -> list[str]:
     """Write a multiscale image group at ``loc``; returns the dataset paths used.
 
     ``published=False``: ``loc`` is a new group no reader reaches until a later metadata
-    switch, so its own metadata needs no atomic replace.
+    switch, so its own metadata needs no atomic replace.  ``scale``/``units``: physical
+    size of a level-0 pixel per axis; ``channels``: ``omero`` label and colour per
+    channel (windows come from ``arr``).
     """
     taken = set(taken or ())
     paths = []
@@ -299,7 +305,9 @@ def _write_image(
         taken.add(path)
         create_array(loc.child(path), data, config, axes)
         paths.append(path)
-    block: dict[str, Any] = {"multiscales": _ome.multiscales(axes, paths, name)}
+    block: dict[str, Any] = {"multiscales": _ome.multiscales(axes, paths, name, scale, units)}
+    if channels is not None:
+        block.update(_ome.omero_block(channels, arr, axes))
     block.update(extra or {})
     _ome.write_group(
         loc, _ome.wrap(block, config.ngff_version), config.zarr_format, published=published
@@ -399,6 +407,10 @@ def write_well(
     overwrite: bool = False,
     storage_options: dict[str, Any] | None = None,
     update_plate: bool = True,
+    scale: Mapping[str, float] | None = None,
+    units: Mapping[str, str] | None = None,
+    channels: Sequence[Mapping[str, Any]] | None = None,
+    plate_name: str | None = None,
 ) -> WellInfo:
     """Write (or replace) one well of the OME-Zarr plate at ``store``.
 
@@ -406,6 +418,13 @@ def write_well(
     ``0..n-1``; every array is ``(c, z, y, x)`` or ``(t, c, z, y, x)`` with one shape
     and dtype.  An existing well is replaced only with ``overwrite=True``, atomically
     (see the module docstring); the plate metadata is updated so it lists this well.
+
+    Image metadata: ``scale`` is the physical size of a pixel per axis (``{"y": 0.65,
+    "x": 0.65, "z": 2.0, "t": 300.0}``), ``units`` its NGFF unit per axis
+    (``"micrometer"``, ``"second"``), ``channels`` one ``{"label": ..., "color":
+    "RRGGBB"}`` per channel (written as ``omero`` with windows from the data).
+    ``plate_name`` names the plate when this write creates it (the plate metadata keeps
+    it when rebuilt).
     """
     cfg = config or _DEFAULT
     plate = _loc(store, storage_options)
@@ -431,7 +450,10 @@ def write_well(
         )
     if plate_node is None:
         plate.makedirs()
-        _ensure_group(plate, _ome.wrap({}, version), cfg.zarr_format)
+        initial = _ome.wrap({}, version)
+        if plate_name:
+            initial["hcsflow"] = {"plate_name": str(plate_name)}
+        _ensure_group(plate, initial, cfg.zarr_format)
     _ensure_group(plate.child(pos.row_name), {}, cfg.zarr_format)
     well_loc = plate.child(key)
     old_paths = _field_paths(current[2]) if current is not None else []
@@ -445,7 +467,15 @@ def write_well(
         taken.add(path)
         # a fresh field group: only the well metadata written below makes it reachable
         _write_image(
-            well_loc.child(path), fields[f], cfg, axes, f"{pos.name} field {f}", published=False
+            well_loc.child(path),
+            fields[f],
+            cfg,
+            axes,
+            f"{pos.name} field {f}",
+            published=False,
+            scale=scale,
+            units=units,
+            channels=channels,
         )
         new_paths.append(path)
     attrs = _ome.wrap(_ome.well_block(new_paths), version)
@@ -476,7 +506,7 @@ def write_well(
     ):
         clean_in_flight(group)
     if update_plate:
-        _settle_plate(plate, version, cfg.zarr_format, fmt, listing=markers)
+        _settle_plate(plate, version, cfg.zarr_format, fmt, name=plate_name, listing=markers)
     return WellInfo(
         plate.url,
         pos.name,
@@ -612,7 +642,7 @@ def _write_plate_meta(
         if isinstance(block.get("plate"), dict):
             old_name = block["plate"].get("name")
     rows, cols, n = _infer_format(list(wells), fixed)
-    plate_name = name or old_name or _default_name(plate)
+    plate_name = name or old_name or old_hcs.get("plate_name") or _default_name(plate)
     block = _ome.plate_block(list(wells), rows, cols, max(wells.values(), default=0), plate_name)
     attrs = _ome.wrap(block, version)
     # only an explicitly chosen format binds later writers; an inferred one may grow
@@ -1094,11 +1124,65 @@ def write_labels(
     _ensure_group(group, _ome.wrap({"labels": []}, lab_cfg.ngff_version), zfmt)
     taken = set(target.list()) | set(old)
     extra = {"image-label": {"source": {"image": "../../"}}}
-    new = _write_image(target, lab, lab_cfg, tuple(axes), name, extra, labels=True, taken=taken)
+    scale, units = _image_scale(img)
+    new = _write_image(
+        target,
+        lab,
+        lab_cfg,
+        tuple(axes),
+        name,
+        extra,
+        labels=True,
+        taken=taken,
+        scale=scale,
+        units=units,
+    )
     for stale in set(old) - set(new):
         target.child(stale).remove()
     _settle_labels(group, lab_cfg.ngff_version, zfmt)
     return f"{rel}/labels/{name}"
+
+
+def _image_scale(img: Location) -> tuple[dict[str, float], dict[str, str]]:
+    """Level-0 scale (axes other than 1 only) and units of an image group's metadata."""
+    node = _ome.read_node(img)
+    if node is None:
+        return {}, {}
+    try:
+        attrs = _ome.image_attrs(_ome.unwrap(node.attributes)[1])
+    except (KeyError, TypeError, IndexError, ValueError) as exc:
+        raise _meta_error(
+            img,
+            "zarr.json" if node.zarr_format == 3 else ".zattrs",
+            f"malformed multiscales metadata ({type(exc).__name__}: {exc})",
+        ) from exc
+    scale = {a: v for a, v in attrs.scale.items() if v != 1.0 and a != "c"}
+    return scale, {a: u for a, u in attrs.units.items() if a != "c"}
+
+
+def image_metadata(
+    store: StoreLike,
+    well: str | WellPosition,
+    field: int = 0,
+    *,
+    storage_options: dict[str, Any] | None = None,
+) -> _ome.ImageAttrs:
+    """Axes, units, level-0 scale and ``omero`` channels of one field image (metadata only)."""
+    plate = _loc(store, storage_options)
+    img, _, _ = _image_loc(plate, well, field)
+    node = _ome.read_node(img)
+    if node is None:
+        raise NotFoundError(
+            f"missing image group: store {img.url!r}", path=img.url, backend=BACKEND
+        )
+    try:
+        return _ome.image_attrs(_ome.unwrap(node.attributes)[1])
+    except (KeyError, TypeError, IndexError, ValueError) as exc:
+        raise _meta_error(
+            img,
+            "zarr.json" if node.zarr_format == 3 else ".zattrs",
+            f"malformed multiscales metadata ({type(exc).__name__}: {exc})",
+        ) from exc
 
 
 def _settle_labels(group: Location, version: str, zarr_format: int) -> None:

@@ -20,7 +20,6 @@ import errno
 import os
 import shutil
 import stat as stat_mod
-from collections.abc import Iterator
 from typing import IO
 
 from hcsflow import paths as vpaths
@@ -86,45 +85,40 @@ class DiskStorageBackend(_DiskPublish):
             os.close(fd)
         return vpaths.natural_sorted(names)
 
-    def walk(self, directory: vpaths.PathLike, *, recursive: bool = True) -> Iterator[str]:
-        """Files below ``directory`` (see :meth:`StorageBackend.walk`), read with scandir."""
-        root_vp = self.norm(directory)
-        self._require_dir(root_vp)
-        stack = [root_vp]
-        while stack:
-            vdir = stack.pop()
-            try:
-                fd, _ = self._tree.open_dir(vdir)
-            except (OSError, EscapeError) as exc:
-                self._raise_os_error(exc, vdir, "cannot list directory")
-            try:
-                with os.scandir(fd) as it:
-                    entries = sorted(
-                        (e for e in it if not is_temp_name(e.name)),
-                        key=lambda e: vpaths.natural_key(e.name),
-                    )
-                kinds = []
-                for entry in entries:
-                    if entry.is_symlink():
-                        kinds.append("symlink")
+    def _scan_dir(self, directory: str) -> tuple[list[str], list[str]]:
+        """Files and subdirectories of one directory, from one ``scandir`` pass.
+
+        The kinds come from the directory entries themselves (no ``stat`` per entry
+        except for symlinks, which resolve inside the root); in-flight temporary files
+        are hidden.
+        """
+        try:
+            fd, _ = self._tree.open_dir(directory)
+        except (OSError, EscapeError) as exc:
+            self._raise_os_error(exc, directory, "cannot list directory")
+        files: list[str] = []
+        subdirs: list[str] = []
+        links: list[str] = []
+        try:
+            with os.scandir(fd) as it:
+                for entry in it:
+                    name = entry.name
+                    if name[0] == "." and is_temp_name(name):
+                        continue
+                    # regular files first: one call for the usual entry
+                    if entry.is_file(follow_symlinks=False):
+                        files.append(name)
                     elif entry.is_dir(follow_symlinks=False):
-                        kinds.append("directory")
+                        subdirs.append(name)
+                    elif entry.is_symlink():
+                        links.append(name)
                     else:
-                        kinds.append("file")
-            finally:
-                os.close(fd)
-            subdirs = []
-            for entry, kind in zip(entries, kinds, strict=True):
-                full = vdir + "/" + entry.name if vdir != "/" else "/" + entry.name
-                if kind == "symlink":
-                    if self.entry_kind(full) == "file":
-                        yield full
-                elif kind == "directory":
-                    subdirs.append(full)
-                else:
-                    yield full
-            if recursive:
-                stack.extend(reversed(subdirs))
+                        files.append(name)  # as before: other entry types list as files
+        finally:
+            os.close(fd)
+        prefix = directory + "/" if directory != "/" else "/"
+        files += [name for name in links if self.entry_kind(prefix + name) == "file"]
+        return files, subdirs
 
     def read_link(self, link: vpaths.PathLike) -> str:
         """The virtual path the symlink ``link`` points at."""

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 from collections.abc import Sequence
-from concurrent.futures import Future
 from typing import Any
 
 from hcsflow import paths as vpaths
@@ -20,6 +18,7 @@ from hcsflow.errors import (
     UnsupportedFormatError,
 )
 from hcsflow.storage._base import _reason
+from hcsflow.storage._batch import batch_workers, mean_file_size, releases_gil, run_batch
 from hcsflow.storage._codecs import Codec, PickleNotAllowed
 from hcsflow.storage.disk._paths import _DiskPaths, file_object
 
@@ -128,11 +127,22 @@ class _DiskFormats(_DiskPaths):
                     backend=self.name,
                 ) from exc
             jobs.append((codec, vp))
-        if len(jobs) <= 1:
-            return [self._batch_item(i, job, options) for i, job in enumerate(jobs)]
-        pool = self._executor()
-        futures = [pool.submit(self._batch_item, i, job, options) for i, job in enumerate(jobs)]
-        return _gather(futures)
+        workers = batch_workers(
+            len(jobs),
+            mean_file_size([vp for _, vp in jobs], size_of=self._size_for_batch),
+            gil_free=all(releases_gil(codec) for codec in {job[0] for job in jobs}),
+            max_workers=self.max_workers,
+        )
+        return run_batch(
+            lambda i: self._batch_item(i, jobs[i], options),
+            len(jobs),
+            workers,
+            self._executor() if workers > 1 else None,
+        )
+
+    def _size_for_batch(self, vp: str) -> int | None:
+        """Bytes of the file at ``vp``, for choosing a batch's concurrency."""
+        return self.stat(vp).size
 
     def _batch_item(self, index: int, job: tuple[Codec, str], options: dict[str, Any]) -> Any:
         codec, vp = job
@@ -145,21 +155,3 @@ class _DiskFormats(_DiskPaths):
                 path=vp,
                 backend=self.name,
             ) from exc
-
-
-def _gather(futures: list[Future[Any]]) -> list[Any]:
-    """Results in order; on the first failure cancel what has not started and re-raise
-    it once the rest have finished (so no worker is still writing when we return)."""
-    results = []
-    for position, future in enumerate(futures):
-        try:
-            results.append(future.result())
-        except BaseException:
-            for later in futures[position + 1 :]:
-                later.cancel()
-            for later in futures[position + 1 :]:
-                if not later.cancelled():
-                    with contextlib.suppress(BaseException):
-                        later.result()
-            raise
-    return results

@@ -48,6 +48,7 @@ from hcsflow.errors import (
     StorageError,
 )
 from hcsflow.storage._base import _check_batch, _reason
+from hcsflow.storage._batch import batch_workers, nbytes_of, releases_gil, run_batch
 from hcsflow.storage._codecs import Codec
 from hcsflow.storage._contain import copy_fd, copy_file_at, rename_noreplace, renameat2
 from hcsflow.storage._debris import (
@@ -61,7 +62,7 @@ from hcsflow.storage._debris import (
     writer_state,
     writer_tag,
 )
-from hcsflow.storage.disk._formats import _DiskFormats, _gather
+from hcsflow.storage.disk._formats import _DiskFormats
 from hcsflow.storage.disk._paths import file_object
 
 __all__ = [
@@ -574,13 +575,15 @@ class _DiskPublish(_DiskFormats):
                     backend=self.name,
                 ) from exc
 
+        workers = batch_workers(
+            len(plans),
+            sum(nbytes_of(plan[4]) for plan in plans) / max(1, len(plans)),
+            gil_free=all(releases_gil(codec) for codec in {plan[3] for plan in plans}),
+            durable=self.fsync,
+            max_workers=self.max_workers,
+        )
         try:
-            if len(plans) <= 1:
-                for index in range(len(plans)):
-                    write(index)
-            else:
-                pool = self._executor()
-                _gather([pool.submit(write, i) for i in range(len(plans))])
+            run_batch(write, len(plans), workers, self._executor() if workers > 1 else None)
         except BaseException:
             for item, (_, dir_fd, _, _, _) in zip(staged, plans, strict=True):
                 if item is not None:

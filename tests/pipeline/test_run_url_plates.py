@@ -225,3 +225,18 @@ def test_a_broken_export_on_s3_is_refused_before_any_work(tmp_path, bucket):
         run_pipeline(STEPS, plate_url, tmp_path / "o", cfg("disk"), storage_options=opts)
     assert f"{plate_url}/PLATE.HTD" in str(info.value)
     assert not (tmp_path / "o").exists()
+
+
+def test_info_describes_a_plate_on_s3(tmp_path, s3_bucket, capsys):
+    """``hcsflow info URL``: credentials and endpoint from the environment."""
+    from hcsflow.cli import main
+
+    url, opts = s3_bucket
+    export = write_harmony_export(tmp_path / "h", wells=("B03",), fields=1)
+    _upload(export.root, f"{url}/h", opts)
+    assert main(["info", f"{url}/h", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["format"] == "harmony" and info["root"] == f"{url}/h"
+    assert info["pixel_size_um"] == [export.pixel_size_um, export.pixel_size_um]
+    assert main(["info", f"{url}/h"]) == 0
+    assert export.channel_names[0] in capsys.readouterr().out

@@ -9,6 +9,7 @@ manifest.  ``--json`` prints the same facts as one JSON document.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 from collections.abc import Sequence
@@ -35,17 +36,25 @@ def _plane_geometry(desc: Any) -> dict[str, tuple[tuple[int, ...], str]]:
             w = open_well(desc.root, well)
             out[well] = (tuple(int(s) for s in w.shape[-2:]), np.dtype(w.dtype).name)
         return out
+    from hcsflow.readers import URL_BACKEND, PlateSource
+
+    # a plate at a URL: TIFF headers through fsspec (one ranged read per well)
+    source = PlateSource.from_url(desc.root) if desc.backend == URL_BACKEND else None
     for well, images in desc.wells.items():
         img = images[0]
-        if img.path.lower().endswith((".tif", ".tiff")) and os.path.isfile(img.path):
+        tiff = img.path.lower().endswith((".tif", ".tiff"))
+        if tiff and (source is not None or os.path.isfile(img.path)):
             import tifffile
 
-            with tifffile.TiffFile(img.path) as tif:
+            with contextlib.ExitStack() as stack:
+                fh = stack.enter_context(source.open(img.path)) if source else img.path
+                tif = stack.enter_context(tifffile.TiffFile(fh))
                 page = tif.pages[img.page or 0]
                 shape = tuple(int(s) for s in page.shape)
                 out[well] = (shape[-2:], str(page.dtype))
         else:
-            arr = desc.reader.load_planes([img], _filemanager(), desc.backend)[0]
+            fm = source.filemanager if source is not None else _filemanager()
+            arr = desc.reader.load_planes([img], fm, desc.backend)[0]
             out[well] = (tuple(arr.shape[-2:]), str(arr.dtype))
     return out
 
@@ -289,8 +298,14 @@ def format_run(info: dict[str, Any]) -> str:
 def info_command(args: argparse.Namespace) -> int:
     """Run ``hcsflow info`` for parsed ``args`` (``path``, ``format``, ``layout``, ``json``)."""
     path = Path(args.path)
+    url = "://" in args.path  # a plate at a URL (Path would fold its "//")
     info: dict[str, Any]
-    if (path / "manifest.json").is_file() and args.format is None and args.layout is None:
+    if (
+        not url
+        and (path / "manifest.json").is_file()
+        and args.format is None
+        and args.layout is None
+    ):
         info = describe_run(path)
         text = format_run(info)
     else:
@@ -298,7 +313,7 @@ def info_command(args: argparse.Namespace) -> int:
         from hcsflow.readers import read_plate
 
         desc = read_plate(
-            str(path) if "://" in str(path) else str(path.absolute()),
+            args.path if url else str(path.absolute()),
             format=args.format,
             layout=_layout(args.layout),
         )

@@ -488,6 +488,8 @@ def _materialize_all(state: _Well) -> None:
             zarr_config=state.plan.zarr_config,
             slice_coords=tuple(members),
             storage_options=storage_options,
+            tiff_config=state.plan.tiff_config,
+            metadata=state.plan.metadata,
         )
         data = state.fm.load(mem_path, state.mem)
         name = getattr(materializer, "__name__", repr(materializer))

@@ -29,6 +29,7 @@ __all__ = [
     "materialize_table",
     "materialize_labels",
     "materialize_positions",
+    "label_tiff_options",
     "to_dataframe",
     "base_path",
 ]
@@ -74,6 +75,9 @@ class MaterializationFileManager(FileManager):
     plane of the stack the function received), ``zarr_store`` (the run's OME-Zarr plate)
     and ``zarr_config`` let materializers place files beside the well's images;
     ``storage_options`` are the fsspec options of that store when it is a URL.
+    ``tiff_config`` (a :class:`~hcsflow.storage.TiffConfig`) and ``metadata`` (the
+    plate's :class:`~hcsflow.readers.ImageMetadata`: pixel size, channels) are what the
+    run's image TIFFs are written with, so that TIFFs a materializer writes match them.
     """
 
     def __init__(
@@ -86,6 +90,8 @@ class MaterializationFileManager(FileManager):
         zarr_config: Any = None,
         slice_coords: tuple[Any, ...] = (),
         storage_options: dict[str, Any] | None = None,
+        tiff_config: Any = None,
+        metadata: Any = None,
     ):
         super().__init__(registry)
         self.storage_options = storage_options
@@ -94,6 +100,8 @@ class MaterializationFileManager(FileManager):
         self.zarr_store = zarr_store
         self.zarr_config = zarr_config
         self.slice_coords = slice_coords
+        self.tiff_config = tiff_config
+        self.metadata = metadata
 
 
 def base_path(path: str) -> str:
@@ -220,8 +228,11 @@ def _points_frame(points: np.ndarray) -> Any:
 def materialize_labels(data: Any, path: str, filemanager: FileManager) -> str:
     """Write a label / mask stack ``[Z, Y, X]``.
 
-    On disk: ``<base>.tif`` (uint8 for masks, uint16/uint32 for labels).  On zarr: an NGFF
-    label image named after the special output key inside the well's OME-Zarr image.
+    On disk: ``<base>.tif`` (uint8 for masks, uint16/uint32 for labels), encoded like
+    the run's image TIFFs (the file manager's ``tiff_config``: lossless compression by
+    default; an OME-TIFF carrying the plate's pixel size, so the labels overlay their
+    images in Fiji or napari).  On zarr: an NGFF label image named after the special
+    output key inside the well's OME-Zarr image.
     """
     from hcsflow.memory import to_numpy
 
@@ -236,8 +247,69 @@ def materialize_labels(data: Any, path: str, filemanager: FileManager) -> str:
         return _labels_to_zarr(arr, path, filemanager)
     tif_path = f"{base_path(path)}.tif"
     _ensure_parent(filemanager, tif_path, Backend.DISK.value)
-    filemanager.save(arr, tif_path, Backend.DISK.value, overwrite=True)
+    options = label_tiff_options(
+        arr,
+        vpaths.name(base_path(path)),
+        tiff_config=getattr(filemanager, "tiff_config", None),
+        metadata=getattr(filemanager, "metadata", None),
+        slice_coords=getattr(filemanager, "slice_coords", ()),
+        well=getattr(filemanager, "well", None),
+    )
+    filemanager.save(arr, tif_path, Backend.DISK.value, overwrite=True, **options)
     return tif_path
+
+
+def label_tiff_options(
+    labels: np.ndarray,
+    name: str,
+    *,
+    tiff_config: Any = None,
+    metadata: Any = None,
+    slice_coords: Sequence[Any] = (),
+    well: str | None = None,
+) -> dict[str, Any]:
+    """TIFF save options for the ``[N, Y, X]`` label stack ``labels`` named ``name``.
+
+    Compression follows ``tiff_config`` (every ``TiffConfig`` compression is lossless,
+    so labels stay exact integers).  With ``tiff_config.ome`` the file is an OME-TIFF
+    with the pixel size of ``metadata`` and one channel named after the labels; its
+    stack axis is ``Z`` (with the z step) when the planes differ only in z, ``T`` when
+    only in time, and tifffile's ``Q`` (stored as an OME modulo along T of type "other")
+    when they are sites or mix components, which OME has no axis for.
+    """
+    from hcsflow.readers import ImageMetadata
+    from hcsflow.storage import TiffConfig
+
+    cfg = tiff_config if isinstance(tiff_config, TiffConfig) else TiffConfig()
+    options = cfg.save_options(labels.dtype)
+    if not cfg.ome:
+        return options
+    meta = metadata if isinstance(metadata, ImageMetadata) else ImageMetadata()
+    axes = _label_axes(labels.shape[0], slice_coords)
+    # the stack's planes are the label image's own, not one of the plate's channels
+    ome = meta.ome_tiff(None, axes, name=name)
+    label = name[len(well) + 1 :] if well and name.startswith(f"{well}_") else name
+    ome["Channel"] = {"Name": [label]}
+    options["ome"] = ome
+    return options
+
+
+def _label_axes(n: int, slice_coords: Sequence[Any]) -> str:
+    """``ZYX``, ``TYX`` or ``QYX``: what the first axis of an ``n``-plane stack is."""
+    if n == 1:
+        return "ZYX"
+    if len(slice_coords) != n:
+        return "QYX"  # planes not described: no claim about what they are
+    varying = {
+        attr
+        for attr in ("well", "field", "channel", "z", "t")
+        if len({getattr(c, attr) for c in slice_coords}) > 1
+    }
+    if varying == {"z"}:
+        return "ZYX"
+    if varying == {"t"}:
+        return "TYX"
+    return "QYX"
 
 
 def _label_dtype(arr: np.ndarray) -> np.ndarray:

@@ -260,13 +260,13 @@ def main() -> None:
     """Run the pipeline benchmarks, print a table, write results/pipeline.json."""
     import pandas as pd
 
-    from hcsflow.cli._synthetic import make_synthetic_plate
+    from hcsflow.testing import make_plate
 
     rows: list[dict[str, Any]] = []
     tmp = Path(tempfile.mkdtemp(prefix="hcsflow-bench-"))
     try:
         # ---------------------------------------------------------------- overhead
-        p16 = make_synthetic_plate(tmp / "p16", 16, sites=SITES, size=SIZE, seed=1, touching=0.3)
+        p16 = make_plate(tmp / "p16", 16, sites=SITES, size=SIZE, seed=1, touching=0.3)
         n_img = 16 * SITES
         hand_out, fw_out = tmp / "hand", tmp / "fw"
 
@@ -329,7 +329,7 @@ def main() -> None:
 
         # ---------------------------------------------------------------- scaling
         # 48 wells of 512 x 512 sites (density as in the demo)
-        big = make_synthetic_plate(
+        big = make_plate(
             tmp / "p48",
             48,
             sites=SITES,
@@ -420,7 +420,7 @@ def main() -> None:
         )
 
         # ---------------------------------------------------------------- memory
-        small = make_synthetic_plate(
+        small = make_plate(
             tmp / "p12",
             12,
             sites=SITES,
@@ -489,13 +489,11 @@ def runs_rows(tmp: Path) -> list[dict[str, Any]]:
     import cloudpickle
     from distributed import Client, LocalCluster
 
-    from hcsflow.cli._synthetic import make_synthetic_plate
     from hcsflow.pipeline import GlobalPipelineConfig, VFSConfig
+    from hcsflow.testing import make_plate
 
     rows: list[dict[str, Any]] = []
-    plate = make_synthetic_plate(
-        tmp / "runs-plate", RUNS_WELLS, sites=SITES, size=SIZE, seed=4, touching=0.3
-    )
+    plate = make_plate(tmp / "runs-plate", RUNS_WELLS, sites=SITES, size=SIZE, seed=4, touching=0.3)
     local_cfg = GlobalPipelineConfig(
         num_workers=2, executor="processes", vfs=VFSConfig(fsync=False)
     )

@@ -18,7 +18,57 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["info_command", "describe_plate", "describe_run", "format_plate", "format_run"]
+__all__ = [
+    "register",
+    "info_command",
+    "describe_plate",
+    "describe_run",
+    "format_plate",
+    "format_run",
+]
+
+DESCRIPTION = """\
+Describe what is at PATH for people: a plate (a microscope export, an OME-Zarr plate or
+a folder of images: format, wells, fields, channels with names, planes, timepoints,
+image size and dtype, pixel size, files it skipped) or a run directory (its manifest:
+pipeline, wells done and failed, timings, tables). Reads headers only, no image data."""
+
+EPILOG = """\
+examples:
+  hcsflow info plate/                       # a microscope export or a folder of images
+  hcsflow info results/                     # a run: its manifest summarised
+  hcsflow info results/images.zarr          # an OME-Zarr plate
+  hcsflow info scans/ --layout '(?P<well>[A-P]\\d\\d)-(?P<site>\\d+)\\.tif'
+  hcsflow info --json plate/ > plate.json"""
+
+
+def register(subparsers: Any) -> None:
+    """Add ``hcsflow info``."""
+    from hcsflow.cli._common import add_command
+
+    p = add_command(
+        subparsers,
+        "info",
+        summary="describe a plate (microscope export, OME-Zarr, folder of images) or a run",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+    )
+    p.add_argument("path", metavar="PATH", help="plate or run directory")
+    p.add_argument(
+        "--format",
+        default=None,
+        metavar="NAME",
+        help="plate format: imagexpress, harmony, cellvoyager, ome-tiff, ome-zarr, files "
+        "(default: detected)",
+    )
+    p.add_argument(
+        "--layout",
+        default=None,
+        metavar="NAME|REGEX",
+        help="file naming of a plain folder of images (see hcsflow run --help) (default: detected)",
+    )
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    p.set_defaults(handler=info_command)
 
 
 # --------------------------------------------------------------------------- plates
@@ -309,13 +359,13 @@ def info_command(args: argparse.Namespace) -> int:
         info = describe_run(path)
         text = format_run(info)
     else:
-        from hcsflow.cli._main import _layout
+        from hcsflow.cli._common import layout_from
         from hcsflow.readers import read_plate
 
         desc = read_plate(
             args.path if url else str(path.absolute()),
             format=args.format,
-            layout=_layout(args.layout),
+            layout=layout_from(args.layout),
         )
         info = describe_plate(desc)
         text = format_plate(info)

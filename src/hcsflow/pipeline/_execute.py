@@ -25,6 +25,7 @@ from hcsflow.errors import (
     ShapeError,
     SpecialIOError,
     StepExecutionError,
+    describe_error,
 )
 from hcsflow.pipeline._compiler import FunctionCall, StepPlan, WellPlan
 from hcsflow.pipeline._layouts import image_filename
@@ -171,7 +172,7 @@ def execute_well(plan: WellPlan) -> WellResult:
         result.conversion_events = len(rec.events)
     except Exception as exc:  # reported in the manifest with its traceback, never dropped
         result.status = "failed"
-        result.error = str(exc)
+        result.error = describe_error(exc)  # one line, with the causes (a decoder's reason)
         result.error_type = type(exc).__name__
         result.traceback = traceback.format_exc()
     finally:

@@ -372,7 +372,7 @@ def _chunk_shape(node: _ome.NodeMeta) -> tuple[int, ...] | None:
 def _decode_all(loc: Location, key: str, dpath: str, report: PlateReport, fmt: int) -> None:
     """Decode every chunk of one array, one chunk (grid cell) at a time."""
     import zarr
-    from hcsflow.storage.zarr._plates import read_array
+    from hcsflow.storage.zarr._arrays import read_array
 
     node = _ome.read_node(loc)
     chunks = _chunk_shape(node) if node is not None else None

@@ -78,6 +78,10 @@ class PlateSource:
         self._files: list[str] | None = None
         self._local = self._is_local()
         self._remote = self._fsspec_backend()
+        # on object storage every look is a request: a source (one description, a
+        # snapshot) answers the same question once; detection asks several readers
+        self._kinds: dict[str, str | None] = {}
+        self._dirs: dict[str, list[str]] = {}
 
     @classmethod
     def from_url(cls, url: str, storage_options: dict[str, Any] | None = None) -> PlateSource:
@@ -154,19 +158,32 @@ class PlateSource:
         p = path or self.root
         if self._local:
             return os.path.isdir(p)
-        if self._remote is not None and p == "/":
-            # the backend's root always "exists"; on an object store a plate is a prefix
-            # that exists when something is stored below it
-            be = self._remote
-            with self._errors(p):
-                return bool(be.fs.isdir(be.url_of(p)))
+        if self._remote is not None:
+            if p == "/":
+                # the backend's root always "exists"; on an object store a plate is a
+                # prefix that exists when something is stored below it
+                if p not in self._kinds:
+                    be = self._remote
+                    with self._errors(p):
+                        found = bool(be.fs.isdir(be.url_of(p)))
+                    self._kinds[p] = "directory" if found else None
+                return self._kinds[p] == "directory"
+            return self._remote_kind(p) == "directory"
         return self.filemanager.is_dir(p, self.backend)
 
     def is_file(self, path: str) -> bool:
         """Whether ``path`` is a file."""
         if self._local:
             return os.path.isfile(path)
+        if self._remote is not None:
+            return self._remote_kind(path) == "file"
         return self.filemanager.is_file(path, self.backend)
+
+    def _remote_kind(self, path: str) -> str | None:
+        if path not in self._kinds:
+            assert self._remote is not None
+            self._kinds[path] = self._remote.entry_kind(path)
+        return self._kinds[path]
 
     def require_dir(self) -> None:
         """Raise :class:`NotFoundError` unless the root is a directory."""
@@ -187,6 +204,10 @@ class PlateSource:
                 return []
             except NotADirectoryError:
                 return []
+        if self._remote is not None:
+            if p not in self._dirs:
+                self._dirs[p] = sorted(self._remote.list_dir(p)) if self.is_dir(p) else []
+            return list(self._dirs[p])
         if not self.filemanager.is_dir(p, self.backend):
             return []
         return sorted(self.filemanager.list_dir(p, self.backend))

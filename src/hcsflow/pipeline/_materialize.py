@@ -75,6 +75,12 @@ class MaterializationFileManager(FileManager):
     plane of the stack the function received), ``zarr_store`` (the run's OME-Zarr plate)
     and ``zarr_config`` let materializers place files beside the well's images;
     ``storage_options`` are the fsspec options of that store when it is a URL.
+    ``special_output`` is the key of the special output being materialized (``masks``;
+    the planned ``path`` also names the well and group).  ``image_coords`` are the
+    plate coordinates of the well's images in ``zarr_store``
+    (what NGFF labels must fit), and ``labels`` the well's
+    :class:`~hcsflow.pipeline._zarr_out.WellLabels`, which assembles the label planes of
+    all groups and writes each label image once, after the well's materializers ran.
     ``tiff_config`` (a :class:`~hcsflow.storage.TiffConfig`) and ``metadata`` (the
     plate's :class:`~hcsflow.readers.ImageMetadata`: pixel size, channels) are what the
     run's image TIFFs are written with, so that TIFFs a materializer writes match them.
@@ -92,6 +98,9 @@ class MaterializationFileManager(FileManager):
         storage_options: dict[str, Any] | None = None,
         tiff_config: Any = None,
         metadata: Any = None,
+        special_output: str | None = None,
+        image_coords: tuple[Any, ...] = (),
+        labels: Any = None,
     ):
         super().__init__(registry)
         self.storage_options = storage_options
@@ -102,6 +111,9 @@ class MaterializationFileManager(FileManager):
         self.slice_coords = slice_coords
         self.tiff_config = tiff_config
         self.metadata = metadata
+        self.special_output = special_output
+        self.image_coords = image_coords
+        self.labels = labels
 
 
 def base_path(path: str) -> str:
@@ -226,13 +238,18 @@ def _points_frame(points: np.ndarray) -> Any:
 
 
 def materialize_labels(data: Any, path: str, filemanager: FileManager) -> str:
-    """Write a label / mask stack ``[Z, Y, X]``.
+    """Write a label / mask stack ``[Z, Y, X]`` (one plane per image of the group, or one).
 
     On disk: ``<base>.tif`` (uint8 for masks, uint16/uint32 for labels), encoded like
     the run's image TIFFs (the file manager's ``tiff_config``: lossless compression by
     default; an OME-TIFF carrying the plate's pixel size, so the labels overlay their
-    images in Fiji or napari).  On zarr: an NGFF label image named after the special
-    output key inside the well's OME-Zarr image.
+    images in Fiji or napari).  On zarr: NGFF label images in the ``labels/`` group of
+    each field image of the well, one per channel the labels were computed from, named
+    after the special output key (``masks``, or ``masks_w1``, ``masks_w2``... when the
+    image has several channels) and shaped like the image with one channel: each plane
+    goes to its timepoint and z plane, the planes of all of the well's groups in one
+    label image (assembled by the file manager's ``labels``, written once per well).
+    Returns the TIFF's path, or the path of the label image of the first plane.
     """
     from hcsflow.memory import to_numpy
 
@@ -324,7 +341,7 @@ def _label_dtype(arr: np.ndarray) -> np.ndarray:
 
 
 def _labels_to_zarr(arr: np.ndarray, path: str, filemanager: FileManager) -> str:
-    from hcsflow.pipeline._zarr_out import write_labels_zarr
+    from hcsflow.pipeline._zarr_out import WellLabels
 
     store = getattr(filemanager, "zarr_store", None)
     well = getattr(filemanager, "well", None)
@@ -334,16 +351,31 @@ def _labels_to_zarr(arr: np.ndarray, path: str, filemanager: FileManager) -> str
             f"cannot write labels for {path!r} to zarr: the file manager does not name the "
             f"well's plate store, well and plane coordinates"
         )
-    fname = vpaths.name(base_path(path))
-    name = fname[len(well) + 1 :] if fname.startswith(f"{well}_") else fname
-    key = write_labels_zarr(
+    key = getattr(filemanager, "special_output", None) or _output_key(path, well)
+    collector = getattr(filemanager, "labels", None)
+    # without the well's collector (a direct call), this group's labels are the whole
+    # label image: written now, the planes of other groups left as background
+    own = collector is None
+    labels = WellLabels() if own else collector
+    keys = labels.add(
         store,
         well,
-        name,
+        key,
         arr,
         coords,
         getattr(filemanager, "zarr_config", None),
+        image_coords=getattr(filemanager, "image_coords", ()),
         storage_options=getattr(filemanager, "storage_options", None),
+        source=vpaths.parent(base_path(path)),
     )
+    if own:
+        labels.write()
     # a store on object storage is a URL, which virtual-path joining would mangle
-    return f"{store.rstrip('/')}/{key}" if "://" in store else vpaths.join(store, key)
+    return f"{store.rstrip('/')}/{keys[0]}" if "://" in store else vpaths.join(store, keys[0])
+
+
+def _output_key(path: str, well: str) -> str:
+    """The label name a path gives when no special output key is known: its file name
+    without the ``<well>_`` prefix."""
+    fname = vpaths.name(base_path(path))
+    return fname[len(well) + 1 :] if fname.startswith(f"{well}_") else fname

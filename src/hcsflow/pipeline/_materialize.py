@@ -15,13 +15,16 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from hcsflow import paths as vpaths
 from hcsflow.errors import DataFormatError, MaterializationError
 from hcsflow.storage import Backend, FileManager, neutralize_formulas
+
+if TYPE_CHECKING:
+    from hcsflow.pipeline._zarr_out import WellLabels
 
 __all__ = [
     "IDENTIFIER_COLUMNS",
@@ -100,7 +103,7 @@ class MaterializationFileManager(FileManager):
         metadata: Any = None,
         special_output: str | None = None,
         image_coords: tuple[Any, ...] = (),
-        labels: Any = None,
+        labels: WellLabels | None = None,
     ):
         super().__init__(registry)
         self.storage_options = storage_options
@@ -355,8 +358,8 @@ def _labels_to_zarr(arr: np.ndarray, path: str, filemanager: FileManager) -> str
     collector = getattr(filemanager, "labels", None)
     # without the well's collector (a direct call), this group's labels are the whole
     # label image: written now, the planes of other groups left as background
-    own = collector is None
-    labels = WellLabels() if own else collector
+    own = not isinstance(collector, WellLabels)
+    labels = collector if isinstance(collector, WellLabels) else WellLabels()
     keys = labels.add(
         store,
         well,

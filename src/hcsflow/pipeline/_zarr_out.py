@@ -224,7 +224,9 @@ class WellLabels:
         grid = ImageGrid.of(image_coords, well) if image_coords else ImageGrid.of_well(info)
         keys = []
         for plane, c in zip(labels, targets, strict=True):
-            image = self._image(store, info, key, c, grid, plane.shape, zarr_config, storage_options)
+            image = self._image(
+                store, info, key, c, grid, plane.shape, zarr_config, storage_options
+            )
             index = (grid.ts.index(c.t), grid.zs.index(c.z))
             if index in image.planes:
                 raise PlateLayoutError(
@@ -256,9 +258,7 @@ class WellLabels:
         self._images.clear()
         return written
 
-    def _well(
-        self, store: str, well: str, storage_options: dict[str, Any] | None
-    ) -> zp.WellInfo:
+    def _well(self, store: str, well: str, storage_options: dict[str, Any] | None) -> zp.WellInfo:
         if (store, well) not in self._wells:
             self._wells[store, well] = zp.open_well(store, well, storage_options=storage_options)
         return self._wells[store, well]

@@ -31,8 +31,6 @@ STEPS = [
     FunctionStep(func="gaussian_filter", sigma=1.0),
     FunctionStep(func="count_cells", min_size=5),
 ]
-# z-stacks and time series go to disk outputs: labels of one plane of a stack do not
-# fit an OME-Zarr image of several planes (a limitation of zarr label outputs)
 WRITERS = {
     "imagexpress": lambda root: write_imagexpress_export(root),
     "imagexpress-z": lambda root: write_imagexpress_export(root, z_planes=2),
@@ -119,8 +117,8 @@ def _plate_summary(out: Path) -> dict:
 @pytest.mark.parametrize(
     ("fmt", "backend"),
     [
-        ("imagexpress-z", "disk"),
-        ("imagexpress", "zarr"),
+        ("imagexpress-z", "zarr"),
+        ("imagexpress", "disk"),
         ("harmony", "zarr"),
         ("cellvoyager", "disk"),
         ("ome-tiff", "zarr"),
@@ -159,7 +157,6 @@ def test_an_ome_zarr_plate_on_s3_is_read_with_the_run_options(tmp_path, bucket):
     plate_url = f"{url}/plates/p1.zarr"
     _upload(first / "images.zarr", plate_url, opts)
     local, remote = tmp_path / "local", tmp_path / "remote"
-    # disk outputs: labels of a z-stack go to TIFFs (see WRITERS)
     res = run_pipeline(STEPS, first / "images.zarr", local, cfg("disk"))
     assert res.ok, res.failed[0].traceback if res.failed else ""
     res = run_pipeline(STEPS, plate_url, remote, cfg("disk"), storage_options=opts)

@@ -234,3 +234,38 @@ def test_info_describes_a_plate_on_s3(tmp_path, s3_bucket, capsys):
     assert info["pixel_size_um"] == [export.pixel_size_um, export.pixel_size_um]
     assert main(["info", f"{url}/h"]) == 0
     assert export.channel_names[0] in capsys.readouterr().out
+
+
+def test_info_storage_options_reach_the_plate_and_a_run(tmp_path, bucket, capsys):
+    """``hcsflow info URL --storage-options JSON``: the endpoint is only in the options."""
+    from hcsflow.cli import main
+
+    url, opts = bucket
+    so = json.dumps(opts)
+    export = write_imagexpress_export(tmp_path / "ix", wells=("A01",), z_planes=2)
+    _upload(export.root, f"{url}/ix", opts)
+    assert main(["info", f"{url}/ix", "--storage-options", so, "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["format"] == "imagexpress" and info["root"] == f"{url}/ix"
+    assert info["z_planes"] == 2 and info["image_size"] == [64, 64]
+    # an OME-Zarr plate (geometry from its arrays) and a run, both written to the bucket
+    run_url = f"{url}/runs/r1"
+    res = run_pipeline(STEPS, f"{url}/ix", run_url, cfg("zarr"), storage_options=opts)
+    assert res.ok, res.failed[0].traceback if res.failed else ""
+    assert main(["info", f"{run_url}/images.zarr", "--storage-options", so, "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["kind"] == "OME-Zarr plate" and info["z_planes"] == 2
+    assert info["image_size"] == [64, 64] and info["dtype"] == "float32"
+    assert main(["info", run_url, "--storage-options", so]) == 0
+    text = capsys.readouterr().out
+    assert f"hcsflow run   {run_url}\n" in text and "1 (1 ok, 0 failed)" in text
+    assert "cell_counts: cell_counts.csv" in text
+    # the options are what is used: an unreachable endpoint fails in one line
+    unreachable = json.dumps(
+        {"endpoint_url": "http://127.0.0.1:9", "config_kwargs": {"retries": {"max_attempts": 1}}}
+    )
+    assert main(["info", f"{url}/ix", "--storage-options", unreachable]) == 2
+    err = capsys.readouterr().err
+    assert "object store unreachable" in err and len(err.splitlines()) <= 3
+    assert main(["info", f"{url}/ix", "--storage-options", "[1]"]) == 2
+    assert "--storage-options must be a JSON object" in capsys.readouterr().err

@@ -54,13 +54,19 @@ def _pipeline() -> list[Any]:
     return demo_pipeline()
 
 
-def _hand_written(plate: str, out: Path) -> None:
-    """The demo computations without hcsflow: one loop over wells, same outputs.
+def _plate_wells(plate: str) -> dict[str, list[str]]:
+    """The plate's image files grouped by well (ImageXpress names), in plate order."""
+    wells: dict[str, list[str]] = {}
+    for f in sorted(Path(plate).glob("*.tif")):
+        wells.setdefault(f.name.split("_")[0], []).append(str(f))
+    return wells
+
+
+def _hand_well(well: str, paths: list[str], out: str) -> tuple[Any, Any]:
+    """One well of the demo computations without hcsflow; returns its two tables.
 
     Same algorithm (including the seed every object keeps in the watershed split), same
-    files (smoothed images, uint16 masks, per-well and plate CSVs with the same columns
-    and rows); what it leaves out is what the framework adds: JSON table summaries, the
-    manifest with checksums, atomic writes.
+    files (smoothed images, uint16 masks, per-well CSVs with the same columns and rows).
     """
     import pandas as pd
     import tifffile
@@ -71,96 +77,115 @@ def _hand_written(plate: str, out: Path) -> None:
     from skimage.morphology import disk
     from skimage.segmentation import watershed
 
-    out.mkdir(parents=True)
-    files = sorted(Path(plate).glob("*.tif"))
-    wells: dict[str, list[Path]] = {}
-    for f in files:
-        wells.setdefault(f.name.split("_")[0], []).append(f)
+    root = Path(out)
+    (root / "images" / well).mkdir(parents=True)
     fp = disk(1).astype(bool)
-    all_counts, all_objects = [], []
-    for well, paths in wells.items():
-        (out / "images" / well).mkdir(parents=True)
-        counts, objects, masks = [], [], []
-        for site, path in enumerate(sorted(paths)):
-            img = tifffile.imread(path).astype(np.float32)
-            bg = ndi.gaussian_filter(img, 20.0, mode="nearest")
-            flat = np.maximum(img - bg, 0)
-            smooth = ndi.gaussian_filter(flat, 1.0).astype(np.float32)
-            t = float(threshold_otsu(smooth))
-            mask = ndi.binary_opening(smooth > t, structure=fp)
-            mask = ndi.binary_fill_holes(mask)
-            lab0, _ = ndi.label(mask)
-            sizes = np.bincount(lab0.ravel())
-            keep = sizes >= 20
-            keep[0] = False
-            lab = label(keep[lab0], connectivity=1).astype(np.int32)
-            if lab.max() > 0:
-                fg = lab > 0
-                distance = ndi.distance_transform_edt(fg)
-                peaks = peak_local_max(distance, min_distance=4, labels=lab, exclude_border=False)
-                markers = np.zeros(lab.shape, np.int32)
-                markers[tuple(peaks.T)] = np.arange(1, len(peaks) + 1)
-                seeded = np.zeros(int(lab.max()) + 1, dtype=bool)
-                seeded[lab[markers > 0]] = True
-                next_id = len(peaks) + 1
-                for obj in np.flatnonzero(~seeded[1:]) + 1:
-                    ys, xs = np.nonzero(lab == obj)
-                    markers[ys[0], xs[0]] = next_id
-                    next_id += 1
-                lab = watershed(-distance, markers, mask=fg).astype(np.int32)
-            masks.append(lab)
-            n = int(lab.max())
-            counts.append(
-                {
-                    "well": well,
-                    "site": site + 1,
-                    "channel": 1,
-                    "z": 1,
-                    "t": 1,
-                    "slice_index": site,
-                    "cell_count": n,
-                    "threshold_value": t,
-                    "detection_method": "otsu",
-                    "mean_area": float(np.count_nonzero(lab)) / n if n else 0.0,
-                }
+    counts, objects, masks = [], [], []
+    for site, path in enumerate(sorted(paths)):
+        img = tifffile.imread(path).astype(np.float32)
+        bg = ndi.gaussian_filter(img, 20.0, mode="nearest")
+        flat = np.maximum(img - bg, 0)
+        smooth = ndi.gaussian_filter(flat, 1.0).astype(np.float32)
+        t = float(threshold_otsu(smooth))
+        mask = ndi.binary_opening(smooth > t, structure=fp)
+        mask = ndi.binary_fill_holes(mask)
+        lab0, _ = ndi.label(mask)
+        sizes = np.bincount(lab0.ravel())
+        keep = sizes >= 20
+        keep[0] = False
+        lab = label(keep[lab0], connectivity=1).astype(np.int32)
+        if lab.max() > 0:
+            fg = lab > 0
+            distance = ndi.distance_transform_edt(fg)
+            peaks = peak_local_max(distance, min_distance=4, labels=lab, exclude_border=False)
+            markers = np.zeros(lab.shape, np.int32)
+            markers[tuple(peaks.T)] = np.arange(1, len(peaks) + 1)
+            seeded = np.zeros(int(lab.max()) + 1, dtype=bool)
+            seeded[lab[markers > 0]] = True
+            next_id = len(peaks) + 1
+            for obj in np.flatnonzero(~seeded[1:]) + 1:
+                ys, xs = np.nonzero(lab == obj)
+                markers[ys[0], xs[0]] = next_id
+                next_id += 1
+            lab = watershed(-distance, markers, mask=fg).astype(np.int32)
+        masks.append(lab)
+        n = int(lab.max())
+        counts.append(
+            {
+                "well": well,
+                "site": site + 1,
+                "channel": 1,
+                "z": 1,
+                "t": 1,
+                "slice_index": site,
+                "cell_count": n,
+                "threshold_value": t,
+                "detection_method": "otsu",
+                "mean_area": float(np.count_nonzero(lab)) / n if n else 0.0,
+            }
+        )
+        props = pd.DataFrame(
+            regionprops_table(
+                lab,
+                intensity_image=smooth,
+                properties=(
+                    "label",
+                    "area",
+                    "perimeter",
+                    "centroid",
+                    "eccentricity",
+                    "solidity",
+                    "axis_major_length",
+                    "axis_minor_length",
+                    "orientation",
+                    "intensity_mean",
+                    "intensity_max",
+                    "intensity_min",
+                    "intensity_std",
+                ),
             )
-            props = pd.DataFrame(
-                regionprops_table(
-                    lab,
-                    intensity_image=smooth,
-                    properties=(
-                        "label",
-                        "area",
-                        "perimeter",
-                        "centroid",
-                        "eccentricity",
-                        "solidity",
-                        "axis_major_length",
-                        "axis_minor_length",
-                        "orientation",
-                        "intensity_mean",
-                        "intensity_max",
-                        "intensity_min",
-                        "intensity_std",
-                    ),
-                )
-            ).rename(columns={"centroid-0": "centroid_y", "centroid-1": "centroid_x"})
-            props.insert(3, "form_factor", 4 * np.pi * props["area"] / props["perimeter"] ** 2)
-            props["intensity_integrated"] = props["intensity_mean"] * props["area"]
-            for col, value in (("slice_index", site), ("t", 1), ("z", 1), ("channel", 1)):
-                props.insert(0, col, value)
-            props.insert(0, "site", site + 1)
-            props.insert(0, "well", well)
-            objects.append(props)
-            tifffile.imwrite(out / "images" / well / path.name, smooth)
-        tifffile.imwrite(out / f"{well}_masks.tif", np.stack(masks).astype(np.uint16))
-        pd.DataFrame(counts).to_csv(out / f"{well}_cell_counts.csv", index=False)
-        frame = pd.concat(objects, ignore_index=True)
-        frame.to_csv(out / f"{well}_object_measurements.csv", index=False)
-        all_counts.append(pd.DataFrame(counts))
-        all_objects.append(frame)
-    pd.concat(all_counts).to_csv(out / "cell_counts.csv", index=False)
-    pd.concat(all_objects).to_csv(out / "object_measurements.csv", index=False)
+        ).rename(columns={"centroid-0": "centroid_y", "centroid-1": "centroid_x"})
+        props.insert(3, "form_factor", 4 * np.pi * props["area"] / props["perimeter"] ** 2)
+        props["intensity_integrated"] = props["intensity_mean"] * props["area"]
+        for col, value in (("slice_index", site), ("t", 1), ("z", 1), ("channel", 1)):
+            props.insert(0, col, value)
+        props.insert(0, "site", site + 1)
+        props.insert(0, "well", well)
+        objects.append(props)
+        tifffile.imwrite(root / "images" / well / Path(path).name, smooth)
+    tifffile.imwrite(root / f"{well}_masks.tif", np.stack(masks).astype(np.uint16))
+    count_frame = pd.DataFrame(counts)
+    count_frame.to_csv(root / f"{well}_cell_counts.csv", index=False)
+    frame = pd.concat(objects, ignore_index=True)
+    frame.to_csv(root / f"{well}_object_measurements.csv", index=False)
+    return count_frame, frame
+
+
+def _hand_written(plate: str, out: Path, workers: int = 1) -> None:
+    """The hand-written run: one loop over wells, or ``workers`` processes, same outputs.
+
+    With workers, each well is one task of a ``concurrent.futures.ProcessPoolExecutor``
+    started for the run (the platform's default start method); the tables come back
+    to this process, which writes the plate tables.  What it leaves out is what the
+    framework adds: JSON table summaries, commit records with sha256 of every file,
+    the manifest, atomic writes, fsync.
+    """
+    import pandas as pd
+
+    out.mkdir(parents=True)
+    wells = _plate_wells(plate)
+    if workers == 1:
+        tables = [_hand_well(w, paths, str(out)) for w, paths in wells.items()]
+    else:
+        import concurrent.futures as cf
+
+        with cf.ProcessPoolExecutor(workers) as pool:
+            names = list(wells)
+            tables = list(
+                pool.map(_hand_well, names, [wells[w] for w in names], [str(out)] * len(names))
+            )
+    pd.concat([c for c, _ in tables]).to_csv(out / "cell_counts.csv", index=False)
+    pd.concat([o for _, o in tables]).to_csv(out / "object_measurements.csv", index=False)
 
 
 def _same_tables(fw_out: Path, hand_out: Path) -> None:

@@ -47,6 +47,8 @@ from hcsflow.pipeline._commit import (
     CONTROL_DIR,
     RUN_RECORD,
     WellTask,
+    WrittenWell,
+    commit_well,
     fingerprint,
     fingerprint_diff,
     read_record,
@@ -55,6 +57,7 @@ from hcsflow.pipeline._commit import (
     run_well,
     verify_record,
     write_json,
+    write_well,
     zarr_well_rel,
 )
 from hcsflow.pipeline._compiler import RunPlan, compile_pipeline, describe_steps
@@ -275,9 +278,10 @@ def _prepare(
             f"output directory {root.url!r} is not empty and holds no hcsflow run; "
             f"choose another directory (hcsflow never deletes files it did not write)"
         )
+    fsync = bool(plan.config.vfs and plan.config.vfs.fsync)
     if state in ("finished", "partial") and overwrite:
         # the manifest goes first: from then on nothing presents the old run as done
-        root.remove_files([MANIFEST_NAME])
+        root.remove_files([MANIFEST_NAME], fsync=fsync)
         root.remove()
         state = "new"
     if state == "new":
@@ -295,7 +299,6 @@ def _prepare(
             "fingerprint": fp,
         }
         assert record is not None
-        fsync = bool(plan.config.vfs and plan.config.vfs.fsync)
         try:
             write_json(root, RUN_RECORD, record, fsync=fsync, create=True)
         except AlreadyExistsError as exc:
@@ -331,7 +334,8 @@ def _prepare(
             f"from this one ({shown}); pass overwrite=True (--overwrite) to start over"
         )
     # wells are about to change: until a new manifest is written, the run is not finished
-    root.remove_files([MANIFEST_NAME])
+    # (durably so: after a power loss the old manifest must not come back)
+    root.remove_files([MANIFEST_NAME], fsync=fsync)
     return "resume", record
 
 
@@ -479,6 +483,8 @@ class _Session:
         self.run_id = ""
         self.pool: WellPool | None = None
         self.committed_now = 0
+        #: commit records written by this process (others are read back at the end)
+        self.records: dict[str, dict[str, Any]] = {}
         self.fsync = bool(plan.config.vfs.fsync) if plan.config.vfs is not None else True
         self.notes: list[str] = []
 
@@ -564,7 +570,13 @@ class _Session:
     # ------------------------------------------------------------------ execution
 
     def execute(self, tasks: list[WellTask]) -> dict[str, WellResult]:
-        """Run the tasks; results by well (every task ends with a result)."""
+        """Run the tasks; results by well (every task ends with a result).
+
+        With local workers (in-process, threads, processes) and a local output, a worker
+        writes a well and this process commits it on a background thread (checksums,
+        one fsync round for all the well's files, the record), while the worker already
+        runs the next well.  Dask workers and a caller's executor commit their own wells.
+        """
         cfg = self.plan.config
         workers = int(cfg.num_workers or 1)
         retries = int(cfg.retries or 0)
@@ -577,14 +589,23 @@ class _Session:
             kind, workers, preload=self.preload, scheduler=cfg.scheduler, retries=retries
         )
         pool = self.pool
+        commits: cf.ThreadPoolExecutor | None = None
+        if pool.local and not self.root.remote:
+            commits = cf.ThreadPoolExecutor(
+                max_workers=max(2, workers), thread_name_prefix="hcsflow-commit"
+            )
         bar = _progress(len(tasks), self.progress)
         pending: deque[WellTask] = deque(tasks)
-        inflight: dict[cf.Future[WellResult], WellTask] = {}
+        inflight: dict[cf.Future[Any], WellTask] = {}
+        committing: dict[cf.Future[dict[str, Any]], tuple[WellTask, WellResult]] = {}
+        # written wells waiting for their commit: bounded, so a slow disk slows the workers
+        backlog = 2 * pool.window + 2
 
         def fill() -> None:
-            while pending and len(inflight) < pool.window:
+            while pending and len(inflight) < pool.window and len(committing) < backlog:
                 task = pending.popleft()
-                inflight[pool.submit(run_well, task, task.plan.well)] = task
+                fn = write_well if commits is not None else run_well
+                inflight[pool.submit(fn, task, task.plan.well)] = task
 
         def give_up(task: WellTask, why: str) -> None:
             result = _lost_result(task, why)
@@ -605,16 +626,44 @@ class _Session:
             )
             bar.update(1)
 
+        def again(task: WellTask, exc: BaseException) -> None:
+            # the worker was lost or the storage failed: the well runs again
+            if task.attempt <= retries:
+                pending.appendleft(replace(task, attempt=task.attempt + 1))
+            else:
+                give_up(task, f"{type(exc).__name__}: {exc}")
+
+        def done(task: WellTask, result: WellResult) -> None:
+            results[task.plan.well] = result
+            self.committed_now += result.status == "ok"
+            bar.update(1)
+            if self.on_well_done is not None:
+                self.on_well_done(result)
+            if result.status != "ok" and cfg.fail_fast:
+                raise StepExecutionError(
+                    f"well {task.plan.well} failed (fail_fast): {result.error_type}: "
+                    f"{result.error}\n{result.traceback}"
+                )
+
         try:
             fill()
-            while inflight:
-                done, _ = cf.wait(list(inflight), return_when=cf.FIRST_COMPLETED)
-                for fut in done:
+            while inflight or committing:
+                finished, _ = cf.wait([*inflight, *committing], return_when=cf.FIRST_COMPLETED)
+                for fut in finished:
+                    if fut in committing:
+                        task, result = committing.pop(fut)
+                        try:
+                            self.records[task.plan.well] = fut.result()
+                        except Exception as exc:
+                            again(task, exc)
+                            continue
+                        done(task, result)
+                        continue
                     if fut not in inflight:
                         continue  # dropped with a broken pool
                     task = inflight.pop(fut)
                     try:
-                        result = fut.result()
+                        out = fut.result()
                     except BrokenProcessPool:
                         victims = [task, *inflight.values()]
                         inflight.clear()
@@ -630,23 +679,14 @@ class _Session:
                                 give_up(t, f"{why} while running the well")
                         break
                     except Exception as exc:  # worker lost, storage failure...
-                        if task.attempt <= retries:
-                            pending.appendleft(replace(task, attempt=task.attempt + 1))
-                        else:
-                            give_up(task, f"{type(exc).__name__}: {exc}")
+                        again(task, exc)
                         continue
-                    results[task.plan.well] = result
-                    self.committed_now += result.status == "ok"
-                    bar.update(1)
-                    if self.on_well_done is not None:
-                        self.on_well_done(result)
-                    if result.status != "ok" and cfg.fail_fast:
-                        for other in inflight:
-                            other.cancel()
-                        raise StepExecutionError(
-                            f"well {task.plan.well} failed (fail_fast): {result.error_type}: "
-                            f"{result.error}\n{result.traceback}"
-                        )
+                    if commits is None:
+                        done(task, out)
+                        continue
+                    assert isinstance(out, WrittenWell)
+                    fut_c = commits.submit(commit_well, self.root, out, fsync=self.fsync)
+                    committing[fut_c] = (task, out.result)
                 fill()
         except BaseException:
             bar.close()
@@ -654,9 +694,14 @@ class _Session:
                 other.cancel()
             pool.kill()
             self.pool = None
+            if commits is not None:
+                # commits in flight end (each is atomic) before anyone counts or removes them
+                commits.shutdown(wait=True)
             raise
         bar.close()
         pool.close()
+        if commits is not None:
+            commits.shutdown(wait=True)
         return results
 
     # ------------------------------------------------------------------ interruption
@@ -706,7 +751,9 @@ class _Session:
             w = wp.well
             if w in results:
                 res = results[w]
-                rec = read_record(root, w) if res.status == "ok" else None
+                rec = None
+                if res.status == "ok":
+                    rec = self.records.get(w) or read_record(root, w)
                 if res.status == "ok" and rec is not None:
                     files.update(rec.get("files") or {})
             elif w in kept:
@@ -723,7 +770,8 @@ class _Session:
             for wp in plan.wells:
                 if wp.well not in ok_wells:
                     root.remove(zarr_well_rel(store, wp.well))
-        plate_tables = _consolidate(ordered, root, self.fsync)
+        # plate-level files are made durable together below, before the manifest
+        plate_tables = _consolidate(ordered, root)
         plate_files = [f"{name}" for name in plate_tables.values()]
         storage = root.storage_options if root.remote else None
         present = [s for s in stores if root.files_below(s)]
@@ -749,10 +797,7 @@ class _Session:
                 if f not in before and not f.startswith(CONTROL_DIR + "/")
             )
         plate_files = sorted(set(plate_files) - set(files))
-        with cf.ThreadPoolExecutor(max_workers=8) as pool:
-            for rel, got in zip(plate_files, pool.map(root.sha256, plate_files), strict=True):
-                if got is not None:
-                    files[rel] = {"bytes": got[0], "sha256": got[1]}
+        files.update(root.seal(plate_files, fsync=self.fsync))
         assert self.pool is not None
         manifest = _manifest(
             plan, ordered, plate_tables, files, root, t_start, duration, self.pool.describe()
@@ -792,7 +837,7 @@ def _lost_result(task: WellTask, why: str) -> WellResult:
     )
 
 
-def _consolidate(results: list[WellResult], root: OutputRoot, fsync: bool) -> dict[str, str]:
+def _consolidate(results: list[WellResult], root: OutputRoot) -> dict[str, str]:
     """Concatenate committed per-well tables into one plate CSV per special output key.
 
     Rows come in plate order: wells as the plate lists them, then each well's groups,
@@ -809,7 +854,7 @@ def _consolidate(results: list[WellResult], root: OutputRoot, fsync: bool) -> di
             if o.get("kind") == "special_output" and str(o.get("path", "")).endswith(".csv"):
                 by_key.setdefault(o["key"], []).append(str(o["path"]))
     plate: dict[str, str] = {}
-    backend = root.backend(fsync=fsync)
+    backend = root.backend(fsync=False)  # the caller seals them (OutputRoot.seal)
     for key, rels in sorted(by_key.items()):
         with cf.ThreadPoolExecutor(max_workers=8) as pool:
             raws = [raw for raw in pool.map(root.read_bytes, rels) if raw is not None]

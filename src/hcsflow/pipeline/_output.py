@@ -100,6 +100,7 @@ def _fsync_directory(real: str) -> None:
     finally:
         os.close(fd)
 
+
 INPUT_BACKEND = "input"
 """Registry name of the backend a well reads its plate images through when the plate or
 the output is a URL (the output then owns the name ``disk``)."""

@@ -213,33 +213,38 @@ class OutputRoot:
         """Checksum files below the root and, with ``fsync``, make them durable.
 
         Returns ``{rel: {"bytes": size, "sha256": hex}}``.  Locally, every file is read
-        once (from the page cache: it was just written), hashed and fsynced, and then
-        every directory from the root down to each file is fsynced, so that the files
-        and their names survive a power loss; all of it is issued in parallel, which the
-        file system turns into one journal commit.  Objects on object storage are
-        durable once written; they are only hashed.  A missing file raises
-        :class:`FileNotFoundError` naming it.
+        once (from the page cache: it was just written), hashed and fsynced, and every
+        directory from the root down to each file is fsynced, so that the files and
+        their names survive a power loss; all of it is issued at once from a thread
+        pool, which the file system serves with one journal commit instead of one per
+        call.  Objects on object storage are durable once written; they are only
+        hashed.  A missing file raises :class:`FileNotFoundError` naming it.
         """
         rels = sorted(set(rels))
         if not rels:
             return {}
+        pool = _io_pool()
         if self.remote:
-            sizes: list[tuple[int, str] | None] = list(_io_pool().map(self.sha256, rels))
+            sizes: list[tuple[int, str] | None] = list(pool.map(self.sha256, rels))
         else:
+            dirs: set[str] = set()
+            if fsync:
+                dirs.add(self.url)
+                for rel in rels:
+                    parts = rel.split("/")[:-1]
+                    for i in range(1, len(parts) + 1):
+                        dirs.add(os.path.join(self.url, *parts[:i]))
+            # files and directories in one round: all of them are complete already
+            synced = [pool.submit(_fsync_directory, d) for d in sorted(dirs)]
             reals = [os.path.join(self.url, r) for r in rels]
-            sizes = list(_io_pool().map(_seal_file, reals, [fsync] * len(reals)))
+            sizes = list(pool.map(_seal_file, reals, [fsync] * len(reals)))
+            for fut in synced:
+                fut.result()
         out: dict[str, dict[str, Any]] = {}
         for rel, got in zip(rels, sizes, strict=True):
             if got is None:
                 raise FileNotFoundError(f"{self.display(rel)} vanished before its commit")
             out[rel] = {"bytes": got[0], "sha256": got[1]}
-        if fsync and not self.remote:
-            dirs = {self.url}
-            for rel in rels:
-                parts = rel.split("/")[:-1]
-                for i in range(1, len(parts) + 1):
-                    dirs.add(os.path.join(self.url, *parts[:i]))
-            list(_io_pool().map(_fsync_directory, sorted(dirs)))
         return out
 
     def files_below(self, rel: str) -> list[str]:

@@ -384,6 +384,31 @@ class _TrackingDisk(_Tracking, DiskStorageBackend):
     def __init__(self) -> None:
         super().__init__(fsync=False)
         self.written = set()
+        self._ensured: set[str] = set()
+
+    def ensure_directory(self, directory: vpaths.PathLike) -> str:
+        # every materializer ensures its folder; a well asks the file system once (a
+        # folder removed through this backend is forgotten, one removed behind its back
+        # makes the next save fail loudly: its parent is missing)
+        vp = self.norm(directory)
+        if vp not in self._ensured:
+            vp = super().ensure_directory(vp)
+            self._ensured.add(vp)
+        return vp
+
+    def delete(self, path: vpaths.PathLike) -> None:
+        self._ensured.clear()
+        super().delete(path)
+
+    def delete_all(self, path: vpaths.PathLike) -> None:
+        self._ensured.clear()
+        super().delete_all(path)
+
+    def move(
+        self, src: vpaths.PathLike, dst: vpaths.PathLike, *, replace_symlinks: bool = False
+    ) -> None:
+        self._ensured.clear()
+        super().move(src, dst, replace_symlinks=replace_symlinks)
 
 
 class _TrackingFsspec(_Tracking, FsspecStorageBackend):

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import platform
+import re
 import statistics
 import tempfile
 import time
@@ -13,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 RESULTS = Path(__file__).parent / "results"
+DOCS = Path(__file__).parent.parent / "docs"
 
 
 def timeit(
@@ -42,6 +45,51 @@ def median_time(fn: Callable[[], Any], *, repeat: int = 5) -> float:
         fn()
         samples.append(time.perf_counter() - t0)
     return statistics.median(samples)
+
+
+def rounds(
+    contenders: dict[str, Callable[[], Any]],
+    *,
+    repeat: int,
+    setup: Callable[[str], Any] | None = None,
+) -> dict[str, list[float]]:
+    """Seconds of every call of each contender over ``repeat`` rounds, paired and alternating.
+
+    Every round runs each contender once, starting one further along the list each
+    round, so that no contender always runs first (or right after a given other one)
+    and none alone absorbs a noisy spell of the machine.  ``setup(name)`` runs untimed
+    before each call, followed by a garbage collection so that no contender pays for
+    the garbage of the one before.  A contender that returns a float reports its own
+    time (to leave its own setup out); otherwise its whole call is timed.
+    """
+    names = list(contenders)
+    out: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(repeat):
+        for k in range(len(names)):
+            name = names[(r + k) % len(names)]
+            if setup is not None:
+                setup(name)
+            gc.collect()
+            t0 = time.perf_counter()
+            got = contenders[name]()
+            elapsed = time.perf_counter() - t0
+            out[name].append(got if isinstance(got, float) else elapsed)
+    return out
+
+
+def summary(samples: list[float], scale: float = 1.0) -> dict[str, float]:
+    """Median and interquartile range of ``samples`` times ``scale``."""
+    ordered = sorted(s * scale for s in samples)
+    if len(ordered) >= 4:
+        q1, _, q3 = statistics.quantiles(ordered, n=4)
+    else:
+        q1, q3 = ordered[0], ordered[-1]
+    return {"median": statistics.median(ordered), "p25": q1, "p75": q3}
+
+
+def load_average() -> list[float]:
+    """The 1, 5 and 15-minute load averages, rounded (how busy the machine was)."""
+    return [round(x, 2) for x in os.getloadavg()]
 
 
 def print_table(title: str, rows: list[dict[str, Any]]) -> None:
@@ -77,8 +125,27 @@ def write_results(name: str, rows: list[dict[str, Any]], **extra: Any) -> Path:
         **extra,
     }
     target = RESULTS / f"{name}.json"
-    fd, tmp = tempfile.mkstemp(dir=RESULTS, suffix=".tmp")
-    with os.fdopen(fd, "w") as fh:
-        json.dump(payload, fh, indent=2, default=str)
-    os.replace(tmp, target)
+    _atomic_write(target, json.dumps(payload, indent=2, default=str) + "\n")
     return target
+
+
+def replace_doc_section(doc: Path, marker: str, text: str) -> None:
+    """Replace what lies between ``<!-- marker -->`` and ``<!-- /marker -->`` in ``doc``.
+
+    How the docs quote benchmark results: always the committed results file, rewritten
+    by the command that wrote it.
+    """
+    source = doc.read_text()
+    pattern = re.compile(
+        rf"(<!-- {re.escape(marker)} -->\n).*?(<!-- /{re.escape(marker)} -->)", re.DOTALL
+    )
+    if not pattern.search(source):
+        raise ValueError(f"{doc} has no <!-- {marker} --> section")
+    _atomic_write(doc, pattern.sub(lambda m: m.group(1) + text + m.group(2), source))
+
+
+def _atomic_write(target: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=target.parent, suffix=".tmp")
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+    os.replace(tmp, target)

@@ -27,6 +27,8 @@ __all__ = [
     "DataFormatError",
     "CorruptDataError",
     "PickleRefusedError",
+    "CodecRefusal",
+    "ResourceLimitError",
     "BatchError",
     "BatchLengthError",
     "MemoryTypeError",
@@ -39,6 +41,12 @@ __all__ = [
     "PlateLayoutError",
     "PlateMetadataError",
     "ObjectStoreError",
+    "PlateReaderError",
+    "ExportMetadataError",
+    "MissingPlaneError",
+    "UnknownPlateFormatError",
+    "ReaderRegistrationError",
+    "CorruptStoreError",
     "PipelineError",
     "ConfigurationError",
     "CompilationError",
@@ -63,6 +71,8 @@ class StorageError(HcsflowError):
     def __init__(self, message: str, *, path: str | None = None, backend: str | None = None):
         self.path = path
         self.backend = backend
+        #: the message without the location (what went wrong)
+        self.reason = message
         where = []
         if path is not None:
             where.append(f"path {path!r}")
@@ -126,6 +136,36 @@ class CorruptDataError(StorageError, ValueError):
 
 class PickleRefusedError(StorageError, ValueError):
     """Loading a pickle-based format needs an explicit ``allow_pickle=True``."""
+
+
+class CodecRefusal(DataFormatError):
+    """A format refuses the data (raised by codecs and :func:`~hcsflow.storage.to_host_array`).
+
+    Backends re-raise it as :class:`DataFormatError` naming the path; raised directly
+    (outside a backend) it names no path.
+    """
+
+
+class ResourceLimitError(StorageError, MemoryError):
+    """Reading would exceed a configured limit (decoded bytes, chunks, nesting depth).
+
+    Raised before anything is allocated, from the sizes a file or store *declares*;
+    ``limit`` and ``requested`` are in the unit the message names (bytes unless it says
+    otherwise).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        path: str | None = None,
+        backend: str | None = None,
+        limit: int | None = None,
+        requested: int | None = None,
+    ):
+        self.limit = limit
+        self.requested = requested
+        super().__init__(message, path=path, backend=backend)
 
 
 class BatchError(StorageError):
@@ -206,6 +246,40 @@ class PlateMetadataError(ZarrError, ValueError):
 
 class ObjectStoreError(ZarrError, OSError):
     """An object store could not be reached or denied access."""
+
+
+class CorruptStoreError(ZarrError, ValueError):
+    """A store's own metadata is malformed or unsafe.
+
+    For example a path in NGFF metadata that is not a relative child path (``..``, an
+    absolute path), a symlink target above the root, or an hcsflow node record that
+    names no valid data array.  The message names the store, the key and the value.
+    """
+
+
+# --------------------------------------------------------------------------- plate readers
+
+
+class PlateReaderError(StorageError):
+    """A microscope export cannot be read; the message names the file concerned."""
+
+
+class ExportMetadataError(PlateReaderError, ValueError):
+    """A metadata file of an export (HTD, Harmony index, CellVoyager MLF/MRF/MES,
+    OME-XML) is malformed, truncated, in an unknown XML namespace, or describes one
+    plane twice."""
+
+
+class MissingPlaneError(PlateReaderError, FileNotFoundError):
+    """An export's metadata names image files (or wells) that are not there."""
+
+
+class UnknownPlateFormatError(PlateLayoutError):
+    """No plate reader recognises the directory (or an unknown format was named)."""
+
+
+class ReaderRegistrationError(HcsflowError, ValueError):
+    """A plate reader name is already registered (or the object is not a reader)."""
 
 
 # --------------------------------------------------------------------------- pipelines

@@ -101,7 +101,8 @@ def test_bad_special_input_declarations():
 def test_global_config_is_complete_and_frozen():
     g = GlobalPipelineConfig()
     for f in fields(g):
-        if f.name not in ("zarr", "well_filter", "scheduler"):
+        # None means "all wells", "detect the plate format" and "a local cluster"
+        if f.name not in ("zarr", "well_filter", "input_format", "scheduler"):
             assert getattr(g, f.name) is not None, f.name
     assert g.vfs == VFSConfig("memory", "disk", fsync=True)
     with pytest.raises(AttributeError):

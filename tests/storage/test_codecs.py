@@ -36,9 +36,8 @@ class Upper(Codec):
     def encode(self, prepared, fh, **options):
         fh.write(prepared)
 
-    def decode(self, real_path, **options):
-        with open(real_path) as fh:
-            return fh.read()
+    def decode(self, fh, *, limits, path=None, backend=None, **options):
+        return fh.read().decode()
 
 
 @pytest.mark.parametrize("ext", [".tif", ".tiff", ".TIF", ".npy"])

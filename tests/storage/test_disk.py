@@ -15,8 +15,8 @@ from hcsflow.errors import (
     PathEscapeError,
 )
 from hcsflow.storage import DiskStorageBackend
-from hcsflow.storage import _disk as disk_module
-from hcsflow.storage._disk import is_temp_name
+from hcsflow.storage.disk import _publish as disk_module
+from hcsflow.storage.disk import is_temp_name
 from hcsflow.testing import BackendTests
 
 
@@ -25,9 +25,21 @@ def _real(backend: DiskStorageBackend, path: str) -> str:
     return backend.root + path
 
 
+def use_mode(monkeypatch, mode: str) -> None:
+    """Take a fallback route: ``walk`` resolves paths without openat2 (one O_NOFOLLOW
+    openat per component), ``named`` writes named temporary files (no O_TMPFILE)."""
+    from hcsflow.storage import _contain
+
+    if mode == "walk":
+        monkeypatch.setattr(_contain._Openat2, "available", False)
+    elif mode == "named":
+        monkeypatch.setattr(disk_module, "_O_TMPFILE", 0)
+
+
 class TestDiskBackend(BackendTests):
-    @pytest.fixture
-    def backend(self, tmp_path) -> DiskStorageBackend:
+    @pytest.fixture(params=["default", "walk", "named"])
+    def backend(self, request, tmp_path, monkeypatch) -> DiskStorageBackend:
+        use_mode(monkeypatch, request.param)
         root = tmp_path / "root"
         root.mkdir()
         return DiskStorageBackend(root)
@@ -133,11 +145,17 @@ def test_new_files_get_the_umask_mode(disk) -> None:
     assert os.stat(_real(disk, "/x.npy")).st_mode & 0o777 == 0o666 & ~mask
 
 
-@pytest.fixture(params=["rename-noreplace", "link"])
+@pytest.fixture(params=["unnamed", "rename-noreplace", "link"])
 def publish_route(request, monkeypatch) -> str:
-    """Run a test with the one-step no-clobber rename, and with the hard-link fallback."""
+    """Run a test with each publish route: an unnamed file (O_TMPFILE) linked into place,
+    a named temporary file renamed with RENAME_NOREPLACE, and the hard-link fallback."""
+    if request.param == "unnamed":
+        if not disk_module._O_TMPFILE or not disk_module._proc_fd_links():
+            pytest.skip("O_TMPFILE is not available here")
+        return request.param
+    monkeypatch.setattr(disk_module, "_O_TMPFILE", 0)
     if request.param == "link":
-        monkeypatch.setattr(disk_module, "_rename_noreplace", lambda src, dst: False)
+        monkeypatch.setattr(disk_module, "_rename_noreplace", lambda *args: False)
     elif disk_module._renameat2() is None:
         pytest.skip("renameat2 is not available here")
     return request.param
@@ -145,15 +163,15 @@ def publish_route(request, monkeypatch) -> str:
 
 def test_no_clobber_publish_refuses_a_target_that_appears(disk, monkeypatch, publish_route) -> None:
     disk.ensure_directory("/d")
-    original = disk._write_temp
+    original = disk._stage
 
-    def write_then_race(vp, real, *args, **kwargs):
-        tmp = original(vp, real, *args, **kwargs)
-        with open(real, "wb") as fh:  # another process wins the race meanwhile
+    def write_then_race(dir_fd, name, vp, *args, **kwargs):
+        staged = original(dir_fd, name, vp, *args, **kwargs)
+        with open(_real(disk, vp), "wb") as fh:  # another process wins the race meanwhile
             fh.write(b"theirs")
-        return tmp
+        return staged
 
-    monkeypatch.setattr(disk, "_write_temp", write_then_race)
+    monkeypatch.setattr(disk, "_stage", write_then_race)
     with pytest.raises(AlreadyExistsError):
         disk.save(np.arange(3), "/d/x.npy")
     with open(_real(disk, "/d/x.npy"), "rb") as fh:
@@ -165,16 +183,16 @@ def test_no_clobber_publish_refuses_a_target_that_appears(disk, monkeypatch, pub
 def test_save_batch_rolls_back_when_publishing_fails(disk, monkeypatch) -> None:
     disk.ensure_directory("/b")
     disk.save(np.full(3, 7), "/b/0.npy")
-    original = disk._publish
+    original = disk._commit
     calls = []
 
-    def flaky_publish(tmp, vp, real, overwrite):
+    def flaky_commit(dir_fd, name, vp, staged, overwrite):
         calls.append(vp)
         if len(calls) == 3:
             raise OSError(28, "No space left on device")
-        original(tmp, vp, real, overwrite)
+        original(dir_fd, name, vp, staged, overwrite)
 
-    monkeypatch.setattr(disk, "_publish", flaky_publish)
+    monkeypatch.setattr(disk, "_commit", flaky_commit)
     paths = [f"/b/{i}.npy" for i in range(4)]
     with pytest.raises(BatchError) as info:
         disk.save_batch([np.full(3, i + 10) for i in range(4)], paths, overwrite=True)
@@ -256,27 +274,43 @@ def test_rename_noreplace_refuses_an_existing_target(tmp_path) -> None:
     assert sorted(os.listdir(tmp_path)) == ["b", "c"]
 
 
-@pytest.mark.parametrize(
-    ("operation", "last_check"), [("move", "entry_kind"), ("copy", "_check_target")]
-)
+@pytest.mark.parametrize("operation", ["move", "copy"])
 def test_directory_move_and_copy_never_replace_a_directory_that_appears(
-    disk, monkeypatch, operation, last_check
+    disk, monkeypatch, operation
 ) -> None:
     if disk_module._renameat2() is None:
         pytest.skip("renameat2 is not available here")
     disk.ensure_directory("/src")
     disk.save(np.arange(3), "/src/f.npy")
-    original = getattr(disk, last_check)
+    original = disk_module._rename_noreplace
 
-    def check_then_race(path, *args, **kwargs):
-        outcome = original(path, *args, **kwargs)
-        if disk.norm(path) == "/dst" and not os.path.lexists(_real(disk, "/dst")):
-            os.mkdir(_real(disk, "/dst"))  # another process creates it meanwhile
-        return outcome
+    def race_then_rename(src, dst, *args):
+        # every check has passed: another process creates the destination meanwhile
+        if dst == "dst" and not os.path.lexists(_real(disk, "/dst")):
+            os.mkdir(_real(disk, "/dst"))
+        return original(src, dst, *args)
 
-    monkeypatch.setattr(disk, last_check, check_then_race)
+    monkeypatch.setattr(disk_module, "_rename_noreplace", race_then_rename)
     with pytest.raises(AlreadyExistsError):
         getattr(disk, operation)("/src", "/dst")
     assert os.listdir(_real(disk, "/dst")) == []
     np.testing.assert_array_equal(np.load(_real(disk, "/src/f.npy")), np.arange(3))
     assert not [n for n in os.listdir(_real(disk, "/")) if is_temp_name(n)]
+
+
+def test_names_over_255_bytes_are_refused_before_any_work(disk) -> None:
+    from hcsflow.errors import InvalidPathError
+
+    too_long = "é" * 130 + ".npy"  # 264 bytes, 134 characters
+    with pytest.raises(InvalidPathError) as info:
+        disk.save(np.arange(3), f"/{too_long}")
+    assert "255 bytes" in str(info.value)
+    with pytest.raises(InvalidPathError):
+        disk.load(f"/{too_long}")
+    assert os.listdir(_real(disk, "/")) == []
+
+
+def test_batch_errors_say_why(disk) -> None:
+    with pytest.raises(BatchError) as info:
+        disk.save_batch([np.array([[object()]], dtype=object)], ["/a.tif"])
+    assert "Python objects" in str(info.value)

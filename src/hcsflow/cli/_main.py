@@ -1,4 +1,4 @@
-"""The ``hcsflow`` command: ``demo``, ``run``, ``info`` and ``validate``."""
+"""The ``hcsflow`` command: ``demo``, ``run``, ``info``, ``validate`` and ``fsck``."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from hcsflow.cli._fsck import add_fsck_parser
 from hcsflow.errors import HcsflowError
 
 __all__ = ["main", "build_parser", "demo_pipeline"]
@@ -99,10 +100,23 @@ def build_parser() -> argparse.ArgumentParser:
         help="how wells run in parallel (default: processes)",
     )
     r.add_argument(
+        "--format",
+        default=None,
+        metavar="NAME",
+        help="plate format: imagexpress, harmony, cellvoyager, ome-tiff, ome-zarr, files "
+        "(or a registered reader); default: detected",
+    )
+    r.add_argument(
         "--layout",
         default=None,
-        help="file naming: imagexpress, operaphenix, or a regular expression with "
-        "named groups (well, site, channel, z, t); default: detected",
+        help="file naming of a plain folder of images: imagexpress, operaphenix, or a "
+        "regular expression with named groups (well, site, channel, z, t); default: detected",
+    )
+    r.add_argument(
+        "--strict",
+        action="store_true",
+        help="refuse a plate with image files its reader cannot place (default: name them "
+        "and run without them)",
     )
     r.add_argument(
         "--overwrite", action="store_true", help="replace a previous run in the output directory"
@@ -148,13 +162,23 @@ def build_parser() -> argparse.ArgumentParser:
         help="times a well is run again after its worker died (default: 2)",
     )
 
-    i = sub.add_parser("info", help="describe a plate directory, an OME-Zarr plate or a run")
+    i = sub.add_parser(
+        "info",
+        help="describe a plate (microscope export, OME-Zarr, folder of images) or a run",
+    )
     i.add_argument("path")
+    i.add_argument(
+        "--format", default=None, metavar="NAME", help="plate format (default: detected)"
+    )
+    i.add_argument(
+        "--layout", default=None, help="file naming of a plain folder of images (see run)"
+    )
     i.add_argument("--json", action="store_true", help="print JSON")
 
     v = sub.add_parser("validate", help="check an OME-Zarr plate against the NGFF specification")
     v.add_argument("path")
     v.add_argument("--deep", action="store_true", help="also decode every chunk (slow)")
+    add_fsck_parser(sub)
     from hcsflow.cli._functions import add_functions_parser
 
     add_functions_parser(sub)
@@ -172,7 +196,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "run":
             return _run(args)
         if args.command == "info":
-            return _info(args)
+            from hcsflow.cli._info import info_command
+
+            return info_command(args)
         return _validate(args)
     except HcsflowError as exc:
         print(f"hcsflow {args.command}: error: {exc}", file=sys.stderr)
@@ -336,6 +362,10 @@ def _run(args: argparse.Namespace) -> int:
         changes["executor"] = args.executor
     if args.fail_fast:
         changes["fail_fast"] = True
+    if args.format is not None:
+        changes["input_format"] = args.format
+    if args.strict:
+        changes["strict_input"] = True
     if args.scheduler is not None:
         changes["scheduler"] = args.scheduler
         changes["executor"] = "dask"
@@ -378,60 +408,7 @@ def _run(args: argparse.Namespace) -> int:
     return 1 if result.failed else 0
 
 
-# --------------------------------------------------------------------------- info / validate
-
-
-def _is_zarr_group(path: Path) -> bool:
-    return (path / "zarr.json").is_file() or (path / ".zattrs").is_file()
-
-
-def _info(args: argparse.Namespace) -> int:
-    path = Path(args.path)
-    info: dict[str, Any]
-    if (path / "manifest.json").is_file():
-        m = json.loads((path / "manifest.json").read_text())
-        info = {
-            "kind": "hcsflow run",
-            "output_dir": str(path.absolute()),
-            "started": m.get("started"),
-            "duration_s": m.get("duration_s"),
-            "plate": m.get("plate"),
-            "summary": m.get("summary"),
-            "steps": [s.get("name") for s in m.get("pipeline", [])],
-            "plate_tables": m.get("plate_tables"),
-            "failed_wells": {
-                w: d.get("error") for w, d in m.get("wells", {}).items() if d.get("status") != "ok"
-            },
-        }
-    elif _is_zarr_group(path):
-        from hcsflow.storage import open_plate, open_well
-
-        p = open_plate(str(path))
-        first = open_well(str(path), p.wells[0]) if p.wells else None
-        info = {
-            "kind": "OME-Zarr plate",
-            "url": p.url,
-            "ngff_version": p.ngff_version,
-            "name": p.name,
-            "rows": len(p.rows),
-            "columns": len(p.columns),
-            "wells": len(p.wells),
-            "fields": p.field_count,
-            "axes": list(first.axes) if first else None,
-            "shape": list(first.shape) if first else None,
-            "dtype": first.dtype if first else None,
-        }
-    else:
-        from hcsflow.pipeline import read_plate
-
-        plate = read_plate(str(path.absolute()), layout=_layout(None))
-        info = {"kind": "image plate", **plate.summary(), "well_names": list(plate.wells)}
-    if args.json:
-        print(json.dumps(info, indent=2, default=str))
-    else:
-        for k, v in info.items():
-            print(f"{k}: {v}")
-    return 0
+# --------------------------------------------------------------------------- validate
 
 
 def _validate(args: argparse.Namespace) -> int:

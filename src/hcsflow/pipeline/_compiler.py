@@ -21,6 +21,7 @@ from hcsflow.pipeline._config import (
     PipelineConfig,
     StepMaterializationConfig,
     resolve_config,
+    tiff_config_of,
     zarr_config_of,
 )
 from hcsflow.pipeline._plate import PlateImage, PlateIndex, read_plate
@@ -103,6 +104,13 @@ class WellPlan:
     multi_z: bool
     multi_t: bool
     fsync: bool = True
+    reader: Any = None
+    """The plate reader whose ``load_planes`` reads the inputs (``None``: load the
+    input paths with the file manager)."""
+    metadata: Any = None
+    """``hcsflow.readers.ImageMetadata`` the outputs carry (pixel size, channels...)."""
+    tiff_config: Any = None
+    """``hcsflow.storage.TiffConfig`` of TIFF outputs (``None``: ``TiffConfig()``)."""
     output: Any = None
     """Where the well writes (a ``WellSink`` set by the run inside the worker; ``None``:
     a local disk backend and zarr stores at their virtual paths)."""
@@ -315,7 +323,12 @@ def compile_pipeline(
     else:
         try:
             plate_index = read_plate(
-                str(plate), filemanager=filemanager, backend=input_backend, layout=layout
+                str(plate),
+                filemanager=filemanager,
+                backend=input_backend,
+                layout=layout,
+                format=run_config.input_format,
+                strict=bool(run_config.strict_input),
             )
         except HcsflowError as exc:
             problems.append(f"plate {plate!s}: {exc}")
@@ -489,6 +502,8 @@ def compile_pipeline(
             raise CompilationError([f"well_filter names wells the plate does not have: {unknown}"])
         wells = [w for w in wells if w in wanted_wells]
     step_tuple = tuple(plans)
+    metadata = plate_index.image_metadata()
+    tiff_config = tiff_config_of(run_config)
     well_plans = tuple(
         WellPlan(
             well=w,
@@ -502,6 +517,9 @@ def compile_pipeline(
             multi_z=len(plate_index.zs) > 1,
             multi_t=len(plate_index.ts) > 1,
             fsync=bool(run_config.vfs.fsync),
+            reader=plate_index.reader,
+            metadata=metadata,
+            tiff_config=tiff_config,
         )
         for w in wells
     )

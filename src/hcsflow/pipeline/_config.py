@@ -8,7 +8,8 @@ materialization configuration given explicitly asks for materialization).  A
 :func:`resolve_config` then merges, field by field and recursively into nested
 configurations, the first value that is not ``None`` from the step, the pipeline and
 the global configuration.  ``ZarrConfig`` (owned by the storage layer) is the exception:
-it is replaced as a whole, because its fields carry their own defaults.
+it is replaced as a whole, because its fields carry their own defaults (so is
+``TiffConfig``).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from dataclasses import dataclass, fields, is_dataclass, replace
 from typing import Any, Literal
 
 from hcsflow.errors import ConfigurationError
-from hcsflow.storage import Backend
+from hcsflow.storage import Backend, TiffConfig
 from hcsflow.storage.plate import parse_well
 
 __all__ = [
@@ -33,6 +34,7 @@ __all__ = [
     "config_to_dict",
     "normalize_well_filter",
     "zarr_config_of",
+    "tiff_config_of",
 ]
 
 ExecutorName = Literal["inprocess", "threads", "processes", "dask"]
@@ -176,6 +178,11 @@ class DeviceConfig:
             raise ConfigurationError(f"gpu_id must be a non-negative int, got {self.gpu_id!r}")
 
 
+def tiff_config_of(cfg: PipelineConfig) -> Any:
+    """The ``TiffConfig`` a configuration uses (``TiffConfig()`` when unset)."""
+    return cfg.tiff if cfg.tiff is not None else TiffConfig()
+
+
 def zarr_config_of(cfg: PipelineConfig) -> Any:
     """The ``ZarrConfig`` a configuration uses (``ZarrConfig()`` when unset)."""
     if cfg.zarr is not None:
@@ -200,6 +207,16 @@ class PipelineConfig:
     check_finite: bool | None = None
     fail_fast: bool | None = None
     well_filter: tuple[str, ...] | None = None
+    input_format: str | None = None
+    """The plate reader to use (``"imagexpress"``, ``"harmony"``, ``"cellvoyager"``,
+    ``"ome-tiff"``, ``"ome-zarr"``, ``"files"``, or a registered third-party name);
+    ``None`` detects it (``hcsflow.readers``)."""
+    strict_input: bool | None = None
+    """Refuse a plate with image files its reader cannot place (default: report them
+    and run without them)."""
+    tiff: Any = None
+    """A ``hcsflow.storage.TiffConfig`` for TIFF outputs (default ``TiffConfig()``:
+    zlib, OME metadata).  Replaced as a whole, like ``zarr``."""
     scheduler: str | None = None
     """Address of an existing Dask scheduler (``tcp://host:8786``) for ``executor="dask"``;
     ``None`` starts a ``LocalCluster`` of ``num_workers`` workers."""
@@ -251,6 +268,16 @@ def _validate_run_fields(cfg: PipelineConfig) -> None:
         raise ConfigurationError(f"executor must be one of {_EXECUTORS}, got {cfg.executor!r}")
     if cfg.well_filter is not None:
         object.__setattr__(cfg, "well_filter", normalize_well_filter(cfg.well_filter))
+    if cfg.input_format is not None and (
+        not isinstance(cfg.input_format, str) or not cfg.input_format.strip()
+    ):
+        raise ConfigurationError(
+            f"input_format must be a plate format name such as 'harmony', got {cfg.input_format!r}"
+        )
+    if cfg.tiff is not None and not isinstance(cfg.tiff, TiffConfig):
+        raise ConfigurationError(
+            f"tiff must be a hcsflow.storage.TiffConfig, got {type(cfg.tiff).__name__}"
+        )
     if cfg.retries is not None and (
         not isinstance(cfg.retries, int) or isinstance(cfg.retries, bool) or cfg.retries < 0
     ):
@@ -275,6 +302,8 @@ _DEFAULT_VALUES: dict[str, Any] = {
     "device": DeviceConfig(implementation_preference=("numpy",), gpu_id=None),
     "check_finite": True,
     "fail_fast": False,
+    "strict_input": False,
+    "tiff": TiffConfig(),
     "retries": 2,
 }
 
@@ -287,7 +316,7 @@ def _merge(specific: Any, general: Any) -> Any:
         return specific
     if not (is_dataclass(specific) and is_dataclass(general)):
         return specific
-    if _is_zarr_config(specific) or _is_zarr_config(general):
+    if _is_whole_config(specific) or _is_whole_config(general):
         return specific
     names = {f.name for f in fields(general)}
     changes = {}
@@ -297,8 +326,9 @@ def _merge(specific: Any, general: Any) -> Any:
     return replace(general, **changes)  # type: ignore[type-var]
 
 
-def _is_zarr_config(obj: Any) -> bool:
-    return type(obj).__name__ == "ZarrConfig"
+def _is_whole_config(obj: Any) -> bool:
+    # storage encodings carry their own defaults: replaced as a whole, never merged
+    return type(obj).__name__ in ("ZarrConfig", "TiffConfig")
 
 
 DEFAULTS: GlobalPipelineConfig = GlobalPipelineConfig()

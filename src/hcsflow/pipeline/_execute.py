@@ -30,6 +30,7 @@ from hcsflow.pipeline._compiler import FunctionCall, StepPlan, WellPlan
 from hcsflow.pipeline._layouts import image_filename
 from hcsflow.pipeline._materialize import MaterializationFileManager
 from hcsflow.pipeline._step import COMPONENT_ATTR
+from hcsflow.readers import ImageMetadata, PlateImage
 from hcsflow.storage import (
     Backend,
     BackendRegistry,
@@ -108,6 +109,9 @@ class _Well:
         self.root = f"/{plan.well}"
         # coords -> memory path of the current 2-D slice
         self.images: dict[ImageCoordinates, str] = {}
+        # input planes not read yet: read through the plate reader when a group needs them
+        self.sources: dict[ImageCoordinates, PlateImage] = {}
+        self.input_shape: tuple[tuple[int, ...], str] | None = None
         # special output key -> {group key: memory path}
         self.staged: dict[str, dict[tuple[tuple[str, int], ...], str]] = {}
         # staged special outputs waiting for their materializer (run after the images)
@@ -129,6 +133,7 @@ class _Well:
 
         self.fm.delete_all(self.root, self.mem)
         self.images.clear()
+        self.sources.clear()
         self.staged.clear()
         self.pending.clear()
         used = {
@@ -180,43 +185,59 @@ def execute_well(plan: WellPlan) -> WellResult:
 
 
 def _load_inputs(state: _Well) -> None:
+    """Register the well's input planes; they are read when a step's group needs them.
+
+    Reading lazily, group by group, keeps only the planes of the groups processed so
+    far in memory, and reads each plane once.
+    """
     plan = state.plan
     in_dir = f"{state.root}/input"
     state.fm.ensure_directory(in_dir, state.mem)
-    if plan.input_backend == Backend.ZARR.value:
-        arrays = _load_zarr_planes(plan)
+    for img in plan.inputs:
+        state.images[img.coords] = f"{in_dir}/{state.filename(img.coords)}"
+        state.sources[img.coords] = img
+    state.result.images_in = len(plan.inputs)
+
+
+def _read_sources(state: _Well, members: list[ImageCoordinates]) -> None:
+    """Read the input planes among ``members`` that are not in memory yet."""
+    todo = [state.sources[c] for c in members if c in state.sources]
+    if not todo:
+        return
+    plan = state.plan
+    if plan.reader is not None:
+        arrays = plan.reader.load_planes(todo, state.fm, plan.input_backend)
+    elif plan.input_backend == Backend.ZARR.value:
+        arrays = _load_zarr_planes(plan, todo)
     else:
-        arrays = state.fm.load_batch([img.path for img in plan.inputs], plan.input_backend)
-    shape: tuple[int, ...] | None = None
-    first = ""
-    for img, arr in zip(plan.inputs, arrays, strict=True):
+        arrays = state.fm.load_batch([img.path for img in todo], plan.input_backend)
+    for img, arr in zip(todo, arrays, strict=True):
         arr = np.asarray(arr)
         while arr.ndim > 2 and arr.shape[0] == 1:
             arr = arr[0]
+        where = img.path if img.page is None else f"{img.path} page {img.page}"
         if arr.ndim != 2:
             raise ShapeError(
-                f"well {plan.well}: image {img.path!r} is not a 2-D plane (shape {arr.shape})"
+                f"well {plan.well}: image {where!r} is not a 2-D plane (shape {arr.shape})"
             )
-        if shape is None:
-            shape, first = arr.shape, img.path
-        elif arr.shape != shape:
+        if state.input_shape is None:
+            state.input_shape = (arr.shape, where)
+        elif arr.shape != state.input_shape[0]:
             raise ShapeError(
-                f"well {plan.well}: mixed image sizes: {first!r} is {shape} but "
-                f"{img.path!r} is {arr.shape}"
+                f"well {plan.well}: mixed image sizes: {state.input_shape[1]!r} is "
+                f"{state.input_shape[0]} but {where!r} is {arr.shape}"
             )
-        mpath = f"{in_dir}/{state.filename(img.coords)}"
-        state.fm.save(arr, mpath, state.mem)
-        state.images[img.coords] = mpath
-    state.result.images_in = len(arrays)
+        state.fm.save(arr, state.images[img.coords], state.mem)
+        del state.sources[img.coords]
 
 
-def _load_zarr_planes(plan: WellPlan) -> list[np.ndarray]:
-    """The well's planes from an OME-Zarr plate, reading each field image once."""
+def _load_zarr_planes(plan: WellPlan, images: list[PlateImage]) -> list[np.ndarray]:
+    """Planes from an OME-Zarr plate, reading each field image once."""
     from hcsflow.storage import open_image
 
     fields: dict[int, np.ndarray] = {}
     planes = []
-    for img in plan.inputs:
+    for img in images:
         c = img.coords
         if c.field not in fields:
             fields[c.field] = np.asarray(open_image(img.path, plan.well, c.field)[...])
@@ -264,6 +285,7 @@ def _run_step(state: _Well, step: StepPlan) -> None:
     where = f"step {step.index} ({step.name}), well {state.plan.well}"
     for key, members in _groups(state, step):
         chain = _chain_for(step, key, where)
+        _read_sources(state, members)
         slices = state.fm.load_batch([state.images[c] for c in members], state.mem)
         stack = stack_slices(
             slices, chain[0].input_memory_type, step.gpu_id, allow_cpu_roundtrip=True
@@ -512,6 +534,8 @@ def _final_arrays(state: _Well) -> tuple[list[ImageCoordinates], list[np.ndarray
 
 def _save_images(state: _Well, backend: str, directory: str, what: str) -> int:
     coords, arrays = _final_arrays(state)
+    plan = state.plan
+    meta = plan.metadata if isinstance(plan.metadata, ImageMetadata) else ImageMetadata()
     if backend == Backend.ZARR.value:
         from hcsflow.pipeline._zarr_out import write_well_zarr
 
@@ -519,21 +543,51 @@ def _save_images(state: _Well, backend: str, directory: str, what: str) -> int:
         assert store is not None
         write_well_zarr(
             store,
-            state.plan.well,
+            plan.well,
             coords,
             arrays,
-            state.plan.zarr_config,
+            plan.zarr_config,
+            meta,
             storage_options=storage_options,
         )
     else:
-        well_dir = vpaths.join(directory, state.plan.well)
+        well_dir = vpaths.join(directory, plan.well)
         state.fm.ensure_directory(well_dir, backend)
         paths = [vpaths.join(well_dir, state.filename(c)) for c in coords]
-        state.fm.save_batch(arrays, paths, backend)
+        _save_tiffs(state, backend, coords, arrays, paths, meta)
     state.result.outputs.append(
         {"kind": what, "backend": backend, "path": directory, "images": len(arrays)}
     )
     return len(arrays)
+
+
+def _save_tiffs(
+    state: _Well,
+    backend: str,
+    coords: list[ImageCoordinates],
+    arrays: list[np.ndarray],
+    paths: list[str],
+    meta: ImageMetadata,
+) -> None:
+    """Save the well's planes; TIFFs as compressed OME-TIFFs carrying ``meta``.
+
+    Files sharing their options (one channel, one dtype) go in one ``save_batch``, which
+    checks every target before writing any.
+    """
+    from hcsflow.storage import TiffConfig
+
+    cfg = state.plan.tiff_config if state.plan.tiff_config is not None else TiffConfig()
+    batches: dict[tuple[int, str, bool], list[int]] = {}
+    for i, p in enumerate(paths):
+        is_tiff = p.lower().endswith((".tif", ".tiff"))
+        batches.setdefault((coords[i].channel, arrays[i].dtype.str, is_tiff), []).append(i)
+    for (channel, dtype, is_tiff), idx in batches.items():
+        options: dict[str, Any] = {}
+        if is_tiff:
+            options.update(cfg.save_options(np.dtype(dtype)))
+            if cfg.ome:
+                options["ome"] = meta.ome_tiff(channel, "YX")
+        state.fm.save_batch([arrays[i] for i in idx], [paths[i] for i in idx], backend, **options)
 
 
 def _write_images(state: _Well) -> None:

@@ -21,7 +21,7 @@ import numpy as np
 
 from hcsflow import paths as vpaths
 from hcsflow.errors import DataFormatError, MaterializationError
-from hcsflow.storage import Backend, FileManager
+from hcsflow.storage import Backend, FileManager, neutralize_formulas
 
 __all__ = [
     "IDENTIFIER_COLUMNS",
@@ -179,7 +179,7 @@ def materialize_table(data: Any, path: str, filemanager: FileManager) -> str:
         "identifier_columns": skipped,
         "numeric": stats,
     }
-    filemanager.save(df, csv_path, backend, overwrite=True)
+    filemanager.save(neutralize_formulas(df), csv_path, backend, overwrite=True)
     filemanager.save(json.dumps(summary, indent=2), json_path, backend, overwrite=True)
     return csv_path
 

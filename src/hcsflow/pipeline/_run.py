@@ -82,7 +82,7 @@ from hcsflow.pipeline._executors import (
 from hcsflow.pipeline._output import INPUT_BACKEND, OutputRoot, plate_location
 from hcsflow.pipeline._plate import PlateIndex
 from hcsflow.pipeline._step import FunctionStep, Pipeline
-from hcsflow.storage import Backend
+from hcsflow.storage import Backend, neutralize_csv_text
 from hcsflow.storage._fsspec import is_url
 from hcsflow.storage.plate import PlateLayout
 
@@ -872,7 +872,7 @@ def _consolidate(results: list[WellResult], root: OutputRoot) -> dict[str, str]:
             frames = [pd.read_csv(io.StringIO(t)) for t in texts if t.strip()]
             text = pd.concat(frames, ignore_index=True).to_csv(index=False)
         name = f"{key}.csv"
-        backend.save(text, root.vpath(name), overwrite=True)
+        backend.save(neutralize_csv_text(text), root.vpath(name), overwrite=True)
         plate[key] = name
     return plate
 

@@ -1,7 +1,8 @@
 """Writing a run's images and labels into an OME-Zarr plate (the storage layer's helpers).
 
 A well's final images become one field image per site, shaped ``(c, z, y, x)`` (or
-``(t, c, z, y, x)`` when the plate has several timepoints).  Label images produced by a
+``(t, c, z, y, x)`` when the plate has several timepoints), with the input plate's
+physical scale, channel names and colours, and plate name.  Label images produced by a
 step go to ``<well>/<field>/labels/<name>`` of the same plate.  Plate metadata is
 rebuilt once after all wells (:func:`finalize_plates`).
 """
@@ -15,6 +16,7 @@ import numpy as np
 
 from hcsflow import storage as zp
 from hcsflow.errors import PlateLayoutError
+from hcsflow.readers import ImageMetadata
 from hcsflow.storage.plate import ImageCoordinates
 
 __all__ = ["write_well_zarr", "write_labels_zarr", "finalize_plates"]
@@ -42,10 +44,16 @@ def write_well_zarr(
     coords: Sequence[ImageCoordinates],
     arrays: Sequence[np.ndarray],
     zarr_config: Any,
+    metadata: ImageMetadata | None = None,
     *,
     storage_options: dict[str, Any] | None = None,
 ) -> None:
-    """Write one well's 2-D images as OME-Zarr field images, one field per site."""
+    """Write one well's 2-D images as OME-Zarr field images, one field per site.
+
+    ``metadata`` gives the images' physical scale (``coordinateTransformations`` in
+    micrometres and seconds, units on the axes), their ``omero`` channels (label and
+    colour of each channel present) and the plate's name.
+    """
     sites, chans, zs, ts = _grid(coords, "images", well)
     index = {c: a for c, a in zip(coords, arrays, strict=True)}
     fields: dict[int, np.ndarray] = {}
@@ -56,8 +64,23 @@ def write_well_zarr(
         ]
         arr = np.asarray(planes)  # (t, c, z, y, x)
         fields[f] = arr if len(ts) > 1 else arr[0]
+    meta = metadata or ImageMetadata()
+    axes = ("t", "c", "z", "y", "x") if len(ts) > 1 else ("c", "z", "y", "x")
+    scale, units = meta.ngff_scale(axes)
+    channels = [
+        {"label": meta.channel(ch).label, "color": meta.channel(ch).display_color} for ch in chans
+    ]
     zp.write_well(
-        store, well, fields, zarr_config, update_plate=False, storage_options=storage_options
+        store,
+        well,
+        fields,
+        zarr_config,
+        update_plate=False,
+        storage_options=storage_options,
+        scale=scale,
+        units=units,
+        channels=channels,
+        plate_name=meta.plate_name,
     )
 
 

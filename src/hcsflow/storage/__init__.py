@@ -1,10 +1,18 @@
 """The virtual file system: backends, registries and :class:`FileManager`."""
 
 from hcsflow.storage._base import IMAGE_EXTENSIONS, Backend, EntryKind, FileInfo, StorageBackend
-from hcsflow.storage._codecs import Codec, CodecRegistry, default_codecs, to_host_array
-from hcsflow.storage._disk import DiskStorageBackend
+from hcsflow.storage._codecs import (
+    Codec,
+    CodecRegistry,
+    TiffConfig,
+    default_codecs,
+    to_host_array,
+)
+from hcsflow.storage._decode import ALIGNMENT, aligned_empty
 from hcsflow.storage._filemanager import FileManager
+from hcsflow.storage._fsck import Debris, find_debris, remove_debris
 from hcsflow.storage._fsspec import FsspecStorageBackend
+from hcsflow.storage._limits import ENV_MAX_DECODED_BYTES, StorageLimits
 from hcsflow.storage._memory import MemoryStorageBackend
 from hcsflow.storage._registry import (
     BackendRegistry,
@@ -12,12 +20,19 @@ from hcsflow.storage._registry import (
     register_backend,
     storage_registry,
 )
+from hcsflow.storage._tables import (
+    neutralize_csv_text,
+    neutralize_formula,
+    neutralize_formulas,
+)
+from hcsflow.storage.disk import DiskStorageBackend
 from hcsflow.storage.zarr import (
     PlateInfo,
     WellInfo,
     ZarrConfig,
     ZarrStorageBackend,
     finalize_plate,
+    image_metadata,
     list_wells,
     open_image,
     open_plate,
@@ -33,6 +48,7 @@ __all__ = [
     "BackendRegistry",
     "Codec",
     "CodecRegistry",
+    "TiffConfig",
     "DiskStorageBackend",
     "FsspecStorageBackend",
     "MemoryStorageBackend",
@@ -46,6 +62,17 @@ __all__ = [
     "backend_name",
     "register_backend",
     "storage_registry",
+    # limits, alignment, crash debris, CSV safety
+    "StorageLimits",
+    "ENV_MAX_DECODED_BYTES",
+    "ALIGNMENT",
+    "aligned_empty",
+    "Debris",
+    "find_debris",
+    "remove_debris",
+    "neutralize_formula",
+    "neutralize_formulas",
+    "neutralize_csv_text",
     # zarr backend and OME-Zarr plates
     "ZarrStorageBackend",
     "ZarrConfig",
@@ -58,6 +85,7 @@ __all__ = [
     "write_labels",
     "read_labels",
     "finalize_plate",
+    "image_metadata",
     "open_plate",
     "list_wells",
 ]

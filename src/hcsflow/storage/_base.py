@@ -21,8 +21,9 @@ from __future__ import annotations
 
 import enum
 import fnmatch
+import re
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
@@ -251,27 +252,42 @@ class StorageBackend(ABC):
         if kind != "directory":
             raise NotADirectoryStorageError("not a directory", path=directory, backend=self.name)
 
+    def _scan_dir(self, directory: str) -> tuple[list[str], list[str]]:
+        """Names of the files and of the subdirectories directly in ``directory``.
+
+        ``directory`` is normalised and names an existing directory.  Files include
+        symlinks to files; subdirectories are real directories only (a symlinked
+        directory is neither, so walks never follow one).  Any order.  This default asks
+        :meth:`list_dir` and :meth:`entry_kind` about every entry; backends override it
+        with one pass over their own listing.
+        """
+        files: list[str] = []
+        subdirs: list[str] = []
+        for entry in self.list_dir(directory):
+            full = _child(directory, entry)
+            own = self.entry_kind(full, follow_symlinks=False)
+            if own == "directory":
+                subdirs.append(entry)
+            elif own == "file" or (own == "symlink" and self.entry_kind(full) == "file"):
+                files.append(entry)
+        return files, subdirs
+
     def walk(self, directory: vpaths.PathLike, *, recursive: bool = True) -> Iterator[str]:
         """Yield the paths of files below ``directory`` in natural, depth-first order.
 
-        Symlinked directories are not descended into (prevents cycles); symlinked files
-        are yielded.
+        Each directory's files come first, then its subdirectories' files.  Symlinked
+        directories are not descended into (prevents cycles); symlinked files are
+        yielded.
         """
         root = self.norm(directory)
         self._require_dir(root)
         stack = [root]
         while stack:
             current = stack.pop()
-            subdirs: list[str] = []
-            for entry in self.list_dir(current):
-                full = vpaths.join(current, entry)
-                own = self.entry_kind(full, follow_symlinks=False)
-                if own == "directory":
-                    subdirs.append(full)
-                elif own == "file" or (own == "symlink" and self.entry_kind(full) == "file"):
-                    yield full
+            files, subdirs = self._scan_dir(current)
+            yield from _children(current, vpaths.natural_sorted(files))
             if recursive:
-                stack.extend(reversed(subdirs))
+                stack.extend(reversed(_children(current, vpaths.natural_sorted(subdirs))))
 
     def list_files(
         self,
@@ -286,18 +302,29 @@ class StorageBackend(ABC):
         are matched case-insensitively (``".TIF"`` matches ``".tif"``).  Results are in
         natural order of their full path.
         """
-        exts = _normalize_extensions(extensions)
-        found = []
-        for full in self.walk(directory, recursive=recursive):
-            fname = vpaths.name(full)
-            if pattern is not None and not fnmatch.fnmatchcase(fname, pattern):
-                continue
-            if exts is not None and not fname.lower().endswith(exts):
-                continue
-            found.append(full)
-        # walk yields one directory's files in natural order already; only a recursive
-        # listing needs sorting by full path
-        return vpaths.natural_sorted(found) if recursive else found
+        root = self.norm(directory)
+        keep = _name_filter(pattern, extensions)
+        cls = type(self)
+        if cls._scan_dir is StorageBackend._scan_dir and cls.walk is not StorageBackend.walk:
+            # a backend with its own walk and no _scan_dir lists best through that walk
+            walked = list(self.walk(root, recursive=recursive))
+            kept = set(keep(list({vpaths.name(full) for full in walked})))
+            walked = [full for full in walked if vpaths.name(full) in kept]
+            return vpaths.natural_sorted(walked) if recursive else walked
+        self._require_dir(root)
+        if not recursive:
+            files, _ = self._scan_dir(root)
+            # one directory: ordering the names orders the paths; only the kept names
+            # are ordered
+            return _children(root, vpaths.natural_sorted(keep(files)))
+        found: list[str] = []
+        stack = [root]
+        while stack:
+            current = stack.pop()
+            files, subdirs = self._scan_dir(current)
+            found += _children(current, keep(files))
+            stack += _children(current, subdirs)
+        return vpaths.natural_sorted(found)
 
     def list_image_files(
         self,
@@ -340,7 +367,7 @@ class StorageBackend(ABC):
                 self.save(item, p, overwrite=overwrite, **options)
             except HcsflowError as exc:
                 raise BatchError(
-                    f"batch item {index} could not be written",
+                    f"batch item {index} could not be written: {_reason(exc)}",
                     index=index,
                     path=p,
                     backend=self.name,
@@ -353,7 +380,10 @@ class StorageBackend(ABC):
                 self._check_can_write(p, overwrite)
             except HcsflowError as exc:
                 raise BatchError(
-                    f"batch item {index} cannot be written", index=index, path=p, backend=self.name
+                    f"batch item {index} cannot be written: {_reason(exc)}",
+                    index=index,
+                    path=p,
+                    backend=self.name,
                 ) from exc
 
     def load_batch(self, paths: Sequence[vpaths.PathLike], **options: Any) -> list[Any]:
@@ -364,7 +394,7 @@ class StorageBackend(ABC):
                 out.append(self.load(p, **options))
             except HcsflowError as exc:
                 raise BatchError(
-                    f"batch item {index} could not be loaded",
+                    f"batch item {index} could not be loaded: {_reason(exc)}",
                     index=index,
                     path=self._item_path(p),
                     backend=self.name,
@@ -417,6 +447,35 @@ def _normalize_extensions(extensions: Iterable[str] | None) -> tuple[str, ...] |
     return tuple(e.lower() if e.startswith(".") else "." + e.lower() for e in extensions)
 
 
+def _name_filter(
+    pattern: str | None, extensions: Iterable[str] | None
+) -> Callable[[list[str]], list[str]]:
+    """The names of a list that match the glob ``pattern`` and ``extensions``."""
+    exts = _normalize_extensions(extensions)
+    # what fnmatch.fnmatchcase does per call, compiled once for the whole listing
+    match = re.compile(fnmatch.translate(pattern)).match if pattern is not None else None
+
+    def keep(names: list[str]) -> list[str]:
+        if exts is not None:
+            names = [n for n in names if n.lower().endswith(exts)]
+        if match is not None:
+            names = [n for n in names if match(n)]
+        return names
+
+    return keep
+
+
+def _child(directory: str, name: str) -> str:
+    """The path of ``name`` in the normalised ``directory``."""
+    return directory + "/" + name if directory != "/" else "/" + name
+
+
+def _children(directory: str, names: Iterable[str]) -> list[str]:
+    """The paths of ``names`` in the normalised ``directory``."""
+    prefix = directory + "/" if directory != "/" else "/"
+    return [prefix + name for name in names]
+
+
 def _check_batch(
     backend: StorageBackend, data_list: Sequence[Any], paths: Sequence[vpaths.PathLike]
 ) -> list[str]:
@@ -424,8 +483,18 @@ def _check_batch(
         raise BatchLengthError(
             f"save_batch got {len(data_list)} items for {len(paths)} paths", backend=backend.name
         )
-    norm = [backend.norm(p) for p in paths]
+    if type(backend).norm is StorageBackend.norm:
+        # the plain normaliser, called directly: one call per path, not two
+        name = backend.name
+        norm = [vpaths.normalize_path(p, backend=name) for p in paths]
+    else:
+        norm = [backend.norm(p) for p in paths]
     if len(set(norm)) != len(norm):
         dup = next(p for p in norm if norm.count(p) > 1)
         raise InvalidPathError("path appears twice in one batch", path=dup, backend=backend.name)
     return norm
+
+
+def _reason(exc: BaseException) -> str:
+    """What went wrong, without the location a storage error appends to its message."""
+    return str(getattr(exc, "reason", exc))

@@ -2,8 +2,12 @@
 
 A :class:`Codec` works in two steps so that bad data is refused before any file is
 touched: :meth:`Codec.prepare` checks and converts the data (raising
-:class:`CodecRefusal`), and :meth:`Codec.encode` writes the prepared value into an open
-binary file.  :meth:`Codec.decode` reads a real file path back.  The backend turns a
+:class:`~hcsflow.errors.CodecRefusal`), and :meth:`Codec.encode` writes the prepared
+value into an open binary file.  :meth:`Codec.decode` reads an open binary file back:
+codecs never open paths themselves, so the backend's containment (see
+:mod:`hcsflow.storage.disk`) covers every byte they read.  Decoders check the sizes a
+file declares against :class:`~hcsflow.storage.StorageLimits` before allocating, and
+return 64-byte aligned arrays (see :mod:`hcsflow.storage._decode`).  The backend turns a
 refusal into :class:`~hcsflow.errors.DataFormatError` and a decoding failure into
 :class:`~hcsflow.errors.CorruptDataError`, both naming the path and backend.
 
@@ -21,17 +25,28 @@ import json
 import pickle
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import IO, Any, ClassVar
 
 import numpy as np
 
-from hcsflow.errors import MemoryConversionError, MemoryTypeError
+from hcsflow.errors import CodecRefusal, MemoryConversionError, MemoryTypeError
+from hcsflow.storage._decode import (
+    PickleNotAllowed,
+    read_npy,
+    read_npz,
+    read_png,
+    read_tiff,
+    remaining_bytes,
+)
+from hcsflow.storage._limits import StorageLimits
 
 __all__ = [
     "Codec",
     "CodecRefusal",
     "CodecRegistry",
     "PickleNotAllowed",
+    "TiffConfig",
     "default_codecs",
     "to_host_array",
 ]
@@ -39,14 +54,6 @@ __all__ = [
 #: load options every codec accepts (and non-pickle codecs ignore), so generic code can
 #: pass ``allow_pickle`` to a batch of mixed formats
 _UNIVERSAL_LOAD_OPTIONS = frozenset({"allow_pickle"})
-
-
-class CodecRefusal(Exception):
-    """The data cannot be written in this format (the message says why)."""
-
-
-class PickleNotAllowed(Exception):
-    """Decoding would unpickle and the caller did not pass ``allow_pickle=True``."""
 
 
 class Codec(ABC):
@@ -78,8 +85,33 @@ class Codec(ABC):
         """Write a value returned by :meth:`prepare` into the binary file ``fh``."""
 
     @abstractmethod
-    def decode(self, real_path: str, **options: Any) -> Any:
-        """Read the file at ``real_path``."""
+    def decode(
+        self,
+        fh: IO[bytes],
+        *,
+        limits: StorageLimits,
+        path: str | None = None,
+        backend: str | None = None,
+        **options: Any,
+    ) -> Any:
+        """Decode the open binary file ``fh`` (positioned at its start).
+
+        Check every size the file declares against ``limits`` before allocating
+        (:meth:`StorageLimits.check_bytes` raises naming ``path`` and ``backend``).
+        """
+
+
+def _read_all(
+    fh: IO[bytes], limits: StorageLimits, path: str | None, backend: str | None, what: str
+) -> bytes:
+    """The rest of ``fh`` after checking its size against the decoded-bytes limit."""
+    size = remaining_bytes(fh)
+    if size is not None:
+        limits.check_bytes(size, what=what, path=path, backend=backend)
+        return fh.read()
+    data = fh.read(limits.max_decoded_bytes + 1)
+    limits.check_bytes(len(data), what=what, path=path, backend=backend)
+    return data
 
 
 # --------------------------------------------------------------------------- host arrays
@@ -143,6 +175,12 @@ def _has_buffer(data: Any) -> bool:
 
 def _image_array(data: Any, fmt: str) -> np.ndarray:
     arr = to_host_array(data)
+    if arr.dtype.hasobject:
+        raise CodecRefusal(
+            f"a {fmt} image holds numbers; got an array of Python objects (dtype {arr.dtype}, "
+            f"shape {arr.shape}), which often means a function returned a list of arrays of "
+            "different shapes"
+        )
     if arr.ndim < 2:
         raise CodecRefusal(f"a {fmt} image needs at least 2 dimensions, got shape {arr.shape}")
     return arr
@@ -154,22 +192,87 @@ def _image_array(data: Any, fmt: str) -> np.ndarray:
 _IMAGEJ_DTYPES = frozenset(np.dtype(t) for t in ("uint8", "uint16", "int16", "float32"))
 
 
+_TIFF_COMPRESSIONS = ("zlib", "zstd", "lzw", "lzma")
+
+
+@dataclass(frozen=True)
+class TiffConfig:
+    """How TIFF images are encoded: lossless compression and OME metadata.
+
+    The default, ``zlib`` at level 1 with horizontal differencing (integer images),
+    is readable by every TIFF reader that handles compression (Fiji, Bio-Formats,
+    napari, tifffile) and typically halves a microscope image; level 1 because higher
+    levels cost 2-3x the time for a few percent.  ``compression=None`` writes
+    uncompressed TIFFs; ``"zstd"`` compresses as well, faster to write but less widely
+    readable.  ``ome=True`` writes OME-XML (physical sizes, channel names) when the
+    writer knows them.
+    """
+
+    compression: str | None = "zlib"
+    level: int | None = 1
+    predictor: bool = True
+    ome: bool = True
+
+    def __post_init__(self) -> None:
+        if self.compression is not None and self.compression not in _TIFF_COMPRESSIONS:
+            raise ValueError(
+                f"TiffConfig.compression must be one of {_TIFF_COMPRESSIONS} or None, "
+                f"got {self.compression!r}"
+            )
+        if self.level is not None and (
+            not isinstance(self.level, int) or isinstance(self.level, bool) or self.level < 0
+        ):
+            raise ValueError(f"TiffConfig.level must be a non-negative int, got {self.level!r}")
+
+    def save_options(self, dtype: Any) -> dict[str, Any]:
+        """``TiffCodec`` save options (``compression``, ``compressionargs``, ``predictor``)
+        for images of ``dtype``."""
+        if self.compression is None:
+            return {}
+        opts: dict[str, Any] = {"compression": self.compression}
+        if self.level is not None and self.compression != "lzw":
+            opts["compressionargs"] = {"level": self.level}
+        # the floating-point predictor is not read by every TIFF reader: integers only
+        if self.predictor and np.dtype(dtype).kind in "iu":
+            opts["predictor"] = True
+        return opts
+
+
 class TiffCodec(Codec):
-    """TIFF through tifffile; 3-D stacks become ImageJ hyperstacks (axes ZYX)."""
+    """TIFF through tifffile; 3-D stacks become ImageJ hyperstacks (axes ZYX).
+
+    Save options: tifffile's ``compression``, ``compressionargs`` and ``predictor``,
+    and ``ome``: a mapping of OME metadata (tifffile's ``metadata=`` for an OME-TIFF:
+    ``axes``, ``PhysicalSizeX``..., ``Channel``) that makes the file an OME-TIFF.
+    """
 
     name = "tiff"
     extensions = (".tif", ".tiff")
     loads_as = "numpy.ndarray (same dtype and shape)"
-    save_options = frozenset({"compression", "compressionargs", "predictor"})
+    save_options = frozenset({"compression", "compressionargs", "predictor", "ome"})
     load_options = frozenset({"key"})
 
     def prepare(self, data: Any, **options: Any) -> np.ndarray:
+        ome = options.get("ome")
+        if ome is not None and not isinstance(ome, Mapping):
+            raise CodecRefusal(
+                f"the ome option is a mapping of OME metadata, got {_type_name(ome)}"
+            )
         return _image_array(data, "TIFF")
 
     def encode(self, prepared: np.ndarray, fh: IO[bytes], **options: Any) -> None:
         import tifffile
 
-        if prepared.ndim == 3 and prepared.dtype in _IMAGEJ_DTYPES:
+        ome = options.pop("ome", None)
+        if ome is not None:
+            meta = dict(ome)
+            meta.setdefault("axes", "ZYX"[-prepared.ndim :] if prepared.ndim <= 3 else None)
+            if meta["axes"] is None:
+                del meta["axes"]
+            tifffile.imwrite(
+                fh, prepared, ome=True, photometric="minisblack", metadata=meta, **options
+            )
+        elif prepared.ndim == 3 and prepared.dtype in _IMAGEJ_DTYPES:
             tifffile.imwrite(fh, prepared, imagej=True, metadata={"axes": "ZYX"}, **options)
         elif prepared.ndim >= 3:
             # grey planes, never guessed RGB from a length-3 or 4 axis
@@ -178,51 +281,17 @@ class TiffCodec(Codec):
         else:
             tifffile.imwrite(fh, prepared, **options)
 
-    def decode(self, real_path: str, **options: Any) -> np.ndarray:
-        import tifffile
-
+    def decode(
+        self,
+        fh: IO[bytes],
+        *,
+        limits: StorageLimits,
+        path: str | None = None,
+        backend: str | None = None,
+        **options: Any,
+    ) -> np.ndarray:
         options.pop("allow_pickle", None)
-        with tifffile.TiffFile(real_path) as tif:
-            # pages.first, not len(pages): counting would parse every IFD of a stack
-            try:
-                tif.pages.first  # noqa: B018
-            except IndexError as exc:
-                raise ValueError("no image in the file (not a TIFF, or truncated)") from exc
-            data = tif.asarray(**options)
-            if "key" not in options and _metadata_unused(tif):
-                # tifffile recovers from a broken page chain by returning fewer planes
-                # (with only a log message); the declared shape catches that
-                expected = _declared_size(tif)
-                if expected is not None and expected != data.size:
-                    raise ValueError(
-                        f"the file declares {expected} samples but holds {data.size} (truncated?)"
-                    )
-        return data
-
-
-def _metadata_unused(tif: Any) -> bool:
-    """Whether tifffile did not build the series it read from the file's own shape metadata.
-
-    An ImageJ or shaped series takes its shape from that metadata (and ``asarray``
-    reshapes to it), so its size is the declared size by construction; parsing the
-    metadata a second time is needed only when tifffile fell back to another kind of
-    series, which is what it does when the declared data runs past the end of the file.
-    """
-    kind = tif.series[0].kind
-    return not (kind == "imagej" or kind == "shaped")
-
-
-def _declared_size(tif: Any) -> int | None:
-    """Number of samples a TIFF's own metadata (shaped or ImageJ) says it holds."""
-    if tif.is_shaped and tif.shaped_metadata:
-        shape = tif.shaped_metadata[0].get("shape")
-        if shape:
-            return int(np.prod(shape))
-    if tif.is_imagej:
-        meta = tif.imagej_metadata or {}
-        images = int(meta.get("images", 1))
-        return images * int(np.prod(tif.pages.first.shape))
-    return None
+        return read_tiff(fh, limits=limits, path=path, backend=backend, key=options.get("key"))
 
 
 class PngCodec(Codec):
@@ -249,13 +318,16 @@ class PngCodec(Codec):
 
         Image.fromarray(np.ascontiguousarray(prepared)).save(fh, format="PNG", **options)
 
-    def decode(self, real_path: str, **options: Any) -> np.ndarray:
-        from PIL import Image
-
-        with Image.open(real_path) as image:
-            if image.format != "PNG":
-                raise ValueError(f"file is {image.format}, not PNG")
-            return np.array(image)
+    def decode(
+        self,
+        fh: IO[bytes],
+        *,
+        limits: StorageLimits,
+        path: str | None = None,
+        backend: str | None = None,
+        **options: Any,
+    ) -> np.ndarray:
+        return read_png(fh, limits=limits, path=path, backend=backend)
 
 
 class NpyCodec(Codec):
@@ -277,14 +349,26 @@ class NpyCodec(Codec):
     def encode(self, prepared: np.ndarray, fh: IO[bytes], **options: Any) -> None:
         np.save(fh, prepared, allow_pickle=bool(options.get("allow_pickle", False)))
 
-    def decode(self, real_path: str, **options: Any) -> np.ndarray:
-        allow = bool(options.get("allow_pickle", False))
-        try:
-            return np.load(real_path, allow_pickle=allow, mmap_mode=options.get("mmap_mode"))
-        except ValueError as exc:
-            if not allow and "allow_pickle" in str(exc):
-                raise PickleNotAllowed("the file holds an object array") from exc
-            raise
+    def decode(
+        self,
+        fh: IO[bytes],
+        *,
+        limits: StorageLimits,
+        path: str | None = None,
+        backend: str | None = None,
+        **options: Any,
+    ) -> np.ndarray:
+        mode = options.get("mmap_mode")
+        if mode not in (None, "r", "r+", "c"):
+            raise CodecRefusal(f"mmap_mode must be None, 'r', 'r+' or 'c' for a load, got {mode!r}")
+        return read_npy(
+            fh,
+            limits=limits,
+            path=path,
+            backend=backend,
+            allow_pickle=bool(options.get("allow_pickle", False)),
+            mmap_mode=mode,
+        )
 
 
 class NpzCodec(Codec):
@@ -311,9 +395,16 @@ class NpzCodec(Codec):
         else:
             np.savez(fh, allow_pickle=False, **prepared)
 
-    def decode(self, real_path: str, **options: Any) -> dict[str, np.ndarray]:
-        with np.load(real_path, allow_pickle=False) as npz:
-            return {key: npz[key] for key in npz.files}
+    def decode(
+        self,
+        fh: IO[bytes],
+        *,
+        limits: StorageLimits,
+        path: str | None = None,
+        backend: str | None = None,
+        **options: Any,
+    ) -> dict[str, np.ndarray]:
+        return read_npz(fh, limits=limits, path=path, backend=backend)
 
 
 def _json_default(obj: Any) -> Any:
@@ -357,9 +448,17 @@ class JsonCodec(Codec):
     def encode(self, prepared: bytes, fh: IO[bytes], **options: Any) -> None:
         fh.write(prepared)
 
-    def decode(self, real_path: str, **options: Any) -> Any:
-        with open(real_path, "rb") as fh:
-            return json.loads(fh.read())
+    def decode(
+        self,
+        fh: IO[bytes],
+        *,
+        limits: StorageLimits,
+        path: str | None = None,
+        backend: str | None = None,
+        **options: Any,
+    ) -> Any:
+        raw = _read_all(fh, limits, path, backend, "JSON document")
+        return limits.parse_json(raw, path=path, backend=backend)
 
 
 class CsvCodec(Codec):
@@ -391,11 +490,18 @@ class CsvCodec(Codec):
     def encode(self, prepared: bytes, fh: IO[bytes], **options: Any) -> None:
         fh.write(prepared)
 
-    def decode(self, real_path: str, **options: Any) -> Any:
+    def decode(
+        self,
+        fh: IO[bytes],
+        *,
+        limits: StorageLimits,
+        path: str | None = None,
+        backend: str | None = None,
+        **options: Any,
+    ) -> Any:
         import pandas as pd
 
-        with open(real_path, "rb") as fh:
-            raw = fh.read()
+        raw = _read_all(fh, limits, path, backend, "CSV table")
         if not raw.strip():
             return pd.DataFrame()
         return pd.read_csv(io.BytesIO(raw))
@@ -416,9 +522,16 @@ class TextCodec(Codec):
     def encode(self, prepared: bytes, fh: IO[bytes], **options: Any) -> None:
         fh.write(prepared)
 
-    def decode(self, real_path: str, **options: Any) -> str:
-        with open(real_path, "rb") as fh:
-            return fh.read().decode("utf-8")
+    def decode(
+        self,
+        fh: IO[bytes],
+        *,
+        limits: StorageLimits,
+        path: str | None = None,
+        backend: str | None = None,
+        **options: Any,
+    ) -> str:
+        return _read_all(fh, limits, path, backend, "text file").decode("utf-8")
 
 
 class BytesCodec(Codec):
@@ -436,9 +549,16 @@ class BytesCodec(Codec):
     def encode(self, prepared: bytes, fh: IO[bytes], **options: Any) -> None:
         fh.write(prepared)
 
-    def decode(self, real_path: str, **options: Any) -> bytes:
-        with open(real_path, "rb") as fh:
-            return fh.read()
+    def decode(
+        self,
+        fh: IO[bytes],
+        *,
+        limits: StorageLimits,
+        path: str | None = None,
+        backend: str | None = None,
+        **options: Any,
+    ) -> bytes:
+        return _read_all(fh, limits, path, backend, "file")
 
 
 class PickleCodec(Codec):
@@ -457,11 +577,18 @@ class PickleCodec(Codec):
     def encode(self, prepared: bytes, fh: IO[bytes], **options: Any) -> None:
         fh.write(prepared)
 
-    def decode(self, real_path: str, **options: Any) -> Any:
+    def decode(
+        self,
+        fh: IO[bytes],
+        *,
+        limits: StorageLimits,
+        path: str | None = None,
+        backend: str | None = None,
+        **options: Any,
+    ) -> Any:
         if not options.get("allow_pickle", False):
             raise PickleNotAllowed("loading a pickle can run arbitrary code")
-        with open(real_path, "rb") as fh:
-            return pickle.load(fh)
+        return pickle.loads(_read_all(fh, limits, path, backend, "pickle"))
 
 
 class TorchCodec(Codec):
@@ -486,10 +613,19 @@ class TorchCodec(Codec):
     def encode(self, prepared: Any, fh: IO[bytes], **options: Any) -> None:
         self._torch().save(prepared, fh)
 
-    def decode(self, real_path: str, **options: Any) -> Any:
+    def decode(
+        self,
+        fh: IO[bytes],
+        *,
+        limits: StorageLimits,
+        path: str | None = None,
+        backend: str | None = None,
+        **options: Any,
+    ) -> Any:
         if not options.get("allow_pickle", False):
             raise PickleNotAllowed("loading a .pt file can run arbitrary code")
-        return self._torch().load(real_path, weights_only=False)
+        raw = _read_all(fh, limits, path, backend, "torch file")
+        return self._torch().load(io.BytesIO(raw), weights_only=False)
 
 
 class CodecRegistry:

@@ -27,7 +27,13 @@ class FileManager:
 
     def backend(self, backend: BackendLike) -> StorageBackend:
         """The :class:`StorageBackend` registered under ``backend``."""
-        return self.registry.get(backend)
+        try:
+            # a Backend member hashes and compares as its value, so one lookup serves
+            # both spellings; factories, unknown names and unhashable values go through
+            # the registry's own checks
+            return self.registry._backends[backend]
+        except (KeyError, TypeError):
+            return self.registry.get(backend)
 
     # -- data
     def save(
@@ -40,11 +46,24 @@ class FileManager:
         **options: Any,
     ) -> None:
         """Save ``data`` to ``path``; refuses an existing target unless ``overwrite=True``."""
-        self.backend(backend).save(data, path, overwrite=overwrite, **options)
+        # the lookup of backend() inlined, and no empty **options passed on: together
+        # most of this layer's cost on the memory backend
+        try:
+            found = self.registry._backends[backend]
+        except (KeyError, TypeError):
+            found = self.registry.get(backend)
+        if options:
+            found.save(data, path, overwrite=overwrite, **options)
+        else:
+            found.save(data, path, overwrite=overwrite)
 
     def load(self, path: PathLike, backend: BackendLike, **options: Any) -> Any:
         """Load the data at ``path`` (through symlinks)."""
-        return self.backend(backend).load(path, **options)
+        try:
+            found = self.registry._backends[backend]
+        except (KeyError, TypeError):
+            found = self.registry.get(backend)
+        return found.load(path, **options) if options else found.load(path)
 
     def save_batch(
         self,
@@ -129,7 +148,11 @@ class FileManager:
 
     def delete(self, path: PathLike, backend: BackendLike) -> None:
         """Delete a file, a symlink or an empty directory."""
-        self.backend(backend).delete(path)
+        try:
+            found = self.registry._backends[backend]
+        except (KeyError, TypeError):
+            found = self.registry.get(backend)
+        found.delete(path)
 
     def delete_all(self, path: PathLike, backend: BackendLike) -> None:
         """Delete ``path`` recursively."""

@@ -26,7 +26,6 @@ from __future__ import annotations
 import contextlib
 import io
 import os
-import tempfile
 import threading
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -46,6 +45,7 @@ from hcsflow.errors import (
     NotFoundError,
     ObjectStoreError,
     PickleRefusedError,
+    ResourceLimitError,
     SymlinkLoopError,
     UnsupportedFormatError,
 )
@@ -57,6 +57,7 @@ from hcsflow.storage._codecs import (
     PickleNotAllowed,
     default_codecs,
 )
+from hcsflow.storage._limits import StorageLimits
 
 __all__ = ["FsspecStorageBackend", "DIR_MARKER", "LINK_MAGIC", "is_url"]
 
@@ -104,6 +105,7 @@ class FsspecStorageBackend(StorageBackend):
         storage_options: dict[str, Any] | None = None,
         codecs: CodecRegistry | None = None,
         max_workers: int | None = None,
+        limits: StorageLimits | None = None,
     ):
         import fsspec
 
@@ -122,6 +124,7 @@ class FsspecStorageBackend(StorageBackend):
             self.fs, base = fsspec.core.url_to_fs(root, **opts)
         self._base = base.rstrip("/")
         self.codecs = codecs if codecs is not None else default_codecs()
+        self.limits = limits if limits is not None else StorageLimits()
         if max_workers is not None and max_workers < 1:
             raise ValueError(f"max_workers must be at least 1, got {max_workers}")
         self.max_workers = max_workers or 16
@@ -142,6 +145,7 @@ class FsspecStorageBackend(StorageBackend):
             "storage_options": self.storage_options,
             "codecs": self.codecs,
             "max_workers": self.max_workers,
+            "limits": self.limits,
         }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -150,6 +154,7 @@ class FsspecStorageBackend(StorageBackend):
             storage_options=state["storage_options"],
             codecs=state["codecs"],
             max_workers=state["max_workers"],
+            limits=state.get("limits"),
         )
 
     # ------------------------------------------------------------------ mapping
@@ -340,28 +345,32 @@ class FsspecStorageBackend(StorageBackend):
             raise DataFormatError(
                 f"the {codec.name} format does not take option {bad!r}", path=vp, backend=self.name
             )
-        # codecs read real files (tifffile, numpy and Pillow want a path or a seekable
-        # file): a private temporary file, removed as soon as it is decoded
-        fd, tmp = tempfile.mkstemp(suffix=codec.extensions[0] if codec.extensions else "")
         try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(raw)
-            return codec.decode(tmp, **options)
+            return codec.decode(
+                io.BytesIO(raw), limits=self.limits, path=vp, backend=self.name, **options
+            )
         except PickleNotAllowed as exc:
             raise PickleRefusedError(
                 f"{exc}; pass allow_pickle=True only for files you trust",
                 path=vp,
                 backend=self.name,
             ) from exc
-        except (MemoryError, ImportError, HcsflowError):
+        except CodecRefusal as exc:
+            raise DataFormatError(
+                f"cannot load as {codec.name}: {exc}", path=vp, backend=self.name
+            ) from exc
+        except (ImportError, HcsflowError):
             raise
+        except MemoryError as exc:
+            raise ResourceLimitError(
+                f"not enough memory to decode the object as {codec.name}",
+                path=vp,
+                backend=self.name,
+            ) from exc
         except Exception as exc:
             raise CorruptDataError(
                 f"cannot decode the file as {codec.name}: {exc}", path=vp, backend=self.name
             ) from exc
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
 
     # ------------------------------------------------------------------ queries
 
@@ -470,6 +479,9 @@ class FsspecStorageBackend(StorageBackend):
             raise self._absent_error(vp, "no such file")
         if node[0] == "directory":
             raise IsADirectoryStorageError("path is a directory", path=vp, backend=self.name)
+        if node[1] is not None:
+            # the whole object is downloaded to decode it: refuse one above the limit first
+            self.limits.check_bytes(node[1], what="object", path=vp, backend=self.name)
         raw = self._cat(real)
         if raw is None:
             raise NotFoundError("no such file", path=vp, backend=self.name)
@@ -482,7 +494,8 @@ class FsspecStorageBackend(StorageBackend):
         vp = self.norm(path)
         raw = self._encode(data, vp, options)
         real, kind = self._write_target(vp, overwrite)
-        self._put(real, raw, exclusive=kind is None or not overwrite, vp=vp)
+        # overwrite=True is never refused because another writer created the path first
+        self._put(real, raw, exclusive=not overwrite, vp=vp)
 
     def save_batch(
         self,
@@ -691,7 +704,7 @@ class FsspecStorageBackend(StorageBackend):
             raw = self._cat(sreal)
             if raw is None:
                 raise NotFoundError("no such file", path=svp, backend=self.name)
-            self._put(dreal, raw, exclusive=dkind is None or not overwrite, vp=dvp)
+            self._put(dreal, raw, exclusive=not overwrite, vp=dvp)
             return
         if dvp == "/":
             raise AlreadyExistsError("copy destination exists", path=dvp, backend=self.name)

@@ -1,22 +1,27 @@
-"""The memory backend: a tree of directory nodes in the process, holding objects as they are.
+"""The memory backend: a tree of directory nodes plus one flat table of files.
 
-Layout: every directory is a :class:`_Dir` with three dicts (``files``, ``dirs``,
-``links``) keyed by entry name, so a name is in exactly one of them and the kind of an
-entry is known without wrapping the stored object.  A flat index maps the *real*
-(symlink-free) path of every directory to its node, so the common case - saving to or
-loading from a file whose parent directory is named without symlinks - costs two dict
-lookups, and listing a directory reads one node rather than scanning every key.
+Layout: every directory is a :class:`_Dir` holding the names of its files (a set), its
+subdirectories and its symlinks (dicts), so a name is in exactly one of them and the
+kind of an entry is known without wrapping the stored object.  Two flat tables sit
+beside the tree: ``_index`` maps the *real* (symlink-free) path of every directory to
+its node, and ``_files`` maps the real path of every file to the stored object itself
+(no wrapper: a save allocates nothing the garbage collector has to track).  So the
+common operations cost a fixed number of dict operations whatever the size of the
+store: ``load`` of a real path is one lookup, ``save`` of a new file one lookup of its
+parent plus two inserts, ``delete`` one pop, one lookup of the parent and one set
+removal, and listing a directory reads its node only.  Nothing is cached by the path as given, so
+there is no cache to overflow: a path that is not already in normal form (``a/b``,
+``/a/./b``) or that runs through a symlink takes the full resolver instead.
 
 Thread safety: one re-entrant lock guards every mutation and every slow-path lookup.
-The fast ``load`` path takes no lock: it is two dict reads, each atomic, and whatever
-it returns was the content of that path at some instant during the call.
+The fast ``load`` path takes no lock: it is one dict read, atomic, and whatever it
+returns was the content of that path at some instant during the call.
 """
 
 from __future__ import annotations
 
-import contextlib
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -31,23 +36,30 @@ from hcsflow.errors import (
     NotFoundError,
     SymlinkLoopError,
 )
-from hcsflow.storage._base import Backend, EntryKind, FileInfo, StorageBackend, _check_batch
+from hcsflow.storage._base import (
+    Backend,
+    EntryKind,
+    FileInfo,
+    StorageBackend,
+    _check_batch,
+    _child,
+)
 
 __all__ = ["MemoryStorageBackend"]
 
-_FAST_CACHE_MAX = 1 << 16
 _MAX_LINK_HOPS = 64
-# a module global is one lookup cheaper than np.ndarray on the hot path
+# module globals are one lookup cheaper than attributes on the hot paths
 _ndarray = np.ndarray
+_BACKSLASH_IS_SEP = vpaths._BACKSLASH_IS_SEP
 
 
 class _Dir:
-    """One directory: files map names to stored objects, links map names to targets."""
+    """One directory: names of its files, its subdirectory nodes, its links' targets."""
 
     __slots__ = ("files", "dirs", "links")
 
     def __init__(self) -> None:
-        self.files: dict[str, Any] = {}
+        self.files: set[str] = set()
         self.dirs: dict[str, _Dir] = {}
         self.links: dict[str, str] = {}
 
@@ -56,6 +68,9 @@ class _Dir:
 
     def is_empty(self) -> bool:
         return not (self.files or self.dirs or self.links)
+
+
+_MISSING: Any = object()
 
 
 def _size_of(data: Any) -> int | None:
@@ -83,12 +98,10 @@ class MemoryStorageBackend(StorageBackend):
         self._acquire = self._lock.acquire
         self._release = self._lock.release
         self._root = _Dir()
-        # real directory path -> node; lets the hot path skip walking the tree
+        # real directory path -> node; lets the hot paths skip walking the tree
         self._index: dict[str, _Dir] = {"/": self._root}
-        # raw path as given -> (files dict of its symlink-free parent, name, parent node):
-        # the hot path is one lookup.  Written and cleared only under the lock; cleared
-        # whenever a directory node is detached (delete, move, clear), bounded in size.
-        self._fast: dict[Any, tuple[dict[str, Any], str, _Dir]] = {}
+        # real file path -> the stored object
+        self._files: dict[str, Any] = {}
 
     # ------------------------------------------------------------------ path helpers
 
@@ -99,18 +112,6 @@ class MemoryStorageBackend(StorageBackend):
             raise IsADirectoryStorageError("the root is a directory", path=full, backend=self.name)
         cut = full.rfind("/")
         return full[:cut] or "/", full[cut + 1 :]
-
-    def _remember(self, path: Any, node: _Dir, name: str) -> None:
-        """Cache the parent node of a raw path (caller holds the lock)."""
-        if len(self._fast) >= _FAST_CACHE_MAX:
-            self._fast.clear()
-        # an unhashable path-like is still valid, just not cacheable
-        with contextlib.suppress(TypeError):
-            self._fast[path] = (node.files, name, node)
-
-    def _forget_nodes(self) -> None:
-        """Drop cached parent nodes after a directory node left the tree (lock held)."""
-        self._fast.clear()
 
     def _resolve(
         self, path: str, follow_last: bool, seen: set[str]
@@ -127,7 +128,7 @@ class MemoryStorageBackend(StorageBackend):
         cut = path.rfind("/")
         ppath, name = path[:cut] or "/", path[cut + 1 :]
         pnode, preal = self._resolve_dir(ppath, seen)
-        real = preal + "/" + name if preal != "/" else "/" + name
+        real = _child(preal, name)
         if follow_last and name in pnode.links:
             if real in seen or len(seen) >= _MAX_LINK_HOPS:
                 raise SymlinkLoopError("symlink chain loops", path=real, backend=self.name)
@@ -168,10 +169,18 @@ class MemoryStorageBackend(StorageBackend):
         while stack:
             base, current = stack.pop()
             for name, child in current.dirs.items():
-                item = (vpaths.join(base, name), child)
+                item = (_child(base, name), child)
                 out.append(item)
                 stack.append(item)
         return out
+
+    def _drop_subtree(self, node: _Dir, real: str) -> None:
+        """Remove the index and file entries of everything at or below ``node`` (lock held)."""
+        files = self._files
+        for sub, current in self._subtree_dirs(node, real):
+            self._index.pop(sub, None)
+            for name in current.files:
+                files.pop(_child(sub, name), None)
 
     # ------------------------------------------------------------------ data
 
@@ -185,48 +194,67 @@ class MemoryStorageBackend(StorageBackend):
         if isinstance(data, _ndarray) and data.flags.writeable:
             data = data.view()
             data.setflags(False)  # positional: much cheaper than write=False
-        # the critical section is the cache lookup, the existence check and the store
-        self._acquire()
-        try:
+        if type(path) is str:
+            files = self._files
+            # the critical section: the existence checks and the stores
+            self._acquire()
             try:
-                files, name, node = self._fast[path]
-            except (KeyError, TypeError):
-                self._save_slow(data, path, overwrite)
-                return
-            # a name lives in exactly one of files/dirs/links, so an existing file needs
-            # no further check
-            if name in files:
-                if overwrite:
-                    files[name] = data
-                    return
-            elif name not in node.dirs and name not in node.links:
-                files[name] = data
-                return
-            self._save_slow(data, path, overwrite)
-        finally:
-            self._release()
+                if path in files:
+                    # the real, normal path of an existing file
+                    if overwrite:
+                        files[path] = data
+                        return
+                else:
+                    # a new file under an indexed (real, normal) directory with a plain
+                    # name that no directory or link holds; anything else takes the slow
+                    # path, which normalises and resolves.  (One rpartition costs about
+                    # a third of an rfind and two slices.)
+                    parent, slash, name = path.rpartition("/")
+                    if parent:
+                        node = self._index.get(parent) if parent != "/" else None  # "//x"
+                    else:
+                        node = self._root if slash else None  # "/x", or relative "x"
+                    if not (
+                        node is None
+                        or not name
+                        or name[0] == "."  # ".", ".." (and hidden names)
+                        or "\x00" in name
+                        or (_BACKSLASH_IS_SEP and "\\" in name)
+                        or name in node.dirs
+                        or name in node.links
+                    ):
+                        files[path] = data
+                        node.files.add(name)
+                        return
+            finally:
+                self._release()
+        self._save_slow(data, path, overwrite)
 
     def _save_slow(self, data: Any, raw: Any, overwrite: bool) -> None:
         """Save with every check: symlinked parents, existing targets, missing parents."""
         parent, name = self._file_key(raw)
-        pnode = self._writable_parent(parent)
-        path = vpaths.join(parent, name)
-        if name in pnode.dirs:
-            raise IsADirectoryStorageError("target is a directory", path=path, backend=self.name)
-        if name in pnode.files or name in pnode.links:
-            if not overwrite:
-                raise AlreadyExistsError(
-                    "target exists; pass overwrite=True to replace it", path=path, backend=self.name
+        with self._lock:
+            pnode, preal = self._writable_parent(parent)
+            path = _child(parent, name)
+            if name in pnode.dirs:
+                raise IsADirectoryStorageError(
+                    "target is a directory", path=path, backend=self.name
                 )
-            # like a rename onto a link, overwriting replaces the link, not its target
-            pnode.links.pop(name, None)
-        pnode.files[name] = data
-        if self._index.get(parent) is pnode:
-            self._remember(raw, pnode, name)
+            if name in pnode.files or name in pnode.links:
+                if not overwrite:
+                    raise AlreadyExistsError(
+                        "target exists; pass overwrite=True to replace it",
+                        path=path,
+                        backend=self.name,
+                    )
+                # like a rename onto a link, overwriting replaces the link, not its target
+                pnode.links.pop(name, None)
+            self._files[_child(preal, name)] = data
+            pnode.files.add(name)
 
-    def _writable_parent(self, parent: str) -> _Dir:
+    def _writable_parent(self, parent: str) -> tuple[_Dir, str]:
         try:
-            return self._resolve_dir(parent, set())[0]
+            return self._resolve_dir(parent, set())
         except NotFoundError as exc:
             raise NotFoundError(
                 "parent directory does not exist", path=parent, backend=self.name
@@ -239,28 +267,39 @@ class MemoryStorageBackend(StorageBackend):
     def load(self, path: vpaths.PathLike, **options: Any) -> Any:
         """The object stored at ``path`` (through symlinks), without copying."""
         try:
-            files, name, _ = self._fast[path]
-            return files[name]
+            return self._files[path]  # type: ignore[index]
         except (KeyError, TypeError):
             return self._load_slow(path)
 
     def _load_slow(self, raw: Any) -> Any:
         parent, name = self._file_key(raw)
-        path = vpaths.join(parent, name)
+        path = _child(parent, name)
         with self._lock:
             try:
-                pnode, rname, _ = self._resolve(path, True, set())
+                pnode, rname, real = self._resolve(path, True, set())
             except NotFoundError as exc:
                 raise NotFoundError("no such file", path=path, backend=self.name) from exc
             if pnode is None or rname in pnode.dirs:
                 raise IsADirectoryStorageError("path is a directory", path=path, backend=self.name)
-            try:
-                found = pnode.files[rname]
-            except KeyError:
-                raise NotFoundError("no such file", path=path, backend=self.name) from None
-            if rname == name and self._index.get(parent) is pnode:
-                self._remember(raw, pnode, name)
-            return found
+            if rname not in pnode.files:
+                raise NotFoundError("no such file", path=path, backend=self.name)
+            return self._files[real]
+
+    def delete(self, path: vpaths.PathLike) -> None:
+        """Delete a file, a symlink (not its target) or an empty directory."""
+        key: Any = path  # any hashable is looked up as it is
+        self._acquire()
+        try:
+            if self._files.pop(key, _MISSING) is not _MISSING:
+                # a key of the table: a real, normal path whose parent is indexed
+                parent, _, name = key.rpartition("/")
+                self._index[parent or "/"].files.remove(name)
+                return
+        except TypeError:
+            pass  # unhashable: not a key, and the general route reports what it is
+        finally:
+            self._release()
+        super().delete(path)
 
     def save_batch(
         self,
@@ -274,14 +313,41 @@ class MemoryStorageBackend(StorageBackend):
         norm = _check_batch(self, data_list, paths)
         # one critical section: no other writer can slip in between checks and stores
         with self._lock:
-            self._check_batch_targets(norm, overwrite)
-            for item, path in zip(data_list, norm, strict=True):
-                self.save(item, path, overwrite=True)
+            files, index = self._files, self._index
+            targets: list[tuple[_Dir, str]] = []
+            for path in norm:
+                # what a save of the normal path needs on the fast route: an existing
+                # file with overwrite, or a new plain name in an indexed directory
+                parent, _, name = path.rpartition("/")
+                node = index.get(parent or "/")
+                if (
+                    node is None
+                    or not name
+                    or (not overwrite if path in files else name in node.dirs or name in node.links)
+                ):
+                    # the full checks, which also say which item fails and why
+                    self._check_batch_targets(norm, overwrite)
+                    for item, target in zip(data_list, norm, strict=True):
+                        self.save(item, target, True)
+                    return
+                targets.append((node, name))
+            for item, path, (node, name) in zip(data_list, norm, targets, strict=True):
+                if isinstance(item, _ndarray) and item.flags.writeable:  # as in save
+                    view: Any = item.view()
+                    view.setflags(False)
+                    item = view
+                files[path] = item
+                node.files.add(name)
 
     def load_batch(self, paths: Sequence[vpaths.PathLike], **options: Any) -> list[Any]:
         """Load every path, in order, as one snapshot; a failing item raises BatchError."""
+        files: dict[Any, Any] = self._files
         with self._lock:
-            return super().load_batch(paths, **options)
+            try:
+                return [files[path] for path in paths]
+            except (KeyError, TypeError):
+                # not all real, normal file paths: item by item, errors naming the item
+                return super().load_batch(paths, **options)
 
     # ------------------------------------------------------------------ queries
 
@@ -306,34 +372,38 @@ class MemoryStorageBackend(StorageBackend):
         return vpaths.natural_sorted(names)
 
     def walk(self, directory: vpaths.PathLike, *, recursive: bool = True) -> Iterator[str]:
-        """Files below ``directory`` (see :meth:`StorageBackend.walk`), read from the nodes.
+        """Files below ``directory`` (see :meth:`StorageBackend.walk`), as one snapshot.
 
-        The listing is taken under the lock in one pass, so it is a consistent snapshot.
+        The whole listing is taken under the lock before the first path is yielded.
         """
-        root = self.norm(directory)
-        found: list[str] = []
         with self._lock:
-            node, _ = self._resolve_dir(root, set())
-            stack = [(root, node)]
-            while stack:
-                vdir, current = stack.pop()
-                subdirs = []
-                for name in vpaths.natural_sorted(current.names()):
-                    full = vdir + "/" + name if vdir != "/" else "/" + name
-                    if name in current.files:
-                        found.append(full)
-                    elif name in current.dirs:
-                        subdirs.append((full, current.dirs[name]))
-                    else:
-                        try:
-                            pnode, rname, _ = self._resolve(full, True, set())
-                        except (NotFoundError, NotADirectoryStorageError, SymlinkLoopError):
-                            continue  # dangling or looping links are not files
-                        if pnode is not None and rname in pnode.files:
-                            found.append(full)
-                if recursive:
-                    stack.extend(reversed(subdirs))
+            found = list(super().walk(directory, recursive=recursive))
         yield from found
+
+    def list_files(
+        self,
+        directory: vpaths.PathLike,
+        pattern: str | None = None,
+        extensions: Iterable[str] | None = None,
+        recursive: bool = False,
+    ) -> list[str]:
+        """:meth:`StorageBackend.list_files`, as one snapshot taken under the lock."""
+        with self._lock:
+            return super().list_files(directory, pattern, extensions, recursive)
+
+    def _scan_dir(self, directory: str) -> tuple[list[str], list[str]]:
+        """Files (links to files included) and real subdirectories of one node."""
+        with self._lock:
+            node, _ = self._resolve_dir(directory, set())
+            files = list(node.files)
+            for name in node.links:
+                try:
+                    pnode, rname, _ = self._resolve(_child(directory, name), True, set())
+                except (NotFoundError, NotADirectoryStorageError, SymlinkLoopError):
+                    continue  # dangling or looping links are not files
+                if pnode is not None and rname in pnode.files:
+                    files.append(name)
+            return files, list(node.dirs)
 
     def read_link(self, link: vpaths.PathLike) -> str:
         """The virtual path the symlink ``link`` points at."""
@@ -350,14 +420,14 @@ class MemoryStorageBackend(StorageBackend):
         """:class:`FileInfo` for ``path`` itself (a symlink is reported as a symlink)."""
         full = self.norm(path)
         with self._lock:
-            pnode, name, _ = self._resolve(full, False, set())
+            pnode, name, real = self._resolve(full, False, set())
             kind = self._kind_of(pnode, name)
             if kind is None or pnode is None:
                 if kind is None:
                     raise NotFoundError("no such file or directory", path=full, backend=self.name)
                 return FileInfo(full, "directory")
             if kind == "file":
-                return FileInfo(full, "file", size=_size_of(pnode.files[name]))
+                return FileInfo(full, "file", size=_size_of(self._files[real]))
             if kind == "symlink":
                 return FileInfo(full, "symlink", target=pnode.links[name])
             return FileInfo(full, "directory")
@@ -372,7 +442,7 @@ class MemoryStorageBackend(StorageBackend):
                 return full
             node, real = self._root, "/"
             for part in full.strip("/").split("/"):
-                child_real = vpaths.join(real, part)
+                child_real = _child(real, part)
                 if part in node.dirs:
                     node, real = node.dirs[part], child_real
                 elif part in node.links:
@@ -393,7 +463,8 @@ class MemoryStorageBackend(StorageBackend):
             pnode, name, real = self._resolve(full, False, set())
             assert pnode is not None  # only "/" resolves to no parent
             if name in pnode.files:
-                del pnode.files[name]
+                pnode.files.remove(name)
+                del self._files[real]
             elif name in pnode.links:
                 del pnode.links[name]
             elif name in pnode.dirs:
@@ -402,10 +473,8 @@ class MemoryStorageBackend(StorageBackend):
                     raise DirectoryNotEmptyError(
                         "directory is not empty; use delete_all", path=full, backend=self.name
                     )
-                for sub, _ in self._subtree_dirs(node, real):
-                    self._index.pop(sub, None)
+                self._drop_subtree(node, real)
                 del pnode.dirs[name]
-                self._forget_nodes()
             else:
                 raise NotFoundError("no such file or directory", path=full, backend=self.name)
 
@@ -414,9 +483,10 @@ class MemoryStorageBackend(StorageBackend):
             if self.entry_kind(tfull) is None:
                 raise NotFoundError("symlink target does not exist", path=tfull, backend=self.name)
             self._check_can_write(lfull, overwrite)
-            pnode, name, _ = self._resolve(lfull, False, set())
+            pnode, name, real = self._resolve(lfull, False, set())
             assert pnode is not None
-            old_file = pnode.files.pop(name, _MISSING)
+            old_file = self._files.pop(real, _MISSING)
+            pnode.files.discard(name)
             old_link = pnode.links.get(name)
             pnode.links[name] = tfull
             try:
@@ -427,7 +497,8 @@ class MemoryStorageBackend(StorageBackend):
                 if old_link is not None:
                     pnode.links[name] = old_link
                 if old_file is not _MISSING:
-                    pnode.files[name] = old_file
+                    self._files[real] = old_file
+                    pnode.files.add(name)
                 raise
 
     def _move(self, sfull: str, dfull: str, replace_symlinks: bool) -> None:
@@ -450,17 +521,21 @@ class MemoryStorageBackend(StorageBackend):
             if dkind is not None:
                 del dpnode.links[dname]
             if kind == "file":
-                dpnode.files[dname] = spnode.files.pop(sname)
+                spnode.files.remove(sname)
+                self._files[dreal] = self._files.pop(sreal)
+                dpnode.files.add(dname)
             elif kind == "symlink":
                 dpnode.links[dname] = spnode.links.pop(sname)
             else:
                 node = spnode.dirs.pop(sname)
-                for sub, _ in self._subtree_dirs(node, sreal):
+                files = self._files
+                for sub, current in self._subtree_dirs(node, sreal):
+                    moved = dreal + sub[len(sreal) :]
                     del self._index[sub]
+                    self._index[moved] = current
+                    for name in current.files:
+                        files[_child(moved, name)] = files.pop(_child(sub, name))
                 dpnode.dirs[dname] = node
-                for sub, child in self._subtree_dirs(node, dreal):
-                    self._index[sub] = child
-                self._forget_nodes()  # cached paths still name the old location
 
     def copy(self, src: vpaths.PathLike, dst: vpaths.PathLike, *, overwrite: bool = False) -> None:
         """Copy a file (the object, shared) or a directory tree (links kept as links).
@@ -476,10 +551,11 @@ class MemoryStorageBackend(StorageBackend):
             if kind == "file":
                 assert spnode is not None
                 self._check_can_write(dfull, overwrite)
-                dpnode, dname, _ = self._resolve(dfull, False, set())
+                dpnode, dname, dreal = self._resolve(dfull, False, set())
                 assert dpnode is not None
                 dpnode.links.pop(dname, None)
-                dpnode.files[dname] = spnode.files[sname]
+                self._files[dreal] = self._files[sreal]
+                dpnode.files.add(dname)
                 return
             snode = self._root if spnode is None else spnode.dirs[sname]
             if self.entry_kind(dfull, follow_symlinks=False) is not None:
@@ -490,31 +566,29 @@ class MemoryStorageBackend(StorageBackend):
                 raise InvalidPathError(
                     "cannot copy a directory into itself", path=dfull, backend=self.name
                 )
-            clone = _clone(snode)
-            dpnode.dirs[dname] = clone
-            for sub, child in self._subtree_dirs(clone, dreal):
-                self._index[sub] = child
+            dpnode.dirs[dname] = self._clone(snode, sreal, dreal)
+
+    def _clone(self, node: _Dir, real: str, new_real: str) -> _Dir:
+        """A copy of the tree at ``node`` placed at ``new_real``: nodes, index and files."""
+        out = _Dir()
+        out.files = set(node.files)
+        out.links = dict(node.links)
+        self._index[new_real] = out
+        for name in node.files:
+            self._files[_child(new_real, name)] = self._files[_child(real, name)]
+        for name, child in node.dirs.items():
+            out.dirs[name] = self._clone(child, _child(real, name), _child(new_real, name))
+        return out
 
     def clear(self) -> None:
         """Remove everything (the root directory stays)."""
         with self._lock:
             self._root = _Dir()
             self._index = {"/": self._root}
-            self._forget_nodes()
+            self._files = {}
 
     def __getstate__(self) -> dict[str, Any]:
         raise TypeError(
             "a MemoryStorageBackend holds live objects of this process and cannot be "
             "pickled; give each worker process its own"
         )
-
-
-_MISSING = object()
-
-
-def _clone(node: _Dir) -> _Dir:
-    out = _Dir()
-    out.files = dict(node.files)
-    out.links = dict(node.links)
-    out.dirs = {name: _clone(child) for name, child in node.dirs.items()}
-    return out

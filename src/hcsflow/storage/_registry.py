@@ -112,7 +112,7 @@ def _memory() -> StorageBackend:
 
 
 def _disk() -> StorageBackend:
-    from hcsflow.storage._disk import DiskStorageBackend
+    from hcsflow.storage.disk import DiskStorageBackend
 
     return DiskStorageBackend()
 

@@ -8,6 +8,7 @@ the caller) maps paths to coordinates, so no backend ever guesses from a name.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
@@ -92,7 +93,15 @@ class WellPosition:
 
 def parse_well(name: str) -> WellPosition:
     """Parse ``"A1"``, ``"A01"``, ``"b12"``, ``"AA48"`` into a :class:`WellPosition`."""
-    m = _WELL_RE.match(name.strip()) if isinstance(name, str) else None
+    if isinstance(name, str):
+        # a plate reader places thousands of planes on a few hundred wells
+        return _parse_well_str(name)
+    raise PlateLayoutError(f"{name!r} is not a well name such as 'A01' or 'AA48'")
+
+
+@functools.lru_cache(maxsize=8192)
+def _parse_well_str(name: str) -> WellPosition:
+    m = _WELL_RE.match(name.strip())
     if m is None:
         raise PlateLayoutError(f"{name!r} is not a well name such as 'A01' or 'AA48'")
     col = int(m.group(2))

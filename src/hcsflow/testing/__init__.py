@@ -1,13 +1,62 @@
-"""Test kits shipped with hcsflow, for our backends and third-party ones.
+"""Test kits shipped with hcsflow, for our backends and third-party ones, and example data.
 
+* :func:`write_imagexpress_export`, :func:`write_harmony_export`,
+  :func:`write_cellvoyager_export`, :func:`write_ome_tiff_plate` - microscope exports
+  written as the instruments write them, with known content (:class:`Export`); core
+  install only (the documentation's examples use them).
 * :class:`BackendTests` - the storage conformance suite (pytest); subclass it once.
 * :func:`backend_state_machine` - a hypothesis state machine comparing a backend with
   the memory backend as reference model.
+* :func:`hostile_files` - a generated corpus of size bombs and corrupt files, each with
+  the typed error a backend (or codec) must raise for it.
 
-These need the ``test`` extra (pytest, hypothesis); ``import hcsflow`` never loads them.
+The conformance suite and the state machine need the ``test`` extra (pytest,
+hypothesis); they and the hostile corpus are imported on first use.  ``import hcsflow``
+never loads this package.
 """
 
-from hcsflow.testing._backend_tests import BackendTests
-from hcsflow.testing._state_machine import backend_state_machine, snapshot
+from __future__ import annotations
 
-__all__ = ["BackendTests", "backend_state_machine", "snapshot"]
+import importlib
+from typing import Any
+
+from hcsflow.testing._exports import (
+    Export,
+    plane_data,
+    write_cellvoyager_export,
+    write_harmony_export,
+    write_imagexpress_export,
+    write_ome_tiff_plate,
+)
+
+__all__ = [
+    "Export",
+    "plane_data",
+    "write_imagexpress_export",
+    "write_harmony_export",
+    "write_cellvoyager_export",
+    "write_ome_tiff_plate",
+    "BackendTests",
+    "HostileFile",
+    "backend_state_machine",
+    "hostile_files",
+    "snapshot",
+]
+
+_LAZY = {
+    "BackendTests": "hcsflow.testing._backend_tests",
+    "HostileFile": "hcsflow.testing._hostile",
+    "hostile_files": "hcsflow.testing._hostile",
+    "backend_state_machine": "hcsflow.testing._state_machine",
+    "snapshot": "hcsflow.testing._state_machine",
+}
+
+
+def __getattr__(name: str) -> Any:
+    # pytest and hypothesis are test-extra dependencies: import them only when asked for.
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'hcsflow.testing' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value

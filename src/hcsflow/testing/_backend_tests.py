@@ -599,3 +599,39 @@ class BackendTests:
         winners = [o for o in outcomes if isinstance(o, int)]
         assert len(winners) == 1 and outcomes.count("refused") == 3, outcomes
         np.testing.assert_array_equal(backend.load("/c/one.npy"), _arr(winners[0]))
+
+    def test_concurrent_overwrites_of_a_new_path_are_never_refused(
+        self, backend: StorageBackend
+    ) -> None:
+        # every thread races to create the same path with overwrite=True: none may get
+        # AlreadyExistsError (or anything else), and the last write wins whole
+        backend.ensure_directory("/c")
+        errors: list[BaseException] = []
+        barrier = threading.Barrier(4)
+
+        def writer(worker: int) -> None:
+            barrier.wait()
+            try:
+                for i in range(5):
+                    backend.save(_arr(worker * 10 + i), "/c/race.npy", overwrite=True)
+            except BaseException as exc:  # collected and re-raised by the test thread
+                errors.append(exc)
+
+        _run_threads(writer, 4)
+        assert errors == [], errors
+        value = backend.load("/c/race.npy")
+        assert int(value[0]) in {w * 10 + i for w in range(4) for i in range(5)}
+        np.testing.assert_array_equal(value, _arr(int(value[0])))
+
+    def test_long_names_are_limited_in_bytes_not_characters(self, backend: StorageBackend) -> None:
+        # 240 bytes of UTF-8 (120 characters): valid on every file system, so no
+        # temporary or in-flight name derived from it may make it fail
+        name = "é" * 118 + ".npy"
+        backend.ensure_directory("/long")
+        backend.save(_arr(1), f"/long/{name}")
+        backend.save(_arr(2), f"/long/{name}", overwrite=True)
+        np.testing.assert_array_equal(backend.load(f"/long/{name}"), _arr(2))
+        backend.copy(f"/long/{name}", f"/long/{name[:-4]}x.npy")
+        assert backend.list_dir("/long") == sorted([name, f"{name[:-4]}x.npy"])
+        backend.delete(f"/long/{name}")
+        assert not backend.exists(f"/long/{name}")

@@ -1,9 +1,12 @@
 """The zarr backend and OME-Zarr HCS plates.
 
-One module per concern: ``_backend`` (:class:`ZarrStorageBackend`, the virtual file
-system on zarr nodes), ``_plates`` (OME-Zarr plate, well and image groups), ``_io``
-(store locations and error mapping), ``_config`` (:class:`ZarrConfig`), ``_ome`` (NGFF
-metadata documents) and :mod:`~hcsflow.storage.zarr.validate` (plate validation).
+One module per concern: ``_backend`` (:class:`ZarrStorageBackend`: queries and
+structure operations), built on ``_nodes`` (virtual paths to zarr nodes: kinds, links,
+containment), ``_files`` (file nodes: encoding, atomic publishing, reading back) and
+``_plate_images`` (``save_batch(..., chunk_name=...)`` plate images); ``_plates``
+(OME-Zarr plate, well and image groups), ``_io`` (store locations and error mapping),
+``_config`` (:class:`ZarrConfig`), ``_ome`` (NGFF metadata documents) and
+:mod:`~hcsflow.storage.zarr.validate` (plate validation).
 """
 
 from hcsflow.storage.zarr._backend import ZarrStorageBackend
@@ -12,6 +15,7 @@ from hcsflow.storage.zarr._plates import (
     PlateInfo,
     WellInfo,
     finalize_plate,
+    image_metadata,
     list_wells,
     open_image,
     open_plate,
@@ -28,6 +32,7 @@ __all__ = [
     "ZarrConfig",
     "ZarrStorageBackend",
     "finalize_plate",
+    "image_metadata",
     "list_wells",
     "open_image",
     "open_plate",

@@ -2,21 +2,20 @@
 
 Everything the zarr backend and the plate writer do to storage goes through a
 :class:`Location` (a filesystem plus a path on it).  Two implementations share one
-small interface: :class:`_LocalFS` (plain ``os`` calls: atomic ``os.replace`` writes and
-atomic directory renames) and :class:`_RemoteFS` (an fsspec filesystem: object stores,
-``memory://``...).  Errors from the underlying library are translated here, once, into
-:mod:`hcsflow.errors` types naming the store URL and the key.
+small interface: :class:`~hcsflow.storage.zarr._localfs.LocalFS` (descriptor-based and
+contained below the store root: atomic ``renameat`` writes and directory renames) and
+:class:`_RemoteFS` (an fsspec filesystem: object stores, ``memory://``...).  Errors
+from the underlying library are translated here, once, into :mod:`hcsflow.errors`
+types naming the store URL and the key.
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
 import json
 import os
-import shutil
+import re
 import threading
-import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -24,15 +23,20 @@ from typing import Any
 
 from hcsflow.errors import (
     CorruptDataError,
-    NotFoundError,
+    HcsflowError,
     ObjectStoreError,
+    PathEscapeError,
     PlateMetadataError,
     ZarrError,
 )
+from hcsflow.storage._limits import StorageLimits
 
 __all__ = ["Location", "location", "store_errors", "BACKEND", "META_FILES"]
 
 BACKEND = "zarr"
+
+# a "." or ".." component: never part of a key or child path built from metadata
+_DOT_PART = re.compile(r"(?:^|/)\.{1,2}(?:/|$)")
 
 #: keys that hold zarr metadata rather than data; hidden from virtual listings
 META_FILES = frozenset({"zarr.json", ".zgroup", ".zarray", ".zattrs", ".zmetadata"})
@@ -57,13 +61,16 @@ def store_errors(url: str, key: str = "") -> Iterator[None]:
     """
     try:
         yield
-    except ZarrError:
-        raise
-    except NotFoundError:
+    except HcsflowError:
         raise
     except Exception as exc:
         where = f"{url}/{key}" if key else url
-        if _is_network_error(exc) or "bucket" in str(exc).lower():
+        remote = "://" in url and not url.startswith("file://")
+        if (
+            _is_network_error(exc)
+            or "bucket" in str(exc).lower()
+            or (remote and isinstance(exc, OSError) and not isinstance(exc, FileNotFoundError))
+        ):
             raise ObjectStoreError(
                 f"object store unreachable or access denied: store {url!r}, key {key!r}: "
                 f"{type(exc).__name__}: {exc}",
@@ -93,8 +100,11 @@ class _FS(ABC):
         return out or "/"
 
     @abstractmethod
-    def read(self, path: str) -> bytes | None:
-        """Bytes of the file at ``path``; ``None`` when there is none."""
+    def read(self, path: str, limit: int | None = None) -> bytes | None:
+        """Bytes of the file at ``path``; ``None`` when there is none.
+
+        ``limit``: read at most ``limit + 1`` bytes (enough to tell the file is larger).
+        """
 
     @abstractmethod
     def write_atomic(self, path: str, data: bytes) -> None:
@@ -107,6 +117,14 @@ class _FS(ABC):
     @abstractmethod
     def write_exclusive(self, path: str, data: bytes) -> bool:
         """Create ``path`` with ``data`` unless it exists; ``True`` when created."""
+
+    def kind(self, path: str) -> str | None:
+        """``"directory"``, ``"file"`` or ``None`` (nothing at ``path``)."""
+        if self.is_dir(path):
+            return "directory"
+        if self.is_file(path):
+            return "file"
+        return None
 
     @abstractmethod
     def is_file(self, path: str) -> bool:
@@ -145,107 +163,6 @@ class _FS(ABC):
         """A zarr-python store rooted at ``path``."""
 
 
-class _LocalFS(_FS):
-    local = True
-
-    def read(self, path: str) -> bytes | None:
-        try:
-            with open(path, "rb") as fh:
-                return fh.read()
-        except (FileNotFoundError, NotADirectoryError):
-            return None
-        except IsADirectoryError:
-            return None
-
-    @staticmethod
-    def _create(path: str, data: bytes) -> None:
-        # the parent usually exists: try first, create directories only when it does not
-        try:
-            with open(path, "wb") as fh:
-                fh.write(data)
-        except FileNotFoundError:
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            with open(path, "wb") as fh:
-                fh.write(data)
-
-    def write_atomic(self, path: str, data: bytes) -> None:
-        tmp = f"{path}.{uuid.uuid4().hex}.partial"
-        try:
-            self._create(tmp, data)
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
-
-    def write_unpublished(self, path: str, data: bytes) -> None:
-        self._create(path, data)
-
-    def write_exclusive(self, path: str, data: bytes) -> bool:
-        tmp = f"{path}.{uuid.uuid4().hex}.partial"
-        self._create(tmp, data)
-        try:
-            os.link(tmp, path)  # fails if ``path`` exists: an atomic create-once
-            return True
-        except FileExistsError:
-            return False
-        finally:
-            os.unlink(tmp)
-
-    def is_file(self, path: str) -> bool:
-        return os.path.isfile(path)
-
-    def is_dir(self, path: str) -> bool:
-        return os.path.isdir(path)
-
-    def list(self, path: str) -> list[str]:
-        try:
-            return os.listdir(path)
-        except (FileNotFoundError, NotADirectoryError):
-            return []
-
-    def remove_tree(self, path: str) -> None:
-        if os.path.isdir(path) and not os.path.islink(path):
-            # rename first so that a reader never sees a half-deleted node under its name
-            doomed = f"{path}.{uuid.uuid4().hex}.deleting"
-            try:
-                os.rename(path, doomed)
-            except FileNotFoundError:
-                return
-            shutil.rmtree(doomed)
-        else:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(path)
-
-    def remove_file(self, path: str) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
-
-    def copy_tree(self, src: str, dst: str) -> None:
-        if os.path.isdir(src):
-            shutil.copytree(src, dst)
-        else:
-            os.makedirs(os.path.dirname(dst), exist_ok=True)
-            shutil.copyfile(src, dst)
-
-    def rename_tree(self, src: str, dst: str) -> None:
-        os.makedirs(os.path.dirname(dst), exist_ok=True)
-        try:
-            os.rename(src, dst)
-        except OSError as exc:
-            if exc.errno in (errno.ENOTEMPTY, errno.EEXIST):
-                raise FileExistsError(dst) from exc
-            raise
-
-    def makedirs(self, path: str) -> None:
-        os.makedirs(path, exist_ok=True)
-
-    def zarr_store(self, path: str) -> Any:
-        from zarr.storage import LocalStore
-
-        return LocalStore(path)
-
-
 class _RemoteFS(_FS):
     """An fsspec filesystem; listings bypass fsspec's cache so other writers are seen."""
 
@@ -255,9 +172,12 @@ class _RemoteFS(_FS):
         self.storage_options = storage_options
         self.url_prefix = f"{protocol}://"
 
-    def read(self, path: str) -> bytes | None:
+    def read(self, path: str, limit: int | None = None) -> bytes | None:
         try:
-            data: bytes = self.fs.cat_file(path)
+            if limit is None:
+                data: bytes = self.fs.cat_file(path)
+            else:
+                data = self.fs.cat_file(path, start=0, end=limit + 1)
         except FileNotFoundError:
             return None
         except IsADirectoryError:
@@ -355,7 +275,6 @@ class _RemoteFS(_FS):
         return FsspecStore.from_url(self.url(path), storage_options=self.storage_options)
 
 
-_LOCAL = _LocalFS()
 _REMOTE_CACHE: dict[tuple[str, str], _RemoteFS] = {}
 _CACHE_LOCK = threading.Lock()
 
@@ -367,6 +286,7 @@ class Location:
     fs: _FS
     path: str
     _meta: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    limits: StorageLimits = field(default_factory=StorageLimits, compare=False, repr=False)
 
     @property
     def url(self) -> str:
@@ -374,14 +294,15 @@ class Location:
         return self.fs.url(self.path)
 
     def child(self, *parts: str) -> Location:
-        """The location ``parts`` below this one."""
-        return Location(self.fs, self.fs.join(self.path, *parts))
-
-    @property
-    def parent(self) -> Location:
-        """The location one level up."""
-        head = self.path.rstrip("/").rsplit("/", 1)[0]
-        return Location(self.fs, head or "/")
+        """The location ``parts`` below this one (each a relative path without ``..``)."""
+        for part in parts:
+            if _DOT_PART.search(part):
+                raise PathEscapeError(
+                    f"{part!r} is not a relative path below {self.url!r}",
+                    path=self.url,
+                    backend=BACKEND,
+                )
+        return Location(self.fs, self.fs.join(self.path, *parts), limits=self.limits)
 
     @property
     def name(self) -> str:
@@ -390,11 +311,14 @@ class Location:
 
     # ------------------------------------------------------------------ bytes
 
-    def read(self, key: str = "") -> bytes | None:
-        """Bytes stored at ``key`` below this location, ``None`` when absent."""
+    def read(self, key: str = "", limit: int | None = None) -> bytes | None:
+        """Bytes stored at ``key`` below this location, ``None`` when absent.
+
+        ``limit``: read at most ``limit + 1`` bytes.
+        """
         target = self.fs.join(self.path, key) if key else self.path
         with store_errors(self.url, key):
-            return self.fs.read(target)
+            return self.fs.read(target, limit)
 
     def write(self, key: str, data: bytes) -> None:
         """Store ``data`` at ``key`` atomically (readers see the old or the new bytes)."""
@@ -419,13 +343,17 @@ class Location:
     def read_json(self, key: str) -> dict[str, Any] | None:
         """Parsed JSON object at ``key``; ``None`` when absent.
 
-        Raises :class:`PlateMetadataError` for bytes that are not a JSON object.
+        Raises :class:`PlateMetadataError` for bytes that are not a JSON object and
+        :class:`~hcsflow.errors.ResourceLimitError` for a document larger or nested
+        deeper than :attr:`limits` allow.
         """
-        raw = self.read(key)
+        raw = self.read(key, self.limits.max_metadata_bytes)
         if raw is None:
             return None
         try:
-            doc = json.loads(raw)
+            doc = self.limits.parse_json(
+                raw, path=f"{self.url}/{key}", backend=BACKEND, metadata=True
+            )
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise PlateMetadataError(
                 f"malformed metadata: store {self.url!r}, key {key!r}: {exc}",
@@ -495,21 +423,28 @@ class Location:
 
 
 def location(
-    url: str | os.PathLike[str], storage_options: dict[str, Any] | None = None
+    url: str | os.PathLike[str],
+    storage_options: dict[str, Any] | None = None,
+    limits: StorageLimits | None = None,
 ) -> Location:
     """Resolve a local path, ``file://`` URL or any fsspec URL to a :class:`Location`.
 
     ``storage_options`` go to fsspec (``endpoint_url``, ``anon``...); credentials come
-    from the environment or the provider's config files as usual.
+    from the environment or the provider's config files as usual.  A local path is
+    contained: nothing below it is reached through a symlink leading out of it (see
+    :mod:`hcsflow.storage.zarr._localfs`).  ``limits``: what reads may allocate.
     """
+    limits = limits if limits is not None else StorageLimits()
     raw = os.fspath(url)
     if not isinstance(raw, str) or not raw:
         raise ZarrError(f"a store URL must be a non-empty string, got {raw!r}", backend=BACKEND)
     if raw.startswith("file://"):
         raw = raw[len("file://") :]
     if "://" not in raw:
+        from hcsflow.storage.zarr._localfs import LocalFS
+
         path = os.path.abspath(raw)
-        return Location(_LOCAL, path)
+        return Location(LocalFS(path, limits), path, limits=limits)
     protocol, _, rest = raw.partition("://")
     opts = dict(storage_options or {})
     key = (protocol, json.dumps(opts, sort_keys=True, default=repr))
@@ -527,7 +462,7 @@ def location(
     path = rest.rstrip("/")
     if protocol == "memory" and not path.startswith("/"):
         path = "/" + path
-    return Location(fs, path)
+    return Location(fs, path, limits=limits)
 
 
 def check_bucket(loc: Location) -> None:

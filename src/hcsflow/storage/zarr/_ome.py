@@ -10,11 +10,13 @@ under a separate top-level ``"hcsflow"`` attribute that NGFF readers ignore.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from hcsflow.errors import PlateMetadataError
-from hcsflow.storage.zarr._io import BACKEND, Location
+from hcsflow.errors import CorruptStoreError, PlateMetadataError
+from hcsflow.storage._debris import NAME_MAX
+from hcsflow.storage.zarr._io import BACKEND, META_FILES, Location
 
 __all__ = [
     "NodeMeta",
@@ -26,6 +28,11 @@ __all__ = [
     "multiscales",
     "well_block",
     "plate_block",
+    "omero_block",
+    "ImageAttrs",
+    "image_attrs",
+    "child_path",
+    "unsafe_path",
 ]
 
 NGFF_VERSIONS = ("0.5", "0.4")
@@ -68,6 +75,49 @@ def read_node(loc: Location) -> NodeMeta | None:
             attrs = loc.read_json(".zattrs") or {}
             return NodeMeta(2, kind, attrs, doc)
     return None
+
+
+def unsafe_path(value: Any, *, parts: int | None = None) -> str | None:
+    """Why ``value`` is not a relative child path of ``parts`` names, or ``None`` if it is.
+
+    A child path is one or more names joined by ``/``: no empty name, no ``.`` or
+    ``..``, no leading ``/`` (absolute), no backslash or NUL, no zarr metadata file name,
+    at most 255 bytes per name.
+    """
+    if not isinstance(value, str):
+        return f"is a {type(value).__name__}, not a string"
+    if value.startswith("/"):
+        return "is absolute"
+    names = value.split("/")
+    if parts is not None and len(names) != parts:
+        return f"has {len(names)} names, expected {parts}"
+    for name in names:
+        if name in ("", ".", ".."):
+            return f"contains {name!r}" if name else "contains an empty name"
+        if "\\" in name or "\x00" in name:
+            return "contains a backslash or NUL"
+        if name in META_FILES:
+            return f"names the metadata file {name!r}"
+        if len(name.encode("utf-8", "surrogateescape")) > NAME_MAX:
+            return f"has a name longer than {NAME_MAX} bytes"
+    return None
+
+
+def child_path(value: Any, loc: Location, key: str, what: str, *, parts: int | None = None) -> str:
+    """``value`` if it is a safe relative child path (see :func:`unsafe_path`).
+
+    Otherwise :class:`~hcsflow.errors.CorruptStoreError` naming the store, the metadata
+    key and the value: a path read from metadata never reaches outside its node.
+    """
+    problem = unsafe_path(value, parts=parts)
+    if problem is not None:
+        raise CorruptStoreError(
+            f"{what} {value!r} {problem}; it must be a relative path below the node: "
+            f"store {loc.url!r}, key {key!r}",
+            path=f"{loc.url}/{key}" if key else loc.url,
+            backend=BACKEND,
+        )
+    return str(value)
 
 
 def group_document(attributes: dict[str, Any]) -> bytes:
@@ -148,21 +198,129 @@ def axes_for(ndim: int) -> tuple[str, ...]:
 _AXIS_TYPES = {"t": "time", "c": "channel", "z": "space", "y": "space", "x": "space"}
 
 
-def multiscales(axes: tuple[str, ...], paths: list[str], name: str) -> list[dict[str, Any]]:
-    """A ``multiscales`` list for datasets ``paths`` (level ``i`` halves y and x ``i`` times)."""
+def multiscales(
+    axes: tuple[str, ...],
+    paths: list[str],
+    name: str,
+    scale: Mapping[str, float] | None = None,
+    units: Mapping[str, str] | None = None,
+) -> list[dict[str, Any]]:
+    """A ``multiscales`` list for datasets ``paths`` (level ``i`` halves y and x ``i`` times).
+
+    ``scale`` gives the level-0 size of one pixel per axis (e.g. ``{"y": 0.65, "x":
+    0.65, "z": 2.0}`` in micrometres; missing axes: 1); ``units`` the NGFF unit of an
+    axis (``"micrometer"``, ``"second"``).
+    """
+    base = dict(scale or {})
+    unit_of = dict(units or {})
+    for a, v in base.items():
+        if a not in axes or not (isinstance(v, (int, float)) and v > 0 and v == v):
+            raise ValueError(f"scale of axis {a!r} must be a positive number on {axes}, got {v!r}")
     datasets = []
     for level, path in enumerate(paths):
-        scale = [float(2**level) if a in ("y", "x") else 1.0 for a in axes]
+        factors = [
+            float(base.get(a, 1.0)) * (float(2**level) if a in ("y", "x") else 1.0) for a in axes
+        ]
         datasets.append(
-            {"path": path, "coordinateTransformations": [{"type": "scale", "scale": scale}]}
+            {"path": path, "coordinateTransformations": [{"type": "scale", "scale": factors}]}
         )
-    return [
-        {
-            "name": name,
-            "axes": [{"name": a, "type": _AXIS_TYPES[a]} for a in axes],
-            "datasets": datasets,
-        }
-    ]
+    axis_docs = []
+    for a in axes:
+        doc = {"name": a, "type": _AXIS_TYPES[a]}
+        if a in unit_of:
+            doc["unit"] = unit_of[a]
+        axis_docs.append(doc)
+    return [{"name": name, "axes": axis_docs, "datasets": datasets}]
+
+
+def omero_block(
+    channels: Sequence[Mapping[str, Any]], data: Any, axes: tuple[str, ...]
+) -> dict[str, Any]:
+    """An ``omero`` block: one entry per channel of ``data`` with label, colour, window.
+
+    ``channels`` holds ``{"label": str, "color": "RRGGBB"}`` per channel of the image's
+    ``c`` axis.  The window's ``start``/``end`` are the channel's data range; ``min``/
+    ``max`` the dtype's range for integers, the data range for floats.
+    """
+    import numpy as np
+
+    arr = np.asarray(data)
+    c_axis = axes.index("c")
+    if len(channels) != arr.shape[c_axis]:
+        raise ValueError(
+            f"{len(channels)} channel descriptions for an image with {arr.shape[c_axis]} channels"
+        )
+    entries = []
+    for i, ch in enumerate(channels):
+        plane = np.take(arr, i, axis=c_axis)
+        lo, hi = (float(plane.min()), float(plane.max())) if plane.size else (0.0, 0.0)
+        if not (np.isfinite(lo) and np.isfinite(hi)):
+            finite = plane[np.isfinite(plane)]
+            lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 0.0)
+        # a constant channel still gets a window a viewer can map
+        end = hi if hi > lo else lo + 1.0
+        if arr.dtype.kind in "iu":
+            info = np.iinfo(arr.dtype)
+            dmin, dmax = float(info.min), float(info.max)
+        elif arr.dtype.kind == "b":
+            dmin, dmax = 0.0, 1.0
+        else:
+            dmin, dmax = lo, end
+        entries.append(
+            {
+                "label": str(ch["label"]),
+                "color": str(ch["color"]).upper(),
+                "active": True,
+                "coefficient": 1,
+                "family": "linear",
+                "inverted": False,
+                "window": {"min": dmin, "max": max(dmax, end), "start": lo, "end": end},
+            }
+        )
+    return {"omero": {"channels": entries, "rdefs": {"model": "color"}}}
+
+
+@dataclass(frozen=True)
+class ImageAttrs:
+    """What an image group's NGFF metadata says about physical sizes and channels."""
+
+    axes: tuple[str, ...]
+    scale: dict[str, float]
+    """Level-0 scale per axis (1 where the image does not say)."""
+    units: dict[str, str]
+    channels: tuple[dict[str, Any], ...]
+    """``omero`` channels (``label``, ``color``...) as stored; empty when absent."""
+
+
+def image_attrs(block: Mapping[str, Any]) -> ImageAttrs:
+    """Parse axes, units, level-0 scale and ``omero`` channels from an image ``block``.
+
+    Raises ``KeyError``/``TypeError``/``IndexError``/``ValueError`` on malformed
+    metadata (callers turn them into errors naming the key).
+    """
+    ms = block["multiscales"][0]
+    axes_raw = ms["axes"]
+    axes = tuple(str(a["name"]) if isinstance(a, dict) else str(a) for a in axes_raw)
+    units = {
+        str(a["name"]): str(a["unit"]) for a in axes_raw if isinstance(a, dict) and a.get("unit")
+    }
+    scale = {a: 1.0 for a in axes}
+    ds0 = ms["datasets"][0]
+    transforms = list(ms.get("coordinateTransformations", [])) + list(
+        ds0.get("coordinateTransformations", [])
+    )
+    for t in transforms:
+        if isinstance(t, dict) and t.get("type") == "scale":
+            values = [float(v) for v in t["scale"]]
+            if len(values) != len(axes):
+                raise ValueError(f"scale {values} does not match axes {axes}")
+            for a, v in zip(axes, values, strict=True):
+                scale[a] *= v
+    omero = block.get("omero")
+    chans: tuple[dict[str, Any], ...] = ()
+    if isinstance(omero, dict) and isinstance(omero.get("channels"), list):
+        chans = tuple(dict(c) for c in omero["channels"] if isinstance(c, dict))
+    return ImageAttrs(axes, scale, units, chans)
 
 
 def well_block(field_paths: list[str]) -> dict[str, Any]:

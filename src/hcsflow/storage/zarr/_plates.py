@@ -45,14 +45,19 @@ import numpy as np
 
 from hcsflow.errors import (
     AlreadyExistsError,
+    CorruptStoreError,
+    HcsflowError,
     NotFoundError,
     PlateLayoutError,
     PlateMetadataError,
     ZarrError,
 )
+from hcsflow.storage._decode import aligned_empty
+from hcsflow.storage._limits import StorageLimits
 from hcsflow.storage.plate import PLATE_FORMATS, WellPosition, parse_well, row_index, row_name
 from hcsflow.storage.zarr import _ome
 from hcsflow.storage.zarr._config import ZarrConfig
+from hcsflow.storage.zarr._debris import clean_in_flight, debris_kind
 from hcsflow.storage.zarr._io import (
     BACKEND,
     Location,
@@ -61,6 +66,7 @@ from hcsflow.storage.zarr._io import (
     location,
     store_errors,
 )
+from hcsflow.storage.zarr._localfs import LocalFS
 
 __all__ = [
     "PlateInfo",
@@ -74,6 +80,7 @@ __all__ = [
     "finalize_plate",
     "open_plate",
     "list_wells",
+    "image_metadata",
 ]
 
 MARKERS = (".hcsflow", "wells")
@@ -117,10 +124,14 @@ class WellInfo:
 # --------------------------------------------------------------------------- helpers
 
 
-def _loc(store: StoreLike, storage_options: dict[str, Any] | None) -> Location:
+def _loc(
+    store: StoreLike,
+    storage_options: dict[str, Any] | None,
+    limits: StorageLimits | None = None,
+) -> Location:
     if isinstance(store, Location):
         return store
-    return location(store, storage_options)
+    return location(store, storage_options, limits)
 
 
 def _well_pos(loc: Location, well: str | WellPosition) -> WellPosition:
@@ -252,7 +263,9 @@ def create_array(
         shards=config.shard_shape(data.shape, chunks),
         zarr_format=config.zarr_format,
         fill_value=0,
-        overwrite=True,
+        # always a fresh name: never let zarr delete whatever is there (a writer's
+        # locked, half-built array under a reused name would be lost)
+        overwrite=False,
         **config.codecs(data.dtype.itemsize),
     )
     if config.zarr_format == 3:
@@ -274,11 +287,16 @@ def _write_image(
     labels: bool = False,
     taken: set[str] | None = None,
     published: bool = True,
+    scale: Mapping[str, float] | None = None,
+    units: Mapping[str, str] | None = None,
+    channels: Sequence[Mapping[str, Any]] | None = None,
 ) -> list[str]:
     """Write a multiscale image group at ``loc``; returns the dataset paths used.
 
     ``published=False``: ``loc`` is a new group no reader reaches until a later metadata
-    switch, so its own metadata needs no atomic replace.
+    switch, so its own metadata needs no atomic replace.  ``scale``/``units``: physical
+    size of a level-0 pixel per axis; ``channels``: ``omero`` label and colour per
+    channel (windows come from ``arr``).
     """
     taken = set(taken or ())
     paths = []
@@ -287,7 +305,9 @@ def _write_image(
         taken.add(path)
         create_array(loc.child(path), data, config, axes)
         paths.append(path)
-    block: dict[str, Any] = {"multiscales": _ome.multiscales(axes, paths, name)}
+    block: dict[str, Any] = {"multiscales": _ome.multiscales(axes, paths, name, scale, units)}
+    if channels is not None:
+        block.update(_ome.omero_block(channels, arr, axes))
     block.update(extra or {})
     _ome.write_group(
         loc, _ome.wrap(block, config.ngff_version), config.zarr_format, published=published
@@ -345,6 +365,9 @@ def _read_well_meta(
         isinstance(i, dict) and isinstance(i.get("path"), str) for i in images
     ):
         raise _meta_error(plate, key, "well metadata 'images' must be a list of {'path': ...}")
+    meta_key = f"{key}/{'zarr.json' if node.zarr_format == 3 else '.zattrs'}"
+    for image in images:
+        _ome.child_path(image["path"], plate, meta_key, "well image path")
     return node, version, well
 
 
@@ -364,6 +387,7 @@ def _reading_key(plate: Location, pos: WellPosition) -> tuple[str, _ome.NodeMeta
         path = w.get("path") if isinstance(w, dict) else None
         if not isinstance(path, str) or path.count("/") != 1:
             continue
+        _ome.child_path(path, plate, "zarr.json", "plate well path", parts=2)
         rname, cname = path.split("/")
         if rname.upper() == pos.row_name and cname.isdigit() and int(cname) == pos.column + 1:
             return path, None
@@ -383,6 +407,10 @@ def write_well(
     overwrite: bool = False,
     storage_options: dict[str, Any] | None = None,
     update_plate: bool = True,
+    scale: Mapping[str, float] | None = None,
+    units: Mapping[str, str] | None = None,
+    channels: Sequence[Mapping[str, Any]] | None = None,
+    plate_name: str | None = None,
 ) -> WellInfo:
     """Write (or replace) one well of the OME-Zarr plate at ``store``.
 
@@ -390,6 +418,13 @@ def write_well(
     ``0..n-1``; every array is ``(c, z, y, x)`` or ``(t, c, z, y, x)`` with one shape
     and dtype.  An existing well is replaced only with ``overwrite=True``, atomically
     (see the module docstring); the plate metadata is updated so it lists this well.
+
+    Image metadata: ``scale`` is the physical size of a pixel per axis (``{"y": 0.65,
+    "x": 0.65, "z": 2.0, "t": 300.0}``), ``units`` its NGFF unit per axis
+    (``"micrometer"``, ``"second"``), ``channels`` one ``{"label": ..., "color":
+    "RRGGBB"}`` per channel (written as ``omero`` with windows from the data).
+    ``plate_name`` names the plate when this write creates it (the plate metadata keeps
+    it when rebuilt).
     """
     cfg = config or _DEFAULT
     plate = _loc(store, storage_options)
@@ -415,7 +450,10 @@ def write_well(
         )
     if plate_node is None:
         plate.makedirs()
-        _ensure_group(plate, _ome.wrap({}, version), cfg.zarr_format)
+        initial = _ome.wrap({}, version)
+        if plate_name:
+            initial["hcsflow"] = {"plate_name": str(plate_name)}
+        _ensure_group(plate, initial, cfg.zarr_format)
     _ensure_group(plate.child(pos.row_name), {}, cfg.zarr_format)
     well_loc = plate.child(key)
     old_paths = _field_paths(current[2]) if current is not None else []
@@ -429,7 +467,15 @@ def write_well(
         taken.add(path)
         # a fresh field group: only the well metadata written below makes it reachable
         _write_image(
-            well_loc.child(path), fields[f], cfg, axes, f"{pos.name} field {f}", published=False
+            well_loc.child(path),
+            fields[f],
+            cfg,
+            axes,
+            f"{pos.name} field {f}",
+            published=False,
+            scale=scale,
+            units=units,
+            channels=channels,
         )
         new_paths.append(path)
     attrs = _ome.wrap(_ome.well_block(new_paths), version)
@@ -445,11 +491,22 @@ def write_well(
     # version and orphans of crashed writes; groups that appeared since belong to a
     # concurrent writer of this well and are left alone
     for stale in (before | set(old_paths)) - set(new_paths) - _ome_meta_names():
-        if stale in old_paths or _is_orphan_name(stale):
+        if (
+            stale in old_paths
+            or _is_orphan_name(stale)
+            or debris_kind(well_loc, stale, None) is not None
+        ):
             well_loc.child(stale).remove()
     markers = _mark_well(plate, pos, len(new_paths), cfg.zarr_format, version)
+    # temporary files of writers of this well that died (plate, row and marker groups)
+    for group in (
+        plate,
+        plate.child(pos.row_name),
+        plate.child(*MARKERS, _marker_name(pos, len(new_paths))),
+    ):
+        clean_in_flight(group)
     if update_plate:
-        _settle_plate(plate, version, cfg.zarr_format, fmt, listing=markers)
+        _settle_plate(plate, version, cfg.zarr_format, fmt, name=plate_name, listing=markers)
     return WellInfo(
         plate.url,
         pos.name,
@@ -524,7 +581,7 @@ def _mark_well(
     if not markers.exists_file("zarr.json" if zarr_format == 3 else ".zgroup"):
         _ensure_group(plate.child(MARKERS[0]), {}, zarr_format)
         _ensure_group(markers, {}, zarr_format)
-    name = f"{pos.row_name}.{pos.column + 1}.{n_fields}"
+    name = _marker_name(pos, n_fields)
     _ensure_group(markers.child(name), {}, zarr_format)
     listing = set(markers.list())
     for other in list(listing):
@@ -533,6 +590,10 @@ def _mark_well(
             markers.child(other).remove()
             listing.discard(other)
     return frozenset(listing)
+
+
+def _marker_name(pos: WellPosition, n_fields: int) -> str:
+    return f"{pos.row_name}.{pos.column + 1}.{n_fields}"
 
 
 @functools.lru_cache(maxsize=4096)
@@ -581,7 +642,7 @@ def _write_plate_meta(
         if isinstance(block.get("plate"), dict):
             old_name = block["plate"].get("name")
     rows, cols, n = _infer_format(list(wells), fixed)
-    plate_name = name or old_name or _default_name(plate)
+    plate_name = name or old_name or old_hcs.get("plate_name") or _default_name(plate)
     block = _ome.plate_block(list(wells), rows, cols, max(wells.values(), default=0), plate_name)
     attrs = _ome.wrap(block, version)
     # only an explicitly chosen format binds later writers; an inferred one may grow
@@ -700,7 +761,7 @@ def open_plate(store: StoreLike, *, storage_options: dict[str, Any] | None = Non
         columns = tuple(str(c["name"]) for c in meta["columns"])
         names, paths = [], []
         for w in meta["wells"]:
-            path = str(w["path"])
+            path = _ome.child_path(w["path"], plate, key, "plate well path", parts=2)
             r_i, c_i = int(w["rowIndex"]), int(w["columnIndex"])
             rname, cname = path.split("/")
             if rows[r_i] != rname or columns[c_i] != cname:
@@ -712,7 +773,7 @@ def open_plate(store: StoreLike, *, storage_options: dict[str, Any] | None = Non
                 )
             names.append(WellPosition(row_index(rname), int(cname) - 1).name)
             paths.append(path)
-    except PlateMetadataError:
+    except (PlateMetadataError, CorruptStoreError):
         raise
     except (KeyError, TypeError, ValueError, IndexError, PlateLayoutError) as exc:
         raise _meta_error(
@@ -772,14 +833,18 @@ def _dataset_paths(img: Location) -> tuple[list[str], list[str], int]:
             f"missing image group: store {img.url!r}", path=img.url, backend=BACKEND
         )
     _, block = _ome.unwrap(node.attributes)
+    meta_key = "zarr.json" if node.zarr_format == 3 else ".zattrs"
     try:
         ms = block["multiscales"][0]
-        paths = [str(d["path"]) for d in ms["datasets"]]
+        paths = [
+            _ome.child_path(d["path"], img, meta_key, "multiscales dataset path")
+            for d in ms["datasets"]
+        ]
         axes = [str(a["name"]) if isinstance(a, dict) else str(a) for a in ms["axes"]]
     except (KeyError, TypeError, IndexError) as exc:
         raise _meta_error(
             img,
-            "zarr.json" if node.zarr_format == 3 else ".zattrs",
+            meta_key,
             f"malformed multiscales metadata ({type(exc).__name__}: {exc})",
         ) from exc
     return paths, axes, node.zarr_format
@@ -797,19 +862,26 @@ def _open_array_at(img: Location, level: int) -> tuple[Any, Location]:
             backend=BACKEND,
         )
     loc = img.child(paths[level])
+    if not isinstance(loc.fs, LocalFS):
+        # the local store checks metadata sizes itself; here read it once through ours
+        _ome.read_node(loc)
     with store_errors(loc.url):
         try:
             return zarr.open_array(
                 store=loc.zarr_store(), mode="r", zarr_format=3 if fmt == 3 else 2
             ), loc
+        except HcsflowError:
+            raise
         except (FileNotFoundError, KeyError) as exc:
             raise NotFoundError(
                 f"missing array: store {img.url!r}, key {paths[level]!r}",
                 path=loc.url,
                 backend=BACKEND,
             ) from exc
-        except ValueError as exc:
-            raise _meta_error(img, paths[level], f"malformed array metadata: {exc}") from exc
+        except (ValueError, TypeError) as exc:
+            raise _meta_error(
+                img, paths[level], f"malformed array metadata: {type(exc).__name__}: {exc}"
+            ) from exc
 
 
 def _open_array(img: Location, level: int) -> Any:
@@ -831,16 +903,68 @@ def open_image(
 
 
 def read_array(arr: Any, selection: Any, loc: Location) -> np.ndarray:
-    """``arr[selection]`` with decode failures reported as corrupt chunks by key."""
+    """``arr[selection]`` checked against ``loc.limits``, decoded into an aligned array.
+
+    The bytes the selection decodes to, the bytes of one chunk and the number of chunks
+    it touches are checked before anything is read (:class:`ResourceLimitError`);
+    decode failures are reported as corrupt chunks by key.
+    """
+    shape = tuple(int(s) for s in arr.shape)
+    box = _selection_box(shape, selection)
+    limits = loc.limits
+    what = f"array {loc.url!r} selection"
+    dtype = np.dtype(arr.dtype)
+    limits.check_array(
+        tuple(hi - lo for lo, hi in box), dtype, what=what, path=loc.url, backend=BACKEND
+    )
+    chunks = tuple(int(c) for c in arr.chunks)
+    limits.check_array(
+        chunks, dtype, what=f"one chunk of {loc.url!r}", path=loc.url, backend=BACKEND
+    )
+    touched = 1
+    for (lo, hi), c in zip(box, chunks, strict=True):
+        touched *= 0 if hi <= lo else (hi - 1) // c - lo // c + 1
+    limits.check_chunks(touched, what=what, path=loc.url, backend=BACKEND)
+    out_shape = _basic_shape(shape, selection)
     with store_errors(loc.url):
         try:
+            if out_shape is not None and not dtype.hasobject:
+                from zarr.core.buffer.cpu import NDBuffer
+
+                out = aligned_empty(out_shape, dtype)
+                arr.get_basic_selection(selection, out=NDBuffer.from_numpy_array(out))
+                return out
             return np.asarray(arr[selection])
         except (ZarrError, NotFoundError):
+            raise
+        except OSError:
             raise
         except Exception as exc:
             if type(exc).__module__.split(".")[0] in ("botocore", "aiobotocore", "aiohttp"):
                 raise
             raise corrupt(loc, _bad_chunk_key(arr, selection), exc) from exc
+
+
+def _basic_shape(shape: tuple[int, ...], selection: Any) -> tuple[int, ...] | None:
+    """Result shape of a selection of ints and unit-step slices (``None``: other kinds)."""
+    if selection is Ellipsis:
+        return shape
+    sel = selection if isinstance(selection, tuple) else (selection,)
+    if len(sel) > len(shape):
+        return None
+    out = []
+    for i, size in enumerate(shape):
+        item = sel[i] if i < len(sel) else slice(None)
+        if isinstance(item, (int, np.integer)) and not isinstance(item, bool):
+            if not -size <= int(item) < size:
+                return None
+            continue
+        if isinstance(item, slice) and item.step in (None, 1):
+            start, stop, _ = item.indices(size)
+            out.append(max(0, stop - start))
+            continue
+        return None
+    return tuple(out)
 
 
 def _bad_chunk_key(arr: Any, selection: Any) -> str:
@@ -877,7 +1001,8 @@ def _selection_box(shape: tuple[int, ...], selection: Any) -> list[tuple[int, in
     for i, s in enumerate(shape):
         item = sel[i] if i < len(sel) else slice(None)
         if isinstance(item, (int, np.integer)):
-            out.append((int(item), int(item) + 1))
+            index = int(item) + s if int(item) < 0 else int(item)
+            out.append((index, index + 1))
         elif isinstance(item, slice):
             start, stop, _ = item.indices(s)
             out.append((start, stop))
@@ -893,9 +1018,14 @@ def read_well(
     level: int = 0,
     *,
     storage_options: dict[str, Any] | None = None,
+    limits: StorageLimits | None = None,
 ) -> np.ndarray:
-    """One field image of a well as a numpy array (``(c, z, y, x)`` or with ``t``)."""
-    plate = _loc(store, storage_options)
+    """One field image of a well as a numpy array (``(c, z, y, x)`` or with ``t``).
+
+    The array is 64-byte aligned; its declared size and chunk count are checked against
+    ``limits`` (default :class:`~hcsflow.storage.StorageLimits`) before reading.
+    """
+    plate = _loc(store, storage_options, limits)
     img, _, _ = _image_loc(plate, well, field)
     arr, loc = _open_array_at(img, level)
     return read_array(arr, Ellipsis, loc)
@@ -994,11 +1124,65 @@ def write_labels(
     _ensure_group(group, _ome.wrap({"labels": []}, lab_cfg.ngff_version), zfmt)
     taken = set(target.list()) | set(old)
     extra = {"image-label": {"source": {"image": "../../"}}}
-    new = _write_image(target, lab, lab_cfg, tuple(axes), name, extra, labels=True, taken=taken)
+    scale, units = _image_scale(img)
+    new = _write_image(
+        target,
+        lab,
+        lab_cfg,
+        tuple(axes),
+        name,
+        extra,
+        labels=True,
+        taken=taken,
+        scale=scale,
+        units=units,
+    )
     for stale in set(old) - set(new):
         target.child(stale).remove()
     _settle_labels(group, lab_cfg.ngff_version, zfmt)
     return f"{rel}/labels/{name}"
+
+
+def _image_scale(img: Location) -> tuple[dict[str, float], dict[str, str]]:
+    """Level-0 scale (axes other than 1 only) and units of an image group's metadata."""
+    node = _ome.read_node(img)
+    if node is None:
+        return {}, {}
+    try:
+        attrs = _ome.image_attrs(_ome.unwrap(node.attributes)[1])
+    except (KeyError, TypeError, IndexError, ValueError) as exc:
+        raise _meta_error(
+            img,
+            "zarr.json" if node.zarr_format == 3 else ".zattrs",
+            f"malformed multiscales metadata ({type(exc).__name__}: {exc})",
+        ) from exc
+    scale = {a: v for a, v in attrs.scale.items() if v != 1.0 and a != "c"}
+    return scale, {a: u for a, u in attrs.units.items() if a != "c"}
+
+
+def image_metadata(
+    store: StoreLike,
+    well: str | WellPosition,
+    field: int = 0,
+    *,
+    storage_options: dict[str, Any] | None = None,
+) -> _ome.ImageAttrs:
+    """Axes, units, level-0 scale and ``omero`` channels of one field image (metadata only)."""
+    plate = _loc(store, storage_options)
+    img, _, _ = _image_loc(plate, well, field)
+    node = _ome.read_node(img)
+    if node is None:
+        raise NotFoundError(
+            f"missing image group: store {img.url!r}", path=img.url, backend=BACKEND
+        )
+    try:
+        return _ome.image_attrs(_ome.unwrap(node.attributes)[1])
+    except (KeyError, TypeError, IndexError, ValueError) as exc:
+        raise _meta_error(
+            img,
+            "zarr.json" if node.zarr_format == 3 else ".zattrs",
+            f"malformed multiscales metadata ({type(exc).__name__}: {exc})",
+        ) from exc
 
 
 def _settle_labels(group: Location, version: str, zarr_format: int) -> None:
@@ -1028,9 +1212,10 @@ def read_labels(
     level: int = 0,
     *,
     storage_options: dict[str, Any] | None = None,
+    limits: StorageLimits | None = None,
 ) -> np.ndarray:
     """A label image written by :func:`write_labels` (image axes, channel 1)."""
-    plate = _loc(store, storage_options)
+    plate = _loc(store, storage_options, limits)
     img, _, _ = _image_loc(plate, well, field)
     target = img.child("labels", name)
     arr, loc = _open_array_at(target, level)

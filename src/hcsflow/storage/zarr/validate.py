@@ -7,6 +7,12 @@ match the path, names unique), each listed well group present with ``well`` meta
 each field image present with ``multiscales`` whose axes fit the arrays, dataset arrays
 present with matching rank and halving y/x per level, and optionally (``deep=True``)
 every chunk decodable.  Problems are collected, not raised, so one run lists them all.
+
+Metadata is treated as untrusted: a path in it that is not a relative child path
+(``..``, absolute) is reported and never followed; an array whose declared shape and
+dtype exceed :class:`~hcsflow.storage.StorageLimits` (or, for ``deep=True``, whose
+chunk count does) is reported instead of read, so a hostile ``zarr.json`` cannot make
+validation allocate or loop without bound.
 """
 
 from __future__ import annotations
@@ -16,7 +22,10 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from hcsflow.errors import HcsflowError
+from hcsflow.storage._limits import StorageLimits, declared_nbytes
 from hcsflow.storage.zarr import _ome
 from hcsflow.storage.zarr._io import Location, location
 
@@ -58,14 +67,16 @@ def validate_plate(
     *,
     deep: bool = False,
     storage_options: dict[str, Any] | None = None,
+    limits: StorageLimits | None = None,
 ) -> PlateReport:
     """Validate the plate at ``url`` (a local path or fsspec URL); never raises for bad data.
 
     ``deep=True`` also decodes every chunk of every level-0 array (slow, finds corrupt
-    chunks).
+    chunks), one chunk at a time.  ``limits``: the sizes and chunk counts an array may
+    declare (default: :class:`~hcsflow.storage.StorageLimits`).
     """
     try:
-        plate = location(url, storage_options)
+        plate = location(url, storage_options, limits)
     except HcsflowError as exc:
         return PlateReport(os.fspath(url), errors=[str(exc)])
     report = PlateReport(plate.url)
@@ -73,6 +84,9 @@ def validate_plate(
         _check_plate(plate, report, deep)
     except HcsflowError as exc:
         report.errors.append(str(exc))
+    except (ValueError, TypeError, KeyError, IndexError, OSError) as exc:
+        # the plate's data made a library fail: that is a finding, not a crash
+        report.errors.append(f"{type(exc).__name__}: {exc}")
     return report
 
 
@@ -112,6 +126,13 @@ def _check_plate(plate: Location, report: PlateReport, deep: bool) -> None:
         ri, ci = w.get("rowIndex"), w.get("columnIndex")
         if not isinstance(path, str) or path.count("/") != 1:
             report.errors.append(f"plate wells[{i}].path {path!r} is not 'row/column'")
+            continue
+        problem = _ome.unsafe_path(path, parts=2)
+        if problem is not None:
+            report.errors.append(
+                f"plate wells[{i}].path {path!r} {problem}; it must be a relative path "
+                "below the plate (not followed)"
+            )
             continue
         if path in seen:
             report.errors.append(f"well {path!r} is listed twice")
@@ -168,12 +189,28 @@ def _check_well(loc: Location, path: str, report: PlateReport, deep: bool, fmt: 
         if not isinstance(ipath, str) or not _NAME.match(ipath):
             report.errors.append(f"well {path!r} images[{i}].path {ipath!r} is not alphanumeric")
             continue
-        _check_image(loc.child(ipath), f"{path}/{ipath}", report, deep, fmt)
+        _check_image(loc.child(ipath), f"{path}/{ipath}", report, deep, fmt, _recorded(node))
         report.images_checked += 1
     return len(images)
 
 
-def _check_image(loc: Location, key: str, report: PlateReport, deep: bool, fmt: int) -> None:
+def _recorded(node: _ome.NodeMeta) -> tuple[int, ...] | None:
+    """The field shape hcsflow recorded in a well's own attributes, if any."""
+    info = node.attributes.get("hcsflow")
+    shape = info.get("shape") if isinstance(info, dict) else None
+    if isinstance(shape, list) and all(isinstance(s, int) for s in shape):
+        return tuple(shape)
+    return None
+
+
+def _check_image(
+    loc: Location,
+    key: str,
+    report: PlateReport,
+    deep: bool,
+    fmt: int,
+    recorded: tuple[int, ...] | None = None,
+) -> None:
     node = _ome.read_node(loc)
     if node is None:
         report.errors.append(f"image {key!r} is listed but its group is missing")
@@ -200,6 +237,13 @@ def _check_image(loc: Location, key: str, report: PlateReport, deep: bool, fmt: 
         if not isinstance(dpath, str):
             report.errors.append(f"image {key!r}: datasets[{level}] has no path")
             continue
+        problem = _ome.unsafe_path(dpath)
+        if problem is not None:
+            report.errors.append(
+                f"image {key!r}: datasets[{level}].path {dpath!r} {problem}; it must be a "
+                "relative path below the image (not followed)"
+            )
+            continue
         ct = ds.get("coordinateTransformations")
         scale = next(
             (t.get("scale") for t in ct or [] if isinstance(t, dict) and t.get("type") == "scale"),
@@ -219,6 +263,14 @@ def _check_image(loc: Location, key: str, report: PlateReport, deep: bool, fmt: 
                 f"{arr_node.zarr_format}, the plate is {fmt}"
             )
         shape = tuple(int(s) for s in arr_node.raw.get("shape", []))
+        if not _within_limits(loc.child(dpath), key, dpath, arr_node, shape, report):
+            prev = shape
+            continue
+        if level == 0 and recorded is not None and shape != recorded:
+            report.errors.append(
+                f"image {key!r}: array {dpath!r} has shape {list(shape)} but the well "
+                f"records {list(recorded)}"
+            )
         if len(shape) != len(axes):
             report.errors.append(
                 f"image {key!r}: array {dpath!r} has {len(shape)} dimensions for {len(axes)} axes"
@@ -247,6 +299,12 @@ def _check_labels(
         return
     for name in names:
         lkey = f"{key}/labels/{name}"
+        problem = _ome.unsafe_path(name, parts=1)
+        if problem is not None:
+            report.errors.append(
+                f"image {key!r}: label name {name!r} {problem}; it must be one name (not followed)"
+            )
+            continue
         node = _ome.read_node(loc.child("labels", name))
         if node is None:
             report.errors.append(f"label image {lkey!r} is listed but missing")
@@ -268,12 +326,78 @@ def _check_labels(
             )
 
 
+def _dtype_of(node: _ome.NodeMeta) -> np.dtype[Any] | None:
+    raw = node.raw.get("data_type") if node.zarr_format == 3 else node.raw.get("dtype")
+    try:
+        return np.dtype(raw) if isinstance(raw, str) else None
+    except TypeError:
+        return None
+
+
+def _within_limits(
+    loc: Location,
+    key: str,
+    dpath: str,
+    node: _ome.NodeMeta,
+    shape: tuple[int, ...],
+    report: PlateReport,
+) -> bool:
+    """Report an array whose declared size exceeds the limits; ``True`` when it fits."""
+    dtype = _dtype_of(node)
+    if dtype is None:
+        return True  # reported by the reader if it matters; size unknown, nothing read
+    nbytes = declared_nbytes(shape, dtype, what="array", path=loc.url, backend="zarr")
+    if nbytes > loc.limits.max_decoded_bytes:
+        report.errors.append(
+            f"image {key!r}: array {dpath!r} declares shape {list(shape)} {dtype} "
+            f"({nbytes:,} bytes), more than the decoded-size limit of "
+            f"{loc.limits.max_decoded_bytes:,} bytes (not read)"
+        )
+        return False
+    return True
+
+
+def _chunk_shape(node: _ome.NodeMeta) -> tuple[int, ...] | None:
+    raw = node.raw
+    try:
+        if node.zarr_format == 3:
+            grid = raw["chunk_grid"]["configuration"]["chunk_shape"]
+        else:
+            grid = raw["chunks"]
+        return tuple(int(c) for c in grid)
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
 def _decode_all(loc: Location, key: str, dpath: str, report: PlateReport, fmt: int) -> None:
+    """Decode every chunk of one array, one chunk (grid cell) at a time."""
     import zarr
     from hcsflow.storage.zarr._plates import read_array
 
+    node = _ome.read_node(loc)
+    chunks = _chunk_shape(node) if node is not None else None
     try:
         arr = zarr.open_array(store=loc.zarr_store(), mode="r", zarr_format=3 if fmt == 3 else 2)
-        read_array(arr, Ellipsis, loc)
+        shape = tuple(int(s) for s in arr.shape)
+        grid = chunks if chunks is not None and len(chunks) == len(shape) else arr.chunks
+        counts = [-(-s // max(1, int(c))) for s, c in zip(shape, grid, strict=True)]
+        total = 1
+        for n in counts:
+            total *= n
+        if total > loc.limits.max_chunks:
+            report.errors.append(
+                f"image {key!r}: array {dpath!r} has {total:,} chunks, more than the "
+                f"limit of {loc.limits.max_chunks:,} (StorageLimits.max_chunks; not decoded)"
+            )
+            return
+        for cell in np.ndindex(*counts):
+            box = tuple(
+                slice(i * int(c), min((i + 1) * int(c), s))
+                for i, c, s in zip(cell, grid, shape, strict=True)
+            )
+            read_array(arr, box, loc)
     except HcsflowError as exc:
         report.errors.append(f"image {key!r}: array {dpath!r}: {exc}")
+    except Exception as exc:
+        # an unknown codec, a bad chunk grid...: the array cannot be read, whatever the cause
+        report.errors.append(f"image {key!r}: array {dpath!r}: {type(exc).__name__}: {exc}")

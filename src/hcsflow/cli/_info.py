@@ -1,0 +1,311 @@
+"""``hcsflow info PATH``: a plate (any format) or a finished run, described for people.
+
+A plate is read with its reader (detected, or ``--format`` / ``--layout``) without
+reading image data: one TIFF header (or zarr array) per well gives the image size and
+dtype.  A run directory (one holding ``manifest.json``) is summarised from its
+manifest.  ``--json`` prints the same facts as one JSON document.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["info_command", "describe_plate", "describe_run", "format_plate", "format_run"]
+
+
+# --------------------------------------------------------------------------- plates
+
+
+def _plane_geometry(desc: Any) -> dict[str, tuple[tuple[int, ...], str]]:
+    """(y, x) size and dtype of the first plane of every well, from headers only."""
+    from hcsflow.storage import Backend
+
+    out: dict[str, tuple[tuple[int, ...], str]] = {}
+    if desc.backend == Backend.ZARR.value:
+        from hcsflow.storage import open_well
+
+        for well in desc.wells:
+            w = open_well(desc.root, well)
+            out[well] = (tuple(int(s) for s in w.shape[-2:]), np.dtype(w.dtype).name)
+        return out
+    for well, images in desc.wells.items():
+        img = images[0]
+        if img.path.lower().endswith((".tif", ".tiff")) and os.path.isfile(img.path):
+            import tifffile
+
+            with tifffile.TiffFile(img.path) as tif:
+                page = tif.pages[img.page or 0]
+                shape = tuple(int(s) for s in page.shape)
+                out[well] = (shape[-2:], str(page.dtype))
+        else:
+            arr = desc.reader.load_planes([img], _filemanager(), desc.backend)[0]
+            out[well] = (tuple(arr.shape[-2:]), str(arr.dtype))
+    return out
+
+
+def _filemanager() -> Any:
+    from hcsflow.storage import FileManager
+
+    return FileManager()
+
+
+def describe_plate(desc: Any) -> dict[str, Any]:
+    """A JSON-ready description of a plate (``PlateDescription.summary`` plus geometry)."""
+    from hcsflow.storage import Backend
+
+    geometry = _plane_geometry(desc)
+    shapes = sorted({(s, d) for s, d in geometry.values()})
+    info: dict[str, Any] = {
+        "kind": "OME-Zarr plate" if desc.backend == Backend.ZARR.value else "plate",
+        **desc.summary(),
+        "well_names": list(desc.wells),
+        "image_size": list(shapes[0][0]) if len(shapes) == 1 else None,
+        "dtype": shapes[0][1] if len(shapes) == 1 else None,
+        "image_sizes": {w: [list(s), d] for w, (s, d) in geometry.items()}
+        if len(shapes) > 1
+        else None,
+        "skipped": [f"{s.path}: {s.reason}" for s in desc.skipped],
+    }
+    return info
+
+
+def _um(value: float) -> str:
+    return f"{value:.6g} µm"
+
+
+def _nm(value: float | None) -> str:
+    return f"{value:.0f} nm" if value else "-"
+
+
+def _seconds(value: float) -> str:
+    if value >= 3600 and value % 60 == 0:
+        return f"{value:.6g} s ({value / 3600:.3g} h)"
+    if value >= 60:
+        return f"{value:.6g} s ({value / 60:.3g} min)"
+    return f"{value:.6g} s"
+
+
+def _table(rows: Sequence[Sequence[str]], indent: str = "  ") -> list[str]:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return [
+        indent + "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
+        for r in rows
+    ]
+
+
+def _pairs(pairs: Sequence[tuple[str, str]]) -> list[str]:
+    width = max(len(k) for k, _ in pairs)
+    return [f"{k.ljust(width)}  {v}" for k, v in pairs]
+
+
+def _names(items: Sequence[str], limit: int = 12) -> str:
+    shown = ", ".join(items[:limit])
+    return shown + (f" ... ({len(items) - limit} more)" if len(items) > limit else "")
+
+
+def format_plate(info: dict[str, Any]) -> str:
+    """The text ``hcsflow info`` prints for a plate (``info`` from :func:`describe_plate`)."""
+    from collections import Counter
+
+    title = info.get("format") or "?"
+    if info.get("layout") and info.get("layout") != title:
+        title += f" (file-name layout {info['layout']})"
+    pairs: list[tuple[str, str]] = [("plate", str(info["root"])), ("format", title)]
+    if info.get("name"):
+        pairs.append(("name", str(info["name"])))
+    if info.get("plate_shape"):
+        r, c = info["plate_shape"]
+        pairs.append(("plate format", f"{r * c} wells ({r} rows x {c} columns)"))
+    wells = info.get("well_names") or []
+    pairs.append(("wells", f"{len(wells)}: {_names(wells)}"))
+    pairs.append(("fields", str(info["sites"])))
+    pairs.append(("channels", str(info["channels"])))
+    z = str(info["z_planes"])
+    if info.get("z_step_um"):
+        z += f", step {_um(info['z_step_um'])}"
+    pairs.append(("z planes", z))
+    t = str(info["timepoints"])
+    if info.get("time_interval_s"):
+        t += f", interval {_seconds(info['time_interval_s'])}"
+    pairs.append(("timepoints", t))
+    px = info.get("pixel_size_um")
+    if px:
+        y, x = px
+        pairs.append(("pixel size", _um(x) if x == y else f"{_um(y)} (y) x {_um(x)} (x)"))
+    else:
+        pairs.append(("pixel size", "not recorded"))
+    images = f"{info['images']} planes"
+    if info.get("image_size"):
+        h, w = info["image_size"]
+        images += f", {w} x {h} px, {info['dtype']}"
+    pairs.append(("images", images))
+    skipped = info.get("skipped") or []
+    reasons = Counter(s.split(": ", 1)[-1] for s in skipped)
+    pairs.append(
+        (
+            "skipped files",
+            f"{len(skipped)}"
+            + (
+                " (" + ", ".join(f"{n} {r}" for r, n in sorted(reasons.items())) + ")"
+                if reasons
+                else ""
+            ),
+        )
+    )
+    unplaced = info.get("unplaced_files") or []
+    pairs.append(("unplaced images", str(len(unplaced))))
+    lines = _pairs(pairs)
+    chans = info.get("channel_info") or []
+    if chans:
+        lines.append("")
+        lines.append("channels:")
+        rows = [("#", "name", "excitation", "emission", "colour", "id")]
+        for ch in chans:
+            rows.append(
+                (
+                    str(ch["index"] + 1),
+                    ch.get("name") or "-",
+                    _nm(ch.get("excitation_nm")),
+                    _nm(ch.get("emission_nm")),
+                    ch.get("color") or "-",
+                    ch.get("source_id") or "-",
+                )
+            )
+        lines += _table(rows)
+    sizes = info.get("image_sizes")
+    if sizes:
+        lines.append("")
+        lines.append("image size per well (they differ):")
+        lines += _table(
+            [("well", "size (x y)", "dtype")]
+            + [(w, f"{s[1]} x {s[0]}", d) for w, (s, d) in sizes.items()]
+        )
+    if unplaced:
+        lines.append("")
+        lines.append("unplaced image files (left out of a run; --strict refuses the plate):")
+        lines += [f"  {u}" for u in unplaced[:20]]
+        if len(unplaced) > 20:
+            lines.append(f"  ... and {len(unplaced) - 20} more")
+    notes = info.get("notes") or []
+    if notes:
+        lines.append("")
+        lines.append("notes:")
+        lines += [f"  {n}" for n in notes]
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- runs
+
+
+def describe_run(path: Path) -> dict[str, Any]:
+    """A JSON-ready summary of the run in ``path`` (from its ``manifest.json``)."""
+    m = json.loads((path / "manifest.json").read_text())
+    return {
+        "kind": "hcsflow run",
+        "output_dir": str(path.absolute()),
+        "started": m.get("started"),
+        "duration_s": m.get("duration_s"),
+        "plate": m.get("plate"),
+        "summary": m.get("summary"),
+        "steps": [s.get("name") for s in m.get("pipeline", [])],
+        "plate_tables": m.get("plate_tables"),
+        "executor": m.get("executor"),
+        "failed_wells": {
+            w: {"error_type": d.get("error_type"), "error": d.get("error")}
+            for w, d in m.get("wells", {}).items()
+            if d.get("status") != "ok"
+        },
+        "files": len(m.get("files", {})),
+        "versions": m.get("versions"),
+    }
+
+
+def format_run(info: dict[str, Any]) -> str:
+    """The text ``hcsflow info`` prints for a run directory."""
+    summary = info.get("summary") or {}
+    plate = info.get("plate") or {}
+    pairs: list[tuple[str, str]] = [("hcsflow run", str(info["output_dir"]))]
+    started = info.get("started") or "?"
+    took = info.get("duration_s")
+    pairs.append(("started", f"{started}" + (f", took {took:.1f} s" if took else "")))
+    n = summary.get("wells", 0)
+    ok, bad = summary.get("wells_ok", 0), summary.get("wells_failed", 0)
+    pairs.append(("wells", f"{n} ({ok} ok, {bad} failed)"))
+    images = f"{summary.get('images_in', 0)} in"
+    if summary.get("images_per_s"):
+        images += f", {summary['images_per_s']:.1f} images/s"
+    pairs.append(("images", images))
+    if plate:
+        desc = plate.get("format") or plate.get("layout") or "?"
+        if plate.get("name"):
+            desc += f" plate {plate['name']!r}"
+        desc += (
+            f": {plate.get('wells')} wells x {plate.get('sites')} fields x "
+            f"{plate.get('channels')} channels x {plate.get('z_planes')} z x "
+            f"{plate.get('timepoints')} t"
+        )
+        pairs.append(("plate", f"{plate.get('root')}"))
+        pairs.append(("", desc))
+        if plate.get("pixel_size_um"):
+            y, x = plate["pixel_size_um"]
+            pairs.append(("pixel size", _um(x) if x == y else f"{_um(y)} (y) x {_um(x)} (x)"))
+        names = [
+            c.get("name") or f"Channel {c['index'] + 1}" for c in plate.get("channel_info", [])
+        ]
+        if names:
+            pairs.append(("channels", ", ".join(names)))
+    steps = info.get("steps") or []
+    pairs.append(("steps", "  ".join(f"{i + 1}. {s}" for i, s in enumerate(steps)) or "-"))
+    ex = info.get("executor") or {}
+    if ex:
+        kind = f"{ex.get('kind')}, {ex.get('workers')} worker(s)"
+        if ex.get("start_method"):
+            kind += f" ({ex['start_method']})"
+        pairs.append(("executor", kind))
+    tables = info.get("plate_tables") or {}
+    for i, (key, name) in enumerate(sorted(tables.items())):
+        pairs.append(("plate tables" if i == 0 else "", f"{key}: {name}"))
+    pairs.append(("files", f"{info.get('files', 0)} (sizes and sha256 in manifest.json)"))
+    lines = _pairs(pairs)
+    failed = info.get("failed_wells") or {}
+    if failed:
+        lines.append("")
+        lines.append("failed wells:")
+        for w, err in sorted(failed.items()):
+            lines.append(f"  {w}: {err.get('error_type')}: {err.get('error')}")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- command
+
+
+def info_command(args: argparse.Namespace) -> int:
+    """Run ``hcsflow info`` for parsed ``args`` (``path``, ``format``, ``layout``, ``json``)."""
+    path = Path(args.path)
+    info: dict[str, Any]
+    if (path / "manifest.json").is_file() and args.format is None and args.layout is None:
+        info = describe_run(path)
+        text = format_run(info)
+    else:
+        from hcsflow.cli._main import _layout
+        from hcsflow.readers import read_plate
+
+        desc = read_plate(
+            str(path) if "://" in str(path) else str(path.absolute()),
+            format=args.format,
+            layout=_layout(args.layout),
+        )
+        info = describe_plate(desc)
+        text = format_plate(info)
+    if args.json:
+        print(json.dumps(info, indent=2, default=str))
+    else:
+        print(text)
+    return 0

@@ -1,0 +1,157 @@
+"""Formats of the disk backend: codec choice by extension, decoding and batch loads."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+from hcsflow import paths as vpaths
+from hcsflow.errors import (
+    BatchError,
+    CodecRefusal,
+    CorruptDataError,
+    DataFormatError,
+    HcsflowError,
+    PickleRefusedError,
+    ResourceLimitError,
+    UnsupportedFormatError,
+)
+from hcsflow.storage._base import _reason
+from hcsflow.storage._batch import batch_workers, mean_file_size, releases_gil, run_batch
+from hcsflow.storage._codecs import Codec, PickleNotAllowed
+from hcsflow.storage.disk._paths import _DiskPaths, file_object
+
+__all__: list[str] = []
+
+
+class _DiskFormats(_DiskPaths):
+    """Codec selection and decoding on top of the path mapping."""
+
+    def _codec(self, vp: str) -> Codec:
+        codec = self.codecs.for_name(vpaths.name(vp))
+        if codec is None:
+            known = " ".join(self.codecs.extensions())
+            raise UnsupportedFormatError(
+                f"no file format for this extension (known: {known})", path=vp, backend=self.name
+            )
+        return codec
+
+    def _check_options(self, codec: Codec, vp: str, options: dict[str, Any], loading: bool) -> None:
+        bad = codec.check_options(options, loading=loading)
+        if bad is not None:
+            raise DataFormatError(
+                f"the {codec.name} format does not take option {bad!r}", path=vp, backend=self.name
+            )
+
+    def _prepare(self, data: Any, vp: str, options: dict[str, Any]) -> tuple[Codec, Any]:
+        codec = self._codec(vp)
+        self._check_options(codec, vp, options, loading=False)
+        try:
+            return codec, codec.prepare(data, **options)
+        except CodecRefusal as exc:
+            raise DataFormatError(
+                f"cannot save as {codec.name}: {exc}", path=vp, backend=self.name
+            ) from exc
+
+    # ------------------------------------------------------------------ load
+
+    def load(self, path: vpaths.PathLike, **options: Any) -> Any:
+        """Decode the file at ``path`` (through symlinks) with its extension's format."""
+        vp = self.norm(path)
+        codec = self._codec(vp)
+        self._check_options(codec, vp, options, loading=True)
+        return self._decode(codec, vp, options)
+
+    def _decode(self, codec: Codec, vp: str, options: dict[str, Any]) -> Any:
+        # "r+" memory maps write back to the file, so it is opened for writing too
+        flags = os.O_RDWR if options.get("mmap_mode") == "r+" else os.O_RDONLY
+        fd, _ = self._open_file(vp, flags, "cannot load")
+        fh = file_object(fd, "r+" if flags == os.O_RDWR else "r", vp, closefd=True)
+        try:
+            with fh:
+                return codec.decode(fh, limits=self.limits, path=vp, backend=self.name, **options)
+        except PickleNotAllowed as exc:
+            raise PickleRefusedError(
+                f"{exc}; pass allow_pickle=True only for files you trust",
+                path=vp,
+                backend=self.name,
+            ) from exc
+        except CodecRefusal as exc:
+            raise DataFormatError(
+                f"cannot load as {codec.name}: {exc}", path=vp, backend=self.name
+            ) from exc
+        except HcsflowError:
+            raise
+        except MemoryError as exc:
+            raise ResourceLimitError(
+                f"not enough memory to decode the file as {codec.name} (it is within "
+                "StorageLimits; lower HCSFLOW_MAX_DECODED_BYTES to refuse such files early)",
+                path=vp,
+                backend=self.name,
+            ) from exc
+        except ImportError:
+            raise
+        except OSError as exc:
+            mapped = self._os_error(exc, vp, "cannot load")
+            if mapped is not None:
+                raise mapped from exc
+            if exc.errno is not None:  # a real I/O failure, not a decoding one
+                raise
+            raise CorruptDataError(
+                f"cannot decode the file as {codec.name}: {exc}", path=vp, backend=self.name
+            ) from exc
+        except Exception as exc:
+            raise CorruptDataError(
+                f"cannot decode the file as {codec.name}: {type(exc).__name__}: {exc}",
+                path=vp,
+                backend=self.name,
+            ) from exc
+
+    def load_batch(self, paths: Sequence[vpaths.PathLike], **options: Any) -> list[Any]:
+        """Load every path on the thread pool; results in the order of ``paths``.
+
+        A failing item raises :class:`BatchError` naming its path (cause chained).
+        """
+        jobs = []
+        for index, path in enumerate(paths):
+            try:
+                vp = self.norm(path)
+                codec = self._codec(vp)
+                self._check_options(codec, vp, options, loading=True)
+            except HcsflowError as exc:
+                raise BatchError(
+                    f"batch item {index} cannot be loaded: {_reason(exc)}",
+                    index=index,
+                    path=str(path),
+                    backend=self.name,
+                ) from exc
+            jobs.append((codec, vp))
+        workers = batch_workers(
+            len(jobs),
+            mean_file_size([vp for _, vp in jobs], size_of=self._size_for_batch),
+            gil_free=all(releases_gil(codec) for codec in {job[0] for job in jobs}),
+            max_workers=self.max_workers,
+        )
+        return run_batch(
+            lambda i: self._batch_item(i, jobs[i], options),
+            len(jobs),
+            workers,
+            self._executor() if workers > 1 else None,
+        )
+
+    def _size_for_batch(self, vp: str) -> int | None:
+        """Bytes of the file at ``vp``, for choosing a batch's concurrency."""
+        return self.stat(vp).size
+
+    def _batch_item(self, index: int, job: tuple[Codec, str], options: dict[str, Any]) -> Any:
+        codec, vp = job
+        try:
+            return self._decode(codec, vp, options)
+        except HcsflowError as exc:
+            raise BatchError(
+                f"batch item {index} could not be loaded: {_reason(exc)}",
+                index=index,
+                path=vp,
+                backend=self.name,
+            ) from exc

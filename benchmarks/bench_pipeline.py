@@ -72,7 +72,8 @@ def _hand_well(well: str, paths: list[str], out: str) -> tuple[Any, Any]:
     """One well of the demo computations without hcsflow; returns its two tables.
 
     Same algorithm (including the seed every object keeps in the watershed split), same
-    files (smoothed images, uint16 masks, per-well CSVs with the same columns and rows).
+    files (smoothed images as zlib-compressed OME-TIFFs like hcsflow's default output,
+    uint16 masks, per-well CSVs with the same columns and rows).
     """
     import pandas as pd
     import tifffile
@@ -158,7 +159,16 @@ def _hand_well(well: str, paths: list[str], out: str) -> tuple[Any, Any]:
         props.insert(0, "site", site + 1)
         props.insert(0, "well", well)
         objects.append(props)
-        tifffile.imwrite(root / "images" / well / Path(path).name, smooth)
+        # the encoding hcsflow writes by default (TiffConfig): zlib level 1, OME-XML
+        tifffile.imwrite(
+            root / "images" / well / Path(path).name,
+            smooth,
+            compression="zlib",
+            compressionargs={"level": 1},
+            ome=True,
+            photometric="minisblack",
+            metadata={"axes": "YX", "Channel": {"Name": ["Channel 1"]}},
+        )
     tifffile.imwrite(root / f"{well}_masks.tif", np.stack(masks).astype(np.uint16))
     count_frame = pd.DataFrame(counts)
     count_frame.to_csv(root / f"{well}_cell_counts.csv", index=False)

@@ -32,25 +32,28 @@ def plate(tmp_path_factory):
 
 
 class _Journal:
-    """Records, in order and from every thread, which paths were fsynced and renamed."""
+    """Records, in order and from every thread, which paths were fsynced and when each
+    commit record started to be written."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch):
+        from hcsflow.pipeline import _commit
+
         self.events: list[tuple[str, str]] = []
         self.lock = threading.Lock()
-        real_fsync, real_replace = os.fsync, os.replace
+        real_fsync, real_write_json = os.fsync, _commit.write_json
 
         def fsync(fd: int) -> None:
             real_fsync(fd)
             with self.lock:
                 self.events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
 
-        def replace(src, dst, **kw) -> None:
-            real_replace(src, dst, **kw)
+        def write_json(root, rel, doc, **kw) -> None:
             with self.lock:
-                self.events.append(("replace", os.fspath(dst)))
+                self.events.append(("record", rel))
+            real_write_json(root, rel, doc, **kw)
 
         monkeypatch.setattr(os, "fsync", fsync)
-        monkeypatch.setattr(os, "replace", replace)
+        monkeypatch.setattr(_commit, "write_json", write_json)
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/fd"), reason="reads /proc/self/fd")
@@ -67,7 +70,9 @@ def test_every_file_and_folder_is_fsynced_before_the_record(
     events = journal.events
     for well in ("A01", "A02", "A03"):
         record_path = str(out / ".hcsflow" / "wells" / f"{well}.json")
-        published = [i for i, e in enumerate(events) if e == ("replace", record_path)]
+        published = [
+            i for i, e in enumerate(events) if e == ("record", f".hcsflow/wells/{well}.json")
+        ]
         assert len(published) == 1
         before = {p for kind, p in events[: published[0]] if kind == "fsync"}
         files = json.loads(Path(record_path).read_text())["files"]

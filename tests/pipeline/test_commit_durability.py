@@ -206,3 +206,52 @@ def test_a_wells_folders_are_created_again_after_being_removed(tmp_path):
     disk.ensure_directory(folder)  # remembered as ensured, but removed since: made again
     disk.save(np.ones((4, 4), np.uint8), f"{folder}/a.tif")
     assert tifffile.imread(f"{folder}/a.tif").max() == 1
+
+
+# --------------------------------------------------------------------------- plate tables
+
+
+def _write_csv_as_is(data, path, filemanager):
+    """A materializer writing CSV text exactly as given (no neutralising, maybe no final
+    newline)."""
+    from hcsflow.pipeline._materialize import base_path
+
+    target = f"{base_path(path)}.csv"
+    filemanager.ensure_directory(os.path.dirname(target), "disk")
+    filemanager.save(data, target, "disk", overwrite=True)
+    return target
+
+
+def test_plate_tables_stream_every_well_and_neutralise_foreign_tables(tmp_path):
+    """Tables of a materializer that does not neutralise formulas are neutralised in the
+    plate table; a table without a final newline keeps its last row; wells whose tables
+    have other columns are aligned by pandas."""
+    import pandas as pd
+
+    from hcsflow.pipeline import special_outputs
+
+    root = tmp_path / "p"
+    root.mkdir()
+    for w, v in (("A01", 0), ("A02", 0), ("A03", 7)):
+        tifffile.imwrite(root / f"{w}_s1_w1.tif", np.full((8, 8), v, np.uint16))
+
+    @special_outputs(("notes", _write_csv_as_is))
+    def annotate(stack, wide=False):
+        columns = "a,b,c" if wide and stack.max() > 0 else "a,b"
+        extra = ",9" if wide and stack.max() > 0 else ""
+        return stack, f"{columns}\n=1+2,-5{extra}\n3,4{extra}"  # no final newline
+
+    config = GlobalPipelineConfig(executor="inprocess")
+    res = run_pipeline([FunctionStep(func=annotate)], str(root), tmp_path / "same", config)
+    assert res.ok
+    text = (tmp_path / "same" / "notes.csv").read_text()
+    assert text == "a,b\n" + "'=1+2,-5\n3,4\n" * 3
+
+    res = run_pipeline(
+        [FunctionStep(func=annotate, wide=True)], str(root), tmp_path / "other", config
+    )
+    assert res.ok
+    table = pd.read_csv(tmp_path / "other" / "notes.csv")
+    assert list(table.columns) == ["a", "b", "c"] and len(table) == 6
+    assert table["a"].tolist() == ["'=1+2", "3"] * 3
+    assert table["c"].isna().tolist() == [True] * 4 + [False] * 2

@@ -184,6 +184,11 @@ def materialize_table(data: Any, path: str, filemanager: FileManager) -> str:
     return csv_path
 
 
+#: materializers whose CSV cells are already neutralised (the plate table need not
+#: scan them again)
+NEUTRALIZED_CSV: frozenset[Any] = frozenset()
+
+
 def materialize_positions(data: Any, path: str, filemanager: FileManager) -> str:
     """Write object positions as ``<base>_positions.csv`` (columns ``y``, ``x``[, ``z``]).
 
@@ -277,3 +282,6 @@ def _labels_to_zarr(arr: np.ndarray, path: str, filemanager: FileManager) -> str
     )
     # a store on object storage is a URL, which virtual-path joining would mangle
     return f"{store.rstrip('/')}/{key}" if "://" in store else vpaths.join(store, key)
+
+
+NEUTRALIZED_CSV = frozenset({materialize_table})

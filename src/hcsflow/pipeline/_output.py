@@ -247,6 +247,41 @@ class OutputRoot:
             out[rel] = {"bytes": got[0], "sha256": got[1]}
         return out
 
+    def write_chunks(self, rel: str, chunks: Iterable[bytes]) -> bool:
+        """Write a file below the root from ``chunks`` without holding them all in memory.
+
+        Locally the chunks go to a temporary name next to the target (hidden from
+        listings, found by ``hcsflow fsck`` if left behind), which is renamed into place
+        at the end: readers see the old file or the complete new one.  On object storage
+        the object is written in one PUT at the end.  Returns ``False``, writing
+        nothing, when ``chunks`` is empty; an exception from ``chunks`` leaves the
+        previous file as it was.  Not fsynced: see :meth:`seal`.
+        """
+        it = iter(chunks)
+        first = next(it, None)
+        if first is None:
+            return False
+        if self.remote:
+            data = b"".join([first, *it])
+            fs, base = self._fs()
+            fs.pipe_file(f"{base}/{rel}", data)
+            return True
+        from hcsflow.storage.disk._publish import temp_name
+
+        real = os.path.join(self.url, rel)
+        tmp = os.path.join(os.path.dirname(real), temp_name(os.path.basename(real)))
+        try:
+            with open(tmp, "xb") as fh:
+                fh.write(first)
+                for chunk in it:
+                    fh.write(chunk)
+            os.replace(tmp, real)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+        return True
+
     def files_below(self, rel: str) -> list[str]:
         """Relative paths of every file below ``rel`` (empty when it does not exist)."""
         if not self.remote:

@@ -837,41 +837,83 @@ def _lost_result(task: WellTask, why: str) -> WellResult:
     )
 
 
+class _HeadersDiffer(Exception):
+    """Per-well tables of one key have different columns: they cannot be joined as text."""
+
+
+def _read_ahead(root: OutputRoot, rels: list[str], depth: int = 8) -> Iterator[bytes | None]:
+    """The raw bytes of ``rels`` in order, read ``depth`` files ahead on threads."""
+    with cf.ThreadPoolExecutor(max_workers=depth) as pool:
+        ahead: deque[cf.Future[bytes | None]] = deque()
+        it = iter(rels)
+        for rel in it:
+            ahead.append(pool.submit(root.read_bytes, rel))
+            if len(ahead) >= depth:
+                break
+        while ahead:
+            raw = ahead.popleft().result()
+            nxt = next(it, None)
+            if nxt is not None:
+                ahead.append(pool.submit(root.read_bytes, nxt))
+            yield raw
+
+
+def _csv_chunks(root: OutputRoot, entries: list[tuple[str, bool]]) -> Iterator[bytes]:
+    """The header of the first table, then every table's rows (one file in memory at a
+    time); cells a spreadsheet would run as formulas are neutralised in tables whose
+    materializer did not already do it."""
+    header: bytes | None = None
+    for (_, neutralized), raw in zip(
+        entries, _read_ahead(root, [r for r, _ in entries]), strict=True
+    ):
+        if raw is None:
+            continue
+        if not neutralized:
+            raw = neutralize_csv_text(raw.decode("utf-8")).encode("utf-8")
+        head, _, body = raw.partition(b"\n")
+        if header is None:
+            header = head
+            yield head + b"\n"
+        elif head != header:
+            raise _HeadersDiffer
+        if body and not body.endswith(b"\n"):
+            body += b"\n"  # a table written without a final newline keeps its last row
+        yield body
+
+
 def _consolidate(results: list[WellResult], root: OutputRoot) -> dict[str, str]:
     """Concatenate committed per-well tables into one plate CSV per special output key.
 
     Rows come in plate order: wells as the plate lists them, then each well's groups,
     then each table's own rows.  Tables with identical headers (the usual case: one
-    function made them all) are joined as text; otherwise pandas aligns the columns.
-    Only CSV files are joined: a table a materializer wrote into a zarr hierarchy (a zarr
-    group named ``*.csv``) stays per well.
+    function made them all) are streamed into the plate table one file at a time, so
+    memory does not grow with the plate; otherwise pandas aligns the columns.  Only CSV
+    files are joined: a table a materializer wrote into a zarr hierarchy (a zarr group
+    named ``*.csv``) stays per well.
     """
-    by_key: dict[str, list[str]] = {}
+    by_key: dict[str, list[tuple[str, bool]]] = {}
     for r in results:  # results are in plate order
         if r.status != "ok":
             continue
         for o in r.outputs:
             if o.get("kind") == "special_output" and str(o.get("path", "")).endswith(".csv"):
-                by_key.setdefault(o["key"], []).append(str(o["path"]))
+                entry = (str(o["path"]), bool(o.get("formulas_neutralized")))
+                by_key.setdefault(o["key"], []).append(entry)
     plate: dict[str, str] = {}
     backend = root.backend(fsync=False)  # the caller seals them (OutputRoot.seal)
-    for key, rels in sorted(by_key.items()):
-        with cf.ThreadPoolExecutor(max_workers=8) as pool:
-            raws = [raw for raw in pool.map(root.read_bytes, rels) if raw is not None]
-        if not raws:
-            continue
-        texts = [raw.decode("utf-8") for raw in raws]
-        headers = {t.split("\n", 1)[0] for t in texts}
-        if len(headers) == 1:
-            header = headers.pop()
-            body = "".join(t.split("\n", 1)[1] if "\n" in t else "" for t in texts)
-            text = f"{header}\n{body}"
-        else:
-            import pandas as pd
-
-            frames = [pd.read_csv(io.StringIO(t)) for t in texts if t.strip()]
-            text = pd.concat(frames, ignore_index=True).to_csv(index=False)
+    for key, entries in sorted(by_key.items()):
         name = f"{key}.csv"
+        try:
+            if root.write_chunks(name, _csv_chunks(root, entries)):
+                plate[key] = name
+            continue
+        except _HeadersDiffer:
+            pass
+        import pandas as pd
+
+        texts = [raw.decode("utf-8") for raw in _read_ahead(root, [r for r, _ in entries]) if raw]
+        frames = [pd.read_csv(io.StringIO(t)) for t in texts if t.strip()]
+        text = pd.concat(frames, ignore_index=True).to_csv(index=False)
         backend.save(neutralize_csv_text(text), root.vpath(name), overwrite=True)
         plate[key] = name
     return plate

@@ -85,7 +85,7 @@ def test_every_file_and_folder_is_fsynced_before_the_record(
                 parent = parent.parent
         # the record itself is flushed: its temporary file, then its folder
         after = [p for kind, p in events[published[0] :] if kind == "fsync"]
-        assert str(out / ".hcsflow" / "wells") in after
+        assert str(out / ".hcsflow" / "wells") in after and record_path in after
     # the manifest lists every committed file with the record's checksum
     manifest = json.loads((out / "manifest.json").read_text())
     record = json.loads((out / ".hcsflow/wells/A02.json").read_text())
@@ -255,3 +255,19 @@ def test_plate_tables_stream_every_well_and_neutralise_foreign_tables(tmp_path):
     assert list(table.columns) == ["a", "b", "c"] and len(table) == 6
     assert table["a"].tolist() == ["'=1+2", "3"] * 3
     assert table["c"].isna().tolist() == [True] * 4 + [False] * 2
+
+
+def test_code_digests_are_read_once_and_follow_a_changed_code_object():
+    from hcsflow.pipeline._commit import _code_digest
+
+    def f(x):
+        return x + 1
+
+    def g(x):
+        return x + 2
+
+    first = _code_digest(f)
+    assert first is not None and _code_digest(f) == first
+    f.__code__ = g.__code__  # same function object, other code: read again
+    assert _code_digest(f) == _code_digest(g) != first
+    assert _code_digest(len) is None  # no Python source

@@ -18,11 +18,13 @@ Dask cluster almost nothing passes through the client.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
 import hashlib
 import inspect
 import json
 import os
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
@@ -198,7 +200,12 @@ def commit_well(root: OutputRoot, well: WrittenWell, *, fsync: bool) -> dict[str
         "result": rec["result"],
     }
     doc["committed"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    write_json(root, record_rel(str(rec["well"])), doc, fsync=fsync)
+    rel = record_rel(str(rec["well"]))
+    # published first and flushed after, file and folder in one round: a record cut
+    # short by a power loss does not parse, and an unreadable record is no commit
+    write_json(root, rel, doc, fsync=False)
+    if fsync:
+        root.flush([rel])
     return doc
 
 
@@ -230,13 +237,30 @@ def verify_record(root: OutputRoot, record: dict[str, Any]) -> str | None:
 # --------------------------------------------------------------------------- fingerprint
 
 
+#: function -> (its code object, digest of its source): a function's source is read
+#: once per process (inspect.getsource tokenizes it), again only if its code changed
+_DIGESTS: weakref.WeakKeyDictionary[Any, tuple[Any, str | None]] = weakref.WeakKeyDictionary()
+
+
 def _code_digest(func: Callable[..., Any]) -> str | None:
     target = getattr(func, "__wrapped__", func)
+    code = getattr(target, "__code__", None)
+    try:
+        cached = _DIGESTS.get(target)
+    except TypeError:  # not weak-referenceable
+        cached = None
+    if cached is not None and code is not None and cached[0] is code:
+        return cached[1]
     try:
         source = inspect.getsource(target)
     except (OSError, TypeError):
-        return None
-    return hashlib.sha256(source.encode()).hexdigest()[:16]
+        digest = None
+    else:
+        digest = hashlib.sha256(source.encode()).hexdigest()[:16]
+    if code is not None:
+        with contextlib.suppress(TypeError):
+            _DIGESTS[target] = (code, digest)
+    return digest
 
 
 def _value_digest(value: Any) -> Any:

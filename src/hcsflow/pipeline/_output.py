@@ -91,6 +91,16 @@ def _seal_file(real: str, fsync: bool) -> tuple[int, str] | None:
     return size, h.hexdigest()
 
 
+def _fsync_path(real: str) -> None:
+    if os.name == "nt" and os.path.isdir(real):
+        return
+    fd = os.open(real, _SEAL_FLAGS if not os.path.isdir(real) else os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def _fsync_directory(real: str) -> None:
     if os.name == "nt":  # directories cannot be opened for flushing there
         return
@@ -246,6 +256,16 @@ class OutputRoot:
                 raise FileNotFoundError(f"{self.display(rel)} vanished before its commit")
             out[rel] = {"bytes": got[0], "sha256": got[1]}
         return out
+
+    def flush(self, rels: Sequence[str]) -> None:
+        """fsync local files and their folders, all in one round (object storage: no-op)."""
+        if self.remote or not rels:
+            return
+        reals = [os.path.join(self.url, r) for r in rels]
+        dirs = sorted({os.path.dirname(r) for r in reals})
+        pool = _io_pool()
+        for fut in [pool.submit(_fsync_path, p) for p in [*reals, *dirs]]:
+            fut.result()
 
     def write_chunks(self, rel: str, chunks: Iterable[bytes]) -> bool:
         """Write a file below the root from ``chunks`` without holding them all in memory.

@@ -437,7 +437,7 @@ def main() -> None:
     """Run the pipeline benchmarks, print a table, write results/pipeline.json."""
     import pandas as pd
 
-    from hcsflow.cli._synthetic import make_synthetic_plate
+    from hcsflow.testing import make_plate
 
     t_bench = time.perf_counter()
     rows: list[dict[str, Any]] = []
@@ -447,7 +447,7 @@ def main() -> None:
     plates = {}
     try:
         for i, wells in enumerate(PLATES):
-            plates[wells] = make_synthetic_plate(
+            plates[wells] = make_plate(
                 tmp / f"p{wells}", wells, sites=SITES, size=SIZE, seed=i + 1, touching=0.3
             )
         for workers in (1, 2):
@@ -559,11 +559,11 @@ def runs_rows(tmp: Path) -> list[dict[str, Any]]:
     import cloudpickle
     from distributed import Client, LocalCluster
 
-    from hcsflow.cli._synthetic import make_synthetic_plate
+    from hcsflow.testing import make_plate
     from hcsflow.pipeline import GlobalPipelineConfig
 
     rows: list[dict[str, Any]] = []
-    plate = make_synthetic_plate(
+    plate = make_plate(
         tmp / "runs-plate", RUNS_WELLS, sites=SITES, size=SIZE, seed=4, touching=0.3
     )
     local_cfg = GlobalPipelineConfig(num_workers=2, executor="processes")  # fsync on

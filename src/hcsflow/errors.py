@@ -8,6 +8,7 @@ the virtual ``path`` and the ``backend`` name and mention both in the message.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 __all__ = [
@@ -54,6 +55,8 @@ __all__ = [
     "StepExecutionError",
     "MaterializationError",
     "RunDirectoryError",
+    "UsageError",
+    "describe_error",
     "RunInterrupted",
 ]
 
@@ -338,3 +341,55 @@ class RunInterrupted(KeyboardInterrupt):
 
     def __str__(self) -> str:
         return str(self.args[0]) if self.args else ""
+
+
+# --------------------------------------------------------------------------- command line
+
+
+class UsageError(HcsflowError, ValueError):
+    """The ``hcsflow`` command was given an option, path or pipeline file it cannot use."""
+
+
+# --------------------------------------------------------------------------- reporting
+
+_LOCATION = re.compile(r"\s*\([^()]*\)$")
+
+
+def _one_line(text: str) -> str:
+    """A message on one line: a heading with a list of items below it becomes ``x: a; b``."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if len(lines) <= 1:
+        return lines[0] if lines else ""
+    items = "; ".join(line.removeprefix("- ") for line in lines[1:])
+    return f"{lines[0]} {items}"
+
+
+def describe_error(exc: BaseException) -> str:
+    """One line saying what went wrong and why: ``exc``'s message, then its causes.
+
+    Follows the ``__cause__`` chain (``raise ... from ...``) and appends each cause that
+    adds something: a cause whose message the line already holds is left out, and so is a
+    ``(path ..., backend ...)`` location the line already names.  Causes that are not
+    hcsflow errors keep their type name (``ValueError: failed to read 131072 bytes``).
+    A truncated TIFF in a batch reads: ``batch item 1 could not be loaded (path
+    '/plate/A01_s2_w1.tif', backend 'disk'): cannot decode the file as tiff: failed to
+    read 131072 bytes, got 65408``.
+    """
+    parts = [_one_line(str(exc)) or type(exc).__name__]
+    seen = {id(exc)}
+    cause = exc.__cause__
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        text = _one_line(str(cause))
+        line = ": ".join(parts)
+        where = _LOCATION.search(text)
+        # a "(path ..., backend ...)" or "(file.py, line 2)" the line already has, or that
+        # is all a cause would add to a message the line already holds
+        if where is not None and (where.group(0).strip() in line or text[: where.start()] in line):
+            text = text[: where.start()]
+        if text and text not in line:
+            parts.append(
+                text if isinstance(cause, HcsflowError) else f"{type(cause).__name__}: {text}"
+            )
+        cause = cause.__cause__
+    return ": ".join(parts)

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from hcsflow.cli import main
-from hcsflow.cli._synthetic import make_synthetic_plate
+from hcsflow.testing import make_plate
 
 SMALL = [
     "--wells",
@@ -51,7 +51,7 @@ def test_demo_end_to_end(tmp_path, capsys, backend):
 
 
 def test_run_info_validate_with_a_pipeline_file_in_processes(tmp_path, capsys):
-    plate = make_synthetic_plate(
+    plate = make_plate(
         tmp_path / "plate", 2, sites=1, size=96, min_cells=3, max_cells=6, radius=4, seed=1
     )
     pipe = tmp_path / "my_pipeline.py"
@@ -97,7 +97,7 @@ def test_run_info_validate_with_a_pipeline_file_in_processes(tmp_path, capsys):
 
 
 def test_validate_reports_a_broken_plate(tmp_path, capsys):
-    plate = make_synthetic_plate(tmp_path / "plate", 2, sites=1, size=64, seed=2)
+    plate = make_plate(tmp_path / "plate", 2, sites=1, size=64, seed=2)
     out = tmp_path / "out"
     assert (
         main(
@@ -180,6 +180,8 @@ def test_run_with_a_regex_layout(tmp_path, capsys):
             "threads",
             "--workers",
             "2",
+            "--backend",
+            "disk",
             "--layout",
             r"(?P<well>[A-P]\d\d)-(?P<site>\d+)-(?P<channel>\d+)\.tif",
         ]
@@ -207,11 +209,12 @@ def test_run_with_a_regex_layout(tmp_path, capsys):
 
 
 def test_relative_paths_and_output_inside_the_plate(tmp_path, capsys, monkeypatch):
-    make_synthetic_plate(tmp_path / "plate", 1, sites=1, size=64, seed=4)
+    make_plate(tmp_path / "plate", 1, sites=1, size=64, seed=4)
     monkeypatch.chdir(tmp_path)
     pipe = _write_pipeline(tmp_path)
-    assert main(["run", pipe, "plate", "--out", "out", "--executor", "inprocess"]) == 0
+    run = ["--executor", "inprocess", "--backend", "disk"]
+    assert main(["run", pipe, "plate", "--out", "out", *run]) == 0
     assert (tmp_path / "out/images/A01/A01_s1_w1.tif").is_file()
     assert main(["info", "plate"]) == 0
-    assert main(["run", pipe, "plate", "--out", "plate/out", "--executor", "inprocess"]) == 2
+    assert main(["run", pipe, "plate", "--out", "plate/out", *run]) == 2
     assert "inside the plate directory" in capsys.readouterr().err

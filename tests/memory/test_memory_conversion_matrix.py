@@ -83,22 +83,96 @@ def _unaligned(values: np.ndarray) -> np.ndarray:
 
 
 @pytest.mark.parametrize("target", [M.JAX, M.TENSORFLOW], ids=str)
-def test_unaligned_buffer_is_refused_then_copied_when_allowed(mem, stack, target) -> None:
+def test_unaligned_buffer_is_copied_into_an_aligned_one_and_recorded(mem, stack, target) -> None:
     mem.need(target)
     unaligned = _unaligned(stack)
     assert unaligned.ctypes.data % 64 == 16
-    with pytest.raises(MemoryConversionError) as info:
-        convert_memory(unaligned, "numpy", target)
-    err = info.value
-    assert (err.source_type, err.target_type, err.method) == ("numpy", target.value, "dlpack")
-    assert "unaligned" in err.reason
     with record_conversions() as rec:
-        out = convert_memory(unaligned, "numpy", target, allow_cpu_roundtrip=True)
+        out = convert_memory(unaligned, "numpy", target)
     np.testing.assert_array_equal(mem.values_of(out, target), stack)
     assert mem.host_pointer(out, target) != unaligned.ctypes.data
     assert mem.host_pointer(out, target) % 64 == 0
-    assert rec.routes() == ["host_copy"]
+    assert rec.routes() == ["host_copy"]  # a copy on the host, not a device round trip
     assert rec.bytes_copied == stack.nbytes
+    assert "unaligned" in rec.events[0].detail and "aligned buffer" in rec.events[0].detail
+
+
+@pytest.mark.parametrize("target", [M.JAX, M.TENSORFLOW], ids=str)
+def test_zero_copy_refuses_an_unaligned_buffer(mem, stack, target) -> None:
+    mem.need(target)
+    unaligned = _unaligned(stack)
+    for allow in (False, True):  # zero_copy wins over allow_cpu_roundtrip
+        with pytest.raises(MemoryConversionError) as info:
+            convert_memory(unaligned, "numpy", target, allow_cpu_roundtrip=allow, zero_copy=True)
+        err = info.value
+        assert (err.source_type, err.target_type, err.method) == ("numpy", target.value, "dlpack")
+        assert "unaligned" in err.reason and "zero_copy=True" in err.reason
+
+
+@pytest.mark.parametrize("target", [M.JAX, M.TENSORFLOW], ids=str)
+def test_whether_a_conversion_succeeds_does_not_depend_on_the_allocator(mem, target) -> None:
+    """Every 16-byte offset of the same values behaves the same, over many repeats."""
+    mem.need(target)
+    values = np.arange(3 * 17 * 19, dtype=np.float32).reshape(3, 17, 19)
+    routes = {}
+    for repeat in range(25):
+        for offset in (0, 4, 8, 16, 32, 48):  # 0 is aligned; float32 allows 4-byte steps
+            raw = aligned_empty(values.nbytes + 64, np.uint8)
+            arr = raw[offset : offset + values.nbytes].view(np.float32).reshape(values.shape)
+            arr[...] = values
+            with record_conversions() as rec:
+                out = to_memory_type(arr, target)
+            np.testing.assert_array_equal(mem.values_of(out, target), values)
+            shared = mem.host_pointer(out, target) == arr.ctypes.data
+            assert shared == (offset == 0), (repeat, offset)
+            routes.setdefault(offset, set()).add(tuple(rec.routes()))
+            # strict zero-copy: refused every time for an unaligned buffer, never otherwise
+            if offset:
+                with pytest.raises(MemoryConversionError, match="unaligned"):
+                    to_memory_type(arr, target, zero_copy=True)
+            else:
+                to_memory_type(arr, target, zero_copy=True)
+    assert routes[0] == {("dlpack",)}
+    assert all(routes[o] == {("host_copy",)} for o in (4, 8, 16, 32, 48))
+
+
+@pytest.mark.parametrize("target", [M.JAX, M.TENSORFLOW], ids=str)
+def test_plain_numpy_allocations_always_convert(mem, target) -> None:
+    """What numpy's allocator returns (aligned or not) converts every time."""
+    mem.need(target)
+    for n in range(40):
+        arr = np.zeros((2, 3 + n % 7, 5), np.float32) + n  # sizes vary: so do the addresses
+        out = to_memory_type(arr, target)
+        np.testing.assert_array_equal(mem.values_of(out, target), arr)
+
+
+@pytest.mark.parametrize("target", [M.JAX, M.TENSORFLOW], ids=str)
+def test_read_only_unaligned_buffer_is_refused_for_being_read_only(mem, stack, target) -> None:
+    mem.need(target)
+    for offset in (0, 16):
+        raw = aligned_empty(stack.nbytes + 64, np.uint8)
+        arr = raw[offset : offset + stack.nbytes].view(stack.dtype).reshape(stack.shape)
+        arr[...] = stack
+        arr.flags.writeable = False
+        with pytest.raises(MemoryConversionError, match="read-only"):
+            convert_memory(arr, "numpy", target)
+        out = convert_memory(arr, "numpy", target, allow_cpu_roundtrip=True)
+        np.testing.assert_array_equal(mem.values_of(out, target), stack)
+
+
+@pytest.mark.parametrize("target", [M.TORCH, M.JAX, M.TENSORFLOW, M.PYCLESPERANTO], ids=str)
+def test_zero_copy_allows_shares_and_refuses_every_copy(mem, stack, target) -> None:
+    mem.need(target)
+    src = mem.make(M.NUMPY, stack)
+    if target is M.PYCLESPERANTO:  # OpenCL memory is never the host's: a transfer
+        with pytest.raises(MemoryConversionError, match="zero_copy=True") as info:
+            convert_memory(src, "numpy", target, zero_copy=True)
+        assert info.value.method == "transfer"
+        return
+    out = convert_memory(src, "numpy", target, zero_copy=True)
+    assert mem.host_pointer(out, target) == src.ctypes.data
+    with pytest.raises(MemoryConversionError, match="zero_copy=True"):
+        convert_memory(src[:, :, ::-1], "numpy", target, allow_cpu_roundtrip=True, zero_copy=True)
 
 
 def test_unaligned_buffer_is_shared_with_torch(mem, stack) -> None:

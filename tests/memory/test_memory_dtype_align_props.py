@@ -103,3 +103,31 @@ def test_ensure_aligned() -> None:
     assert ensure_aligned(strided).flags.c_contiguous
     with pytest.raises(TypeError, match="numpy.ndarray"):
         ensure_aligned([1, 2])  # type: ignore[arg-type]
+
+
+@SETTINGS
+@given(
+    source=st.sampled_from(NUMERIC),
+    target=st.sampled_from(["uint8", "uint16", "int32", "float32", "float64", "bool"]),
+    shape=st.tuples(st.integers(1, 3), st.integers(1, 9), st.integers(1, 9)),
+)
+def test_numpy_casts_are_64_byte_aligned(source: str, target: str, shape: tuple) -> None:
+    """The dtype policy allocates its numpy results aligned, whatever numpy's allocator does."""
+    values = np.ones(shape, dtype=source)  # 0/1 values: every cast between these is allowed
+    out = cast_array_preserving(values, MemoryType.NUMPY, np.dtype(target))
+    assert out.dtype == np.dtype(target)
+    if np.dtype(source) != np.dtype(target):
+        assert is_aligned(out)
+    np.testing.assert_array_equal(out, values.astype(target))
+
+
+def test_slice_by_slice_results_are_64_byte_aligned() -> None:
+    from hcsflow.memory.decorators import numpy as numpy_function
+
+    @numpy_function(slice_by_slice=True, dtype_policy="native")
+    def plus_one(stack: np.ndarray) -> np.ndarray:
+        return stack + 1
+
+    for z in range(1, 12):
+        out = plus_one(np.zeros((z, 5, 3), np.float32))
+        assert is_aligned(out) and out.shape == (z, 5, 3) and (out == 1).all()

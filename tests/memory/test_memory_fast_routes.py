@@ -128,16 +128,18 @@ def test_non_contiguous_torch_is_refused_by_jax_and_tensorflow(mem, target) -> N
 
 
 @pytest.mark.parametrize("target", [M.JAX, M.TENSORFLOW], ids=str)
-def test_unaligned_torch_is_refused_by_jax_and_tensorflow(mem, target) -> None:
+def test_unaligned_torch_is_copied_for_jax_and_tensorflow(mem, target) -> None:
     torch = mem.need(M.TORCH)
     mem.need(target)
     raw = aligned_empty(64 + 4 * 16, np.uint8)
     t = torch.from_numpy(raw[16 : 16 + 64].view(np.float32).reshape(1, 4, 4))
     assert t.data_ptr() % 64 == 16
     with pytest.raises(MemoryConversionError, match="unaligned"):
-        convert_memory(t, "torch", target)
-    out = convert_memory(t, "torch", target, allow_cpu_roundtrip=True)
+        convert_memory(t, "torch", target, zero_copy=True)
+    with record_conversions() as rec:
+        out = convert_memory(t, "torch", target)
     assert mem.host_pointer(out, target) % 64 == 0
+    assert rec.routes() == ["host_copy"]
 
 
 def test_jax_to_numpy_is_a_read_only_view_of_fresh_arrays(mem) -> None:

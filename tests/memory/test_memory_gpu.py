@@ -259,3 +259,30 @@ def test_cleanup_frees_torch_and_cupy_caches() -> None:
 def test_detect_gpu_arrays() -> None:
     cp = _cupy()
     assert detect_memory_type(cp.zeros(3)) is M.CUPY
+
+
+def test_zero_copy_on_a_gpu_shares_or_refuses() -> None:
+    cp = _cupy()
+    torch = _torch_cuda()
+    x = cp.arange(2 * 8 * 8, dtype=cp.float32).reshape(2, 8, 8)
+    t = convert_memory(x, "cupy", "torch", zero_copy=True)  # same GPU: DLPack, shared
+    assert t.data_ptr() == x.data.ptr
+    with pytest.raises(MemoryConversionError, match="zero_copy=True") as info:
+        convert_memory(np.ones((2, 8, 8), np.float32), "numpy", "cupy", zero_copy=True)
+    assert info.value.method == "transfer"
+    with pytest.raises(MemoryConversionError, match="zero_copy=True"):
+        convert_memory(t, "torch", "numpy", zero_copy=True)  # a download is a copy
+    assert torch.equal(t.cpu(), torch.from_numpy(cp.asnumpy(x)))
+
+
+def test_per_framework_cleanup_after_cuda_use() -> None:
+    from hcsflow.memory import cleanup_cupy_gpu, cleanup_pytorch_gpu
+
+    cp = _cupy()
+    torch = _torch_cuda()
+    keep = torch.ones(1 << 20, device="cuda")
+    scratch = cp.ones(1 << 20, dtype=cp.float32)
+    del scratch
+    assert cleanup_cupy_gpu() is True and cleanup_cupy_gpu(device_id=0) is True
+    assert cleanup_pytorch_gpu() is True and cleanup_pytorch_gpu(device_id=0) is True
+    assert float(keep.sum()) == float(1 << 20)  # live memory is untouched

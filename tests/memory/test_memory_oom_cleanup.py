@@ -180,3 +180,44 @@ def test_cleanup_all_reports_each_framework(mem) -> None:
 
     for name, ran in report.items():
         assert ran == (name in sys.modules)
+
+
+SPEC_CLEANERS = {
+    "cleanup_pytorch_gpu": M.TORCH,
+    "cleanup_cupy_gpu": M.CUPY,
+    "cleanup_tensorflow_gpu": M.TENSORFLOW,
+    "cleanup_jax_gpu": M.JAX,
+    "cleanup_pyclesperanto_gpu": M.PYCLESPERANTO,
+}
+
+
+def test_per_framework_cleanup_functions_import_nothing() -> None:
+    """The specification's cleanup_<framework>_gpu functions, in a fresh interpreter."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, hcsflow.memory as m\n"
+        f"names = {sorted(SPEC_CLEANERS)!r}\n"
+        "ran = [getattr(m, n)() for n in names] + [getattr(m, n)(device_id=0) for n in names]\n"
+        "loaded = [f for f in ('torch', 'cupy', 'jax', 'tensorflow', 'pyclesperanto')"
+        " if f in sys.modules]\n"
+        "assert all(n in m.__all__ for n in names), names\n"
+        "print(ran, loaded)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
+    assert out.strip() == f"{[False] * 10} []"
+
+
+@pytest.mark.parametrize("name", sorted(SPEC_CLEANERS))
+def test_per_framework_cleanup_of_a_loaded_framework(mem, name) -> None:
+    import hcsflow.memory
+
+    mt = SPEC_CLEANERS[name]
+    if mt is M.CUPY:
+        pytest.importorskip("cupy", reason="cupy is not installed")
+    else:
+        mem.need(mt)
+    assert getattr(hcsflow.memory, name)() is True

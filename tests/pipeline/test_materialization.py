@@ -11,7 +11,6 @@ import pandas as pd
 import pytest
 import tifffile
 
-from hcsflow.cli._synthetic import make_synthetic_plate
 from hcsflow.errors import ConfigurationError, UnknownBackendError
 from hcsflow.pipeline import (
     IDENTIFIER_COLUMNS,
@@ -40,6 +39,7 @@ from hcsflow.storage import (
     open_plate,
     read_labels,
 )
+from hcsflow.testing import make_plate
 
 
 def cfg(**kw: Any) -> GlobalPipelineConfig:
@@ -54,7 +54,7 @@ def backend_cfg(backend: str) -> GlobalPipelineConfig:
 @pytest.fixture(scope="module")
 def plate(tmp_path_factory):
     root = tmp_path_factory.mktemp("plate")
-    return make_synthetic_plate(
+    return make_plate(
         root / "plate", 2, sites=2, size=64, min_cells=2, max_cells=4, radius=4, seed=5
     )
 

@@ -12,7 +12,6 @@ import pandas as pd
 import pytest
 import tifffile
 
-from hcsflow.cli._synthetic import make_synthetic_plate
 from hcsflow.errors import CompilationError, RunDirectoryError, StepExecutionError
 from hcsflow.pipeline import (
     FunctionStep,
@@ -28,6 +27,7 @@ from hcsflow.pipeline import (
     special_inputs,
     special_outputs,
 )
+from hcsflow.testing import make_plate
 
 COUNTING = [
     FunctionStep(func="gaussian_filter", sigma=1.0),
@@ -44,7 +44,7 @@ def cfg(**kw):
 @pytest.fixture(scope="module")
 def plate(tmp_path_factory):
     root = tmp_path_factory.mktemp("plate")
-    return make_synthetic_plate(
+    return make_plate(
         root / "plate", 3, sites=2, size=128, min_cells=5, max_cells=15, radius=5, seed=3
     )
 

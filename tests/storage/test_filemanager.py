@@ -79,6 +79,20 @@ def test_unknown_backend(fm) -> None:
         fm.load("/x", 3)  # type: ignore[arg-type]
 
 
+def test_a_plain_dict_registry_as_the_specification_builds_it(tmp_path) -> None:
+    mem = MemoryStorageBackend()
+    fm = FileManager({Backend.MEMORY.value: mem, Backend.DISK: DiskStorageBackend(tmp_path)})
+    fm.save(np.ones((2, 2)), "/a.npy", Backend.MEMORY)
+    assert fm.backend("memory") is mem and fm.exists("/a.npy", "memory")
+    with pytest.raises(UnknownBackendError) as info:
+        fm.load("/a.npy", Backend.ZARR)
+    assert "'zarr'" in str(info.value) and "registered: disk, memory" in str(info.value)
+    with pytest.raises(BackendRegistrationError, match="StorageBackend"):
+        FileManager({"memory": object()})  # type: ignore[dict-item]
+    with pytest.raises(BackendRegistrationError, match="BackendRegistry or"):
+        FileManager([mem])  # type: ignore[arg-type]
+
+
 def test_registry_registration() -> None:
     registry = BackendRegistry()
     mem = MemoryStorageBackend()

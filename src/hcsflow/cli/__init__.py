@@ -1,8 +1,9 @@
-"""The ``hcsflow`` command line: ``demo``, ``run``, ``info``, ``validate``.
+"""The ``hcsflow`` command line: ``demo``, ``run``, ``info``, ``validate``, ``functions``.
 
 See ``docs/cli.md``.
 """
 
-from hcsflow.cli._main import build_parser, demo_pipeline, main
+from hcsflow.cli._demo import demo_pipeline
+from hcsflow.cli._main import build_parser, main
 
 __all__ = ["main", "build_parser", "demo_pipeline"]

@@ -6,15 +6,36 @@ import argparse
 import json
 from typing import Any
 
-__all__ = ["add_fsck_parser", "run_fsck"]
+__all__ = ["register", "run_fsck"]
 
 
-def add_fsck_parser(sub: Any) -> None:
+DESCRIPTION = """\
+List what writers that died left behind under PATH (temporary files of atomic writes,
+partial zarr nodes, unpublished well versions) and, with --fix, remove what is safe to
+remove: never anything a live writer on this host may still own.
+
+exit status: 0 nothing removable is left, 1 removable debris is left (run with --fix),
+2 bad usage or PATH cannot be read."""
+
+EPILOG = """\
+examples:
+  hcsflow fsck results/                     # list
+  hcsflow fsck results/ --fix               # remove what is safe to remove
+  hcsflow fsck screen.zarr --fix --older-than 3600
+  hcsflow fsck results/ --json"""
+
+
+def register(sub: Any) -> None:
     """Add the ``fsck`` subcommand to the ``hcsflow`` subparsers."""
-    p = sub.add_parser(
+    from hcsflow.cli._common import add_command
+
+    p = add_command(
+        sub,
         "fsck",
-        help="list (and with --fix remove) temporary files and partial zarr nodes "
+        summary="list (and with --fix remove) temporary files and partial zarr nodes "
         "left by writers that died",
+        description=DESCRIPTION,
+        epilog=EPILOG,
     )
     p.add_argument("path", help="a directory: a disk backend root, a zarr store or a run output")
     p.add_argument(

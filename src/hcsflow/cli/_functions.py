@@ -6,14 +6,34 @@ import argparse
 import json
 from typing import Any
 
-__all__ = ["add_functions_parser", "run_functions"]
+from hcsflow.cli._common import add_command
+
+__all__ = ["register", "run_functions"]
+
+DESCRIPTION = """\
+List the functions a pipeline step can name (FunctionStep(func="NAME")): hcsflow's own
+functions and the scipy.ndimage, scikit-image and pyclesperanto functions exposed by
+name, each with the memory types it has implementations for and its signature.
+
+exit status: 0 functions were listed, 1 nothing matched (as grep), 2 bad usage."""
+
+EPILOG = """\
+examples:
+  hcsflow functions                             # everything, grouped by source
+  hcsflow functions --search threshold          # names or summaries containing a word
+  hcsflow functions --source skimage.filters    # one library module
+  hcsflow functions --excluded                  # library helpers that are not steps, and why
+  hcsflow functions --search top_hat --json     # machine-readable"""
 
 
-def add_functions_parser(sub: Any) -> None:
-    """Register the ``functions`` subcommand on an ``add_subparsers`` object."""
-    p = sub.add_parser(
+def register(subparsers: Any) -> None:
+    """Add ``hcsflow functions``."""
+    p = add_command(
+        subparsers,
         "functions",
-        help="list the functions a pipeline step can name, with memory types and signatures",
+        summary="list the functions a pipeline step can name, with memory types and signatures",
+        description=DESCRIPTION,
+        epilog=EPILOG,
     )
     p.add_argument("--search", metavar="WORD", help="only names or summaries containing WORD")
     p.add_argument(

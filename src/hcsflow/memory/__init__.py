@@ -16,7 +16,15 @@ from hcsflow.errors import (
     ShapeError,
 )
 from hcsflow.memory._align import ALIGNMENT, aligned_empty, ensure_aligned, is_aligned
-from hcsflow.memory._cleanup import cleanup_all_gpu_frameworks, cleanup_gpu_memory_by_framework
+from hcsflow.memory._cleanup import (
+    cleanup_all_gpu_frameworks,
+    cleanup_cupy_gpu,
+    cleanup_gpu_memory_by_framework,
+    cleanup_jax_gpu,
+    cleanup_pyclesperanto_gpu,
+    cleanup_pytorch_gpu,
+    cleanup_tensorflow_gpu,
+)
 from hcsflow.memory._convert import convert_memory, to_memory_type, to_numpy
 from hcsflow.memory._detect import detect_memory_type, is_supported_array
 from hcsflow.memory._devices import current_device, use_device
@@ -42,6 +50,11 @@ __all__ = [
     "current_device",
     "cleanup_gpu_memory_by_framework",
     "cleanup_all_gpu_frameworks",
+    "cleanup_pytorch_gpu",
+    "cleanup_cupy_gpu",
+    "cleanup_tensorflow_gpu",
+    "cleanup_jax_gpu",
+    "cleanup_pyclesperanto_gpu",
     "oom_framework",
     "record_conversions",
     "ConversionEvent",

@@ -7,12 +7,24 @@ import sys
 
 from hcsflow.memory._types import MemoryType, loaded_framework, parse_memory_type
 
-__all__ = ["cleanup_gpu_memory_by_framework", "cleanup_all_gpu_frameworks"]
+__all__ = [
+    "cleanup_gpu_memory_by_framework",
+    "cleanup_all_gpu_frameworks",
+    "cleanup_pytorch_gpu",
+    "cleanup_cupy_gpu",
+    "cleanup_tensorflow_gpu",
+    "cleanup_jax_gpu",
+    "cleanup_pyclesperanto_gpu",
+]
 
 M = MemoryType
 
 
-def _torch(device_id: int | None) -> bool:
+def cleanup_pytorch_gpu(device_id: int | None = None) -> bool:
+    """Synchronise and empty torch's CUDA cache (all devices when ``device_id`` is None).
+
+    Returns whether torch is loaded; never imports it, and never initialises CUDA.
+    """
     torch = loaded_framework(M.TORCH)
     if torch is None:
         return False
@@ -27,7 +39,11 @@ def _torch(device_id: int | None) -> bool:
     return True
 
 
-def _cupy(device_id: int | None) -> bool:
+def cleanup_cupy_gpu(device_id: int | None = None) -> bool:
+    """Free cupy's device memory pool (one device or all) and its pinned host pool.
+
+    Returns whether cupy is loaded; never imports it.
+    """
     cp = loaded_framework(M.CUPY)
     if cp is None:
         return False
@@ -40,7 +56,11 @@ def _cupy(device_id: int | None) -> bool:
     return True
 
 
-def _jax(device_id: int | None) -> bool:
+def cleanup_jax_gpu(device_id: int | None = None) -> bool:
+    """Collect garbage and clear jax's compilation caches (jax has no per-device cache call).
+
+    Returns whether jax is loaded; never imports it.
+    """
     jax = loaded_framework(M.JAX)
     if jax is None:
         return False
@@ -51,7 +71,11 @@ def _jax(device_id: int | None) -> bool:
     return True
 
 
-def _tensorflow(device_id: int | None) -> bool:
+def cleanup_tensorflow_gpu(device_id: int | None = None) -> bool:
+    """Clear the keras session (if keras is loaded) and collect garbage.
+
+    Returns whether tensorflow is loaded; never imports it.
+    """
     tf = loaded_framework(M.TENSORFLOW)
     if tf is None:
         return False
@@ -62,7 +86,11 @@ def _tensorflow(device_id: int | None) -> bool:
     return True
 
 
-def _pyclesperanto(device_id: int | None) -> bool:
+def cleanup_pyclesperanto_gpu(device_id: int | None = None) -> bool:
+    """Collect garbage, which releases pyclesperanto's device buffers.
+
+    Returns whether pyclesperanto is loaded; never imports it.
+    """
     cle = loaded_framework(M.PYCLESPERANTO)
     if cle is None:
         return False
@@ -72,11 +100,11 @@ def _pyclesperanto(device_id: int | None) -> bool:
 
 
 _CLEANERS = {
-    M.TORCH: _torch,
-    M.CUPY: _cupy,
-    M.JAX: _jax,
-    M.TENSORFLOW: _tensorflow,
-    M.PYCLESPERANTO: _pyclesperanto,
+    M.TORCH: cleanup_pytorch_gpu,
+    M.CUPY: cleanup_cupy_gpu,
+    M.JAX: cleanup_jax_gpu,
+    M.TENSORFLOW: cleanup_tensorflow_gpu,
+    M.PYCLESPERANTO: cleanup_pyclesperanto_gpu,
 }
 
 

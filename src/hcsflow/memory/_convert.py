@@ -8,14 +8,21 @@ Routes, in order:
 4. ``transfer``: the one host/device move the request needs (numpy to cupy, torch CUDA to
    numpy, anything to/from pyclesperanto's OpenCL device, GPU to another GPU).
 5. ``host_copy`` / ``device_copy``: a copy taken because the memory *could* have been shared
-   but cannot be (unaligned buffer, strides, read-only buffer, CUDA to OpenCL).  Only with
+   but cannot be (strides, read-only buffer, CUDA to OpenCL).  Only with
    ``allow_cpu_roundtrip=True``; otherwise :class:`~hcsflow.errors.MemoryConversionError`.
+
+Two host copies are not the caller's doing and are always made (and recorded): a buffer
+that jax or tensorflow cannot take because numpy's allocator placed it off a 64-byte
+boundary is copied into an aligned one, and a copy jax makes on import is kept.  Whether
+a conversion succeeds therefore never depends on where an allocator put the data.
+``zero_copy=True`` asks for the opposite: every route that is not a share (including
+those two copies and any transfer) raises, every time.
 """
 
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 
@@ -168,19 +175,28 @@ def _check_jax_dtype(dtype: np.dtype, source: MemoryType) -> None:
             )
 
 
+#: Why a buffer is copied rather than shared when only its address is wrong.
+UNALIGNED = f"unaligned (data not on a {ALIGNMENT}-byte boundary)"
+
+
 def _share_blocker(view: np.ndarray, source: MemoryType, target: MemoryType) -> str | None:
-    """Why ``target`` cannot share ``view``'s host memory, or ``None`` if it can."""
+    """Why ``target`` cannot share ``view``'s host memory, or ``None`` if it can.
+
+    Properties the caller chose (strides, writability) are checked before the address, so
+    an array that is both read-only and unaligned is refused for being read-only every
+    time, not only when the allocator happened to align it.
+    """
     if any(s < 0 for s in view.strides):
         # torch aborts the whole process on a DLPack tensor with negative strides.
         return "negative strides"
     if target in (M.JAX, M.TENSORFLOW):
         if not view.flags.c_contiguous:
             return "non-contiguous strides"
-        if view.size and view.ctypes.data % ALIGNMENT:
-            # Never hand tensorflow an unaligned capsule: it can abort the process.
-            return f"unaligned (data not on a {ALIGNMENT}-byte boundary)"
         if source is M.NUMPY and not view.flags.writeable:
             return "read-only numpy array (DLPack cannot export it to this framework)"
+        if view.size and view.ctypes.data % ALIGNMENT:
+            # Never hand tensorflow an unaligned capsule: it can abort the process.
+            return UNALIGNED
     return None
 
 
@@ -209,8 +225,9 @@ def _host_to_target(
     source: MemoryType,
     target: MemoryType,
     allow_copy: bool,
+    zero_copy: bool = False,
 ) -> tuple[Any, str, int, str]:
-    """Share host memory with a host-resident ``target`` or copy it (only when allowed)."""
+    """Share host memory with a host-resident ``target`` or copy it (see the module doc)."""
     if target is M.JAX:
         _check_jax_dtype(view.dtype, source)
     reason = _share_blocker(view, source, target)
@@ -228,16 +245,22 @@ def _host_to_target(
                 or _pointer(result, target) == int(view.ctypes.data)
             ):
                 return result, "dlpack", 0, ""
-            if not allow_copy:
+            if zero_copy:
                 raise MemoryConversionError(
                     source.value,
                     target.value,
                     "dlpack",
-                    "the framework copied the data instead of sharing it; "
-                    "pass allow_cpu_roundtrip=True to accept a copy",
+                    "the framework copied the data instead of sharing it (zero_copy=True)",
                 )
             return result, "host_copy", view.nbytes, "the framework copied on import"
-    if not allow_copy:
+    if zero_copy:
+        raise MemoryConversionError(
+            source.value,
+            target.value,
+            "dlpack",
+            f"{reason}; memory cannot be shared (zero_copy=True)",
+        )
+    if not allow_copy and reason != UNALIGNED:
         raise MemoryConversionError(
             source.value,
             target.value,
@@ -246,7 +269,8 @@ def _host_to_target(
         )
     fresh = aligned_empty(view.shape, view.dtype)
     np.copyto(fresh, view, casting="no")
-    return _import_host(fresh, fresh, M.NUMPY, target), "host_copy", view.nbytes, reason
+    detail = f"{reason}: copied into an aligned buffer" if reason == UNALIGNED else reason
+    return _import_host(fresh, fresh, M.NUMPY, target), "host_copy", view.nbytes, detail
 
 
 # --------------------------------------------------------------------------- devices
@@ -383,6 +407,16 @@ def _nbytes(x: Any, memory_type: MemoryType) -> int:
 # --------------------------------------------------------------------------- the conversion
 
 
+def _no_transfer(source: MemoryType, target: MemoryType, src: Location, tgt: Location) -> NoReturn:
+    """``zero_copy=True`` refuses moves between devices: each one is a copy."""
+    raise MemoryConversionError(
+        source.value,
+        target.value,
+        "transfer",
+        f"{src} -> {tgt} copies the data; zero_copy=True allows only shared memory",
+    )
+
+
 def _convert(
     data: Any,
     source: MemoryType,
@@ -390,9 +424,11 @@ def _convert(
     src_loc: Location,
     tgt_loc: Location,
     allow_copy: bool,
+    zero_copy: bool = False,
 ) -> tuple[Any, str, int, str]:
     if source is target and _same_place(src_loc, tgt_loc):
         return data, "noop", 0, ""
+    allow_copy = allow_copy and not zero_copy
 
     # A torch tensor with a lazy conjugate/negative bit has no memory holding its values:
     # exporting it means materialising them, which is a copy like any other.
@@ -403,7 +439,11 @@ def _convert(
             target.value,
             "dlpack",
             "the tensor has a lazy conjugate/negative bit, so its values must be materialised "
-            "(a copy); pass allow_cpu_roundtrip=True to copy",
+            + (
+                "(a copy; zero_copy=True)"
+                if zero_copy
+                else "(a copy); pass allow_cpu_roundtrip=True to copy"
+            ),
         )
 
     # Both on the host: share through DLPack, or copy if allowed.
@@ -416,7 +456,7 @@ def _convert(
             return result, "host_copy", view.nbytes + copied, _LAZY_DETAIL
         if target is M.NUMPY:
             return view, "dlpack", 0, ""
-        return _host_to_target(data, view, source, target, allow_copy)
+        return _host_to_target(data, view, source, target, allow_copy, zero_copy)
 
     # Same GPU: DLPack, then the CUDA array interface.
     if src_loc.kind == "cuda" and _same_place(src_loc, tgt_loc):
@@ -436,17 +476,16 @@ def _convert(
                 failures.append(f"cuda_array_interface: {exc}")
             reason = "; ".join(failures)
         if not allow_copy:
-            raise MemoryConversionError(
-                source.value,
-                target.value,
-                "dlpack",
-                f"{reason}; pass allow_cpu_roundtrip=True to copy",
-            )
+            hint = "zero_copy=True" if zero_copy else "pass allow_cpu_roundtrip=True to copy"
+            raise MemoryConversionError(source.value, target.value, "dlpack", f"{reason}; {hint}")
         if source is M.CUPY:
             fresh = import_framework(M.CUPY).ascontiguousarray(data)
             return _gpu_dlpack(fresh, M.CUPY, target), "device_copy", _nbytes(data, source), reason
         host = _download(data, source)
         return _upload(host, target, tgt_loc), "host_copy", 2 * host.nbytes, reason
+
+    if zero_copy:
+        _no_transfer(source, target, src_loc, tgt_loc)
 
     # Host to a device: the one upload the request needs.
     if src_loc == HOST:
@@ -489,13 +528,20 @@ def convert_memory(
     target_type: MemoryType | str,
     gpu_id: int | None = None,
     allow_cpu_roundtrip: bool = False,
+    *,
+    zero_copy: bool = False,
 ) -> Any:
     """Convert ``data`` from ``source_type`` to ``target_type``, sharing memory where possible.
 
     ``gpu_id=None`` leaves data where it is: host data stays on the CPU (for cupy, which has no
     CPU, the current CUDA device) and GPU data stays on its GPU; numpy ignores ``gpu_id``.
-    A copy that exists only because memory could not be shared needs
-    ``allow_cpu_roundtrip=True``; otherwise :class:`MemoryConversionError` says why.
+    A copy that exists only because memory could not be shared (strides, a read-only
+    buffer, a device pair without a common protocol) needs ``allow_cpu_roundtrip=True``;
+    otherwise :class:`MemoryConversionError` says why.  A host buffer that jax or
+    tensorflow cannot take only because of its address is copied into a 64-byte aligned
+    buffer (and recorded) without asking.  ``zero_copy=True`` raises
+    :class:`MemoryConversionError` for every conversion that is not a share, whatever
+    ``allow_cpu_roundtrip`` says.
     """
     if gpu_id is None:
         # Plain CPU pairs: one cached lookup, then the pair's zero-copy route (see _fast.py).
@@ -530,7 +576,7 @@ def convert_memory(
     src_loc = location_of(data, source)
     tgt_loc = _target_location(target, gpu_id, src_loc)
     result, route, copied, detail = _convert(
-        data, source, target, src_loc, tgt_loc, allow_cpu_roundtrip
+        data, source, target, src_loc, tgt_loc, allow_cpu_roundtrip, zero_copy
     )
     if observed:
         emit(route, source.value, target.value, copied, time.perf_counter() - start, detail)
@@ -542,10 +588,14 @@ def to_memory_type(
     target: MemoryType | str,
     gpu_id: int | None = None,
     allow_cpu_roundtrip: bool = False,
+    *,
+    zero_copy: bool = False,
 ) -> Any:
     """:func:`convert_memory` with the source type detected from ``data``."""
     source = plain_kind(data) or detect_memory_type(data)
-    return convert_memory(data, source, target, gpu_id, allow_cpu_roundtrip=allow_cpu_roundtrip)
+    return convert_memory(
+        data, source, target, gpu_id, allow_cpu_roundtrip=allow_cpu_roundtrip, zero_copy=zero_copy
+    )
 
 
 def to_numpy(x: Any) -> np.ndarray:

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from hcsflow.errors import DtypeError, MemoryTypeError, OutOfMemoryRecoveryError, ShapeError
+from hcsflow.memory._align import aligned_empty
 from hcsflow.memory._cleanup import cleanup_gpu_memory_by_framework
 from hcsflow.memory._convert import convert_memory, location_of, to_numpy
 from hcsflow.memory._detect import detect_memory_type
@@ -97,7 +98,8 @@ def _concat(parts: list[Any], memory_type: MemoryType) -> Any:
     if memory_type is M.TENSORFLOW:
         return import_framework(memory_type).concat(parts, axis=0)
     if memory_type is M.NUMPY:
-        return np.concatenate(parts, axis=0)
+        shape = (sum(int(p.shape[0]) for p in parts), *parts[0].shape[1:])
+        return np.concatenate(parts, axis=0, out=aligned_empty(shape, np.result_type(*parts)))
     cle = import_framework(memory_type)
     return cle.push(np.concatenate([cle.pull(p) for p in parts], axis=0))
 

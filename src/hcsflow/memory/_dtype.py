@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 
 from hcsflow.errors import DtypeError
+from hcsflow.memory._align import aligned_empty
 from hcsflow.memory._types import MemoryType
 
 __all__ = [
@@ -167,11 +168,22 @@ def _check_complex(src: np.dtype, target: np.dtype) -> None:
         raise DtypeError(f"cannot cast complex {src.name} to {target.name}: imaginary part lost")
 
 
+def _astype(xp: Any, x: Any, target: np.dtype) -> Any:
+    """``x.astype(target)``; a numpy result is 64-byte aligned like every array hcsflow makes."""
+    if xp is not np:
+        return x.astype(target)
+    out = aligned_empty(x.shape, target)
+    np.copyto(out, x, casting="unsafe")
+    return out
+
+
 def _cast_generic(xp: Any, x: Any, src: np.dtype, target: np.dtype) -> Any:
     _check_complex(src, target)
     if target.kind == "b":
         if src.kind != "b" and bool(xp.any((x != 0) & (x != 1))):
             raise DtypeError(f"cannot cast {src.name} to bool: values other than 0 and 1")
+        if xp is np:
+            return np.not_equal(x, 0, out=aligned_empty(x.shape, np.bool_))
         return x != 0
     if target.kind in "iu":
         info = np.iinfo(target)
@@ -179,15 +191,15 @@ def _cast_generic(xp: Any, x: Any, src: np.dtype, target: np.dtype) -> Any:
             if bool(xp.any(xp.isnan(x))):
                 raise DtypeError(f"cannot cast {src.name} with NaN values to {target.name}")
             lo, hi = _float_bounds(src, target)
-            return xp.clip(xp.rint(x), lo, hi).astype(target)
+            return _astype(xp, xp.clip(xp.rint(x), lo, hi), target)
         if src.kind in "iu":
             lo = max(int(info.min), int(np.iinfo(src).min))
             hi = min(int(info.max), int(np.iinfo(src).max))
-            return xp.clip(x, lo, hi).astype(target)
-        return x.astype(target)
+            return _astype(xp, xp.clip(x, lo, hi), target)
+        return _astype(xp, x, target)
     _check_int_to_float(xp, x, src, target)
     with np.errstate(over="ignore"):  # overflow is detected below and reported as DtypeError
-        out = x.astype(target)
+        out = _astype(xp, x, target)
     if target.kind == "f" and src.kind == "f" and bool(xp.any(xp.isinf(out) & ~xp.isinf(x))):
         raise DtypeError(f"values of {src.name} overflow {target.name}")
     return out

@@ -38,6 +38,8 @@ from typing import Any
 from hcsflow import __version__
 from hcsflow.errors import (
     AlreadyExistsError,
+    CompilationError,
+    HcsflowError,
     PipelineError,
     RunDirectoryError,
     RunInterrupted,
@@ -79,7 +81,7 @@ from hcsflow.pipeline._executors import (
     process_start_method,
     warm_up_workers,
 )
-from hcsflow.pipeline._output import INPUT_BACKEND, OutputRoot, plate_location
+from hcsflow.pipeline._output import INPUT_BACKEND, OutputRoot
 from hcsflow.pipeline._plate import PlateIndex
 from hcsflow.pipeline._step import FunctionStep, Pipeline
 from hcsflow.storage import Backend, neutralize_csv_text
@@ -215,21 +217,39 @@ def _signals(enabled: bool) -> Iterator[list[int]]:
 # --------------------------------------------------------------------------- the plate
 
 
-def _plate_index(
-    plate: str, layout: PlateLayout | None, storage_options: dict[str, Any] | None
-) -> PlateIndex:
-    """Index a plate given as a URL: OME-Zarr, or image files named by a layout."""
-    from hcsflow.pipeline._plate import read_plate, read_zarr_plate
-    from hcsflow.storage import FileManager
-    from hcsflow.storage._registry import BackendRegistry
+def _pipeline_config(
+    pipeline: Pipeline | Sequence[FunctionStep], pipeline_config: PipelineConfig | None
+) -> PipelineConfig | None:
+    """The pipeline-level configuration the compiler applies (a ``Pipeline``'s own)."""
+    if pipeline_config is None and isinstance(pipeline, Pipeline):
+        return pipeline.config
+    return pipeline_config
 
-    backend = plate_location(plate, storage_options)
-    probe = backend.exists("/zarr.json") or backend.exists("/.zattrs")
-    if probe:
-        return read_zarr_plate(plate)
-    fm = FileManager(BackendRegistry({INPUT_BACKEND: backend}))
-    index = read_plate("/", filemanager=fm, backend=INPUT_BACKEND, layout=layout)
-    return replace(index, root=plate)
+
+def _plate_index(
+    plate: str,
+    layout: PlateLayout | None,
+    storage_options: dict[str, Any] | None,
+    config: GlobalPipelineConfig,
+) -> PlateIndex:
+    """Describe a plate given as a URL, with the run's reader choice and strictness.
+
+    Any reader works (vendor exports, OME-TIFF, OME-Zarr, named files): metadata
+    files are read here, through fsspec; the planes later, by the workers.  Problems
+    are reported like those of a local plate (:class:`CompilationError`).
+    """
+    from hcsflow.pipeline._plate import read_plate
+
+    try:
+        return read_plate(
+            plate,
+            layout=layout,
+            format=config.input_format,
+            strict=bool(config.strict_input),
+            storage_options=storage_options,
+        )
+    except HcsflowError as exc:
+        raise CompilationError([f"plate {plate}: {exc}"]) from exc
 
 
 # --------------------------------------------------------------------------- run state
@@ -390,11 +410,18 @@ def run_pipeline(
         raise PipelineError("post_run needs a local output directory")
     plate_arg: str | PlateIndex
     plate_url: str | None = None
+    if not isinstance(plate, PlateIndex) and os.fspath(plate).startswith("file://"):
+        plate = os.fspath(plate)[len("file://") :]
     if isinstance(plate, PlateIndex):
         plate_arg = plate
     elif is_url(os.fspath(plate)):
         plate_url = os.fspath(plate).rstrip("/")
-        plate_arg = _plate_index(plate_url, layout, storage_options)
+        plate_arg = _plate_index(
+            plate_url,
+            layout,
+            storage_options,
+            resolve_config(global_config, _pipeline_config(pipeline, pipeline_config)),
+        )
     else:
         plate_dir = Path(plate).absolute()
         if not root.remote:
@@ -541,7 +568,8 @@ class _Session:
         stores = self._zarr_stores()
         plate_root = None
         plate_opts = None
-        if self.plate_url is not None and self.plan.plate.backend == INPUT_BACKEND:
+        if self.plate_url is not None:
+            # every format of a URL plate: planes read through fsspec by the workers
             plate_root, plate_opts = self.plate_url, self.storage_options
         elif self.root.remote and self.plan.plate.backend == Backend.DISK.value:
             plate_root = "/"  # a local plate: read through its own disk backend

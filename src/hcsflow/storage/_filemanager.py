@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from hcsflow.errors import BackendRegistrationError
 from hcsflow.paths import PathLike
 from hcsflow.storage._base import Backend, FileInfo, StorageBackend
 from hcsflow.storage._registry import BackendRegistry, storage_registry
@@ -19,11 +20,26 @@ class FileManager:
 
     ``FileManager()`` uses the default :data:`~hcsflow.storage.storage_registry`; pass a
     :class:`~hcsflow.storage.BackendRegistry` to isolate a run (its own memory backend,
-    a rooted disk backend...).  Backends are named by :class:`Backend` or its string value.
+    a rooted disk backend...).  A plain ``{name: backend}`` dict, as the specification
+    builds its registry, is copied into a :class:`BackendRegistry` (each value checked
+    now), so an unknown name raises :class:`~hcsflow.errors.UnknownBackendError` naming
+    the registered ones.  Backends are named by :class:`Backend` or its string value.
     """
 
-    def __init__(self, registry: BackendRegistry | None = None):
-        self.registry = storage_registry if registry is None else registry
+    def __init__(
+        self, registry: BackendRegistry | Mapping[str, StorageBackend] | None = None
+    ) -> None:
+        if registry is None:
+            self.registry = storage_registry
+        elif isinstance(registry, BackendRegistry):
+            self.registry = registry
+        elif isinstance(registry, Mapping):
+            self.registry = BackendRegistry(dict(registry))
+        else:
+            raise BackendRegistrationError(
+                "FileManager takes a BackendRegistry or a {name: StorageBackend} dict, "
+                f"got {type(registry).__name__}"
+            )
 
     def backend(self, backend: BackendLike) -> StorageBackend:
         """The :class:`StorageBackend` registered under ``backend``."""

@@ -1,5 +1,7 @@
 """Test kits shipped with hcsflow, for our backends and third-party ones, and example data.
 
+* :func:`make_plate` - a synthetic ImageXpress-named plate of nuclei with known counts
+  (core install only; the documentation's examples and ``hcsflow demo`` use it).
 * :func:`write_imagexpress_export`, :func:`write_harmony_export`,
   :func:`write_cellvoyager_export`, :func:`write_ome_tiff_plate` - microscope exports
   written as the instruments write them, with known content (:class:`Export`); core
@@ -11,7 +13,8 @@
   the typed error a backend (or codec) must raise for it.
 
 The conformance suite and the state machine need the ``test`` extra (pytest,
-hypothesis); they and the hostile corpus are imported on first use.  ``import hcsflow``
+hypothesis); they and the hostile corpus are imported on first use, so
+``from hcsflow.testing import make_plate`` works without it.  ``import hcsflow``
 never loads this package.
 """
 
@@ -28,8 +31,12 @@ from hcsflow.testing._exports import (
     write_imagexpress_export,
     write_ome_tiff_plate,
 )
+from hcsflow.testing._plates import SyntheticPlate, demo_wells, make_plate
 
 __all__ = [
+    "make_plate",
+    "SyntheticPlate",
+    "demo_wells",
     "Export",
     "plane_data",
     "write_imagexpress_export",

@@ -1,8 +1,9 @@
-"""A synthetic plate with known ground truth, for ``hcsflow demo``, tests and benchmarks.
+"""Synthetic plates with known ground truth, for ``hcsflow demo``, examples, tests and benchmarks.
 
 Each site is a smooth uneven background (a tilted plane plus a broad bump, as uneven
 illumination gives) with nuclei drawn as soft-edged ellipses of random size and
-brightness, placed without touching, then photon (Poisson) noise and a camera offset.
+brightness, a few pixels apart (some touching, if asked), then photon (Poisson) noise and
+a camera offset.
 The number of nuclei per well is known exactly, so counting accuracy can be measured.
 """
 
@@ -16,7 +17,7 @@ import numpy as np
 
 from hcsflow.storage.plate import WellPosition
 
-__all__ = ["SyntheticPlate", "make_synthetic_plate", "demo_wells"]
+__all__ = ["SyntheticPlate", "make_plate", "demo_wells"]
 
 
 @dataclass(frozen=True)
@@ -76,7 +77,7 @@ def _site_image(
     return image.astype(np.uint16), len(centers)
 
 
-def make_synthetic_plate(
+def make_plate(
     directory: str | os.PathLike[str],
     wells: int | list[str] = 8,
     *,
@@ -90,13 +91,21 @@ def make_synthetic_plate(
 ) -> SyntheticPlate:
     """Write an ImageXpress-named plate (``A01_s1_w1.tif``...) and return its ground truth.
 
-    The number of nuclei per site is drawn between ``min_cells`` and ``max_cells``;
-    ``radius`` is the mean nucleus radius in pixels.  Nuclei keep a gap of a few pixels,
-    except that each is allowed, with probability ``touching``, to touch or slightly
-    overlap a neighbour (as in dense cultures).
+    ``wells`` is a number of wells (filled row by row: ``A01``, ``A02``...) or a list of
+    well names; every site is one ``size`` x ``size`` uint16 TIFF of channel 1.  The same
+    ``seed`` gives the same plate.  The number of nuclei per site is drawn between
+    ``min_cells`` and ``max_cells``; ``radius`` is the mean nucleus radius in pixels.
+    Nuclei keep a gap of a few pixels, except that each is allowed, with probability
+    ``touching``, to touch or slightly overlap a neighbour (as in dense cultures).
     """
     import tifffile
 
+    if sites < 1 or size < 16 or not 0 <= min_cells <= max_cells or radius <= 0:
+        raise ValueError(
+            f"make_plate needs sites >= 1, size >= 16, 0 <= min_cells <= max_cells and "
+            f"radius > 0; got sites={sites}, size={size}, min_cells={min_cells}, "
+            f"max_cells={max_cells}, radius={radius}"
+        )
     root = Path(directory)
     root.mkdir(parents=True, exist_ok=True)
     names = demo_wells(wells) if isinstance(wells, int) else list(wells)

@@ -559,13 +559,11 @@ def runs_rows(tmp: Path) -> list[dict[str, Any]]:
     import cloudpickle
     from distributed import Client, LocalCluster
 
-    from hcsflow.testing import make_plate
     from hcsflow.pipeline import GlobalPipelineConfig
+    from hcsflow.testing import make_plate
 
     rows: list[dict[str, Any]] = []
-    plate = make_plate(
-        tmp / "runs-plate", RUNS_WELLS, sites=SITES, size=SIZE, seed=4, touching=0.3
-    )
+    plate = make_plate(tmp / "runs-plate", RUNS_WELLS, sites=SITES, size=SIZE, seed=4, touching=0.3)
     local_cfg = GlobalPipelineConfig(num_workers=2, executor="processes")  # fsync on
     out_local, out_dask = tmp / "runs-local", tmp / "runs-dask"
 

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import tifffile
 
-from hcsflow.cli._synthetic import make_synthetic_plate
 from hcsflow.pipeline import FunctionStep, GlobalPipelineConfig, VFSConfig, run_pipeline
+from hcsflow.testing import make_plate
 
 COUNTING = [
     FunctionStep(func="gaussian_filter", sigma=1.0),
@@ -26,7 +26,7 @@ COUNTING = [
 @pytest.fixture(scope="module")
 def plate(tmp_path_factory):
     root = tmp_path_factory.mktemp("plate")
-    return make_synthetic_plate(
+    return make_plate(
         root / "plate", 3, sites=2, size=64, min_cells=3, max_cells=6, radius=4, seed=3
     )
 

@@ -389,4 +389,3 @@ def _output_key(path: str, well: str) -> str:
     without the ``<well>_`` prefix."""
     fname = vpaths.name(base_path(path))
     return fname[len(well) + 1 :] if fname.startswith(f"{well}_") else fname
-

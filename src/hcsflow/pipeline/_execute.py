@@ -29,7 +29,7 @@ from hcsflow.errors import (
 )
 from hcsflow.pipeline._compiler import FunctionCall, StepPlan, WellPlan
 from hcsflow.pipeline._layouts import image_filename
-from hcsflow.pipeline._materialize import MaterializationFileManager
+from hcsflow.pipeline._materialize import NEUTRALIZED_CSV, MaterializationFileManager
 from hcsflow.pipeline._step import COMPONENT_ATTR
 from hcsflow.readers import ImageMetadata, PlateImage
 from hcsflow.storage import (
@@ -514,16 +514,17 @@ def _materialize_all(state: _Well) -> None:
                 f"{where}: materializer {name!r} for {skey!r} returned "
                 f"{type(written).__name__}, not the path it wrote"
             )
-        state.result.outputs.append(
-            {
-                "kind": "special_output",
-                "step": step.index,
-                "key": skey,
-                "group": label,
-                "materializer": name,
-                "path": written,
-            }
-        )
+        entry = {
+            "kind": "special_output",
+            "step": step.index,
+            "key": skey,
+            "group": label,
+            "materializer": name,
+            "path": written,
+        }
+        if materializer in NEUTRALIZED_CSV:
+            entry["formulas_neutralized"] = True
+        state.result.outputs.append(entry)
     state.pending.clear()
     try:
         labels.write()

@@ -172,13 +172,15 @@ def materialize_table(data: Any, path: str, filemanager: FileManager) -> str:
     _ensure_parent(filemanager, csv_path, backend)
     skipped = [str(c) for c in df.columns if is_identifier_column(c)]
     num = df.select_dtypes(include="number")
-    num = num.loc[:, [not is_identifier_column(c) for c in num.columns]]
-    names = [str(c) for c in num.columns]
+    keep = [not is_identifier_column(c) for c in num.columns]
+    names = [str(c) for c, k in zip(num.columns, keep, strict=True) if k]
     stats: dict[str, dict[str, Any]] = {}
     if names:
         # all columns at once, each reduced over contiguous memory (Fortran order) as
         # np.nansum/np.nanmean/np.nanmin/np.nanmax would reduce it alone: same values
-        values = np.array(num.to_numpy(dtype=np.float64), order="F")
+        # (columns are dropped from the array, not the frame: .loc costs more than the
+        # rest of the summary)
+        values = np.array(num.to_numpy(dtype=np.float64)[:, keep], order="F")
         missing = np.isnan(values)
         counts = values.shape[0] - missing.sum(axis=0)
         values[missing] = 0.0
@@ -203,6 +205,11 @@ def materialize_table(data: Any, path: str, filemanager: FileManager) -> str:
     filemanager.save(neutralize_formulas(df), csv_path, backend, overwrite=True)
     filemanager.save(json.dumps(summary, indent=2), json_path, backend, overwrite=True)
     return csv_path
+
+
+#: materializers whose CSV cells are already neutralised (the plate table need not
+#: scan them again)
+NEUTRALIZED_CSV: frozenset[Any] = frozenset({materialize_table})
 
 
 def materialize_positions(data: Any, path: str, filemanager: FileManager) -> str:

@@ -1,27 +1,31 @@
-"""Pipeline benchmarks: framework overhead, parallel scaling, memory vs plate size, accuracy.
+"""Pipeline benchmarks: what a user's run costs against the same work written by hand.
 
-* overhead: the demo counting pipeline through ``run_pipeline`` on one worker against a
-  hand-written loop doing the same computations with tifffile + scipy/scikit-image and
-  writing the same files (target <= 1.05x).
-* scaling: two process workers against one (target >= 1.7x on 2 cores), worker start-up
-  included (forked from the warm fork server; the first run's server start is reported
-  on its own row).
+Every comparison runs hcsflow with its default configuration (``fsync`` on) against a
+hand-written tifffile + scipy/scikit-image program producing the same outputs (the
+benchmark checks the plate tables, the smoothed images and the masks are equal before it
+times anything):
 
-Timings alternate the compared variants and report medians with the spread of samples.
-* memory: peak RSS of a run over 12 wells and over 48 wells, each in a fresh subprocess
-  (target <= 1.2x).
-* accuracy: mean absolute error of the counted nuclei per well against the synthetic
-  plate's ground truth.
+* 1 worker: ``run_pipeline`` in-process against a plain loop over the wells;
+* 2 workers: ``run_pipeline`` with 2 local processes against the same per-well function
+  run by a ``concurrent.futures.ProcessPoolExecutor`` of 2 (started for each run, the
+  platform's default start method), the tables coming back to the parent;
 
-Runs that scale out and survive (:func:`runs_rows`; alone: ``python -c "from
-benchmarks.bench_pipeline import main_runs; main_runs()"``):
+on plates of 16, 64 and 256 wells (2 sites of 256 x 256 pixels, the demo's density).
+Targets: <= 1.05x at every plate size.  Each side runs in its own long-lived process
+(a "runner", so that imports and warm caches are alike); the two runners take turns,
+pair by pair, alternating which goes first, and a row reports the medians, the median of
+the per-pair ratios and the spread of both.  While a run goes on, the runner's whole
+process tree (the runner, its worker processes and hcsflow's fork server) is sampled
+every 0.1 s: the sum of the proportional set sizes (PSS, ``/proc/<pid>/smaps_rollup``)
+of its processes, whose peak is the memory row.  PSS divides each shared page among
+the processes sharing it, so forked workers' shared libraries and copy-on-write pages
+are counted once in the sum; the sum of each process's peak RSS (``VmHWM``) would count
+them once per process and add peaks that never happened at the same time.
 
-* Dask: an existing scheduler with 2 single-threaded worker processes against the local
-  process pool of 2 workers, same plate (target <= 1.15x).
-* resume: ``resume=True`` of a run that had committed 90% of its wells against a full
-  run (target <= 0.15x); it verifies the committed wells' checksums.
-* bytes through the client per well with Dask: the pickled task and result (goal:
-  metadata only), against the well's image bytes.
+Also: counting accuracy against the synthetic plate's ground truth, 2-worker scaling
+(derived from the rows above), and the runs rows (:func:`runs_rows`; alone:
+``python -c "from benchmarks.bench_pipeline import main_runs; main_runs()"``): Dask vs
+the local pool, resume after 90% of the wells, bytes through the client per well.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -41,11 +46,12 @@ import numpy as np
 
 from benchmarks._common import print_table, write_results
 
-SIZE = 384
-BIG = 512
+SIZE = 256
 SITES = 2
-REPEATS = 5
-SCALING_REPEATS = 3
+PLATES = (16, 64, 256)
+#: timed pairs per plate size (after one warm-up run of each side)
+PAIRS = {16: 5, 64: 3, 256: 2}
+SAMPLE_S = 0.1
 
 
 def _pipeline() -> list[Any]:
@@ -54,13 +60,20 @@ def _pipeline() -> list[Any]:
     return demo_pipeline()
 
 
-def _hand_written(plate: str, out: Path) -> None:
-    """The demo computations without hcsflow: one loop over wells, same outputs.
+def _plate_wells(plate: str) -> dict[str, list[str]]:
+    """The plate's image files grouped by well (ImageXpress names), in plate order."""
+    wells: dict[str, list[str]] = {}
+    for f in sorted(Path(plate).glob("*.tif")):
+        wells.setdefault(f.name.split("_")[0], []).append(str(f))
+    return wells
+
+
+def _hand_well(well: str, paths: list[str], out: str) -> tuple[Any, Any]:
+    """One well of the demo computations without hcsflow; returns its two tables.
 
     Same algorithm (including the seed every object keeps in the watershed split), same
-    files (smoothed images, uint16 masks, per-well and plate CSVs with the same columns
-    and rows); what it leaves out is what the framework adds: JSON table summaries, the
-    manifest with checksums, atomic writes.
+    files (smoothed images as zlib-compressed OME-TIFFs like hcsflow's default output,
+    uint16 masks, per-well CSVs with the same columns and rows).
     """
     import pandas as pd
     import tifffile
@@ -71,136 +84,160 @@ def _hand_written(plate: str, out: Path) -> None:
     from skimage.morphology import disk
     from skimage.segmentation import watershed
 
-    out.mkdir(parents=True)
-    files = sorted(Path(plate).glob("*.tif"))
-    wells: dict[str, list[Path]] = {}
-    for f in files:
-        wells.setdefault(f.name.split("_")[0], []).append(f)
+    root = Path(out)
+    (root / "images" / well).mkdir(parents=True)
     fp = disk(1).astype(bool)
-    all_counts, all_objects = [], []
-    for well, paths in wells.items():
-        (out / "images" / well).mkdir(parents=True)
-        counts, objects, masks = [], [], []
-        for site, path in enumerate(sorted(paths)):
-            img = tifffile.imread(path).astype(np.float32)
-            bg = ndi.gaussian_filter(img, 20.0, mode="nearest")
-            flat = np.maximum(img - bg, 0)
-            smooth = ndi.gaussian_filter(flat, 1.0).astype(np.float32)
-            t = float(threshold_otsu(smooth))
-            mask = ndi.binary_opening(smooth > t, structure=fp)
-            mask = ndi.binary_fill_holes(mask)
-            lab0, _ = ndi.label(mask)
-            sizes = np.bincount(lab0.ravel())
-            keep = sizes >= 20
-            keep[0] = False
-            lab = label(keep[lab0], connectivity=1).astype(np.int32)
-            if lab.max() > 0:
-                fg = lab > 0
-                distance = ndi.distance_transform_edt(fg)
-                peaks = peak_local_max(distance, min_distance=4, labels=lab, exclude_border=False)
-                markers = np.zeros(lab.shape, np.int32)
-                markers[tuple(peaks.T)] = np.arange(1, len(peaks) + 1)
-                seeded = np.zeros(int(lab.max()) + 1, dtype=bool)
-                seeded[lab[markers > 0]] = True
-                next_id = len(peaks) + 1
-                for obj in np.flatnonzero(~seeded[1:]) + 1:
-                    ys, xs = np.nonzero(lab == obj)
-                    markers[ys[0], xs[0]] = next_id
-                    next_id += 1
-                lab = watershed(-distance, markers, mask=fg).astype(np.int32)
-            masks.append(lab)
-            n = int(lab.max())
-            counts.append(
-                {
-                    "well": well,
-                    "site": site + 1,
-                    "channel": 1,
-                    "z": 1,
-                    "t": 1,
-                    "slice_index": site,
-                    "cell_count": n,
-                    "threshold_value": t,
-                    "detection_method": "otsu",
-                    "mean_area": float(np.count_nonzero(lab)) / n if n else 0.0,
-                }
+    counts, objects, masks = [], [], []
+    for site, path in enumerate(sorted(paths)):
+        img = tifffile.imread(path).astype(np.float32)
+        bg = ndi.gaussian_filter(img, 20.0, mode="nearest")
+        flat = np.maximum(img - bg, 0)
+        smooth = ndi.gaussian_filter(flat, 1.0).astype(np.float32)
+        t = float(threshold_otsu(smooth))
+        mask = ndi.binary_opening(smooth > t, structure=fp)
+        mask = ndi.binary_fill_holes(mask)
+        lab0, _ = ndi.label(mask)
+        sizes = np.bincount(lab0.ravel())
+        keep = sizes >= 20
+        keep[0] = False
+        lab = label(keep[lab0], connectivity=1).astype(np.int32)
+        if lab.max() > 0:
+            fg = lab > 0
+            distance = ndi.distance_transform_edt(fg)
+            peaks = peak_local_max(distance, min_distance=4, labels=lab, exclude_border=False)
+            markers = np.zeros(lab.shape, np.int32)
+            markers[tuple(peaks.T)] = np.arange(1, len(peaks) + 1)
+            seeded = np.zeros(int(lab.max()) + 1, dtype=bool)
+            seeded[lab[markers > 0]] = True
+            next_id = len(peaks) + 1
+            for obj in np.flatnonzero(~seeded[1:]) + 1:
+                ys, xs = np.nonzero(lab == obj)
+                markers[ys[0], xs[0]] = next_id
+                next_id += 1
+            lab = watershed(-distance, markers, mask=fg).astype(np.int32)
+        masks.append(lab)
+        n = int(lab.max())
+        counts.append(
+            {
+                "well": well,
+                "site": site + 1,
+                "channel": 1,
+                "z": 1,
+                "t": 1,
+                "slice_index": site,
+                "cell_count": n,
+                "threshold_value": t,
+                "detection_method": "otsu",
+                "mean_area": float(np.count_nonzero(lab)) / n if n else 0.0,
+            }
+        )
+        props = pd.DataFrame(
+            regionprops_table(
+                lab,
+                intensity_image=smooth,
+                properties=(
+                    "label",
+                    "area",
+                    "perimeter",
+                    "centroid",
+                    "eccentricity",
+                    "solidity",
+                    "axis_major_length",
+                    "axis_minor_length",
+                    "orientation",
+                    "intensity_mean",
+                    "intensity_max",
+                    "intensity_min",
+                    "intensity_std",
+                ),
             )
-            props = pd.DataFrame(
-                regionprops_table(
-                    lab,
-                    intensity_image=smooth,
-                    properties=(
-                        "label",
-                        "area",
-                        "perimeter",
-                        "centroid",
-                        "eccentricity",
-                        "solidity",
-                        "axis_major_length",
-                        "axis_minor_length",
-                        "orientation",
-                        "intensity_mean",
-                        "intensity_max",
-                        "intensity_min",
-                        "intensity_std",
-                    ),
-                )
-            ).rename(columns={"centroid-0": "centroid_y", "centroid-1": "centroid_x"})
-            props.insert(3, "form_factor", 4 * np.pi * props["area"] / props["perimeter"] ** 2)
-            props["intensity_integrated"] = props["intensity_mean"] * props["area"]
-            for col, value in (("slice_index", site), ("t", 1), ("z", 1), ("channel", 1)):
-                props.insert(0, col, value)
-            props.insert(0, "site", site + 1)
-            props.insert(0, "well", well)
-            objects.append(props)
-            tifffile.imwrite(out / "images" / well / path.name, smooth)
-        tifffile.imwrite(out / f"{well}_masks.tif", np.stack(masks).astype(np.uint16))
-        pd.DataFrame(counts).to_csv(out / f"{well}_cell_counts.csv", index=False)
-        frame = pd.concat(objects, ignore_index=True)
-        frame.to_csv(out / f"{well}_object_measurements.csv", index=False)
-        all_counts.append(pd.DataFrame(counts))
-        all_objects.append(frame)
-    pd.concat(all_counts).to_csv(out / "cell_counts.csv", index=False)
-    pd.concat(all_objects).to_csv(out / "object_measurements.csv", index=False)
+        ).rename(columns={"centroid-0": "centroid_y", "centroid-1": "centroid_x"})
+        props.insert(3, "form_factor", 4 * np.pi * props["area"] / props["perimeter"] ** 2)
+        props["intensity_integrated"] = props["intensity_mean"] * props["area"]
+        for col, value in (("slice_index", site), ("t", 1), ("z", 1), ("channel", 1)):
+            props.insert(0, col, value)
+        props.insert(0, "site", site + 1)
+        props.insert(0, "well", well)
+        objects.append(props)
+        # the encoding hcsflow writes by default (TiffConfig): zlib level 1, OME-XML
+        tifffile.imwrite(
+            root / "images" / well / Path(path).name,
+            smooth,
+            compression="zlib",
+            compressionargs={"level": 1},
+            ome=True,
+            photometric="minisblack",
+            metadata={"axes": "YX", "Channel": {"Name": ["Channel 1"]}},
+        )
+    tifffile.imwrite(root / f"{well}_masks.tif", np.stack(masks).astype(np.uint16))
+    count_frame = pd.DataFrame(counts)
+    count_frame.to_csv(root / f"{well}_cell_counts.csv", index=False)
+    frame = pd.concat(objects, ignore_index=True)
+    frame.to_csv(root / f"{well}_object_measurements.csv", index=False)
+    return count_frame, frame
 
 
-def _same_tables(fw_out: Path, hand_out: Path) -> None:
-    """Fail the benchmark unless both runs produced the same plate tables."""
+def _hand_written(plate: str, out: Path, workers: int = 1) -> None:
+    """The hand-written run: one loop over wells, or ``workers`` processes, same outputs.
+
+    With workers, each well is one task of a ``concurrent.futures.ProcessPoolExecutor``
+    started for the run (the platform's default start method); the tables come back
+    to this process, which writes the plate tables.  What it leaves out is what the
+    framework adds: JSON table summaries, commit records with sha256 of every file,
+    the manifest, atomic writes, fsync.
+    """
     import pandas as pd
+
+    out.mkdir(parents=True)
+    wells = _plate_wells(plate)
+    if workers == 1:
+        tables = [_hand_well(w, paths, str(out)) for w, paths in wells.items()]
+    else:
+        import concurrent.futures as cf
+
+        with cf.ProcessPoolExecutor(workers) as pool:
+            names = list(wells)
+            tables = list(
+                pool.map(_hand_well, names, [wells[w] for w in names], [str(out)] * len(names))
+            )
+    pd.concat([c for c, _ in tables]).to_csv(out / "cell_counts.csv", index=False)
+    pd.concat([o for _, o in tables]).to_csv(out / "object_measurements.csv", index=False)
+
+
+def _same_outputs(fw_out: Path, hand_out: Path) -> None:
+    """Fail the benchmark unless both runs produced the same tables, images and masks."""
+    import pandas as pd
+    import tifffile
 
     for name in ("cell_counts.csv", "object_measurements.csv"):
         a, b = pd.read_csv(fw_out / name), pd.read_csv(hand_out / name)
         pd.testing.assert_frame_equal(a, b, check_exact=False, rtol=1e-5)
+    images = sorted((hand_out / "images").rglob("*.tif"))
+    assert images, "the hand-written run wrote no images"
+    for h in images:
+        f = fw_out / "images" / h.parent.name / h.name
+        np.testing.assert_allclose(tifffile.imread(f), tifffile.imread(h), rtol=1e-6)
+    for h in sorted(hand_out.glob("*_masks.tif")):
+        f = fw_out / "results" / "count_cells" / h.name
+        np.testing.assert_array_equal(tifffile.imread(f), tifffile.imread(h))
 
 
-def _framework(plate: str, out: Path, workers: int, executor: str, *, fsync: bool = False) -> Any:
+def _framework(plate: str, out: Path, workers: int, executor: str, **vfs: Any) -> Any:
+    """``run_pipeline`` with the default configuration (``vfs`` overrides VFSConfig)."""
     from hcsflow.pipeline import GlobalPipelineConfig, VFSConfig, run_pipeline
-    from hcsflow.storage import TiffConfig
 
-    # plain TIFFs, as the hand-written loop writes: the comparison measures hcsflow's
-    # overhead, not the default zlib compression and OME metadata of its outputs
-    cfg = GlobalPipelineConfig(
-        num_workers=workers,
-        executor=executor,
-        vfs=VFSConfig(fsync=fsync),
-        tiff=TiffConfig(compression=None, ome=False),
-    )
+    cfg = GlobalPipelineConfig(num_workers=workers, executor=executor)
+    if vfs:
+        cfg = GlobalPipelineConfig(num_workers=workers, executor=executor, vfs=VFSConfig(**vfs))
     return run_pipeline(_pipeline(), plate, out, cfg, overwrite=True, progress=False)
 
 
 def _timed(fn: Any, out: Path) -> float:
     """Seconds for ``fn()``, with ``out`` removed beforehand (outside the timing)."""
-    return _timed_both(fn, out)[0]
-
-
-def _timed_both(fn: Any, out: Path) -> tuple[float, float]:
-    """Wall and CPU seconds (this process, all threads) of ``fn()``; ``out`` removed first.
-
-    CPU time is what other programs on a shared machine do not inflate much.
-    """
     shutil.rmtree(out, ignore_errors=True)
-    t0, c0 = time.perf_counter(), time.process_time()
+    t0 = time.perf_counter()
     fn()
-    return time.perf_counter() - t0, time.process_time() - c0
+    return time.perf_counter() - t0
 
 
 def _median(xs: list[float]) -> float:
@@ -212,48 +249,188 @@ def _spread(fw: list[float], base: list[float]) -> str:
     return f"hcsflow {min(fw):.2f}-{max(fw):.2f}, baseline {min(base):.2f}-{max(base):.2f}"
 
 
-def _spread_ratio(fw: list[float], base: list[float]) -> str:
-    """Range of the per-pair ratios (each repeat times both back to back)."""
-    ratios = [f / b for f, b in zip(fw, base, strict=True)]
-    return f"pair ratios {min(ratios):.3f}-{max(ratios):.3f}"
+# --------------------------------------------------------------------------- runners
 
 
-def _peak_rss_kib() -> int:
-    """This process's peak resident set size in KiB.
+def _serve() -> None:
+    """A runner: reads one JSON command per line on stdin, answers one JSON line each."""
+    out = sys.stdout
+    sys.stdout = sys.stderr  # whatever a run prints must not break the protocol
+    for line in sys.stdin:
+        cmd = json.loads(line)
+        if cmd["op"] == "quit":
+            break
+        target = Path(cmd["out"])
+        shutil.rmtree(target, ignore_errors=True)
+        t0, c0 = time.perf_counter(), time.process_time()
+        if cmd["who"] == "hand":
+            _hand_written(cmd["plate"], target, cmd["workers"])
+        else:
+            kind = "inprocess" if cmd["workers"] == 1 else "processes"
+            _framework(cmd["plate"], target, cmd["workers"], kind)
+        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+        out.write(json.dumps({"wall": wall, "cpu": cpu}) + "\n")
+        out.flush()
 
-    On Linux, ``VmHWM`` belongs to the process's own address space; ``ru_maxrss`` also
-    counts the RSS the parent had when it forked this child (it survives ``exec``), which
-    made both plate sizes report the benchmark runner's own peak.
-    """
-    status = Path("/proc/self/status")
-    if status.exists():
-        for line in status.read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
-    import resource
 
-    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+def _tree(pid: int) -> list[int]:
+    """``pid`` and all its descendants (Linux: /proc/<pid>/task/<tid>/children)."""
+    found, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        found.append(p)
+        try:
+            tasks = os.listdir(f"/proc/{p}/task")
+        except OSError:
+            continue
+        for tid in tasks:
+            try:
+                with open(f"/proc/{p}/task/{tid}/children") as fh:
+                    todo.extend(int(c) for c in fh.read().split())
+            except OSError:
+                continue
+    return found
 
 
-def _peak_rss_child(plate: str, out: str) -> None:
-    _framework(plate, Path(out), 1, "inprocess")
-    print(json.dumps({"maxrss_kib": _peak_rss_kib()}))
+def _pss_kib(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as fh:
+            for line in fh:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
 
 
-def _peak_rss(plate: str, out: Path) -> int:
-    code = (
-        "import sys; from benchmarks.bench_pipeline import _peak_rss_child; "
-        "_peak_rss_child(sys.argv[1], sys.argv[2])"
+class _Runner:
+    """A long-lived benchmark process for one side, and its memory while it runs."""
+
+    def __init__(self, who: str):
+        self.who = who
+        root = Path(__file__).resolve().parent.parent
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", "from benchmarks.bench_pipeline import _serve; _serve()"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd=root,
+        )
+
+    def run(self, plate: str, out: Path, workers: int) -> dict[str, float]:
+        """One run; returns wall and CPU seconds and the peak PSS of the process tree."""
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        cmd = {"op": "run", "who": self.who, "plate": plate, "out": str(out), "workers": workers}
+        peak = [0]
+        stop = threading.Event()
+
+        def sample() -> None:
+            while not stop.is_set():
+                peak[0] = max(peak[0], sum(_pss_kib(p) for p in _tree(self.proc.pid)))
+                stop.wait(SAMPLE_S)
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        try:
+            self.proc.stdin.write(json.dumps(cmd) + "\n")
+            self.proc.stdin.flush()
+            line = self.proc.stdout.readline()
+        finally:
+            stop.set()
+            sampler.join()
+        if not line:
+            raise RuntimeError(f"the {self.who} runner died (exit code {self.proc.poll()})")
+        res: dict[str, float] = json.loads(line)
+        res["pss_mib"] = peak[0] / 1024
+        return res
+
+    def close(self) -> None:
+        """Stop the runner process."""
+        assert self.proc.stdin is not None
+        with _suppress():
+            self.proc.stdin.write(json.dumps({"op": "quit"}) + "\n")
+            self.proc.stdin.close()
+        self.proc.wait(60)
+
+
+def _suppress() -> Any:
+    import contextlib
+
+    return contextlib.suppress(BrokenPipeError, OSError)
+
+
+def _compare(
+    runners: dict[str, _Runner], plate: str, tmp: Path, workers: int, pairs: int
+) -> dict[str, Any]:
+    """Warm up and check both sides' outputs, then time ``pairs`` alternating pairs."""
+    outs = {who: tmp / f"{who}-{workers}" for who in runners}
+    first = {who: r.run(plate, outs[who], workers) for who, r in runners.items()}
+    _same_outputs(outs["hcsflow"], outs["hand"])
+    samples: dict[str, list[dict[str, float]]] = {who: [] for who in runners}
+    loads = [os.getloadavg()[0]]
+    for i in range(pairs):
+        order = ("hand", "hcsflow") if i % 2 == 0 else ("hcsflow", "hand")
+        for who in order:
+            samples[who].append(runners[who].run(plate, outs[who], workers))
+        loads.append(os.getloadavg()[0])
+    for out in outs.values():
+        shutil.rmtree(out, ignore_errors=True)
+    return {"first": first, "samples": samples, "loads": loads}
+
+
+def _rows(wells: int, workers: int, got: dict[str, Any]) -> list[dict[str, Any]]:
+    fw = [s["wall"] for s in got["samples"]["hcsflow"]]
+    hand = [s["wall"] for s in got["samples"]["hand"]]
+    ratios = [f / h for f, h in zip(fw, hand, strict=True)]
+    ratio = _median(ratios)
+    loads = got["loads"]
+    baseline = "hand-written loop" if workers == 1 else "hand-written 2-process pool"
+    side = "1 worker" if workers == 1 else f"{workers} process workers"
+    n_img = wells * SITES
+    rows = [
+        {
+            "benchmark": f"{wells} wells: {side} vs {baseline}",
+            "hcsflow": _median(fw),
+            "baseline": _median(hand),
+            "ratio": ratio,
+            "target": "<= 1.05",
+            "ok": ratio <= 1.05,
+            "detail": f"s wall, median of {len(fw)} alternating pairs, ratio = median of the "
+            f"pair ratios ({min(ratios):.3f}-{max(ratios):.3f}); {_spread(fw, hand)}; "
+            f"{n_img / _median(fw):.0f} img/s; load {min(loads):.1f}-{max(loads):.1f}",
+        }
+    ]
+    if workers == 1:
+        cf = [s["cpu"] for s in got["samples"]["hcsflow"]]
+        ch = [s["cpu"] for s in got["samples"]["hand"]]
+        cr = [f / h for f, h in zip(cf, ch, strict=True)]
+        rows.append(
+            {
+                "benchmark": "  same, CPU time",
+                "hcsflow": _median(cf),
+                "baseline": _median(ch),
+                "ratio": _median(cr),
+                "target": "(info)",
+                "ok": "-",
+                "detail": "s of CPU of the process, all threads (hcsflow's includes the "
+                f"commits: sha256 of every file); pair ratios {min(cr):.3f}-{max(cr):.3f}",
+            }
+        )
+    mf = [s["pss_mib"] for s in got["samples"]["hcsflow"]]
+    mh = [s["pss_mib"] for s in got["samples"]["hand"]]
+    rows.append(
+        {
+            "benchmark": "  same, peak memory of the process tree",
+            "hcsflow": _median(mf),
+            "baseline": _median(mh),
+            "ratio": _median(mf) / _median(mh),
+            "target": "(info)",
+            "ok": "-",
+            "detail": f"MiB, peak of the summed PSS of the runner and its workers, sampled "
+            f"every {SAMPLE_S} s; median of the runs ({_spread(mf, mh)})",
+        }
     )
-    root = Path(__file__).resolve().parent.parent
-    res = subprocess.run(
-        [sys.executable, "-c", code, plate, str(out)],
-        capture_output=True,
-        text=True,
-        check=True,
-        cwd=root,
-    )
-    return int(json.loads(res.stdout.strip().splitlines()[-1])["maxrss_kib"])
+    return rows
 
 
 def main() -> None:
@@ -262,194 +439,76 @@ def main() -> None:
 
     from hcsflow.testing import make_plate
 
+    t_bench = time.perf_counter()
     rows: list[dict[str, Any]] = []
     tmp = Path(tempfile.mkdtemp(prefix="hcsflow-bench-"))
+    runners = {"hand": _Runner("hand"), "hcsflow": _Runner("hcsflow")}
+    results: dict[tuple[int, int], dict[str, Any]] = {}
+    plates = {}
     try:
-        # ---------------------------------------------------------------- overhead
-        p16 = make_plate(tmp / "p16", 16, sites=SITES, size=SIZE, seed=1, touching=0.3)
-        n_img = 16 * SITES
-        hand_out, fw_out = tmp / "hand", tmp / "fw"
-
-        def hand() -> None:
-            _hand_written(p16.root, hand_out)
-
-        def fw(fsync: bool) -> Any:
-            return lambda: _framework(p16.root, fw_out, 1, "inprocess", fsync=fsync)
-
-        _timed(hand, hand_out)
-        _timed(fw(False), fw_out)  # warm caches and imports for both
-        _same_tables(fw_out, hand_out)  # like with like: the same plate tables
-        w_hand, c_hand, w_fw, c_fw, w_fsync = [], [], [], [], []
-        for _ in range(REPEATS):  # alternated, so load drift affects all alike
-            wall, cpu = _timed_both(hand, hand_out)
-            w_hand.append(wall)
-            c_hand.append(cpu)
-            wall, cpu = _timed_both(fw(False), fw_out)
-            w_fw.append(wall)
-            c_fw.append(cpu)
-            w_fsync.append(_timed(fw(True), fw_out))
-        t_fw, t_hand = _median(w_fw), _median(w_hand)
+        for i, wells in enumerate(PLATES):
+            plates[wells] = make_plate(
+                tmp / f"p{wells}", wells, sites=SITES, size=SIZE, seed=i + 1, touching=0.3
+            )
+        for workers in (1, 2):
+            for wells in PLATES:
+                got = _compare(runners, plates[wells].root, tmp, workers, PAIRS[wells])
+                results[(wells, workers)] = got
+                rows.extend(_rows(wells, workers, got))
+                print(f"  {wells} wells, {workers} worker(s): done", flush=True)
+        # the first 2-worker run of the hcsflow runner started the fork server
+        cold = results[(PLATES[0], 2)]["first"]["hcsflow"]["wall"]
+        warm = _median([s["wall"] for s in results[(PLATES[0], 2)]["samples"]["hcsflow"]])
         rows.append(
             {
-                "benchmark": "overhead: 1 worker vs hand-written loop",
-                "hcsflow": t_fw,
-                "baseline": t_hand,
-                "ratio": t_fw / t_hand,
-                "target": "<= 1.05",
-                "ok": t_fw / t_hand <= 1.05,
-                "detail": f"s, median of {REPEATS} alternated; 16 wells x {SITES} sites {SIZE}px, "
-                f"{n_img / t_fw:.0f} img/s, fsync off like the loop; "
-                f"{_spread(w_fw, w_hand)}; {_spread_ratio(w_fw, w_hand)}",
-            }
-        )
-        rows.append(
-            {
-                "benchmark": "  same, CPU time instead of wall time",
-                "hcsflow": _median(c_fw),
-                "baseline": _median(c_hand),
-                "ratio": _median(c_fw) / _median(c_hand),
-                "target": "<= 1.05",
-                "ok": _median(c_fw) / _median(c_hand) <= 1.05,
-                "detail": "s of CPU (process_time, all threads of this process); "
-                f"{_spread(c_fw, c_hand)}",
-            }
-        )
-        rows.append(
-            {
-                "benchmark": "  same, with fsync of every file (default)",
-                "hcsflow": _median(w_fsync),
-                "baseline": t_hand,
-                "ratio": _median(w_fsync) / t_hand,
+                "benchmark": f"  first 2-worker run of a process ({PLATES[0]} wells)",
+                "hcsflow": cold,
+                "baseline": warm,
+                "ratio": cold / warm,
                 "target": "(info)",
                 "ok": "-",
-                "detail": "s; durability across power loss costs this much here; "
-                f"{_spread(w_fsync, w_hand)}",
+                "detail": "s, one sample against the median of later runs: what a one-shot "
+                "`hcsflow run` pays for starting the fork server (imports once)",
             }
         )
-
-        # ---------------------------------------------------------------- scaling
-        # 48 wells of 512 x 512 sites (density as in the demo)
-        big = make_plate(
-            tmp / "p48",
-            48,
-            sites=SITES,
-            size=BIG,
-            seed=2,
-            touching=0.3,
-            min_cells=18,
-            max_cells=107,
-        )
-        s1_out, s2_out = tmp / "s1", tmp / "s2"
-
-        def one() -> Any:
-            return _framework(big.root, s1_out, 1, "processes")
-
-        def two() -> Any:
-            return _framework(big.root, s2_out, 2, "processes")
-
-        # the first multi-worker run of a process also starts the fork server
-        t2_cold = _timed(two, s2_out)
-        t1s, t2s = [], []
-        for _ in range(SCALING_REPEATS):  # alternated
-            t1s.append(_timed(one, s1_out))
-            t2s.append(_timed(two, s2_out))
-        t1, t2 = _median(t1s), _median(t2s)
+        big = PLATES[-1]
+        t1 = _median([s["wall"] for s in results[(big, 1)]["samples"]["hcsflow"]])
+        t2 = _median([s["wall"] for s in results[(big, 2)]["samples"]["hcsflow"]])
+        h1 = _median([s["wall"] for s in results[(big, 1)]["samples"]["hand"]])
+        h2 = _median([s["wall"] for s in results[(big, 2)]["samples"]["hand"]])
         rows.append(
             {
-                "benchmark": "scaling: 2 process workers vs 1",
+                "benchmark": f"scaling: 2 process workers vs 1 ({big} wells)",
                 "hcsflow": t2,
                 "baseline": t1,
                 "ratio": t1 / t2,
                 "target": ">= 1.7",
                 "ok": t1 / t2 >= 1.7,
-                "detail": f"s, median of {SCALING_REPEATS} alternated; 48 wells x {SITES} sites "
-                f"{BIG}px, {os.cpu_count()} cpus, workers forked per run from the warm fork "
-                f"server; {_spread(t2s, t1s)}",
+                "detail": f"s, medians of the rows above (not paired); the hand-written "
+                f"pool scales {h1 / h2:.2f}x on the same {os.cpu_count()} cpus",
             }
         )
+        m16 = _median([s["pss_mib"] for s in results[(PLATES[0], 2)]["samples"]["hcsflow"]])
+        mbig = _median([s["pss_mib"] for s in results[(big, 2)]["samples"]["hcsflow"]])
         rows.append(
             {
-                "benchmark": "  same, first run of the process (fork server start-up)",
-                "hcsflow": t2_cold,
-                "baseline": t1,
-                "ratio": t1 / t2_cold,
-                "target": "(info)",
-                "ok": "-",
-                "detail": "s, one sample; what a one-shot `hcsflow run` pays",
-            }
-        )
-
-        # the same with a spawn pool that is already running (an executor reused across
-        # plates)
-        import concurrent.futures as cf
-        import multiprocessing
-
-        from hcsflow.pipeline import GlobalPipelineConfig, VFSConfig, run_pipeline
-        from hcsflow.storage import TiffConfig
-
-        warm_cfg = GlobalPipelineConfig(
-            num_workers=2, vfs=VFSConfig(fsync=False), tiff=TiffConfig(compression=None, ome=False)
-        )
-        with cf.ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
-
-            def warm() -> Any:
-                return run_pipeline(
-                    _pipeline(),
-                    big.root,
-                    s2_out,
-                    warm_cfg,
-                    executor=pool,
-                    overwrite=True,
-                    progress=False,
-                )
-
-            _timed(warm, s2_out)  # starts both workers and imports everything once
-            t2ws = [_timed(warm, s2_out) for _ in range(SCALING_REPEATS)]
-        t2w = _median(t2ws)
-        rows.append(
-            {
-                "benchmark": "  same, spawn pool already started (reused executor)",
-                "hcsflow": t2w,
-                "baseline": t1,
-                "ratio": t1 / t2w,
-                "target": ">= 1.7",
-                "ok": t1 / t2w >= 1.7,
-                "detail": f"s, median of {SCALING_REPEATS}; run_pipeline(executor=pool); "
-                f"{_spread(t2ws, t1s)}",
-            }
-        )
-
-        # ---------------------------------------------------------------- memory
-        small = make_plate(
-            tmp / "p12",
-            12,
-            sites=SITES,
-            size=BIG,
-            seed=3,
-            touching=0.3,
-            min_cells=18,
-            max_cells=107,
-        )
-        rss_small = _peak_rss(small.root, tmp / "m12")
-        rss_large = _peak_rss(big.root, tmp / "m48")
-        rows.append(
-            {
-                "benchmark": "peak RSS: 48 wells vs 12 wells",
-                "hcsflow": rss_large / 1024,
-                "baseline": rss_small / 1024,
-                "ratio": rss_large / rss_small,
+                "benchmark": f"peak memory, {big} wells vs {PLATES[0]} wells (2 workers)",
+                "hcsflow": mbig,
+                "baseline": m16,
+                "ratio": mbig / m16,
                 "target": "<= 1.2",
-                "ok": rss_large / rss_small <= 1.2,
-                "detail": "MiB; 1 worker, fresh subprocess each",
+                "ok": mbig / m16 <= 1.2,
+                "detail": "MiB, summed PSS of the whole process tree (medians of the runs)",
             }
         )
-
-        # ---------------------------------------------------------------- accuracy
-        table = pd.read_csv(s1_out / "cell_counts.csv")
-        got = table.groupby("well")["cell_count"].sum()
-        errors = [abs(int(got[w]) - t) for w, t in big.true_counts.items()]
+        # ------------------------------------------------------------ accuracy
+        out = tmp / "accuracy"
+        _framework(plates[big].root, out, 2, "processes")
+        table = pd.read_csv(out / "cell_counts.csv")
+        got_counts = table.groupby("well")["cell_count"].sum()
+        errors = [abs(int(got_counts[w]) - t) for w, t in plates[big].true_counts.items()]
         mae = float(np.mean(errors))
-        mean_true = float(np.mean(list(big.true_counts.values())))
+        mean_true = float(np.mean(list(plates[big].true_counts.values())))
         rows.append(
             {
                 "benchmark": "counting accuracy (MAE per well)",
@@ -458,16 +517,27 @@ def main() -> None:
                 "ratio": mae / mean_true,
                 "target": "reported",
                 "ok": "-",
-                "detail": f"cells; 48 wells, baseline = mean true count, max error {max(errors)}",
+                "detail": f"cells; {big} wells, baseline = mean true count, max error "
+                f"{max(errors)}",
             }
         )
-        # ---------------------------------------------------------------- runs
+    finally:
+        for r in runners.values():
+            r.close()
+    try:
         rows.extend(runs_rows(tmp))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    minutes = (time.perf_counter() - t_bench) / 60
     print_table("pipeline (units in the detail column)", rows)
-    path = write_results("pipeline", rows)
-    print(f"results: {path}")
+    path = write_results(
+        "pipeline",
+        rows,
+        minutes=round(minutes, 1),
+        data={"sites": SITES, "size": SIZE, "plates": list(PLATES), "pairs": PAIRS},
+        peer="OpenHCS not compared (see docs/pipeline.md)",
+    )
+    print(f"results: {path} ({minutes:.1f} min)")
 
 
 # --------------------------------------------------------------------------- runs at scale
@@ -489,14 +559,12 @@ def runs_rows(tmp: Path) -> list[dict[str, Any]]:
     import cloudpickle
     from distributed import Client, LocalCluster
 
-    from hcsflow.pipeline import GlobalPipelineConfig, VFSConfig
+    from hcsflow.pipeline import GlobalPipelineConfig
     from hcsflow.testing import make_plate
 
     rows: list[dict[str, Any]] = []
     plate = make_plate(tmp / "runs-plate", RUNS_WELLS, sites=SITES, size=SIZE, seed=4, touching=0.3)
-    local_cfg = GlobalPipelineConfig(
-        num_workers=2, executor="processes", vfs=VFSConfig(fsync=False)
-    )
+    local_cfg = GlobalPipelineConfig(num_workers=2, executor="processes")  # fsync on
     out_local, out_dask = tmp / "runs-local", tmp / "runs-dask"
 
     # ---------------------------------------------------------------- Dask vs local pool
@@ -510,7 +578,6 @@ def runs_rows(tmp: Path) -> list[dict[str, Any]]:
             num_workers=2,
             executor="dask",
             scheduler=cluster.scheduler_address,
-            vfs=VFSConfig(fsync=False),
         )
 
         def local() -> Any:

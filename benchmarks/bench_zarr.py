@@ -9,9 +9,13 @@ Poisson shot noise.  Results go to ``benchmarks/results/zarr.json``.
    same plate tree with equivalent OME metadata through ``attrs.update``.  The
    contenders take turns round by round (rotating order, ``os.sync`` before each run);
    the table gives medians and the spread of the per-round ratios.
-2. The default codec against the reference implementation's default (zlib level 3, one
-   chunk per well): write throughput (target >= 4x) at an equal or better ratio.
-3. Reading one plane of a 50-plane well against decoding the whole well (>= 20x).
+2. hcsflow's default codec and chunks (zstd level 1, one chunk per plane) against the
+   reference implementation's default settings (zlib level 3, one chunk per well), both
+   written by hcsflow's ``write_well``: write throughput (target >= 4x) at an equal or
+   better ratio.  This compares settings, not programs (the peer itself is compared in
+   the storage benchmarks).
+3. Reading one plane of a 50-plane well against reading the whole well, from the same
+   store, each time opening it (>= 20x).
 4. Compression ratio, write MB/s and read MB/s per codec.
 """
 
@@ -300,7 +304,7 @@ def main() -> None:
 
     # -- 4. per codec (2. is the first two rows)
     codecs = [
-        ("reference: zlib-3, chunk per well", reference),
+        ("zlib-3, chunk per well (reference default settings)", reference),
         ("zstd (default)", default),
         ("lz4", ZarrConfig(compressor="lz4")),
         ("blosc-zstd", ZarrConfig(compressor="blosc-zstd")),
@@ -337,31 +341,52 @@ def main() -> None:
     ref, dflt = table[0], table[1]
     speedup = dflt["write MB/s"] / ref["write MB/s"]
     codec_row = {
-        "default write speedup vs reference": speedup,
+        "write speedup, zstd-1 plane chunks vs zlib-3 well chunks (both hcsflow)": speedup,
         "target": ">= 4",
         "default ratio": dflt["ratio"],
-        "reference ratio": ref["ratio"],
+        "zlib-3 well chunks ratio": ref["ratio"],
     }
-    print_table("default codec vs reference default", [codec_row])
+    print_table(
+        "hcsflow's default codec vs the reference's default settings, both written by hcsflow",
+        [codec_row],
+    )
 
-    # -- 3. one plane of a 50-plane well vs the whole well
+    # -- 3. one plane of a 50-plane well vs the whole well: same store (the default
+    # chunks), and each read opens the store, as a user reading one plane does
     deep = synthetic_well((1, 50, 512, 512), 99)
     d = Path(tempfile.mkdtemp(prefix="hcsflow-bench-"))
+    store = str(d / "plate.zarr")
     try:
-        write_well(str(d / "planes.zarr"), "A01", deep, default)
-        write_well(str(d / "whole.zarr"), "A01", deep, reference)
-        plane_arr = open_image(str(d / "planes.zarr"), "A01")
-        t_plane = median_time(lambda: np.asarray(plane_arr[0, 25]), repeat=9)
-        t_whole = median_time(lambda: read_well(str(d / "whole.zarr"), "A01")[0, 25], repeat=REPEAT)
+        write_well(store, "A01", deep, default)
+
+        def one_plane() -> np.ndarray:
+            return np.asarray(open_image(store, "A01")[0, 25])
+
+        def whole_well() -> np.ndarray:
+            return read_well(store, "A01")
+
+        np.testing.assert_array_equal(one_plane(), whole_well()[0, 25])
+        planes, wholes = [], []
+        for i in range(9):  # alternating pairs, the order swapped every pair
+            for fn, out in ((one_plane, planes), (whole_well, wholes))[:: 1 if i % 2 else -1]:
+                t0 = time.perf_counter()
+                fn()
+                out.append(time.perf_counter() - t0)
     finally:
         shutil.rmtree(d)
+    ratios = sorted(w / p for p, w in zip(planes, wholes, strict=True))
     plane_row = {
-        "one plane s": t_plane,
-        "whole well s": t_whole,
-        "speedup": t_whole / t_plane,
+        "one plane s": statistics.median(planes),
+        "whole well s": statistics.median(wholes),
+        "speedup": statistics.median(ratios),
+        "pair ratios": f"{ratios[0]:.1f}-{ratios[-1]:.1f}",
         "target": ">= 20",
     }
-    print_table("one plane of a 50-plane well vs decoding the whole well", [plane_row])
+    print_table(
+        "one plane of a 50-plane well vs the whole well (same store, open included; "
+        "median of 9 alternating pairs)",
+        [plane_row],
+    )
 
     path = write_results(
         "zarr",

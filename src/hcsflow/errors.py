@@ -47,6 +47,7 @@ __all__ = [
     "MissingPlaneError",
     "UnknownPlateFormatError",
     "ReaderRegistrationError",
+    "UnknownFunctionError",
     "CorruptStoreError",
     "PipelineError",
     "ConfigurationError",
@@ -283,6 +284,19 @@ class UnknownPlateFormatError(PlateLayoutError):
 
 class ReaderRegistrationError(HcsflowError, ValueError):
     """A plate reader name is already registered (or the object is not a reader)."""
+
+
+class UnknownFunctionError(HcsflowError, KeyError):
+    """No registered or library function answers to ``name`` (the message says why:
+    unknown, not installed, not an image function, ambiguous; with close matches)."""
+
+    def __init__(self, message: str, *, name: str) -> None:
+        super().__init__(message)
+        self.name = name
+
+    def __str__(self) -> str:
+        # KeyError's own str() is the repr of its argument: quotes around a sentence
+        return str(self.args[0])
 
 
 # --------------------------------------------------------------------------- pipelines

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
-from hcsflow.errors import ShapeError
+from hcsflow.errors import ShapeError, UnknownFunctionError
 from hcsflow.functions import function_registry, list_functions
 from hcsflow.functions._catalog import EXCLUDED, LibraryFunction, catalog, excluded_functions
 
@@ -64,8 +64,11 @@ def test_threshold_functions_become_masks_and_tuples_give_their_image() -> None:
 
 
 def test_unknown_excluded_and_ambiguous_names_explain_themselves() -> None:
-    with pytest.raises(KeyError, match="did you mean 'skimage.filters.sato'"):
+    with pytest.raises(UnknownFunctionError, match="did you mean 'skimage.filters.sato'") as err:
         resolve("skimage.filters.satto")
+    # a typed error that names the function, still a KeyError, printed without quotes
+    assert isinstance(err.value, KeyError) and err.value.name == "skimage.filters.satto"
+    assert str(err.value).startswith("skimage.filters has no image function")
     with pytest.raises(KeyError, match="footprint"):
         resolve("skimage.morphology.disk")
     with pytest.raises(KeyError, match="ambiguous.*scipy.ndimage.sobel.*skimage.filters.sobel"):

@@ -97,3 +97,25 @@ def test_measure_objects_matches_direct_regionprops_table() -> None:
     _, table = measure_objects(stack, masks)
     assert len(table) == int(masks[0].max() + masks[2].max()) > 0
     pd.testing.assert_frame_equal(table, expected[list(table.columns)], check_exact=True)
+
+
+def test_labels_are_renumbered_one_to_n_in_order() -> None:
+    """count_cells' renumbering (gaps closed, order kept, background and negatives 0)
+    agrees with skimage.segmentation.relabel_sequential."""
+    from skimage.segmentation import relabel_sequential
+
+    from hcsflow.functions._analysis import _sequential
+
+    rng = np.random.default_rng(7)
+    for lab in (
+        rng.integers(0, 40, (32, 32)) * 3,  # gaps everywhere
+        np.arange(1, 17).reshape(4, 4),  # already 1..n: returned as it is (int32)
+        np.zeros((5, 5), np.int64),
+        rng.integers(0, 9, (8, 8)).astype(np.uint16),
+    ):
+        got = _sequential(lab)
+        assert got.dtype == np.int32
+        np.testing.assert_array_equal(got, relabel_sequential(lab)[0])
+    np.testing.assert_array_equal(
+        _sequential(np.array([[0, -2, 5], [5, 9, 0]])), [[0, 0, 1], [1, 2, 0]]
+    )

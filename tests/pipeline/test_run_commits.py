@@ -584,6 +584,9 @@ def test_interrupted_before_any_commit_removes_the_output(plate, tmp_path, monke
         os.kill(os.getpid(), signal.SIGINT)
         raise AssertionError("the signal handler raises first")
 
+    # local workers write wells (write_well) and this process commits them; others run
+    # run_well: the signal arrives before either commits anything
+    monkeypatch.setattr(_run, "write_well", interrupted_well)
     monkeypatch.setattr(_run, "run_well", interrupted_well)
     out = tmp_path / "o"
     with pytest.raises(RunInterrupted, match="no well was committed.*was removed") as info:

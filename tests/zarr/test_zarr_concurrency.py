@@ -75,16 +75,16 @@ _CRASHER = textwrap.dedent(
     import os, signal, sys
     import numpy as np
     from hcsflow.storage import write_well
-    from hcsflow.storage.zarr import _plates as _zarr_plate
+    from hcsflow.storage.zarr import _arrays
     url = sys.argv[1]
-    real = _zarr_plate.create_array
+    real = _arrays.create_array
     calls = []
     def dying(loc, data, config, names):
         calls.append(loc)
         if len(calls) == 2:  # field 0 of the new version is on storage, field 1 half-way
             os.kill(os.getpid(), signal.SIGKILL)
         real(loc, data, config, names)
-    _zarr_plate.create_array = dying
+    _arrays.create_array = dying
     new = {f: np.full((1, 2, 16, 16), 7, np.uint16) for f in range(2)}
     write_well(url, "B02", new, overwrite=True)
     """
@@ -113,10 +113,10 @@ def test_well_published_during_a_plate_write_is_not_dropped(tmp_path, monkeypatc
     # a deterministic interleaving: while A01's writer rewrites the plate metadata from
     # its marker listing, another writer publishes and marks B02 (its own plate update
     # already overwritten); A01's writer must notice the new marker and write again
-    from hcsflow.storage.zarr import _plates as _zarr_plate
+    from hcsflow.storage.zarr import _plate_meta
 
     url = str(tmp_path / "p.zarr")
-    real = _zarr_plate._write_plate_meta
+    real = _plate_meta._write_plate_meta
     rounds: list[tuple[tuple[int, int], ...]] = []
 
     def interleaved(plate, wells, *args, **kwargs):
@@ -125,7 +125,7 @@ def test_well_published_during_a_plate_write_is_not_dropped(tmp_path, monkeypatc
         if len(rounds) == 1:
             write_well(url, "B02", _data(2), update_plate=False)
 
-    monkeypatch.setattr(_zarr_plate, "_write_plate_meta", interleaved)
+    monkeypatch.setattr(_plate_meta, "_write_plate_meta", interleaved)
     write_well(url, "A01", _data(1))
     assert rounds == [((0, 0),), ((0, 0), (1, 1))]
     assert open_plate(url).wells == ("A01", "B02")

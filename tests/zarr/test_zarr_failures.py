@@ -15,7 +15,7 @@ from hcsflow.storage import (
     write_well,
 )
 from hcsflow.storage.plate import ImageCoordinates
-from hcsflow.storage.zarr import _plates as _zarr_plate
+from hcsflow.storage.zarr import _arrays
 
 
 class _Boom(RuntimeError):
@@ -23,7 +23,7 @@ class _Boom(RuntimeError):
 
 
 def _fail_on_call(monkeypatch, n: int) -> None:
-    real = _zarr_plate.create_array
+    real = _arrays.create_array
     calls = []
 
     def flaky(*args, **kwargs):
@@ -32,7 +32,7 @@ def _fail_on_call(monkeypatch, n: int) -> None:
             raise _Boom("storage went away")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(_zarr_plate, "create_array", flaky)
+    monkeypatch.setattr(_arrays, "create_array", flaky)
 
 
 def test_failed_file_overwrite_keeps_the_old_content(tmp_path, monkeypatch) -> None:

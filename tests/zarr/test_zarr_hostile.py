@@ -16,7 +16,7 @@ from hcsflow.errors import (
     ResourceLimitError,
 )
 from hcsflow.storage import StorageLimits, ZarrStorageBackend, read_well, write_well
-from hcsflow.storage.zarr._plates import open_plate
+from hcsflow.storage.zarr import open_plate
 from hcsflow.storage.zarr.validate import validate_plate
 
 

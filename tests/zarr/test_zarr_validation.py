@@ -156,3 +156,19 @@ def test_validate_plate_checks_label_images(tmp_path) -> None:
     shutil.rmtree(url + "/A/1/0/labels/cells/0")
     report = validate_plate(url)
     assert any("labels/cells" in e and "missing" in e for e in report.errors), report.errors
+
+
+def test_a_label_image_that_does_not_fit_its_image_is_reported(tmp_path) -> None:
+    url = _plate(tmp_path, "0.5")
+    assert not validate_plate(url).warnings
+    for level, yx in ((0, 32), (1, 16)):
+        meta = Path(url, f"A/1/0/labels/cells/{level}/zarr.json")
+        doc = json.loads(meta.read_text())
+        assert doc["shape"] == [1, 2, yx, yx]  # (c, z, y, x)
+        doc["shape"] = [1, 1, yx, yx]  # one z plane for an image of two
+        meta.write_text(json.dumps(doc))
+    report = validate_plate(url)
+    assert report.ok and report.warnings == [
+        "label image 'A/1/0/labels/cells' has shape [1, 1, 32, 32], its image "
+        "[2, 2, 32, 32]: it does not overlay the image"
+    ]

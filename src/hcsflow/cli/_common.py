@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,8 @@ __all__ = [
     "add_command",
     "add_parallel_options",
     "layout_from",
+    "add_storage_options",
+    "parse_storage_options",
     "RUN_PLATE_NAME",
 ]
 
@@ -126,6 +129,32 @@ def layout_from(spec: str | None) -> Any:
     if spec.lower() in named:
         return named[spec.lower()]()
     return RegexLayout(spec)
+
+
+def add_storage_options(parser: argparse.ArgumentParser, what: str) -> None:
+    """``--storage-options JSON``: fsspec options for the URLs of ``what``."""
+    parser.add_argument(
+        "--storage-options",
+        default=None,
+        metavar="JSON",
+        help=f'fsspec options for {what}, e.g. \'{{"endpoint_url": '
+        f'"http://minio:9000"}}\' (credentials: the environment, as usual)',
+    )
+
+
+def parse_storage_options(text: str | None) -> dict[str, Any] | None:
+    """The ``--storage-options`` JSON object (``None`` when not given)."""
+    from hcsflow.errors import UsageError
+
+    if text is None:
+        return None
+    try:
+        options = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"--storage-options is not JSON: {exc}") from exc
+    if not isinstance(options, dict):
+        raise UsageError("--storage-options must be a JSON object")
+    return options
 
 
 def is_zarr_group(path: Path) -> bool:

@@ -3,12 +3,14 @@
 A plate is read with its reader (detected, or ``--format`` / ``--layout``) without
 reading image data: one TIFF header (or zarr array) per well gives the image size and
 dtype.  A run directory (one holding ``manifest.json``) is summarised from its
-manifest.  ``--json`` prints the same facts as one JSON document.
+manifest.  ``PATH`` may be an fsspec URL (``s3://bucket/plate``, a run written there),
+read with ``--storage-options``.  ``--json`` prints the same facts as one JSON document.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 from collections.abc import Sequence
@@ -30,7 +32,9 @@ DESCRIPTION = """\
 Describe what is at PATH for people: a plate (a microscope export, an OME-Zarr plate or
 a folder of images: format, wells, fields, channels with names, planes, timepoints,
 image size and dtype, pixel size, files it skipped) or a run directory (its manifest:
-pipeline, wells done and failed, timings, tables). Reads headers only, no image data."""
+pipeline, wells done and failed, timings, tables). Reads headers only, no image data.
+PATH may be an fsspec URL (s3://bucket/plate, gs://...); credentials come from the
+environment as usual, other fsspec options from --storage-options."""
 
 EPILOG = """\
 examples:
@@ -38,12 +42,13 @@ examples:
   hcsflow info results/                     # a run: its manifest summarised
   hcsflow info results/images.zarr          # an OME-Zarr plate
   hcsflow info scans/ --layout '(?P<well>[A-P]\\d\\d)-(?P<site>\\d+)\\.tif'
-  hcsflow info --json plate/ > plate.json"""
+  hcsflow info --json plate/ > plate.json
+  hcsflow info s3://bucket/plate --storage-options '{"endpoint_url": "http://minio:9000"}'"""
 
 
 def register(subparsers: Any) -> None:
     """Add ``hcsflow info``."""
-    from hcsflow.cli._common import add_command
+    from hcsflow.cli._common import add_command, add_storage_options
 
     p = add_command(
         subparsers,
@@ -52,7 +57,7 @@ def register(subparsers: Any) -> None:
         description=DESCRIPTION,
         epilog=EPILOG,
     )
-    p.add_argument("path", metavar="PATH", help="plate or run directory")
+    p.add_argument("path", metavar="PATH", help="plate or run directory (a path or a URL)")
     p.add_argument(
         "--format",
         default=None,
@@ -66,6 +71,7 @@ def register(subparsers: Any) -> None:
         metavar="NAME|REGEX",
         help="file naming of a plain folder of images (see hcsflow run --help) (default: detected)",
     )
+    add_storage_options(p, "a PATH that is a URL")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.set_defaults(handler=info_command)
 
@@ -73,8 +79,11 @@ def register(subparsers: Any) -> None:
 # --------------------------------------------------------------------------- plates
 
 
-def _plane_geometry(desc: Any) -> dict[str, tuple[tuple[int, ...], str]]:
-    """(y, x) size and dtype of the first plane of every well, from headers only."""
+def _plane_geometry(
+    desc: Any, storage_options: dict[str, Any] | None = None
+) -> dict[str, tuple[tuple[int, ...], str]]:
+    """(y, x) size and dtype of the first plane of every well, from headers only; a
+    plate at a URL is read with fsspec ``storage_options``."""
     from hcsflow.storage import Backend
 
     out: dict[str, tuple[tuple[int, ...], str]] = {}
@@ -82,20 +91,30 @@ def _plane_geometry(desc: Any) -> dict[str, tuple[tuple[int, ...], str]]:
         from hcsflow.storage import open_well
 
         for well in desc.wells:
-            w = open_well(desc.root, well)
+            w = open_well(desc.root, well, storage_options=storage_options)
             out[well] = (tuple(int(s) for s in w.shape[-2:]), np.dtype(w.dtype).name)
         return out
+    from hcsflow.readers import URL_BACKEND, PlateSource
+
+    # a plate at a URL: TIFF headers through fsspec (one ranged read per well)
+    source = (
+        PlateSource.from_url(desc.root, storage_options) if desc.backend == URL_BACKEND else None
+    )
     for well, images in desc.wells.items():
         img = images[0]
-        if img.path.lower().endswith((".tif", ".tiff")) and os.path.isfile(img.path):
+        tiff = img.path.lower().endswith((".tif", ".tiff"))
+        if tiff and (source is not None or os.path.isfile(img.path)):
             import tifffile
 
-            with tifffile.TiffFile(img.path) as tif:
+            with contextlib.ExitStack() as stack:
+                fh = stack.enter_context(source.open(img.path)) if source else img.path
+                tif = stack.enter_context(tifffile.TiffFile(fh))
                 page = tif.pages[img.page or 0]
                 shape = tuple(int(s) for s in page.shape)
                 out[well] = (shape[-2:], str(page.dtype))
         else:
-            arr = desc.reader.load_planes([img], _filemanager(), desc.backend)[0]
+            fm = source.filemanager if source is not None else _filemanager()
+            arr = desc.reader.load_planes([img], fm, desc.backend)[0]
             out[well] = (tuple(arr.shape[-2:]), str(arr.dtype))
     return out
 
@@ -106,11 +125,12 @@ def _filemanager() -> Any:
     return FileManager()
 
 
-def describe_plate(desc: Any) -> dict[str, Any]:
-    """A JSON-ready description of a plate (``PlateDescription.summary`` plus geometry)."""
+def describe_plate(desc: Any, storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A JSON-ready description of a plate (``PlateDescription.summary`` plus geometry);
+    ``storage_options`` are the fsspec options of a plate at a URL."""
     from hcsflow.storage import Backend
 
-    geometry = _plane_geometry(desc)
+    geometry = _plane_geometry(desc, storage_options)
     shapes = sorted({(s, d) for s, d in geometry.values()})
     info: dict[str, Any] = {
         "kind": "OME-Zarr plate" if desc.backend == Backend.ZARR.value else "plate",
@@ -254,12 +274,14 @@ def format_plate(info: dict[str, Any]) -> str:
 # --------------------------------------------------------------------------- runs
 
 
-def describe_run(path: Path) -> dict[str, Any]:
-    """A JSON-ready summary of the run in ``path`` (from its ``manifest.json``)."""
-    m = json.loads((path / "manifest.json").read_text())
+def describe_run(path: Path | str, manifest: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A JSON-ready summary of the run in ``path`` (from its ``manifest.json``, or the
+    already read ``manifest`` of a run at a URL)."""
+    m = manifest if manifest is not None else json.loads(Path(path, "manifest.json").read_text())
+    where = path if isinstance(path, str) and "://" in path else str(Path(path).absolute())
     return {
         "kind": "hcsflow run",
-        "output_dir": str(path.absolute()),
+        "output_dir": where,
         "started": m.get("started"),
         "duration_s": m.get("duration_s"),
         "plate": m.get("plate"),
@@ -336,11 +358,32 @@ def format_run(info: dict[str, Any]) -> str:
 # --------------------------------------------------------------------------- command
 
 
+def _remote_manifest(url: str, storage_options: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The ``manifest.json`` of a run at ``url``; ``None`` when there is none."""
+    from hcsflow.storage import FsspecStorageBackend
+
+    backend = FsspecStorageBackend(url, storage_options=storage_options)
+    if backend.entry_kind("/manifest.json") != "file":
+        return None
+    doc = backend.load("/manifest.json")
+    return doc if isinstance(doc, dict) and "wells" in doc else None
+
+
 def info_command(args: argparse.Namespace) -> int:
-    """Run ``hcsflow info`` for parsed ``args`` (``path``, ``format``, ``layout``, ``json``)."""
+    """Run ``hcsflow info`` for parsed ``args`` (``path``, ``format``, ``layout``,
+    ``storage_options``, ``json``)."""
+    from hcsflow.cli._common import parse_storage_options
+
+    storage_options = parse_storage_options(args.storage_options)
     path = Path(args.path)
+    url = "://" in args.path  # a plate at a URL (Path would fold its "//")
+    plain = args.format is None and args.layout is None
+    manifest = _remote_manifest(args.path, storage_options) if url and plain else None
     info: dict[str, Any]
-    if (path / "manifest.json").is_file() and args.format is None and args.layout is None:
+    if manifest is not None:
+        info = describe_run(args.path.rstrip("/"), manifest)
+        text = format_run(info)
+    elif not url and (path / "manifest.json").is_file() and plain:
         info = describe_run(path)
         text = format_run(info)
     else:
@@ -348,11 +391,12 @@ def info_command(args: argparse.Namespace) -> int:
         from hcsflow.readers import read_plate
 
         desc = read_plate(
-            str(path) if "://" in str(path) else str(path.absolute()),
+            args.path if url else str(path.absolute()),
             format=args.format,
             layout=layout_from(args.layout),
+            storage_options=storage_options,
         )
-        info = describe_plate(desc)
+        info = describe_plate(desc, storage_options)
         text = format_plate(info)
     if args.json:
         print(json.dumps(info, indent=2, default=str))

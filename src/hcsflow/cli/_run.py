@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 import traceback
@@ -17,7 +16,9 @@ from hcsflow.cli._common import (
     EXIT_WELLS_FAILED,
     add_command,
     add_parallel_options,
+    add_storage_options,
     layout_from,
+    parse_storage_options,
 )
 from hcsflow.errors import UsageError, describe_error
 
@@ -124,13 +125,7 @@ def register(subparsers: Any) -> None:
         metavar="ADDRESS",
         help="address of a running Dask scheduler (tcp://host:8786); implies --executor dask",
     )
-    p.add_argument(
-        "--storage-options",
-        default=None,
-        metavar="JSON",
-        help='fsspec options for URL plates and outputs, e.g. \'{"endpoint_url": '
-        '"http://minio:9000"}\' (credentials: the environment, as usual)',
-    )
+    add_storage_options(p, "URL plates and outputs")
     p.add_argument(
         "--resume",
         action="store_true",
@@ -201,18 +196,6 @@ def materialization_backend(args: argparse.Namespace, config: Any) -> str:
     return DEFAULT_BACKEND
 
 
-def _storage_options(text: str | None) -> dict[str, Any] | None:
-    if text is None:
-        return None
-    try:
-        options = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise UsageError(f"--storage-options is not JSON: {exc}") from exc
-    if not isinstance(options, dict):
-        raise UsageError("--storage-options must be a JSON object")
-    return options
-
-
 def run_command(args: argparse.Namespace) -> int:
     """Run the pipeline; print a summary, and one line per failed well on stderr.
 
@@ -226,7 +209,7 @@ def run_command(args: argparse.Namespace) -> int:
 
     if args.workers is not None and args.workers < 1:
         raise UsageError(f"--workers must be at least 1, got {args.workers}")
-    storage_options = _storage_options(args.storage_options)
+    storage_options = parse_storage_options(args.storage_options)
     steps, file_config = load_pipeline(args.pipeline)
     config = file_config or GlobalPipelineConfig()
     changes: dict[str, Any] = {

@@ -155,12 +155,18 @@ def count_cells(
 
 
 def _sequential(lab: np.ndarray) -> np.ndarray:
-    ids = np.unique(lab)
-    ids = ids[ids > 0]
-    if ids.size == 0 or ids[-1] == ids.size:
+    """Labels renumbered 1..n in order of their values (0 stays background)."""
+    if lab.size == 0 or lab.max() <= 0:
         return lab.astype(np.int32, copy=False)
-    lut = np.zeros(int(ids[-1]) + 1, dtype=np.int32)
-    lut[ids] = np.arange(1, ids.size + 1, dtype=np.int32)
+    if lab.min() < 0:  # not a label image bincount can count; negatives are background
+        lab = np.where(lab < 0, 0, lab)
+    # which ids occur: one counting pass (np.unique would sort every pixel)
+    present = np.bincount(lab.ravel())[1:] > 0
+    n = int(np.count_nonzero(present))
+    if n == present.size:
+        return lab.astype(np.int32, copy=False)
+    lut = np.zeros(present.size + 1, dtype=np.int32)
+    lut[1:][present] = np.arange(1, n + 1, dtype=np.int32)
     return lut[lab]
 
 

@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from hcsflow.errors import ConfigurationError, ShapeError
+from hcsflow.errors import ConfigurationError, ShapeError, UnknownFunctionError
 
 __all__ = [
     "Library",
@@ -409,7 +409,8 @@ def _split_qualified(name: str) -> tuple[Library, str] | None:
 def lookup(name: str, registered: Sequence[str] = ()) -> CatalogEntry:
     """The catalog entry for a qualified or unambiguous short name.
 
-    Raises ``KeyError`` (with close matches) for an unknown name, an excluded one (with
+    Raises :class:`~hcsflow.errors.UnknownFunctionError` (a ``KeyError``, with close
+    matches) for an unknown name, an excluded one (with
     the reason) or an ambiguous short name (listing the qualified names);
     ``registered`` names join the close-match suggestions.
     """
@@ -418,36 +419,45 @@ def lookup(name: str, registered: Sequence[str] = ()) -> CatalogEntry:
         library, attr = split
         if not _available(library):
             hint = "pip install cupy-cuda12x cucim" if library.memory_type == "cupy" else ""
-            raise KeyError(
+            raise UnknownFunctionError(
                 f"{name!r} names a function of {library.module}, which is not installed"
-                + (f" ({hint})" if hint else "")
+                + (f" ({hint})" if hint else ""),
+                name=name,
             )
         entries, excluded = _INDEX.library_entries(library)
         if attr in entries:
             return entries[attr]
         if attr in excluded:
-            raise KeyError(f"{name!r} is not available as a step function: it {excluded[attr]}")
+            raise UnknownFunctionError(
+                f"{name!r} is not available as a step function: it {excluded[attr]}", name=name
+            )
         close = difflib.get_close_matches(attr, list(entries), n=3)
         hint = (
             f"; did you mean {', '.join(repr(f'{library.key}.{c}') for c in close)}?"
             if close
             else ""
         )
-        raise KeyError(f"{library.module} has no image function {attr!r}{hint}")
+        raise UnknownFunctionError(
+            f"{library.module} has no image function {attr!r}{hint}", name=name
+        )
     table = _INDEX.short_names()
     found = table.get(name)
     if not found:
         excluded = {q: r for q, r in excluded_functions().items() if q.endswith(f".{name}")}
         if excluded:
             reasons = "; ".join(f"{q} {r}" for q, r in sorted(excluded.items()))
-            raise KeyError(f"{name!r} is not available as a step function: {reasons}")
-        raise KeyError(unknown_message(name, registered))
+            raise UnknownFunctionError(
+                f"{name!r} is not available as a step function: {reasons}", name=name
+            )
+        raise UnknownFunctionError(unknown_message(name, registered), name=name)
     distinct = {id(_target(e)): e for e in found if e.library.memory_type != "cupy"}
     if not distinct:
         distinct = {id(_target(e)): e for e in found}
     if len(distinct) > 1:
         options = ", ".join(repr(e.name) for e in found if e.library.memory_type != "cupy")
-        raise KeyError(f"the short name {name!r} is ambiguous: use one of {options}")
+        raise UnknownFunctionError(
+            f"the short name {name!r} is ambiguous: use one of {options}", name=name
+        )
     return next(iter(distinct.values()))
 
 

@@ -100,7 +100,10 @@ class FunctionRegistry:
             return sorted(self._entries)
 
     def implementations(self, name: str) -> dict[str, Callable[..., Any]]:
-        """``{memory_type: function}`` for ``name`` (raises ``KeyError`` naming close matches).
+        """``{memory_type: function}`` for ``name``.
+
+        An unknown name raises :class:`~hcsflow.errors.UnknownFunctionError` (a
+        ``KeyError``) naming close matches.
 
         Names not registered are looked up among the library functions
         (``skimage.filters.sato``, ``cle.top_hat_box``, unambiguous short names); their

@@ -18,12 +18,14 @@ Dask cluster almost nothing passes through the client.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
 import hashlib
 import inspect
 import json
 import os
 import time
-from collections.abc import Callable, Sequence
+import weakref
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -38,7 +40,10 @@ __all__ = [
     "CONTROL_DIR",
     "RUN_RECORD",
     "WellTask",
+    "WrittenWell",
     "run_well",
+    "write_well",
+    "commit_well",
     "record_rel",
     "read_record",
     "read_run_record",
@@ -124,58 +129,96 @@ class WellTask:
     attempt: int = 1
 
 
-def run_well(task: WellTask) -> WellResult:
-    """Run one well and commit it: outputs first, then the commit record, last.
+@dataclass(frozen=True)
+class WrittenWell:
+    """A well whose outputs are written but not committed yet (small: no image data)."""
+
+    result: WellResult
+    record: dict[str, Any]
+    """The commit record to write, without its ``files``."""
+    files: tuple[str, ...]
+    """Relative paths of every file the well wrote (empty for a failed well)."""
+
+
+def write_well(task: WellTask) -> WrittenWell:
+    """Run one well and write its outputs, without committing them (:func:`commit_well`).
 
     An earlier record of the well is removed before anything is written, and the well's
     groups in the run's OME-Zarr plates are cleared (leftovers of a crashed attempt), so
     a well run twice ends with exactly one complete result.  A failed well's files are
-    removed and a record with status ``failed`` is written.  Errors of the storage
-    itself (the record cannot be written) are raised, so the executor can retry.
+    removed.
     """
     root, plan = task.root, task.plan
-    root.remove_files([record_rel(plan.well)])
+    root.remove_files([record_rel(plan.well)], fsync=plan.fsync)
     groups = [zarr_well_rel(store, plan.well) for store in task.zarr_stores]
     for group in groups:
         root.remove(group)
-    sink = WellSink(root, plan.fsync, task.plate, task.plate_options)
+    sink = WellSink(root, task.plate, task.plate_options)
     result = execute_well(replace(plan, output=sink))
     result.outputs = [{**o, "path": root.rel(str(o["path"]))} for o in result.outputs]
     written = sink.written()
-    doc: dict[str, Any] = {
-        "well": plan.well,
-        "run_id": task.run_id,
-        "attempt": task.attempt,
-        "committed": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "status": result.status,
-        "host": os.uname().nodename if hasattr(os, "uname") else None,
-        "pid": os.getpid(),
-    }
+    files: list[str] = []
     if result.status == "ok":
         files = list(written)
         for group in groups:
             files.extend(root.files_below(group))
-        doc["files"] = _checksums(root, files)
     else:
         root.remove_files(written)
         for group in groups:
             root.remove(group)
-        doc["files"] = {}
-    doc["result"] = result.to_dict()
-    write_json(root, record_rel(plan.well), doc, fsync=plan.fsync)
-    return result
+    doc: dict[str, Any] = {
+        "well": plan.well,
+        "run_id": task.run_id,
+        "attempt": task.attempt,
+        "status": result.status,
+        "host": os.uname().nodename if hasattr(os, "uname") else None,
+        "pid": os.getpid(),
+        "result": result.to_dict(),
+    }
+    return WrittenWell(result=result, record=doc, files=tuple(sorted(set(files))))
 
 
-def _checksums(root: OutputRoot, rels: Sequence[str]) -> dict[str, dict[str, Any]]:
-    out: dict[str, dict[str, Any]] = {}
-    rels = sorted(set(rels))
-    # hashlib releases the GIL on large buffers, and object stores answer in parallel
-    with cf.ThreadPoolExecutor(max_workers=min(8, max(1, len(rels)))) as pool:
-        for rel, got in zip(rels, pool.map(root.sha256, rels), strict=True):
-            if got is None:
-                raise FileNotFoundError(f"{root.display(rel)} vanished before its commit")
-            out[rel] = {"bytes": got[0], "sha256": got[1]}
-    return out
+def commit_well(root: OutputRoot, well: WrittenWell, *, fsync: bool) -> dict[str, Any]:
+    """Commit a written well: checksum its files, make them durable, write its record last.
+
+    With ``fsync`` every file and directory of the well is flushed (together, see
+    :meth:`OutputRoot.seal`) before the record is written, and the record itself is
+    flushed: a record on disk always describes files on disk.  Returns the record.
+    Errors of the storage itself (a file vanished, the record cannot be written) are
+    raised, so the run can try the well again.
+    """
+    rec = well.record
+    doc: dict[str, Any] = {
+        "well": rec["well"],
+        "run_id": rec["run_id"],
+        "attempt": rec["attempt"],
+        "committed": "",
+        "status": rec["status"],
+        "host": rec["host"],
+        "pid": rec["pid"],
+        "files": root.seal(well.files, fsync=fsync),
+        "result": rec["result"],
+    }
+    doc["committed"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    rel = record_rel(str(rec["well"]))
+    # published first and flushed after, file and folder in one round: a record cut
+    # short by a power loss does not parse, and an unreadable record is no commit
+    write_json(root, rel, doc, fsync=False)
+    if fsync:
+        root.flush([rel])
+    return doc
+
+
+def run_well(task: WellTask) -> WellResult:
+    """Run one well and commit it: outputs first, then the commit record, last.
+
+    What a worker runs when it commits its own wells (Dask, a caller's executor, an
+    output on object storage); local runs split it into :func:`write_well` in the
+    worker and :func:`commit_well` in the process that started the run.
+    """
+    written = write_well(task)
+    commit_well(task.root, written, fsync=task.plan.fsync)
+    return written.result
 
 
 def verify_record(root: OutputRoot, record: dict[str, Any]) -> str | None:
@@ -194,13 +237,30 @@ def verify_record(root: OutputRoot, record: dict[str, Any]) -> str | None:
 # --------------------------------------------------------------------------- fingerprint
 
 
+#: function -> (its code object, digest of its source): a function's source is read
+#: once per process (inspect.getsource tokenizes it), again only if its code changed
+_DIGESTS: weakref.WeakKeyDictionary[Any, tuple[Any, str | None]] = weakref.WeakKeyDictionary()
+
+
 def _code_digest(func: Callable[..., Any]) -> str | None:
     target = getattr(func, "__wrapped__", func)
+    code = getattr(target, "__code__", None)
+    try:
+        cached = _DIGESTS.get(target)
+    except TypeError:  # not weak-referenceable
+        cached = None
+    if cached is not None and code is not None and cached[0] is code:
+        return cached[1]
     try:
         source = inspect.getsource(target)
     except (OSError, TypeError):
-        return None
-    return hashlib.sha256(source.encode()).hexdigest()[:16]
+        digest = None
+    else:
+        digest = hashlib.sha256(source.encode()).hexdigest()[:16]
+    if code is not None:
+        with contextlib.suppress(TypeError):
+            _DIGESTS[target] = (code, digest)
+    return digest
 
 
 def _value_digest(value: Any) -> Any:

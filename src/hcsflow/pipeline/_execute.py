@@ -29,7 +29,7 @@ from hcsflow.errors import (
 )
 from hcsflow.pipeline._compiler import FunctionCall, StepPlan, WellPlan
 from hcsflow.pipeline._layouts import image_filename
-from hcsflow.pipeline._materialize import MaterializationFileManager
+from hcsflow.pipeline._materialize import NEUTRALIZED_CSV, MaterializationFileManager
 from hcsflow.pipeline._step import COMPONENT_ATTR
 from hcsflow.readers import ImageMetadata, PlateImage
 from hcsflow.storage import (
@@ -117,6 +117,8 @@ class _Well:
         self.staged: dict[str, dict[tuple[tuple[str, int], ...], str]] = {}
         # staged special outputs waiting for their materializer (run after the images)
         self.pending: list[tuple[Any, ...]] = []
+        # zarr store -> coordinates of the images written there (what labels must fit)
+        self.zarr_images: dict[str, tuple[ImageCoordinates, ...]] = {}
         # components with more than one value in this well (named in output file names)
         self.varying = {
             c
@@ -475,7 +477,10 @@ def _materialize_all(state: _Well) -> None:
 
     The step's results folder exists on disk before its first materializer runs.
     """
+    from hcsflow.pipeline._zarr_out import WellLabels
+
     ready: set[str] = set()
+    labels = WellLabels()  # label planes of all groups, one label image each
     for step, skey, materializer, mem_path, vpath, label, members, where in state.pending:
         store, storage_options = _zarr_target(state.plan, step.zarr_store)
         if step.results_dir not in ready:
@@ -489,6 +494,11 @@ def _materialize_all(state: _Well) -> None:
             zarr_config=state.plan.zarr_config,
             slice_coords=tuple(members),
             storage_options=storage_options,
+            tiff_config=state.plan.tiff_config,
+            metadata=state.plan.metadata,
+            special_output=skey,
+            image_coords=state.zarr_images.get(step.zarr_store or "", ()),
+            labels=labels,
         )
         data = state.fm.load(mem_path, state.mem)
         name = getattr(materializer, "__name__", repr(materializer))
@@ -504,17 +514,24 @@ def _materialize_all(state: _Well) -> None:
                 f"{where}: materializer {name!r} for {skey!r} returned "
                 f"{type(written).__name__}, not the path it wrote"
             )
-        state.result.outputs.append(
-            {
-                "kind": "special_output",
-                "step": step.index,
-                "key": skey,
-                "group": label,
-                "materializer": name,
-                "path": written,
-            }
-        )
+        entry = {
+            "kind": "special_output",
+            "step": step.index,
+            "key": skey,
+            "group": label,
+            "materializer": name,
+            "path": written,
+        }
+        if materializer in NEUTRALIZED_CSV:
+            entry["formulas_neutralized"] = True
+        state.result.outputs.append(entry)
     state.pending.clear()
+    try:
+        labels.write()
+    except Exception as exc:
+        raise MaterializationError(
+            f"well {state.plan.well}: writing its label images failed: {type(exc).__name__}: {exc}"
+        ) from exc
 
 
 # --------------------------------------------------------------------------- outputs
@@ -542,6 +559,7 @@ def _save_images(state: _Well, backend: str, directory: str, what: str) -> int:
 
         store, storage_options = _zarr_target(state.plan, directory)
         assert store is not None
+        state.zarr_images[directory] = tuple(coords)
         write_well_zarr(
             store,
             plan.well,

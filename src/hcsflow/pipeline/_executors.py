@@ -455,6 +455,8 @@ class WellPool:
     """An executor plus how to stop it and how to find a dead worker's well."""
 
     kind = "inprocess"
+    #: whether the workers run on this machine (so this process may commit their wells)
+    local = True
 
     def __init__(self, executor: cf.Executor, workers: int):
         self.executor = executor
@@ -492,6 +494,7 @@ class WellPool:
 
 class _ExternalPool(WellPool):
     kind = "external"
+    local = False  # a caller's executor may run anywhere
 
     def __init__(self, executor: cf.Executor, workers: int):
         super().__init__(executor, workers)
@@ -619,6 +622,7 @@ class _ProcessPool(WellPool):
 
 class _DaskPool(WellPool):
     kind = "dask"
+    local = False
 
     def __init__(self, workers: int, scheduler: str | None, retries: int):
         try:

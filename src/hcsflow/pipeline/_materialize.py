@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -23,12 +23,16 @@ from hcsflow import paths as vpaths
 from hcsflow.errors import DataFormatError, MaterializationError
 from hcsflow.storage import Backend, FileManager, neutralize_formulas
 
+if TYPE_CHECKING:
+    from hcsflow.pipeline._zarr_out import WellLabels
+
 __all__ = [
     "IDENTIFIER_COLUMNS",
     "MaterializationFileManager",
     "materialize_table",
     "materialize_labels",
     "materialize_positions",
+    "label_tiff_options",
     "to_dataframe",
     "base_path",
 ]
@@ -74,6 +78,15 @@ class MaterializationFileManager(FileManager):
     plane of the stack the function received), ``zarr_store`` (the run's OME-Zarr plate)
     and ``zarr_config`` let materializers place files beside the well's images;
     ``storage_options`` are the fsspec options of that store when it is a URL.
+    ``special_output`` is the key of the special output being materialized (``masks``;
+    the planned ``path`` also names the well and group).  ``image_coords`` are the
+    plate coordinates of the well's images in ``zarr_store``
+    (what NGFF labels must fit), and ``labels`` the well's
+    :class:`~hcsflow.pipeline._zarr_out.WellLabels`, which assembles the label planes of
+    all groups and writes each label image once, after the well's materializers ran.
+    ``tiff_config`` (a :class:`~hcsflow.storage.TiffConfig`) and ``metadata`` (the
+    plate's :class:`~hcsflow.readers.ImageMetadata`: pixel size, channels) are what the
+    run's image TIFFs are written with, so that TIFFs a materializer writes match them.
     """
 
     def __init__(
@@ -86,6 +99,11 @@ class MaterializationFileManager(FileManager):
         zarr_config: Any = None,
         slice_coords: tuple[Any, ...] = (),
         storage_options: dict[str, Any] | None = None,
+        tiff_config: Any = None,
+        metadata: Any = None,
+        special_output: str | None = None,
+        image_coords: tuple[Any, ...] = (),
+        labels: WellLabels | None = None,
     ):
         super().__init__(registry)
         self.storage_options = storage_options
@@ -94,6 +112,11 @@ class MaterializationFileManager(FileManager):
         self.zarr_store = zarr_store
         self.zarr_config = zarr_config
         self.slice_coords = slice_coords
+        self.tiff_config = tiff_config
+        self.metadata = metadata
+        self.special_output = special_output
+        self.image_coords = image_coords
+        self.labels = labels
 
 
 def base_path(path: str) -> str:
@@ -149,13 +172,15 @@ def materialize_table(data: Any, path: str, filemanager: FileManager) -> str:
     _ensure_parent(filemanager, csv_path, backend)
     skipped = [str(c) for c in df.columns if is_identifier_column(c)]
     num = df.select_dtypes(include="number")
-    num = num.loc[:, [not is_identifier_column(c) for c in num.columns]]
-    names = [str(c) for c in num.columns]
+    keep = [not is_identifier_column(c) for c in num.columns]
+    names = [str(c) for c, k in zip(num.columns, keep, strict=True) if k]
     stats: dict[str, dict[str, Any]] = {}
     if names:
         # all columns at once, each reduced over contiguous memory (Fortran order) as
         # np.nansum/np.nanmean/np.nanmin/np.nanmax would reduce it alone: same values
-        values = np.array(num.to_numpy(dtype=np.float64), order="F")
+        # (columns are dropped from the array, not the frame: .loc costs more than the
+        # rest of the summary)
+        values = np.array(num.to_numpy(dtype=np.float64)[:, keep], order="F")
         missing = np.isnan(values)
         counts = values.shape[0] - missing.sum(axis=0)
         values[missing] = 0.0
@@ -180,6 +205,11 @@ def materialize_table(data: Any, path: str, filemanager: FileManager) -> str:
     filemanager.save(neutralize_formulas(df), csv_path, backend, overwrite=True)
     filemanager.save(json.dumps(summary, indent=2), json_path, backend, overwrite=True)
     return csv_path
+
+
+#: materializers whose CSV cells are already neutralised (the plate table need not
+#: scan them again)
+NEUTRALIZED_CSV: frozenset[Any] = frozenset({materialize_table})
 
 
 def materialize_positions(data: Any, path: str, filemanager: FileManager) -> str:
@@ -218,10 +248,18 @@ def _points_frame(points: np.ndarray) -> Any:
 
 
 def materialize_labels(data: Any, path: str, filemanager: FileManager) -> str:
-    """Write a label / mask stack ``[Z, Y, X]``.
+    """Write a label / mask stack ``[Z, Y, X]`` (one plane per image of the group, or one).
 
-    On disk: ``<base>.tif`` (uint8 for masks, uint16/uint32 for labels).  On zarr: an NGFF
-    label image named after the special output key inside the well's OME-Zarr image.
+    On disk: ``<base>.tif`` (uint8 for masks, uint16/uint32 for labels), encoded like
+    the run's image TIFFs (the file manager's ``tiff_config``: lossless compression by
+    default; an OME-TIFF carrying the plate's pixel size, so the labels overlay their
+    images in Fiji or napari).  On zarr: NGFF label images in the ``labels/`` group of
+    each field image of the well, one per channel the labels were computed from, named
+    after the special output key (``masks``, or ``masks_w1``, ``masks_w2``... when the
+    image has several channels) and shaped like the image with one channel: each plane
+    goes to its timepoint and z plane, the planes of all of the well's groups in one
+    label image (assembled by the file manager's ``labels``, written once per well).
+    Returns the TIFF's path, or the path of the label image of the first plane.
     """
     from hcsflow.memory import to_numpy
 
@@ -236,8 +274,69 @@ def materialize_labels(data: Any, path: str, filemanager: FileManager) -> str:
         return _labels_to_zarr(arr, path, filemanager)
     tif_path = f"{base_path(path)}.tif"
     _ensure_parent(filemanager, tif_path, Backend.DISK.value)
-    filemanager.save(arr, tif_path, Backend.DISK.value, overwrite=True)
+    options = label_tiff_options(
+        arr,
+        vpaths.name(base_path(path)),
+        tiff_config=getattr(filemanager, "tiff_config", None),
+        metadata=getattr(filemanager, "metadata", None),
+        slice_coords=getattr(filemanager, "slice_coords", ()),
+        well=getattr(filemanager, "well", None),
+    )
+    filemanager.save(arr, tif_path, Backend.DISK.value, overwrite=True, **options)
     return tif_path
+
+
+def label_tiff_options(
+    labels: np.ndarray,
+    name: str,
+    *,
+    tiff_config: Any = None,
+    metadata: Any = None,
+    slice_coords: Sequence[Any] = (),
+    well: str | None = None,
+) -> dict[str, Any]:
+    """TIFF save options for the ``[N, Y, X]`` label stack ``labels`` named ``name``.
+
+    Compression follows ``tiff_config`` (every ``TiffConfig`` compression is lossless,
+    so labels stay exact integers).  With ``tiff_config.ome`` the file is an OME-TIFF
+    with the pixel size of ``metadata`` and one channel named after the labels; its
+    stack axis is ``Z`` (with the z step) when the planes differ only in z, ``T`` when
+    only in time, and tifffile's ``Q`` (stored as an OME modulo along T of type "other")
+    when they are sites or mix components, which OME has no axis for.
+    """
+    from hcsflow.readers import ImageMetadata
+    from hcsflow.storage import TiffConfig
+
+    cfg = tiff_config if isinstance(tiff_config, TiffConfig) else TiffConfig()
+    options = cfg.save_options(labels.dtype)
+    if not cfg.ome:
+        return options
+    meta = metadata if isinstance(metadata, ImageMetadata) else ImageMetadata()
+    axes = _label_axes(labels.shape[0], slice_coords)
+    # the stack's planes are the label image's own, not one of the plate's channels
+    ome = meta.ome_tiff(None, axes, name=name)
+    label = name[len(well) + 1 :] if well and name.startswith(f"{well}_") else name
+    ome["Channel"] = {"Name": [label]}
+    options["ome"] = ome
+    return options
+
+
+def _label_axes(n: int, slice_coords: Sequence[Any]) -> str:
+    """``ZYX``, ``TYX`` or ``QYX``: what the first axis of an ``n``-plane stack is."""
+    if n == 1:
+        return "ZYX"
+    if len(slice_coords) != n:
+        return "QYX"  # planes not described: no claim about what they are
+    varying = {
+        attr
+        for attr in ("well", "field", "channel", "z", "t")
+        if len({getattr(c, attr) for c in slice_coords}) > 1
+    }
+    if varying == {"z"}:
+        return "ZYX"
+    if varying == {"t"}:
+        return "TYX"
+    return "QYX"
 
 
 def _label_dtype(arr: np.ndarray) -> np.ndarray:
@@ -252,7 +351,7 @@ def _label_dtype(arr: np.ndarray) -> np.ndarray:
 
 
 def _labels_to_zarr(arr: np.ndarray, path: str, filemanager: FileManager) -> str:
-    from hcsflow.pipeline._zarr_out import write_labels_zarr
+    from hcsflow.pipeline._zarr_out import WellLabels
 
     store = getattr(filemanager, "zarr_store", None)
     well = getattr(filemanager, "well", None)
@@ -262,16 +361,31 @@ def _labels_to_zarr(arr: np.ndarray, path: str, filemanager: FileManager) -> str
             f"cannot write labels for {path!r} to zarr: the file manager does not name the "
             f"well's plate store, well and plane coordinates"
         )
-    fname = vpaths.name(base_path(path))
-    name = fname[len(well) + 1 :] if fname.startswith(f"{well}_") else fname
-    key = write_labels_zarr(
+    key = getattr(filemanager, "special_output", None) or _output_key(path, well)
+    collector = getattr(filemanager, "labels", None)
+    # without the well's collector (a direct call), this group's labels are the whole
+    # label image: written now, the planes of other groups left as background
+    own = not isinstance(collector, WellLabels)
+    labels = collector if isinstance(collector, WellLabels) else WellLabels()
+    keys = labels.add(
         store,
         well,
-        name,
+        key,
         arr,
         coords,
         getattr(filemanager, "zarr_config", None),
+        image_coords=getattr(filemanager, "image_coords", ()),
         storage_options=getattr(filemanager, "storage_options", None),
+        source=vpaths.parent(base_path(path)),
     )
+    if own:
+        labels.write()
     # a store on object storage is a URL, which virtual-path joining would mangle
-    return f"{store.rstrip('/')}/{key}" if "://" in store else vpaths.join(store, key)
+    return f"{store.rstrip('/')}/{keys[0]}" if "://" in store else vpaths.join(store, keys[0])
+
+
+def _output_key(path: str, well: str) -> str:
+    """The label name a path gives when no special output key is known: its file name
+    without the ``<well>_`` prefix."""
+    fname = vpaths.name(base_path(path))
+    return fname[len(well) + 1 :] if fname.startswith(f"{well}_") else fname

@@ -14,11 +14,13 @@ well left there, so a retried well is idempotent.
 
 from __future__ import annotations
 
+import concurrent.futures as cf
 import contextlib
 import functools
 import hashlib
 import os
 import shutil
+import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,6 +39,77 @@ from hcsflow.storage import (
 from hcsflow.storage._fsspec import is_url
 
 __all__ = ["OutputRoot", "WellSink", "INPUT_BACKEND", "plate_location"]
+
+_IO_LOCK = threading.Lock()
+_IO_POOL: cf.ThreadPoolExecutor | None = None
+
+
+def _reset_io_pool() -> None:
+    # a forked child has the parent's pool object but none of its threads
+    global _IO_POOL, _IO_LOCK
+    _IO_POOL = None
+    _IO_LOCK = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_io_pool)
+
+
+def _io_pool() -> cf.ThreadPoolExecutor:
+    """Threads that hash and fsync files (one pool per process, started on first use).
+
+    fsync calls issued together let the file system flush them in one journal commit
+    instead of one commit each; hashlib releases the GIL on large buffers.
+    """
+    global _IO_POOL
+    with _IO_LOCK:
+        if _IO_POOL is None:
+            _IO_POOL = cf.ThreadPoolExecutor(16, thread_name_prefix="hcsflow-seal")
+        return _IO_POOL
+
+
+#: how a file is opened to be hashed and fsynced (Windows flushes only writable handles)
+_SEAL_FLAGS = os.O_RDONLY if os.name != "nt" else os.O_RDWR | getattr(os, "O_BINARY", 0)
+
+
+def _seal_file(real: str, fsync: bool) -> tuple[int, str] | None:
+    """(size, sha256) of a local file, flushed to the device first when ``fsync``."""
+    try:
+        fd = os.open(real, _SEAL_FLAGS)
+    except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+        return None
+    try:
+        h = hashlib.sha256()
+        size = 0
+        while block := os.read(fd, 1 << 20):
+            size += len(block)
+            h.update(block)
+        if fsync:
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+    return size, h.hexdigest()
+
+
+def _fsync_path(real: str) -> None:
+    if os.name == "nt" and os.path.isdir(real):
+        return
+    fd = os.open(real, _SEAL_FLAGS if not os.path.isdir(real) else os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_directory(real: str) -> None:
+    if os.name == "nt":  # directories cannot be opened for flushing there
+        return
+    fd = os.open(real, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
 
 INPUT_BACKEND = "input"
 """Registry name of the backend a well reads its plate images through when the plate or
@@ -146,6 +219,89 @@ class OutputRoot:
                 h.update(block)
         return size, h.hexdigest()
 
+    def seal(self, rels: Sequence[str], *, fsync: bool) -> dict[str, dict[str, Any]]:
+        """Checksum files below the root and, with ``fsync``, make them durable.
+
+        Returns ``{rel: {"bytes": size, "sha256": hex}}``.  Locally, every file is read
+        once (from the page cache: it was just written), hashed and fsynced, and every
+        directory from the root down to each file is fsynced, so that the files and
+        their names survive a power loss; all of it is issued at once from a thread
+        pool, which the file system serves with one journal commit instead of one per
+        call.  Objects on object storage are durable once written; they are only
+        hashed.  A missing file raises :class:`FileNotFoundError` naming it.
+        """
+        rels = sorted(set(rels))
+        if not rels:
+            return {}
+        pool = _io_pool()
+        if self.remote:
+            sizes: list[tuple[int, str] | None] = list(pool.map(self.sha256, rels))
+        else:
+            dirs: set[str] = set()
+            if fsync:
+                dirs.add(self.url)
+                for rel in rels:
+                    parts = rel.split("/")[:-1]
+                    for i in range(1, len(parts) + 1):
+                        dirs.add(os.path.join(self.url, *parts[:i]))
+            # files and directories in one round: all of them are complete already
+            synced = [pool.submit(_fsync_directory, d) for d in sorted(dirs)]
+            reals = [os.path.join(self.url, r) for r in rels]
+            sizes = list(pool.map(_seal_file, reals, [fsync] * len(reals)))
+            for fut in synced:
+                fut.result()
+        out: dict[str, dict[str, Any]] = {}
+        for rel, got in zip(rels, sizes, strict=True):
+            if got is None:
+                raise FileNotFoundError(f"{self.display(rel)} vanished before its commit")
+            out[rel] = {"bytes": got[0], "sha256": got[1]}
+        return out
+
+    def flush(self, rels: Sequence[str]) -> None:
+        """fsync local files and their folders, all in one round (object storage: no-op)."""
+        if self.remote or not rels:
+            return
+        reals = [os.path.join(self.url, r) for r in rels]
+        dirs = sorted({os.path.dirname(r) for r in reals})
+        pool = _io_pool()
+        for fut in [pool.submit(_fsync_path, p) for p in [*reals, *dirs]]:
+            fut.result()
+
+    def write_chunks(self, rel: str, chunks: Iterable[bytes]) -> bool:
+        """Write a file below the root from ``chunks`` without holding them all in memory.
+
+        Locally the chunks go to a temporary name next to the target (hidden from
+        listings, found by ``hcsflow fsck`` if left behind), which is renamed into place
+        at the end: readers see the old file or the complete new one.  On object storage
+        the object is written in one PUT at the end.  Returns ``False``, writing
+        nothing, when ``chunks`` is empty; an exception from ``chunks`` leaves the
+        previous file as it was.  Not fsynced: see :meth:`seal`.
+        """
+        it = iter(chunks)
+        first = next(it, None)
+        if first is None:
+            return False
+        if self.remote:
+            data = b"".join([first, *it])
+            fs, base = self._fs()
+            fs.pipe_file(f"{base}/{rel}", data)
+            return True
+        from hcsflow.storage.disk._publish import temp_name
+
+        real = os.path.join(self.url, rel)
+        tmp = os.path.join(os.path.dirname(real), temp_name(os.path.basename(real)))
+        try:
+            with open(tmp, "xb") as fh:
+                fh.write(first)
+                for chunk in it:
+                    fh.write(chunk)
+            os.replace(tmp, real)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+        return True
+
     def files_below(self, rel: str) -> list[str]:
         """Relative paths of every file below ``rel`` (empty when it does not exist)."""
         if not self.remote:
@@ -207,15 +363,25 @@ class OutputRoot:
         with contextlib.suppress(FileNotFoundError):
             fs.rm(f"{base}/{rel}" if rel else base, recursive=True)
 
-    def remove_files(self, rels: Iterable[str]) -> None:
-        """Delete the listed files (missing ones are fine)."""
+    def remove_files(self, rels: Iterable[str], *, fsync: bool = False) -> None:
+        """Delete the listed files (missing ones are fine).
+
+        ``fsync``: make the removals durable (their directories are fsynced when a file
+        was removed), for a file whose presence means something (a manifest, a commit).
+        """
         rels = list(rels)
         if not rels:
             return
         if not self.remote:
+            touched = set()
             for rel in rels:
+                real = os.path.join(self.url, rel)
                 with contextlib.suppress(FileNotFoundError, NotADirectoryError):
-                    os.unlink(os.path.join(self.url, rel))
+                    os.unlink(real)
+                    touched.add(os.path.dirname(real))
+            if fsync:
+                for directory in sorted(touched):
+                    _fsync_directory(directory)
             return
         fs, base = self._fs()
         with contextlib.suppress(FileNotFoundError):
@@ -268,9 +434,36 @@ class _Tracking:
 
 
 class _TrackingDisk(_Tracking, DiskStorageBackend):
-    def __init__(self, *, fsync: bool):
-        super().__init__(fsync=fsync)
+    # no fsync per file: the well's commit fsyncs all of its files at once before the
+    # commit record is written (OutputRoot.seal), and a well is not done before that
+    def __init__(self) -> None:
+        super().__init__(fsync=False)
         self.written = set()
+        self._ensured: set[str] = set()
+
+    def ensure_directory(self, directory: vpaths.PathLike) -> str:
+        # every materializer ensures its folder; a well asks the file system once (a
+        # folder removed through this backend is forgotten, one removed behind its back
+        # makes the next save fail loudly: its parent is missing)
+        vp = self.norm(directory)
+        if vp not in self._ensured:
+            vp = super().ensure_directory(vp)
+            self._ensured.add(vp)
+        return vp
+
+    def delete(self, path: vpaths.PathLike) -> None:
+        self._ensured.clear()
+        super().delete(path)
+
+    def delete_all(self, path: vpaths.PathLike) -> None:
+        self._ensured.clear()
+        super().delete_all(path)
+
+    def move(
+        self, src: vpaths.PathLike, dst: vpaths.PathLike, *, replace_symlinks: bool = False
+    ) -> None:
+        self._ensured.clear()
+        super().move(src, dst, replace_symlinks=replace_symlinks)
 
 
 class _TrackingFsspec(_Tracking, FsspecStorageBackend):
@@ -281,10 +474,13 @@ class _TrackingFsspec(_Tracking, FsspecStorageBackend):
 
 @dataclass
 class WellSink:
-    """Where one well writes, inside its worker: backends, zarr store URLs, written files."""
+    """Where one well writes, inside its worker: backends, zarr store URLs, written files.
+
+    Files are published atomically (temporary name, then rename) but not fsynced one by
+    one: the commit makes all of a well's files durable together before its record.
+    """
 
     root: OutputRoot
-    fsync: bool = True
     plate: str | None = None
     """Root of a plate of image files read through :data:`INPUT_BACKEND` (``None``: the
     plate is read through ``disk`` as before)."""
@@ -297,7 +493,7 @@ class WellSink:
             if self.root.remote:
                 self._disk = _TrackingFsspec(self.root.url, self.root.storage_options)
             else:
-                self._disk = _TrackingDisk(fsync=self.fsync)
+                self._disk = _TrackingDisk()
         return self._disk
 
     def registry(self, zarr_config: Any = None) -> BackendRegistry:

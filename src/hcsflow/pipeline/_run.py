@@ -38,6 +38,8 @@ from typing import Any
 from hcsflow import __version__
 from hcsflow.errors import (
     AlreadyExistsError,
+    CompilationError,
+    HcsflowError,
     PipelineError,
     RunDirectoryError,
     RunInterrupted,
@@ -47,6 +49,8 @@ from hcsflow.pipeline._commit import (
     CONTROL_DIR,
     RUN_RECORD,
     WellTask,
+    WrittenWell,
+    commit_well,
     fingerprint,
     fingerprint_diff,
     read_record,
@@ -55,6 +59,7 @@ from hcsflow.pipeline._commit import (
     run_well,
     verify_record,
     write_json,
+    write_well,
     zarr_well_rel,
 )
 from hcsflow.pipeline._compiler import RunPlan, compile_pipeline, describe_steps
@@ -79,7 +84,7 @@ from hcsflow.pipeline._executors import (
     stop_fork_server,
     warm_up_workers,
 )
-from hcsflow.pipeline._output import INPUT_BACKEND, OutputRoot, plate_location
+from hcsflow.pipeline._output import INPUT_BACKEND, OutputRoot
 from hcsflow.pipeline._plate import PlateIndex
 from hcsflow.pipeline._step import FunctionStep, Pipeline
 from hcsflow.storage import Backend, neutralize_csv_text
@@ -228,21 +233,39 @@ def _checkpoint(received: list[int]) -> None:
 # --------------------------------------------------------------------------- the plate
 
 
-def _plate_index(
-    plate: str, layout: PlateLayout | None, storage_options: dict[str, Any] | None
-) -> PlateIndex:
-    """Index a plate given as a URL: OME-Zarr, or image files named by a layout."""
-    from hcsflow.pipeline._plate import read_plate, read_zarr_plate
-    from hcsflow.storage import FileManager
-    from hcsflow.storage._registry import BackendRegistry
+def _pipeline_config(
+    pipeline: Pipeline | Sequence[FunctionStep], pipeline_config: PipelineConfig | None
+) -> PipelineConfig | None:
+    """The pipeline-level configuration the compiler applies (a ``Pipeline``'s own)."""
+    if pipeline_config is None and isinstance(pipeline, Pipeline):
+        return pipeline.config
+    return pipeline_config
 
-    backend = plate_location(plate, storage_options)
-    probe = backend.exists("/zarr.json") or backend.exists("/.zattrs")
-    if probe:
-        return read_zarr_plate(plate)
-    fm = FileManager(BackendRegistry({INPUT_BACKEND: backend}))
-    index = read_plate("/", filemanager=fm, backend=INPUT_BACKEND, layout=layout)
-    return replace(index, root=plate)
+
+def _plate_index(
+    plate: str,
+    layout: PlateLayout | None,
+    storage_options: dict[str, Any] | None,
+    config: GlobalPipelineConfig,
+) -> PlateIndex:
+    """Describe a plate given as a URL, with the run's reader choice and strictness.
+
+    Any reader works (vendor exports, OME-TIFF, OME-Zarr, named files): metadata
+    files are read here, through fsspec; the planes later, by the workers.  Problems
+    are reported like those of a local plate (:class:`CompilationError`).
+    """
+    from hcsflow.pipeline._plate import read_plate
+
+    try:
+        return read_plate(
+            plate,
+            layout=layout,
+            format=config.input_format,
+            strict=bool(config.strict_input),
+            storage_options=storage_options,
+        )
+    except HcsflowError as exc:
+        raise CompilationError([f"plate {plate}: {exc}"]) from exc
 
 
 # --------------------------------------------------------------------------- run state
@@ -297,11 +320,12 @@ def _prepare(
             f"output directory {root.url!r} is not empty and holds no hcsflow run; "
             f"choose another directory (hcsflow never deletes files it did not write)"
         )
+    fsync = bool(plan.config.vfs and plan.config.vfs.fsync)
     if state in ("finished", "partial") and overwrite:
         if session is not None:
             session.started_new = True  # interrupted from here on: nothing of either is kept
         # the manifest goes first: from then on nothing presents the old run as done
-        root.remove_files([MANIFEST_NAME])
+        root.remove_files([MANIFEST_NAME], fsync=fsync)
         root.remove()
         state = "new"
     if state == "new":
@@ -319,7 +343,6 @@ def _prepare(
             "fingerprint": fp,
         }
         assert record is not None
-        fsync = bool(plan.config.vfs and plan.config.vfs.fsync)
         # one small write, not cut in two: an interruption lands before it (nothing was
         # written) or after it (the output is this run's, and is removed)
         with interrupts_held():
@@ -362,7 +385,8 @@ def _prepare(
     # wells are about to change: until a new manifest is written, the run is not finished
     if session is not None:
         session.mode = "resume"
-    root.remove_files([MANIFEST_NAME])
+    # (durably so: after a power loss the old manifest must not come back)
+    root.remove_files([MANIFEST_NAME], fsync=fsync)
     return "resume", record
 
 
@@ -421,11 +445,18 @@ def run_pipeline(
         try:
             plate_arg: str | PlateIndex
             plate_url: str | None = None
+            if not isinstance(plate, PlateIndex) and os.fspath(plate).startswith("file://"):
+                plate = os.fspath(plate)[len("file://") :]
             if isinstance(plate, PlateIndex):
                 plate_arg = plate
             elif is_url(os.fspath(plate)):
                 plate_url = os.fspath(plate).rstrip("/")
-                plate_arg = _plate_index(plate_url, layout, storage_options)
+                plate_arg = _plate_index(
+                    plate_url,
+                    layout,
+                    storage_options,
+                    resolve_config(global_config, _pipeline_config(pipeline, pipeline_config)),
+                )
             else:
                 plate_dir = Path(plate).absolute()
                 if not root.remote:
@@ -541,6 +572,8 @@ class _Session:
         """``new`` or ``resume`` once the output is prepared."""
         self.received: list[int] = []
         self.committed_now = 0
+        #: commit records written by this process (others are read back at the end)
+        self.records: dict[str, dict[str, Any]] = {}
         self.fsync = bool(plan.config.vfs.fsync) if plan.config.vfs is not None else True
         self.notes: list[str] = []
 
@@ -597,7 +630,8 @@ class _Session:
         stores = self._zarr_stores()
         plate_root = None
         plate_opts = None
-        if self.plate_url is not None and self.plan.plate.backend == INPUT_BACKEND:
+        if self.plate_url is not None:
+            # every format of a URL plate: planes read through fsspec by the workers
             plate_root, plate_opts = self.plate_url, self.storage_options
         elif self.root.remote and self.plan.plate.backend == Backend.DISK.value:
             plate_root = "/"  # a local plate: read through its own disk backend
@@ -626,7 +660,13 @@ class _Session:
     # ------------------------------------------------------------------ execution
 
     def execute(self, tasks: list[WellTask]) -> dict[str, WellResult]:
-        """Run the tasks; results by well (every task ends with a result)."""
+        """Run the tasks; results by well (every task ends with a result).
+
+        With local workers (in-process, threads, processes) and a local output, a worker
+        writes a well and this process commits it on a background thread (checksums,
+        one fsync round for all the well's files, the record), while the worker already
+        runs the next well.  Dask workers and a caller's executor commit their own wells.
+        """
         cfg = self.plan.config
         workers = int(cfg.num_workers or 1)
         retries = int(cfg.retries or 0)
@@ -639,14 +679,23 @@ class _Session:
             kind, workers, preload=self.preload, scheduler=cfg.scheduler, retries=retries
         )
         pool = self.pool
+        commits: cf.ThreadPoolExecutor | None = None
+        if pool.local and not self.root.remote:
+            commits = cf.ThreadPoolExecutor(
+                max_workers=max(2, workers), thread_name_prefix="hcsflow-commit"
+            )
         bar = _progress(len(tasks), self.progress)
         pending: deque[WellTask] = deque(tasks)
-        inflight: dict[cf.Future[WellResult], WellTask] = {}
+        inflight: dict[cf.Future[Any], WellTask] = {}
+        committing: dict[cf.Future[dict[str, Any]], tuple[WellTask, WellResult]] = {}
+        # written wells waiting for their commit: bounded, so a slow disk slows the workers
+        backlog = 2 * pool.window + 2
 
         def fill() -> None:
-            while pending and len(inflight) < pool.window:
+            while pending and len(inflight) < pool.window and len(committing) < backlog:
                 task = pending.popleft()
-                inflight[pool.submit(run_well, task, task.plan.well)] = task
+                fn = write_well if commits is not None else run_well
+                inflight[pool.submit(fn, task, task.plan.well)] = task
 
         def give_up(task: WellTask, why: str) -> None:
             result = _lost_result(task, why)
@@ -667,17 +716,45 @@ class _Session:
             )
             bar.update(1)
 
+        def again(task: WellTask, exc: BaseException) -> None:
+            # the worker was lost or the storage failed: the well runs again
+            if task.attempt <= retries:
+                pending.appendleft(replace(task, attempt=task.attempt + 1))
+            else:
+                give_up(task, f"{type(exc).__name__}: {exc}")
+
+        def done(task: WellTask, result: WellResult) -> None:
+            results[task.plan.well] = result
+            self.committed_now += result.status == "ok"
+            bar.update(1)
+            if self.on_well_done is not None:
+                self.on_well_done(result)
+            if result.status != "ok" and cfg.fail_fast:
+                raise StepExecutionError(
+                    f"well {task.plan.well} failed (fail_fast): {result.error_type}: "
+                    f"{result.error}\n{result.traceback}"
+                )
+
         try:
             fill()
-            while inflight:
+            while inflight or committing:
                 _checkpoint(self.received)
-                done, _ = cf.wait(list(inflight), return_when=cf.FIRST_COMPLETED)
-                for fut in done:
+                finished, _ = cf.wait([*inflight, *committing], return_when=cf.FIRST_COMPLETED)
+                for fut in finished:
+                    if fut in committing:
+                        task, result = committing.pop(fut)
+                        try:
+                            self.records[task.plan.well] = fut.result()
+                        except Exception as exc:
+                            again(task, exc)
+                            continue
+                        done(task, result)
+                        continue
                     if fut not in inflight:
                         continue  # dropped with a broken pool
                     task = inflight.pop(fut)
                     try:
-                        result = fut.result()
+                        out = fut.result()
                     except BrokenProcessPool:
                         victims = [task, *inflight.values()]
                         inflight.clear()
@@ -693,29 +770,27 @@ class _Session:
                                 give_up(t, f"{why} while running the well")
                         break
                     except Exception as exc:  # worker lost, storage failure...
-                        if task.attempt <= retries:
-                            pending.appendleft(replace(task, attempt=task.attempt + 1))
-                        else:
-                            give_up(task, f"{type(exc).__name__}: {exc}")
+                        again(task, exc)
                         continue
-                    results[task.plan.well] = result
-                    self.committed_now += result.status == "ok"
-                    bar.update(1)
-                    if self.on_well_done is not None:
-                        self.on_well_done(result)
-                    if result.status != "ok" and cfg.fail_fast:
-                        raise StepExecutionError(
-                            f"well {task.plan.well} failed (fail_fast): {result.error_type}: "
-                            f"{result.error}\n{result.traceback}"
-                        )
+                    if commits is None:
+                        done(task, out)
+                        continue
+                    assert isinstance(out, WrittenWell)
+                    fut_c = commits.submit(commit_well, self.root, out, fsync=self.fsync)
+                    committing[fut_c] = (task, out.result)
                 fill()
         except BaseException:
             bar.close()
             pool.kill()  # cancels the wells that have not started, stops the workers
             self.pool = None
+            if commits is not None:
+                # commits in flight end (each is atomic) before anyone counts or removes them
+                commits.shutdown(wait=True)
             raise
         bar.close()
         pool.close()
+        if commits is not None:
+            commits.shutdown(wait=True)
         return results
 
     # ------------------------------------------------------------------ interruption
@@ -769,7 +844,9 @@ class _Session:
             w = wp.well
             if w in results:
                 res = results[w]
-                rec = read_record(root, w) if res.status == "ok" else None
+                rec = None
+                if res.status == "ok":
+                    rec = self.records.get(w) or read_record(root, w)
                 if res.status == "ok" and rec is not None:
                     files.update(rec.get("files") or {})
             elif w in kept:
@@ -786,7 +863,8 @@ class _Session:
             for wp in plan.wells:
                 if wp.well not in ok_wells:
                     root.remove(zarr_well_rel(store, wp.well))
-        plate_tables = _consolidate(ordered, root, self.fsync)
+        # plate-level files are made durable together below, before the manifest
+        plate_tables = _consolidate(ordered, root)
         plate_files = [f"{name}" for name in plate_tables.values()]
         storage = root.storage_options if root.remote else None
         present = [s for s in stores if root.files_below(s)]
@@ -812,10 +890,7 @@ class _Session:
                 if f not in before and not f.startswith(CONTROL_DIR + "/")
             )
         plate_files = sorted(set(plate_files) - set(files))
-        with cf.ThreadPoolExecutor(max_workers=8) as pool:
-            for rel, got in zip(plate_files, pool.map(root.sha256, plate_files), strict=True):
-                if got is not None:
-                    files[rel] = {"bytes": got[0], "sha256": got[1]}
+        files.update(root.seal(plate_files, fsync=self.fsync))
         assert self.pool is not None
         manifest = _manifest(
             plan, ordered, plate_tables, files, root, t_start, duration, self.pool.describe()
@@ -856,41 +931,83 @@ def _lost_result(task: WellTask, why: str) -> WellResult:
     )
 
 
-def _consolidate(results: list[WellResult], root: OutputRoot, fsync: bool) -> dict[str, str]:
+class _HeadersDiffer(Exception):
+    """Per-well tables of one key have different columns: they cannot be joined as text."""
+
+
+def _read_ahead(root: OutputRoot, rels: list[str], depth: int = 8) -> Iterator[bytes | None]:
+    """The raw bytes of ``rels`` in order, read ``depth`` files ahead on threads."""
+    with cf.ThreadPoolExecutor(max_workers=depth) as pool:
+        ahead: deque[cf.Future[bytes | None]] = deque()
+        it = iter(rels)
+        for rel in it:
+            ahead.append(pool.submit(root.read_bytes, rel))
+            if len(ahead) >= depth:
+                break
+        while ahead:
+            raw = ahead.popleft().result()
+            nxt = next(it, None)
+            if nxt is not None:
+                ahead.append(pool.submit(root.read_bytes, nxt))
+            yield raw
+
+
+def _csv_chunks(root: OutputRoot, entries: list[tuple[str, bool]]) -> Iterator[bytes]:
+    """The header of the first table, then every table's rows (one file in memory at a
+    time); cells a spreadsheet would run as formulas are neutralised in tables whose
+    materializer did not already do it."""
+    header: bytes | None = None
+    for (_, neutralized), raw in zip(
+        entries, _read_ahead(root, [r for r, _ in entries]), strict=True
+    ):
+        if raw is None:
+            continue
+        if not neutralized:
+            raw = neutralize_csv_text(raw.decode("utf-8")).encode("utf-8")
+        head, _, body = raw.partition(b"\n")
+        if header is None:
+            header = head
+            yield head + b"\n"
+        elif head != header:
+            raise _HeadersDiffer
+        if body and not body.endswith(b"\n"):
+            body += b"\n"  # a table written without a final newline keeps its last row
+        yield body
+
+
+def _consolidate(results: list[WellResult], root: OutputRoot) -> dict[str, str]:
     """Concatenate committed per-well tables into one plate CSV per special output key.
 
     Rows come in plate order: wells as the plate lists them, then each well's groups,
     then each table's own rows.  Tables with identical headers (the usual case: one
-    function made them all) are joined as text; otherwise pandas aligns the columns.
-    Only CSV files are joined: a table a materializer wrote into a zarr hierarchy (a zarr
-    group named ``*.csv``) stays per well.
+    function made them all) are streamed into the plate table one file at a time, so
+    memory does not grow with the plate; otherwise pandas aligns the columns.  Only CSV
+    files are joined: a table a materializer wrote into a zarr hierarchy (a zarr group
+    named ``*.csv``) stays per well.
     """
-    by_key: dict[str, list[str]] = {}
+    by_key: dict[str, list[tuple[str, bool]]] = {}
     for r in results:  # results are in plate order
         if r.status != "ok":
             continue
         for o in r.outputs:
             if o.get("kind") == "special_output" and str(o.get("path", "")).endswith(".csv"):
-                by_key.setdefault(o["key"], []).append(str(o["path"]))
+                entry = (str(o["path"]), bool(o.get("formulas_neutralized")))
+                by_key.setdefault(o["key"], []).append(entry)
     plate: dict[str, str] = {}
-    backend = root.backend(fsync=fsync)
-    for key, rels in sorted(by_key.items()):
-        with cf.ThreadPoolExecutor(max_workers=8) as pool:
-            raws = [raw for raw in pool.map(root.read_bytes, rels) if raw is not None]
-        if not raws:
-            continue
-        texts = [raw.decode("utf-8") for raw in raws]
-        headers = {t.split("\n", 1)[0] for t in texts}
-        if len(headers) == 1:
-            header = headers.pop()
-            body = "".join(t.split("\n", 1)[1] if "\n" in t else "" for t in texts)
-            text = f"{header}\n{body}"
-        else:
-            import pandas as pd
-
-            frames = [pd.read_csv(io.StringIO(t)) for t in texts if t.strip()]
-            text = pd.concat(frames, ignore_index=True).to_csv(index=False)
+    backend = root.backend(fsync=False)  # the caller seals them (OutputRoot.seal)
+    for key, entries in sorted(by_key.items()):
         name = f"{key}.csv"
+        try:
+            if root.write_chunks(name, _csv_chunks(root, entries)):
+                plate[key] = name
+            continue
+        except _HeadersDiffer:
+            pass
+        import pandas as pd
+
+        texts = [raw.decode("utf-8") for raw in _read_ahead(root, [r for r, _ in entries]) if raw]
+        frames = [pd.read_csv(io.StringIO(t)) for t in texts if t.strip()]
+        text = pd.concat(frames, ignore_index=True).to_csv(index=False)
         backend.save(neutralize_csv_text(text), root.vpath(name), overwrite=True)
         plate[key] = name
     return plate

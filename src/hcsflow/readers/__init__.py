@@ -47,7 +47,7 @@ from hcsflow.readers._registry import (
     reader_registry,
     register_reader,
 )
-from hcsflow.readers._source import PlateSource
+from hcsflow.readers._source import URL_BACKEND, PlateSource
 
 __all__ = [
     "ChannelInfo",
@@ -66,6 +66,7 @@ __all__ = [
     "ReaderRegistry",
     "RegexLayout",
     "SkippedFile",
+    "URL_BACKEND",
     "choose_reader",
     "detect_layout",
     "detect_reader",

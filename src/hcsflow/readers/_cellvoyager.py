@@ -191,7 +191,8 @@ class _Parser:
 
     def resolve(self, file: str, where: str) -> str:
         if "/" not in file and "\\" not in file and file not in (".", ".."):
-            return f"{self.source.root}/{file}"  # the usual case: a file beside the .mlf
+            # the usual case: a file beside the .mlf (rstrip: the root may be "/")
+            return f"{self.source.root.rstrip('/')}/{file}"
         text = file.replace("\\", "/")
         try:
             path = vpaths.join(vpaths.parent(self.mlf), text)

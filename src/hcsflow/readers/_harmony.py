@@ -366,7 +366,8 @@ class _Parser:
 
     def resolve(self, url: str, index_dir: str, rec: _Record) -> str:
         if "/" not in url and "\\" not in url and url not in (".", ".."):
-            return f"{index_dir}/{url}"  # the usual case: a file beside the index
+            # the usual case: a file beside the index (rstrip: it may be the root "/")
+            return f"{index_dir.rstrip('/')}/{url}"
         text = url.replace("\\", "/")
         if "://" in text or text.startswith("/") or (len(text) > 1 and text[1] == ":"):
             # absolute paths and URLs of the acquisition machine: the file sits beside the index

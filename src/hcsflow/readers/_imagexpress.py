@@ -248,11 +248,20 @@ def metaseries_props(description: str, path: str, backend: str) -> dict[str, str
     }
 
 
-def _tiff_description(path: str) -> str:
+def _tiff_description(source: PlateSource, path: str) -> str:
+    """The first ``ImageDescription`` of the TIFF at ``path`` (its first IFD only)."""
     import tifffile
 
-    with tifffile.TiffFile(path) as tif:
-        return tif.pages.first.description or ""
+    with source.open(path) as fh:
+        try:
+            with tifffile.TiffFile(fh) as tif:
+                return tif.pages.first.description or ""
+        except (tifffile.TiffFileError, ValueError, IndexError) as exc:
+            raise ExportMetadataError(
+                f"not a readable TIFF (truncated?): {exc}",
+                path=path,
+                backend=source.backend,
+            ) from exc
 
 
 # --------------------------------------------------------------------------- the reader
@@ -399,11 +408,10 @@ class ImageXpressReader(PlateReader):
         props: dict[int, dict[str, str]] = {}
         origin: dict[int, str] = {}
         for ch, (_, path) in sorted(first.items()):
-            local = source.local_path(path)
-            if local is None:
-                notes.append("TIFF headers not read (not a local folder): no pixel size")
+            if not source.can_open:
+                notes.append("TIFF headers not read (no byte access to the files): no pixel size")
                 break
-            found = metaseries_props(_tiff_description(local), path, source.backend)
+            found = metaseries_props(_tiff_description(source, path), path, source.backend)
             if found is None:
                 notes.append(f"no MetaSeries metadata in {source.rel(path)!r}: no pixel size")
                 continue
@@ -438,10 +446,11 @@ class ImageXpressReader(PlateReader):
         if len(z_planes) > 1 and ref is not None:
             zs: list[float] = []
             for z in sorted(z_planes)[:2]:
-                local = source.local_path(z_planes[z])
                 found = (
-                    metaseries_props(_tiff_description(local), z_planes[z], source.backend)
-                    if local
+                    metaseries_props(
+                        _tiff_description(source, z_planes[z]), z_planes[z], source.backend
+                    )
+                    if source.can_open
                     else None
                 )
                 value = _float(found, "z-position", z_planes[z], source.backend) if found else None

@@ -123,10 +123,11 @@ class _Parser:
         for tiff in tiffs:
             if tiff in covered:
                 continue
-            local = src.local_path(tiff)
-            if local is None:
-                raise self.fail(tiff, "OME-TIFF headers can only be read from a local folder")
-            text = _description(local, tiff, self.backend)
+            if not src.can_open:
+                raise self.fail(
+                    tiff, "OME-TIFF headers can only be read from a local folder or an fsspec URL"
+                )
+            text = _description(src, tiff)
             if not text.rstrip().endswith("OME>"):
                 continue  # no OME-XML in this file: placed by another document or unplaced
             pointer = _BINARY_ONLY.search(text)
@@ -144,7 +145,8 @@ class _Parser:
 
     def resolve(self, name: str, relative_to: str) -> str:
         if "/" not in name and "\\" not in name and name not in (".", ".."):
-            return f"{vpaths.parent(relative_to)}/{name}"  # the usual case: a file alongside
+            # the usual case: a file alongside (rstrip: its folder may be the root "/")
+            return f"{vpaths.parent(relative_to).rstrip('/')}/{name}"
         try:
             path = vpaths.join(vpaths.parent(relative_to), name.replace("\\", "/"))
         except PathEscapeError:
@@ -374,13 +376,15 @@ class _Parser:
 _BINARY_ONLY = re.compile(r"<(?:\w+:)?BinaryOnly\b[^>]*\bMetadataFile=\"([^\"]*)\"")
 
 
-def _description(local: str, path: str, backend: str) -> str:
+def _description(source: PlateSource, path: str) -> str:
+    """The first ``ImageDescription`` of the TIFF at ``path`` (its first IFD only)."""
     import tifffile
 
-    try:
-        with tifffile.TiffFile(local) as tif:
-            return tif.pages.first.description or ""
-    except (tifffile.TiffFileError, ValueError, IndexError) as exc:
-        raise ExportMetadataError(
-            f"not a readable TIFF (truncated?): {exc}", path=path, backend=backend
-        ) from exc
+    with source.open(path) as fh:
+        try:
+            with tifffile.TiffFile(fh) as tif:
+                return tif.pages.first.description or ""
+        except (tifffile.TiffFileError, ValueError, IndexError) as exc:
+            raise ExportMetadataError(
+                f"not a readable TIFF (truncated?): {exc}", path=path, backend=source.backend
+            ) from exc

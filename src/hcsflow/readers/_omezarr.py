@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from hcsflow.errors import PlateLayoutError
+from hcsflow.errors import HcsflowError, PlateLayoutError
 from hcsflow.readers._base import (
     ChannelInfo,
     PlateDescription,
@@ -40,6 +40,7 @@ _LENGTH_UM = {
     "meter": 1e6,
 }
 _TIME_S = {"millisecond": 1e-3, "second": 1.0, "minute": 60.0, "hour": 3600.0}
+_GROUP_DOC_BYTES = 16 << 20
 
 
 def is_zarr_plate(root: str) -> bool:
@@ -49,22 +50,27 @@ def is_zarr_plate(root: str) -> bool:
     )
 
 
-def _has_plate_metadata(root: str) -> bool:
+def _has_plate_metadata(source: PlateSource) -> bool:
+    """Whether the group document at the root of ``source`` carries NGFF plate metadata.
+
+    A group document that cannot be parsed counts as a plate: ``describe`` then reports
+    what is wrong with it.
+    """
     for name in ("zarr.json", ".zattrs"):
-        path = os.path.join(root, name)
-        if os.path.isfile(path):
-            try:
-                with open(path, "rb") as fh:
-                    doc = json.loads(fh.read(16 << 20))
-            except (ValueError, OSError):
-                return True  # a broken group document: let describe() report it
-            if not isinstance(doc, dict):
-                return True
-            attrs = doc.get("attributes", doc) if name == "zarr.json" else doc
-            if not isinstance(attrs, dict):
-                return True
-            ome = attrs.get("ome")
-            return "plate" in attrs or (isinstance(ome, dict) and "plate" in ome)
+        path = source.join(name)
+        if not source.is_file(path):
+            continue
+        try:
+            doc = json.loads(source.read_bytes(path, limit=_GROUP_DOC_BYTES))
+        except (ValueError, HcsflowError):
+            return True  # a broken group document: let describe() report it
+        if not isinstance(doc, dict):
+            return True
+        attrs = doc.get("attributes", doc) if name == "zarr.json" else doc
+        if not isinstance(attrs, dict):
+            return True
+        ome = attrs.get("ome")
+        return "plate" in attrs or (isinstance(ome, dict) and "plate" in ome)
     return False
 
 
@@ -78,35 +84,51 @@ class OmeZarrReader(PlateReader):
     def detect(self, source: PlateSource) -> bool:
         if source.backend == Backend.ZARR.value:
             return True
-        return source.is_local and _has_plate_metadata(source.root)
+        return (source.is_local or source.url is not None) and _has_plate_metadata(source)
 
     def describe(self, source: PlateSource) -> PlateDescription:
+        if source.url is not None:
+            return describe_store(source.url, self, storage_options=source.storage_options)
         return describe_store(source.root, self)
 
     def load_planes(
         self, images: Sequence[PlateImage], filemanager: FileManager, backend: str
     ) -> list[np.ndarray]:
-        """The planes of ``images``, read plane by plane from their field arrays."""
-        from hcsflow.storage import open_image
+        """The planes of ``images``, read plane by plane from their field arrays.
 
+        A plane's path is its store (a local path or a URL).  When ``backend`` is an
+        :class:`~hcsflow.storage.FsspecStorageBackend` (a run reads a URL plate through
+        one), its storage options are used to open the store, so credentials given to
+        the run reach the workers the same way as for plates of image files.
+        """
+        from hcsflow.storage import FsspecStorageBackend, open_image
+
+        options = None
+        if backend != Backend.ZARR.value:
+            via = filemanager.backend(backend)
+            if isinstance(via, FsspecStorageBackend):
+                options = dict(via.storage_options)
         arrays: dict[tuple[str, str, int], Any] = {}
         out = []
         for img in images:
             c = img.coords
             key = (img.path, c.well, c.field)
             if key not in arrays:
-                arrays[key] = open_image(img.path, c.well, c.field)
+                arrays[key] = open_image(img.path, c.well, c.field, storage_options=options)
             arr = arrays[key]
             index = (c.t, c.channel, c.z) if arr.ndim == 5 else (c.channel, c.z)
             out.append(np.asarray(arr[index]))
         return out
 
 
-def read_zarr_plate(store: str) -> PlateDescription:
-    """Describe the OME-Zarr plate at ``store`` (a local path or an fsspec URL)."""
+def read_zarr_plate(
+    store: str, *, storage_options: dict[str, Any] | None = None
+) -> PlateDescription:
+    """Describe the OME-Zarr plate at ``store`` (a local path or an fsspec URL read with
+    ``storage_options``)."""
     if "://" not in store:
         store = os.path.abspath(store)
-    return describe_store(store, OmeZarrReader())
+    return describe_store(store, OmeZarrReader(), storage_options=storage_options)
 
 
 def _physical(value: float, unit: str | None, table: dict[str, float]) -> float | None:
@@ -116,15 +138,18 @@ def _physical(value: float, unit: str | None, table: dict[str, float]) -> float 
     return value * factor if factor is not None else None
 
 
-def describe_store(store: str, reader: PlateReader) -> PlateDescription:
-    """The :class:`PlateDescription` of the OME-Zarr plate at ``store``.
+def describe_store(
+    store: str, reader: PlateReader, *, storage_options: dict[str, Any] | None = None
+) -> PlateDescription:
+    """The :class:`PlateDescription` of the OME-Zarr plate at ``store`` (fsspec
+    ``storage_options`` for a URL).
 
     Every well must have the same fields, channels, planes and timepoints (reported
     together in one :class:`PlateLayoutError` otherwise).
     """
     from hcsflow.storage import image_metadata, open_plate, open_well
 
-    info = open_plate(store)
+    info = open_plate(store, storage_options=storage_options)
     if not info.wells:
         raise PlateLayoutError(
             "the OME-Zarr plate lists no wells", path=store, backend=Backend.ZARR.value
@@ -133,7 +158,7 @@ def describe_store(store: str, reader: PlateReader) -> PlateDescription:
     problems: list[str] = []
     dims: dict[str, tuple[int, ...]] = {}
     for well in info.wells:
-        w = open_well(store, well)
+        w = open_well(store, well, storage_options=storage_options)
         axes = tuple(w.axes)
         if axes not in (("c", "z", "y", "x"), ("t", "c", "z", "y", "x")):
             problems.append(f"well {well}: axes {axes} are not (c, z, y, x) or (t, c, z, y, x)")
@@ -163,7 +188,7 @@ def describe_store(store: str, reader: PlateReader) -> PlateDescription:
             backend=Backend.ZARR.value,
         )
     n_f, n_t, n_c, n_z = next(iter(distinct))
-    attrs = image_metadata(store, info.wells[0], 0)
+    attrs = image_metadata(store, info.wells[0], 0, storage_options=storage_options)
     notes: list[str] = []
     pixel: tuple[float, float] | None = None
     sy = _physical(attrs.scale.get("y", 1.0), attrs.units.get("y"), _LENGTH_UM)

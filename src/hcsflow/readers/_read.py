@@ -5,8 +5,15 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Sequence
+from dataclasses import replace
+from typing import Any
 
-from hcsflow.errors import PlateLayoutError, UnknownPlateFormatError
+from hcsflow.errors import (
+    InvalidPathError,
+    PlateLayoutError,
+    StorageError,
+    UnknownPlateFormatError,
+)
 from hcsflow.readers._base import PlateDescription, PlateReader, listing
 from hcsflow.readers._layouts import FileLayoutReader
 from hcsflow.readers._registry import ReaderRegistry, reader_registry
@@ -63,9 +70,18 @@ def read_plate(
     recursive: bool = True,
     extensions: Sequence[str] | None = None,
     registry: ReaderRegistry | None = None,
+    storage_options: dict[str, Any] | None = None,
 ) -> PlateDescription:
     """Describe the plate at ``root``: a microscope export, an OME-Zarr plate or a
     folder of named image files.
+
+    ``root`` is a local directory, a virtual path of ``backend`` in ``filemanager``,
+    or an fsspec URL (``s3://bucket/plate``, ``gs://...``, ``memory://...``) read with
+    ``storage_options`` (credentials otherwise come from the environment).  For a URL
+    the description's :attr:`~PlateDescription.root` is the URL and its planes are
+    virtual paths of ``FsspecStorageBackend(root, storage_options=...)``, registered as
+    ``"fsspec"`` (:data:`~hcsflow.readers.URL_BACKEND`); an OME-Zarr plate's planes
+    name the store URL.  ``file://`` URLs are local paths.
 
     The reader is detected (see :data:`~hcsflow.readers.reader_registry`) unless
     ``format`` names one (``"imagexpress"``, ``"harmony"``, ``"cellvoyager"``,
@@ -75,18 +91,37 @@ def read_plate(
     error.  Raises :class:`~hcsflow.errors.PlateLayoutError` (and its subclass
     :class:`~hcsflow.errors.UnknownPlateFormatError` when nothing recognises the
     directory), :class:`~hcsflow.errors.ExportMetadataError` /
-    :class:`~hcsflow.errors.MissingPlaneError` for broken exports and
-    :class:`~hcsflow.errors.NotFoundError` when ``root`` is not a directory.
+    :class:`~hcsflow.errors.MissingPlaneError` for broken exports,
+    :class:`~hcsflow.errors.NotFoundError` when ``root`` is not a directory and
+    :class:`~hcsflow.errors.ObjectStoreError` when a URL cannot be reached.  Errors
+    about a URL plate name the file by its URL.
     """
-    fm = filemanager or FileManager()
     bname = backend.value if isinstance(backend, Backend) else str(backend)
     text = os.fspath(root)
-    if "://" in text or bname == Backend.ZARR.value:
-        if format not in (None, "ome-zarr") or layout is not None:
-            raise UnknownPlateFormatError(
-                f"only OME-Zarr plates are read from {'URLs' if '://' in text else 'zarr stores'}",
+    if text.startswith("file://"):
+        text = text[len("file://") :]
+    if "://" in text:
+        if filemanager is not None or bname != Backend.DISK.value:
+            raise InvalidPathError(
+                "a URL names its own storage: give storage_options, not a file manager or backend",
                 path=text,
                 backend=bname,
+            )
+        return _read_url(
+            text.rstrip("/"),
+            storage_options,
+            format=format,
+            layout=layout,
+            strict=strict,
+            recursive=recursive,
+            extensions=extensions,
+            registry=registry,
+        )
+    fm = filemanager or FileManager()
+    if bname == Backend.ZARR.value:
+        if format not in (None, "ome-zarr") or layout is not None:
+            raise UnknownPlateFormatError(
+                "only OME-Zarr plates are read from zarr stores", path=text, backend=bname
             )
         from hcsflow.readers._omezarr import read_zarr_plate
 
@@ -104,6 +139,50 @@ def read_plate(
         extensions=extensions,
     )
     return _check(reader.describe(source), strict)
+
+
+def _read_url(
+    url: str,
+    storage_options: dict[str, Any] | None,
+    *,
+    format: str | None,
+    layout: PlateLayout | None,
+    strict: bool,
+    recursive: bool,
+    extensions: Sequence[str] | None,
+    registry: ReaderRegistry | None,
+) -> PlateDescription:
+    """Describe the plate at ``url``; errors name files by their URL."""
+    source = PlateSource.from_url(url, storage_options)
+    try:
+        source.require_dir()
+        reader = choose_reader(
+            source,
+            format=format,
+            layout=layout,
+            registry=registry,
+            recursive=recursive,
+            extensions=extensions,
+        )
+        desc = reader.describe(source)
+        if desc.root == source.root and desc.backend == source.backend:
+            desc = replace(desc, root=url)
+        return _check(desc, strict)
+    except StorageError as exc:
+        located = _located(exc, source)
+        if located is exc:
+            raise
+        raise located from exc
+
+
+def _located(exc: StorageError, source: PlateSource) -> StorageError:
+    """``exc`` naming its file by URL (``exc`` itself when it names none of the source's)."""
+    path = exc.path
+    if path is None or exc.backend != source.backend or not path.startswith("/"):
+        return exc
+    if type(exc).__init__ is not StorageError.__init__:
+        return exc  # an error with more fields than (message, path, backend)
+    return type(exc)(exc.reason, path=source.location(path), backend=exc.backend)
 
 
 def _check(desc: PlateDescription, strict: bool) -> PlateDescription:

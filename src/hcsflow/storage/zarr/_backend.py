@@ -24,7 +24,7 @@ generic files, only to find the plate store of plate images.
 **Nothing lost.**  A file's data array has a fresh name on every write; the group's
 ``zarr.json`` is switched to it in one atomic write (``os.replace`` or one PUT) and the
 old array is deleted afterwards, so readers see the old or the new content and a crash
-leaves the old one.  Wells use the same scheme (see :mod:`hcsflow.storage.zarr._plates`).
+leaves the old one.  Wells use the same scheme (see :mod:`hcsflow.storage.zarr._wells`).
 Moves are atomic renames on local disks and copy-then-delete on object stores.
 """
 

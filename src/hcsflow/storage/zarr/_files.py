@@ -29,8 +29,8 @@ from hcsflow.storage._codecs import (
     to_host_array,
 )
 from hcsflow.storage._debris import writer_tag
+from hcsflow.storage.zarr import _arrays as arrays
 from hcsflow.storage.zarr import _ome
-from hcsflow.storage.zarr import _plates as plates
 from hcsflow.storage.zarr._config import ZarrConfig
 from hcsflow.storage.zarr._debris import building, clean_node
 from hcsflow.storage.zarr._io import Location, store_errors
@@ -172,7 +172,7 @@ class _ZarrFiles(_ZarrNodes):
         old = self._data_children(real)
         data_loc = loc.child(name)
         with building(data_loc):
-            plates.create_array(data_loc, arr, file_cfg, None)
+            arrays.create_array(data_loc, arr, file_cfg, None)
             if exclusive:
                 if not loc.write_once("zarr.json", doc):
                     data_loc.remove()
@@ -207,7 +207,7 @@ class _ZarrFiles(_ZarrNodes):
         fd, built = fs.birth_dir(loc.path)
         build = Location(fs, built, limits=loc.limits)
         try:
-            plates.create_array(build.child(name), arr, cfg, None)
+            arrays.create_array(build.child(name), arr, cfg, None)
             build.write_unpublished("zarr.json", doc)
             if fs.publish_dir(built, loc.path):
                 return True
@@ -363,7 +363,7 @@ class _ZarrFiles(_ZarrNodes):
                     path=target.url,
                     backend=self.name,
                 ) from exc
-        return plates.read_array(arr, Ellipsis, target)
+        return arrays.read_array(arr, Ellipsis, target)
 
 
 def _size_of(data: Any, arr: np.ndarray) -> int | None:

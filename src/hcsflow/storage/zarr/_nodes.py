@@ -26,10 +26,10 @@ from hcsflow.storage._codecs import (
 from hcsflow.storage._debris import NAME_MAX
 from hcsflow.storage._limits import StorageLimits
 from hcsflow.storage.zarr import _ome
-from hcsflow.storage.zarr import _plates as plates
 from hcsflow.storage.zarr._config import ZarrConfig
 from hcsflow.storage.zarr._io import META_FILES, Location, location
 from hcsflow.storage.zarr._localfs import LocalFS
+from hcsflow.storage.zarr._locate import MARKERS
 
 _MAX_LINK_HOPS = 64
 #: reads of a file repeated when overwrites keep replacing its data array meanwhile
@@ -49,7 +49,7 @@ _IN_FLIGHT = re.compile(r"\.[0-9a-f]{32}\.(?:partial|deleting)$")
 
 
 def _hidden(name: str) -> bool:
-    return name in META_FILES or name == plates.MARKERS[0] or _IN_FLIGHT.search(name) is not None
+    return name in META_FILES or name == MARKERS[0] or _IN_FLIGHT.search(name) is not None
 
 
 #: a file node's data array: "data" + a writer tag (older stores: 8 random hex digits)

@@ -25,8 +25,7 @@ from hcsflow.storage._codecs import (
     to_host_array,
 )
 from hcsflow.storage.plate import ImageCoordinates, PlateLayout, parse_well
-from hcsflow.storage.zarr import _ome
-from hcsflow.storage.zarr import _plates as plates
+from hcsflow.storage.zarr import _arrays, _locate, _ome, _wells
 from hcsflow.storage.zarr._config import ZarrConfig
 from hcsflow.storage.zarr._files import _size_of, _ZarrFiles
 from hcsflow.storage.zarr._io import Location
@@ -91,8 +90,8 @@ class _ZarrPlateImages(_ZarrFiles):
             plate_loc = self._loc(store)
             row, col = well.split("/")
             wname = f"{row}{int(col):02d}"
-            img, _, _ = plates._image_loc(plate_loc, wname, field)
-            arr, img = plates._open_array_at(img, 0)
+            img, _, _ = _locate.image_loc(plate_loc, wname, field)
+            arr, img = _arrays.open_array_at(img, 0)
             lead = arr.ndim - 2
             for i in idxs:
                 if len(coords[i]) != lead:
@@ -106,11 +105,11 @@ class _ZarrPlateImages(_ZarrFiles):
             chunk_lead = tuple(arr.chunks[:lead])
             if all(c == 1 for c in chunk_lead):
                 for i in idxs:
-                    out[i] = plates.read_array(arr, coords[i], img)
+                    out[i] = _arrays.read_array(arr, coords[i], img)
             else:
                 lo = [min(coords[i][d] for i in idxs) for d in range(lead)]
                 hi = [max(coords[i][d] for i in idxs) + 1 for d in range(lead)]
-                box = plates.read_array(
+                box = _arrays.read_array(
                     arr, tuple(slice(a, b) for a, b in zip(lo, hi, strict=True)), img
                 )
                 for i in idxs:
@@ -186,7 +185,7 @@ class _ZarrPlateImages(_ZarrFiles):
                 )
             targets.append(real)
         for well in plans:
-            if not overwrite and plates._read_well_meta(plate_loc, parse_well(well)) is not None:
+            if not overwrite and _locate.read_well_meta(plate_loc, parse_well(well)) is not None:
                 raise AlreadyExistsError(
                     f"well {well} already exists; pass overwrite=True to replace it: store "
                     f"{plate_loc.url!r}",
@@ -194,7 +193,7 @@ class _ZarrPlateImages(_ZarrFiles):
                     backend=self.name,
                 )
         for well, fields in plans.items():
-            plates.write_well(plate_loc, well, fields, cfg, overwrite=overwrite)
+            _wells.write_well(plate_loc, well, fields, cfg, overwrite=overwrite)
         for i, real in enumerate(targets):
             c = coords[i]
             pos = parse_well(c.well)

@@ -232,6 +232,7 @@ def _check_image(
         report.errors.append(f"image {key!r}: 'datasets' must be a non-empty list")
         return
     prev: tuple[int, ...] | None = None
+    level0: tuple[int, ...] | None = None
     for level, ds in enumerate(datasets):
         dpath = ds.get("path") if isinstance(ds, dict) else None
         if not isinstance(dpath, str):
@@ -263,6 +264,8 @@ def _check_image(
                 f"{arr_node.zarr_format}, the plate is {fmt}"
             )
         shape = tuple(int(s) for s in arr_node.raw.get("shape", []))
+        if level == 0:
+            level0 = shape
         if not _within_limits(loc.child(dpath), key, dpath, arr_node, shape, report):
             prev = shape
             continue
@@ -284,12 +287,21 @@ def _check_image(
         prev = shape
         if deep and level == 0:
             _decode_all(loc.child(dpath), key, dpath, report, arr_node.zarr_format)
-    _check_labels(loc, key, report, deep, fmt, len(axes))
+    _check_labels(loc, key, report, deep, fmt, names, level0)
 
 
 def _check_labels(
-    loc: Location, key: str, report: PlateReport, deep: bool, fmt: int, ndim: int
+    loc: Location,
+    key: str,
+    report: PlateReport,
+    deep: bool,
+    fmt: int,
+    axes: list[Any],
+    shape: tuple[int, ...] | None,
 ) -> None:
+    """The image's label images: listed, present, valid images of integers, and (a
+    warning otherwise) with the image's axes and shape, one channel allowed."""
+    ndim = len(axes)
     group = _ome.read_node(loc.child("labels"))
     if group is None:
         return
@@ -324,6 +336,18 @@ def _check_labels(
             report.warnings.append(
                 f"label image {lkey!r} has {len(ms.get('axes', []))} axes, the image {ndim}"
             )
+            continue
+        lshape = tuple(int(s) for s in arr.raw.get("shape", [])) if arr else None
+        if shape is not None and lshape is not None and len(lshape) == len(shape):
+            fits = all(
+                got == want or (axis == "c" and got == 1)
+                for axis, got, want in zip(axes, lshape, shape, strict=True)
+            )
+            if not fits:
+                report.warnings.append(
+                    f"label image {lkey!r} has shape {list(lshape)}, its image "
+                    f"{list(shape)}: it does not overlay the image"
+                )
 
 
 def _dtype_of(node: _ome.NodeMeta) -> np.dtype[Any] | None:
@@ -372,7 +396,7 @@ def _chunk_shape(node: _ome.NodeMeta) -> tuple[int, ...] | None:
 def _decode_all(loc: Location, key: str, dpath: str, report: PlateReport, fmt: int) -> None:
     """Decode every chunk of one array, one chunk (grid cell) at a time."""
     import zarr
-    from hcsflow.storage.zarr._plates import read_array
+    from hcsflow.storage.zarr._arrays import read_array
 
     node = _ome.read_node(loc)
     chunks = _chunk_shape(node) if node is not None else None

@@ -644,8 +644,15 @@ class _DaskPool(WellPool):
         if scheduler is None:
             import dask
 
-            # a worker lost mid-well: the scheduler runs the well again elsewhere
-            with dask.config.set({"distributed.scheduler.allowed-failures": max(retries, 0)}):
+            # a worker lost mid-well: the scheduler runs the well again elsewhere; the
+            # cluster's event-loop thread and the worker processes it spawns (also those
+            # that replace a lost one) start with SIGINT blocked, so a Ctrl-C to the
+            # process group stops the run here instead of printing a traceback from a
+            # worker that is still importing
+            with (
+                dask.config.set({"distributed.scheduler.allowed-failures": max(retries, 0)}),
+                _quiet_start(),
+            ):
                 # its workers' own log lines (a heartbeat lost while the run stops...)
                 # are not the user's business: well errors come back in the results
                 self.cluster = LocalCluster(

@@ -478,6 +478,32 @@ def test_signal_while_the_command_starts(harness: Harness, sig: str) -> None:
     assert t.output == "removed" and "nothing was written" in t.stderr
 
 
+def test_blosc_lock_of_a_worker_is_not_tracked() -> None:
+    # a fresh interpreter with the fork server's start method, as a worker is
+    code = """
+import multiprocessing
+multiprocessing.set_start_method("forkserver")
+from multiprocessing import resource_tracker
+seen = []
+resource_tracker.register = lambda name, rtype: seen.append((name, rtype))
+from hcsflow.pipeline._executors import _untracked_blosc_lock
+import numcodecs.blosc as blosc
+_untracked_blosc_lock()
+lock = blosc.get_mutex()
+with lock:
+    pass
+blosc.compress(bytes(1000), b"lz4", 5, blosc.SHUFFLE)
+print(type(lock).__name__, lock._semlock.name, seen)
+"""
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    # the lock is a process lock all the same, unlinked at once, never registered
+    assert out.stdout.split() == ["Lock", "None", "[]"]
+
+
 # --------------------------------------------------------------------------- the sweep
 
 

@@ -165,6 +165,30 @@ def _exit_on_sigterm(signum: int, frame: Any) -> None:
     os.kill(os.getpid(), signal.SIGTERM)
 
 
+def _untracked_blosc_lock() -> None:
+    """Give numcodecs' Blosc codec a process lock that the resource tracker never sees.
+
+    Blosc makes a ``multiprocessing.Lock`` on its first use (in a zarr thread of the
+    worker).  Under the fork server that is a named semaphore registered with the run's
+    resource tracker, and a worker stopped while that thread or the lock's finalizer is
+    half-way (or killed after the grace period) leaves the tracker to print a "leaked
+    semaphore" warning under the run's one-line report.  A lock of the ``fork`` context
+    is the same kind of lock, unlinked at once and never registered, as in any process
+    started by fork.  Nothing changes where numcodecs does not keep its lock this way.
+    """
+    try:
+        import multiprocessing
+
+        import numcodecs.blosc as blosc
+    except ImportError:
+        return
+    if "fork" not in multiprocessing.get_all_start_methods():
+        return
+    if getattr(blosc, "_MUTEX_IS_INIT", None) is False and hasattr(blosc, "_MUTEX"):
+        blosc._MUTEX = multiprocessing.get_context("fork").Lock()
+        blosc._MUTEX_IS_INIT = True
+
+
 def _worker_init(preload: Sequence[str], client_pid: int) -> None:
     # Ctrl-C reaches the whole process group; the parent shuts the workers down itself,
     # so a worker must not die half-way through a write with a traceback of its own
@@ -174,6 +198,7 @@ def _worker_init(preload: Sequence[str], client_pid: int) -> None:
         # ignores it instead, and the programs a well starts get the usual mask
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    _untracked_blosc_lock()
     threading.Thread(
         target=_watch_client, args=(client_pid,), daemon=True, name="hcsflow-watch-client"
     ).start()

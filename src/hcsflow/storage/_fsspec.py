@@ -34,7 +34,6 @@ from hcsflow import paths as vpaths
 from hcsflow.errors import (
     AlreadyExistsError,
     BatchError,
-    CorruptDataError,
     DataFormatError,
     DirectoryNotEmptyError,
     HcsflowError,
@@ -42,17 +41,16 @@ from hcsflow.errors import (
     IsADirectoryStorageError,
     NotADirectoryStorageError,
     NotFoundError,
-    PickleRefusedError,
-    ResourceLimitError,
     SymlinkLoopError,
-    UnsupportedFormatError,
 )
 from hcsflow.storage._base import EntryKind, _check_batch
 from hcsflow.storage._codecs import (
     Codec,
     CodecRefusal,
     CodecRegistry,
-    PickleNotAllowed,
+    check_codec_options,
+    codec_for,
+    decoding,
     default_codecs,
 )
 from hcsflow.storage._fsspec_paths import (
@@ -178,21 +176,11 @@ class FsspecStorageBackend(_FsspecPaths):
     # ------------------------------------------------------------------ formats
 
     def _codec(self, vp: str) -> Codec:
-        codec = self.codecs.for_name(vpaths.name(vp))
-        if codec is None:
-            known = " ".join(self.codecs.extensions())
-            raise UnsupportedFormatError(
-                f"no file format for this extension (known: {known})", path=vp, backend=self.name
-            )
-        return codec
+        return codec_for(self.codecs, vp, self.name)
 
     def _encode(self, data: Any, vp: str, options: dict[str, Any]) -> bytes:
         codec = self._codec(vp)
-        bad = codec.check_options(options, loading=False)
-        if bad is not None:
-            raise DataFormatError(
-                f"the {codec.name} format does not take option {bad!r}", path=vp, backend=self.name
-            )
+        check_codec_options(codec, options, loading=False, path=vp, backend=self.name)
         try:
             prepared = codec.prepare(data, **options)
         except CodecRefusal as exc:
@@ -212,37 +200,11 @@ class FsspecStorageBackend(_FsspecPaths):
 
     def _decode(self, vp: str, raw: bytes, options: dict[str, Any]) -> Any:
         codec = self._codec(vp)
-        bad = codec.check_options(options, loading=True)
-        if bad is not None:
-            raise DataFormatError(
-                f"the {codec.name} format does not take option {bad!r}", path=vp, backend=self.name
-            )
-        try:
+        check_codec_options(codec, options, loading=True, path=vp, backend=self.name)
+        with decoding(codec, vp, self.name):
             return codec.decode(
                 io.BytesIO(raw), limits=self.limits, path=vp, backend=self.name, **options
             )
-        except PickleNotAllowed as exc:
-            raise PickleRefusedError(
-                f"{exc}; pass allow_pickle=True only for files you trust",
-                path=vp,
-                backend=self.name,
-            ) from exc
-        except CodecRefusal as exc:
-            raise DataFormatError(
-                f"cannot load as {codec.name}: {exc}", path=vp, backend=self.name
-            ) from exc
-        except (ImportError, HcsflowError):
-            raise
-        except MemoryError as exc:
-            raise ResourceLimitError(
-                f"not enough memory to decode the object as {codec.name}",
-                path=vp,
-                backend=self.name,
-            ) from exc
-        except Exception as exc:
-            raise CorruptDataError(
-                f"cannot decode the file as {codec.name}: {exc}", path=vp, backend=self.name
-            ) from exc
 
     # ------------------------------------------------------------------ load / save
 

@@ -20,17 +20,28 @@ module name, never imported.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import pickle
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import IO, Any, ClassVar
 
 import numpy as np
 
-from hcsflow.errors import CodecRefusal, MemoryConversionError, MemoryTypeError
+from hcsflow.errors import (
+    CodecRefusal,
+    CorruptDataError,
+    DataFormatError,
+    HcsflowError,
+    MemoryConversionError,
+    MemoryTypeError,
+    PickleRefusedError,
+    ResourceLimitError,
+    UnsupportedFormatError,
+)
 from hcsflow.storage._decode import (
     PickleNotAllowed,
     read_npy,
@@ -49,6 +60,9 @@ __all__ = [
     "TiffConfig",
     "default_codecs",
     "to_host_array",
+    "codec_for",
+    "check_codec_options",
+    "decoding",
 ]
 
 #: load options every codec accepts (and non-pickle codecs ignore), so generic code can
@@ -679,3 +693,81 @@ def default_codecs() -> CodecRegistry:
             TorchCodec(),
         ]
     )
+
+
+# --------------------------------------------------------------------------- for backends
+# The file backends (disk, zarr, fsspec) select codecs and report their failures alike.
+
+
+def codec_for(codecs: CodecRegistry, path: str, backend: str) -> Codec:
+    """The codec ``path``'s extension selects; :class:`UnsupportedFormatError` if none."""
+    codec = codecs.for_name(path.rsplit("/", 1)[-1])
+    if codec is None:
+        known = " ".join(codecs.extensions())
+        raise UnsupportedFormatError(
+            f"no file format for this extension (known: {known})", path=path, backend=backend
+        )
+    return codec
+
+
+def check_codec_options(
+    codec: Codec, options: Mapping[str, Any], *, loading: bool, path: str, backend: str
+) -> None:
+    """Refuse an option ``codec`` does not take (:class:`DataFormatError` naming it)."""
+    bad = codec.check_options(options, loading=loading)
+    if bad is not None:
+        raise DataFormatError(
+            f"the {codec.name} format does not take option {bad!r}", path=path, backend=backend
+        )
+
+
+@contextlib.contextmanager
+def decoding(
+    codec: Codec,
+    path: str,
+    backend: str,
+    *,
+    os_error: Callable[[OSError], BaseException | None] | None = None,
+) -> Iterator[None]:
+    """Turn what ``codec.decode`` raises inside the block into typed errors naming ``path``.
+
+    A refused pickle is :class:`PickleRefusedError`, a refusal :class:`DataFormatError`,
+    running out of memory (within the limits) :class:`ResourceLimitError`, anything
+    else the decoder raises :class:`CorruptDataError`.  hcsflow's own errors and a
+    missing optional package pass unchanged, and so does an ``OSError`` with an errno
+    (a real I/O failure, not a decoding one) unless ``os_error`` maps it.
+    """
+    try:
+        yield
+    except PickleNotAllowed as exc:
+        raise PickleRefusedError(
+            f"{exc}; pass allow_pickle=True only for files you trust", path=path, backend=backend
+        ) from exc
+    except CodecRefusal as exc:
+        raise DataFormatError(
+            f"cannot load as {codec.name}: {exc}", path=path, backend=backend
+        ) from exc
+    except (HcsflowError, ImportError):
+        raise
+    except MemoryError as exc:
+        raise ResourceLimitError(
+            f"not enough memory to decode the file as {codec.name} (it is within "
+            "StorageLimits; lower HCSFLOW_MAX_DECODED_BYTES to refuse such files early)",
+            path=path,
+            backend=backend,
+        ) from exc
+    except OSError as exc:
+        mapped = os_error(exc) if os_error is not None else None
+        if mapped is not None:
+            raise mapped from exc
+        if exc.errno is not None:
+            raise
+        raise CorruptDataError(
+            f"cannot decode the file as {codec.name}: {exc}", path=path, backend=backend
+        ) from exc
+    except Exception as exc:
+        raise CorruptDataError(
+            f"cannot decode the file as {codec.name}: {type(exc).__name__}: {exc}",
+            path=path,
+            backend=backend,
+        ) from exc

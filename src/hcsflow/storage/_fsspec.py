@@ -25,9 +25,8 @@ from __future__ import annotations
 
 import contextlib
 import io
-import os
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
@@ -35,7 +34,6 @@ from hcsflow import paths as vpaths
 from hcsflow.errors import (
     AlreadyExistsError,
     BatchError,
-    CorruptDataError,
     DataFormatError,
     DirectoryNotEmptyError,
     HcsflowError,
@@ -43,49 +41,30 @@ from hcsflow.errors import (
     IsADirectoryStorageError,
     NotADirectoryStorageError,
     NotFoundError,
-    ObjectStoreError,
-    PickleRefusedError,
-    ResourceLimitError,
     SymlinkLoopError,
-    UnsupportedFormatError,
 )
-from hcsflow.storage._base import EntryKind, FileInfo, StorageBackend, _check_batch
+from hcsflow.storage._base import EntryKind, _check_batch
 from hcsflow.storage._codecs import (
     Codec,
     CodecRefusal,
     CodecRegistry,
-    PickleNotAllowed,
+    check_codec_options,
+    codec_for,
+    decoding,
     default_codecs,
+)
+from hcsflow.storage._fsspec_paths import (
+    DIR_MARKER,
+    LINK_MAGIC,
+    _FsspecPaths,
+    is_url,
 )
 from hcsflow.storage._limits import StorageLimits
 
 __all__ = ["FsspecStorageBackend", "DIR_MARKER", "LINK_MAGIC", "is_url"]
 
-DIR_MARKER = ".hcsflow-dir"
-"""Name of the zero-byte object that keeps an empty directory in existence."""
-LINK_MAGIC = b"hcsflow-symlink/1\n"
-"""First bytes of a symlink object; the target's virtual path follows (UTF-8)."""
-_LINK_MAX = len(LINK_MAGIC) + 4 * 4096
-_MAX_LINK_HOPS = 64
-_NETWORK_MODULES = ("botocore", "aiobotocore", "aiohttp", "s3fs", "gcsfs", "adlfs", "requests")
 
-_Node = tuple[EntryKind | None, int | None, str | None, float | None]
-"""(kind, size, link target, mtime) of the entry physically at a path."""
-
-
-def is_url(path: str | os.PathLike[str]) -> bool:
-    """Whether ``path`` is an fsspec URL (``scheme://...``) rather than a local path."""
-    return "://" in os.fspath(path)
-
-
-def _is_network_error(exc: BaseException) -> bool:
-    mod = (type(exc).__module__ or "").split(".")[0]
-    return isinstance(exc, (PermissionError, ConnectionError, TimeoutError)) or (
-        mod in _NETWORK_MODULES and not isinstance(exc, (FileNotFoundError, FileExistsError))
-    )
-
-
-class FsspecStorageBackend(StorageBackend):
+class FsspecStorageBackend(_FsspecPaths):
     """Files on any fsspec filesystem, encoded by extension like the disk backend.
 
     ``root``: a URL (``s3://bucket/prefix``, ``gs://...``, ``memory://...``); virtual ``/``
@@ -157,116 +136,7 @@ class FsspecStorageBackend(StorageBackend):
             limits=state.get("limits"),
         )
 
-    # ------------------------------------------------------------------ mapping
-
-    def norm(self, path: vpaths.PathLike) -> str:
-        """Normalise ``path``; the directory marker's name is reserved."""
-        vp = super().norm(path)
-        if DIR_MARKER in vp.split("/"):
-            raise InvalidPathError(
-                f"{DIR_MARKER!r} is a name reserved by the fsspec backend",
-                path=vp,
-                backend=self.name,
-            )
-        return vp
-
-    def _key(self, vp: str) -> str:
-        return self._base if vp == "/" else self._base + vp
-
-    def url_of(self, path: vpaths.PathLike) -> str:
-        """The URL a virtual path maps to (no symlinks followed)."""
-        return self._url(self.norm(path))
-
-    def _url(self, vp: str) -> str:
-        return self._root_url if vp == "/" else self._root_url + vp
-
-    @contextlib.contextmanager
-    def _errors(self, where: str) -> Iterator[None]:
-        """Network, permission and missing-bucket errors become :class:`ObjectStoreError`."""
-        try:
-            yield
-        except HcsflowError:
-            raise
-        except Exception as exc:
-            text = str(exc).lower()
-            missing_bucket = "bucket" in text and ("not exist" in text or "nosuchbucket" in text)
-            if _is_network_error(exc) or missing_bucket:
-                raise ObjectStoreError(
-                    f"object store unreachable or access denied at {where!r}: "
-                    f"{type(exc).__name__}: {exc}",
-                    path=where,
-                    backend=self.name,
-                ) from exc
-            raise
-
-    def _cat(self, vp: str) -> bytes | None:
-        try:
-            with self._errors(self._url(vp)):
-                data: bytes = self.fs.cat_file(self._key(vp))
-        except (FileNotFoundError, IsADirectoryError):
-            return None
-        return data
-
-    def _node(self, vp: str) -> _Node:
-        """Kind, size, link target and mtime of the entry physically at ``vp``."""
-        if vp == "/":
-            return "directory", None, None, None
-        try:
-            with self._errors(self._url(vp)):
-                info = self.fs.info(self._key(vp))
-        except (FileNotFoundError, NotADirectoryError):
-            return None, None, None, None
-        mtime = _mtime(info)
-        if info.get("type") == "directory":
-            return "directory", None, None, mtime
-        size = info.get("size")
-        if size is not None and len(LINK_MAGIC) <= int(size) <= _LINK_MAX:
-            raw = self._cat(vp)
-            if raw is None:  # deleted since the look
-                return None, None, None, None
-            if raw.startswith(LINK_MAGIC):
-                return "symlink", int(size), raw[len(LINK_MAGIC) :].decode("utf-8"), mtime
-        return "file", None if size is None else int(size), None, mtime
-
-    def _resolve(
-        self, vp: str, follow_last: bool, seen: set[str] | None = None
-    ) -> tuple[str, _Node]:
-        """(physical path, node) of ``vp``; links before the last component always followed."""
-        seen = set() if seen is None else seen
-        node = self._node(vp)
-        if node[0] is not None:
-            if node[0] == "symlink" and follow_last:
-                if vp in seen or len(seen) >= _MAX_LINK_HOPS:
-                    raise SymlinkLoopError("symlink chain loops", path=vp, backend=self.name)
-                seen.add(vp)
-                assert node[2] is not None
-                return self._resolve(node[2], True, seen)
-            return vp, node
-        parent = vpaths.parent(vp)
-        if parent == vp:
-            return vp, node
-        preal, pnode = self._resolve(parent, True, seen)
-        if pnode[0] == "file":
-            raise NotADirectoryStorageError("not a directory", path=parent, backend=self.name)
-        if pnode[0] != "directory" or preal == parent:
-            return vp, (None, None, None, None)
-        return self._resolve(vpaths.join(preal, vpaths.name(vp)), follow_last, seen)
-
-    def _parent_dir(self, vp: str) -> str:
-        parent = vpaths.parent(vp)
-        try:
-            preal, pnode = self._resolve(parent, True)
-        except SymlinkLoopError as exc:
-            raise NotFoundError(
-                "parent directory does not exist", path=parent, backend=self.name
-            ) from exc
-        if pnode[0] is None:
-            raise self._absent_error(parent, "parent directory does not exist")
-        if pnode[0] != "directory":
-            raise NotADirectoryStorageError(
-                "parent is not a directory", path=parent, backend=self.name
-            )
-        return preal
+    # ------------------------------------------------------------------ writes
 
     def _write_target(self, vp: str, overwrite: bool) -> tuple[str, EntryKind | None]:
         """Physical path a write of ``vp`` goes to, after the overwrite checks."""
@@ -306,21 +176,11 @@ class FsspecStorageBackend(StorageBackend):
     # ------------------------------------------------------------------ formats
 
     def _codec(self, vp: str) -> Codec:
-        codec = self.codecs.for_name(vpaths.name(vp))
-        if codec is None:
-            known = " ".join(self.codecs.extensions())
-            raise UnsupportedFormatError(
-                f"no file format for this extension (known: {known})", path=vp, backend=self.name
-            )
-        return codec
+        return codec_for(self.codecs, vp, self.name)
 
     def _encode(self, data: Any, vp: str, options: dict[str, Any]) -> bytes:
         codec = self._codec(vp)
-        bad = codec.check_options(options, loading=False)
-        if bad is not None:
-            raise DataFormatError(
-                f"the {codec.name} format does not take option {bad!r}", path=vp, backend=self.name
-            )
+        check_codec_options(codec, options, loading=False, path=vp, backend=self.name)
         try:
             prepared = codec.prepare(data, **options)
         except CodecRefusal as exc:
@@ -340,134 +200,11 @@ class FsspecStorageBackend(StorageBackend):
 
     def _decode(self, vp: str, raw: bytes, options: dict[str, Any]) -> Any:
         codec = self._codec(vp)
-        bad = codec.check_options(options, loading=True)
-        if bad is not None:
-            raise DataFormatError(
-                f"the {codec.name} format does not take option {bad!r}", path=vp, backend=self.name
-            )
-        try:
+        check_codec_options(codec, options, loading=True, path=vp, backend=self.name)
+        with decoding(codec, vp, self.name):
             return codec.decode(
                 io.BytesIO(raw), limits=self.limits, path=vp, backend=self.name, **options
             )
-        except PickleNotAllowed as exc:
-            raise PickleRefusedError(
-                f"{exc}; pass allow_pickle=True only for files you trust",
-                path=vp,
-                backend=self.name,
-            ) from exc
-        except CodecRefusal as exc:
-            raise DataFormatError(
-                f"cannot load as {codec.name}: {exc}", path=vp, backend=self.name
-            ) from exc
-        except (ImportError, HcsflowError):
-            raise
-        except MemoryError as exc:
-            raise ResourceLimitError(
-                f"not enough memory to decode the object as {codec.name}",
-                path=vp,
-                backend=self.name,
-            ) from exc
-        except Exception as exc:
-            raise CorruptDataError(
-                f"cannot decode the file as {codec.name}: {exc}", path=vp, backend=self.name
-            ) from exc
-
-    # ------------------------------------------------------------------ queries
-
-    def entry_kind(
-        self, path: vpaths.PathLike, *, follow_symlinks: bool = True
-    ) -> EntryKind | None:
-        """Kind of entry at ``path``; ``None`` when missing, dangling or looping."""
-        vp = self.norm(path)
-        try:
-            _, node = self._resolve(vp, follow_symlinks)
-        except (SymlinkLoopError, NotADirectoryStorageError):
-            return None
-        return node[0]
-
-    def _listing(self, real: str) -> dict[str, dict[str, Any]]:
-        """Entries directly in the physical directory ``real``: name -> fsspec info."""
-        key = self._key(real)
-        with self._errors(self._url(real)):
-            try:
-                entries = self.fs.ls(key, detail=True)
-            except FileNotFoundError:
-                return {}
-        out: dict[str, dict[str, Any]] = {}
-        base = key.rstrip("/")
-        for info in entries:
-            name = str(info["name"]).rstrip("/")
-            if name == base or not name.startswith(base + "/"):
-                continue
-            leaf = name[len(base) + 1 :]
-            if not leaf or "/" in leaf or leaf == DIR_MARKER:
-                continue
-            out[leaf] = info
-        return out
-
-    def _require_listable(self, vp: str) -> str:
-        real, node = self._resolve(vp, True)
-        if node[0] is None:
-            raise self._absent_error(vp, "directory does not exist")
-        if node[0] != "directory":
-            raise NotADirectoryStorageError("not a directory", path=vp, backend=self.name)
-        return real
-
-    def list_dir(self, directory: vpaths.PathLike) -> list[str]:
-        """Entry names in ``directory`` (markers hidden), naturally sorted."""
-        real = self._require_listable(self.norm(directory))
-        return vpaths.natural_sorted(self._listing(real))
-
-    def walk(self, directory: vpaths.PathLike, *, recursive: bool = True) -> Iterator[str]:
-        """Files below ``directory`` in natural, depth-first order (one listing per folder).
-
-        Symlinked directories are not descended into; symlinked files are yielded.
-        """
-        root = self.norm(directory)
-        real_root = self._require_listable(root)
-        stack = [(root, real_root)]
-        while stack:
-            vdir, rdir = stack.pop()
-            entries = self._listing(rdir)
-            subdirs = []
-            for name in vpaths.natural_sorted(entries):
-                info = entries[name]
-                full = vpaths.join(vdir, name)
-                if info.get("type") == "directory":
-                    subdirs.append((full, vpaths.join(rdir, name)))
-                    continue
-                size = info.get("size")
-                if size is not None and len(LINK_MAGIC) <= int(size) <= _LINK_MAX:
-                    kind = self.entry_kind(vpaths.join(rdir, name))
-                    if kind == "file":
-                        yield full
-                    continue
-                yield full
-            if recursive:
-                stack.extend(reversed(subdirs))
-
-    def read_link(self, link: vpaths.PathLike) -> str:
-        """The virtual path the symlink ``link`` points at."""
-        vp = self.norm(link)
-        _, node = self._resolve(vp, False)
-        if node[0] is None:
-            raise self._absent_error(vp, "no such symlink")
-        if node[0] != "symlink":
-            raise InvalidPathError("not a symlink", path=vp, backend=self.name)
-        assert node[2] is not None
-        return node[2]
-
-    def stat(self, path: vpaths.PathLike) -> FileInfo:
-        """:class:`FileInfo` for ``path`` itself (a symlink is reported as a symlink)."""
-        vp = self.norm(path)
-        _, (kind, size, target, mtime) = self._resolve(vp, False)
-        if kind is None:
-            raise self._absent_error(vp, "no such file or directory")
-        if kind == "symlink":
-            return FileInfo(vp, "symlink", target=target, mtime=mtime)
-        if kind == "directory":
-            return FileInfo(vp, "directory", mtime=mtime)
-        return FileInfo(vp, "file", size=size, mtime=mtime)
 
     # ------------------------------------------------------------------ load / save
 
@@ -626,19 +363,6 @@ class FsspecStorageBackend(StorageBackend):
             )
         self._rm(vpaths.join(real, DIR_MARKER))
 
-    def _link_chain(self, vp: str) -> set[str]:
-        """Physical paths visited while resolving ``vp`` (links included)."""
-        visited: set[str] = set()
-        current = vp
-        for _ in range(_MAX_LINK_HOPS):
-            real, node = self._resolve(current, False)
-            visited.add(real)
-            if node[0] != "symlink":
-                return visited
-            assert node[2] is not None
-            current = node[2]
-        raise SymlinkLoopError("symlink chain loops", path=vp, backend=self.name)
-
     def _create_symlink(self, target: str, link: str, overwrite: bool) -> None:
         if self.entry_kind(target) is None:
             raise NotFoundError("symlink target does not exist", path=target, backend=self.name)
@@ -716,18 +440,6 @@ class FsspecStorageBackend(StorageBackend):
                 "cannot copy a directory into itself", path=dvp, backend=self.name
             )
         self._copy_objects(sreal, dreal)
-
-
-def _mtime(info: dict[str, Any]) -> float | None:
-    value = info.get("LastModified", info.get("mtime", info.get("updated")))
-    if value is None:
-        return None
-    if hasattr(value, "timestamp"):
-        return float(value.timestamp())
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return None
 
 
 def _gather(futures: list[Future[Any]]) -> list[Any]:

@@ -10,16 +10,17 @@ from hcsflow import paths as vpaths
 from hcsflow.errors import (
     BatchError,
     CodecRefusal,
-    CorruptDataError,
     DataFormatError,
     HcsflowError,
-    PickleRefusedError,
-    ResourceLimitError,
-    UnsupportedFormatError,
 )
 from hcsflow.storage._base import _reason
 from hcsflow.storage._batch import batch_workers, mean_file_size, releases_gil, run_batch
-from hcsflow.storage._codecs import Codec, PickleNotAllowed
+from hcsflow.storage._codecs import (
+    Codec,
+    check_codec_options,
+    codec_for,
+    decoding,
+)
 from hcsflow.storage.disk._paths import _DiskPaths, file_object
 
 __all__: list[str] = []
@@ -29,20 +30,10 @@ class _DiskFormats(_DiskPaths):
     """Codec selection and decoding on top of the path mapping."""
 
     def _codec(self, vp: str) -> Codec:
-        codec = self.codecs.for_name(vpaths.name(vp))
-        if codec is None:
-            known = " ".join(self.codecs.extensions())
-            raise UnsupportedFormatError(
-                f"no file format for this extension (known: {known})", path=vp, backend=self.name
-            )
-        return codec
+        return codec_for(self.codecs, vp, self.name)
 
     def _check_options(self, codec: Codec, vp: str, options: dict[str, Any], loading: bool) -> None:
-        bad = codec.check_options(options, loading=loading)
-        if bad is not None:
-            raise DataFormatError(
-                f"the {codec.name} format does not take option {bad!r}", path=vp, backend=self.name
-            )
+        check_codec_options(codec, options, loading=loading, path=vp, backend=self.name)
 
     def _prepare(self, data: Any, vp: str, options: dict[str, Any]) -> tuple[Codec, Any]:
         codec = self._codec(vp)
@@ -68,45 +59,11 @@ class _DiskFormats(_DiskPaths):
         flags = os.O_RDWR if options.get("mmap_mode") == "r+" else os.O_RDONLY
         fd, _ = self._open_file(vp, flags, "cannot load")
         fh = file_object(fd, "r+" if flags == os.O_RDWR else "r", vp, closefd=True)
-        try:
-            with fh:
-                return codec.decode(fh, limits=self.limits, path=vp, backend=self.name, **options)
-        except PickleNotAllowed as exc:
-            raise PickleRefusedError(
-                f"{exc}; pass allow_pickle=True only for files you trust",
-                path=vp,
-                backend=self.name,
-            ) from exc
-        except CodecRefusal as exc:
-            raise DataFormatError(
-                f"cannot load as {codec.name}: {exc}", path=vp, backend=self.name
-            ) from exc
-        except HcsflowError:
-            raise
-        except MemoryError as exc:
-            raise ResourceLimitError(
-                f"not enough memory to decode the file as {codec.name} (it is within "
-                "StorageLimits; lower HCSFLOW_MAX_DECODED_BYTES to refuse such files early)",
-                path=vp,
-                backend=self.name,
-            ) from exc
-        except ImportError:
-            raise
-        except OSError as exc:
-            mapped = self._os_error(exc, vp, "cannot load")
-            if mapped is not None:
-                raise mapped from exc
-            if exc.errno is not None:  # a real I/O failure, not a decoding one
-                raise
-            raise CorruptDataError(
-                f"cannot decode the file as {codec.name}: {exc}", path=vp, backend=self.name
-            ) from exc
-        except Exception as exc:
-            raise CorruptDataError(
-                f"cannot decode the file as {codec.name}: {type(exc).__name__}: {exc}",
-                path=vp,
-                backend=self.name,
-            ) from exc
+        with (
+            decoding(codec, vp, self.name, os_error=lambda e: self._os_error(e, vp, "cannot load")),
+            fh,
+        ):
+            return codec.decode(fh, limits=self.limits, path=vp, backend=self.name, **options)
 
     def load_batch(self, paths: Sequence[vpaths.PathLike], **options: Any) -> list[Any]:
         """Load every path on the thread pool; results in the order of ``paths``.

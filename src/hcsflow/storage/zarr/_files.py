@@ -12,20 +12,19 @@ import numpy as np
 from hcsflow import paths as vpaths
 from hcsflow.errors import (
     AlreadyExistsError,
-    CorruptDataError,
     CorruptStoreError,
     DataFormatError,
     HcsflowError,
     IsADirectoryStorageError,
     NotFoundError,
-    PickleRefusedError,
     UnsupportedFormatError,
     ZarrError,
 )
 from hcsflow.storage._base import EntryKind
 from hcsflow.storage._codecs import (
     CodecRefusal,
-    PickleNotAllowed,
+    check_codec_options,
+    decoding,
     to_host_array,
 )
 from hcsflow.storage._debris import writer_tag
@@ -92,11 +91,7 @@ class _ZarrFiles(_ZarrNodes):
                 backend=self.name,
             )
         codec_opts = {k: v for k, v in options.items() if k not in _SAVE_OPTIONS}
-        bad = codec.check_options(codec_opts, loading=False)
-        if bad is not None:
-            raise DataFormatError(
-                f"the {codec.name} format does not take option {bad!r}", path=vp, backend=self.name
-            )
+        check_codec_options(codec, codec_opts, loading=False, path=vp, backend=self.name)
         try:
             prepared = codec.prepare(data, **codec_opts)
             buf = io.BytesIO()
@@ -311,30 +306,10 @@ class _ZarrFiles(_ZarrNodes):
             raise UnsupportedFormatError(
                 f"no codec named {cname!r} is registered", path=vp, backend=self.name
             )
-        bad = codec.check_options(options, loading=True)
-        if bad is not None:
-            raise DataFormatError(
-                f"the {codec.name} format does not take option {bad!r}", path=vp, backend=self.name
-            )
-        try:
+        check_codec_options(codec, options, loading=True, path=vp, backend=self.name)
+        with decoding(codec, vp, self.name):
             fh = io.BytesIO(np.ascontiguousarray(data).tobytes())
             return codec.decode(fh, limits=self.limits, path=vp, backend=self.name, **options)
-        except PickleNotAllowed as exc:
-            raise PickleRefusedError(
-                f"{exc}; pass allow_pickle=True only for files you trust",
-                path=vp,
-                backend=self.name,
-            ) from exc
-        except CodecRefusal as exc:
-            raise DataFormatError(
-                f"cannot load as {codec.name}: {exc}", path=vp, backend=self.name
-            ) from exc
-        except (MemoryError, ImportError, HcsflowError):
-            raise
-        except Exception as exc:
-            raise CorruptDataError(
-                f"cannot decode the file as {codec.name}: {exc}", path=vp, backend=self.name
-            ) from exc
 
     def _read_array(self, loc: Location, child: str | None) -> np.ndarray:
         import zarr

@@ -776,6 +776,18 @@ class _Session:
                         done(task, out)
                         continue
                     assert isinstance(out, WrittenWell)
+                    if cfg.fail_fast and out.result.status != "ok":
+                        # the run stops at this well: committed here, before another
+                        # well is submitted or a later one reported ahead of it
+                        try:
+                            self.records[task.plan.well] = commit_well(
+                                self.root, out, fsync=self.fsync
+                            )
+                        except Exception as exc:
+                            again(task, exc)
+                            continue
+                        done(task, out.result)  # raises StepExecutionError
+                        continue
                     fut_c = commits.submit(commit_well, self.root, out, fsync=self.fsync)
                     committing[fut_c] = (task, out.result)
                 fill()

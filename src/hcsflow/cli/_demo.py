@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from hcsflow.cli import _interrupt
 from hcsflow.cli._common import (
     EXIT_OK,
     EXIT_WELLS_FAILED,
@@ -114,9 +115,10 @@ def run_demo(args: argparse.Namespace) -> int:
     """Generate, count, compare; print the per-well table and where the outputs are."""
     out = _check_arguments(args)
 
-    from hcsflow.cli._heatmap import plate_heatmap
-    from hcsflow.pipeline import GlobalPipelineConfig, VFSConfig, run_pipeline
-    from hcsflow.testing import make_plate
+    with _interrupt.held():
+        from hcsflow.cli._heatmap import plate_heatmap
+        from hcsflow.pipeline import GlobalPipelineConfig, VFSConfig, run_pipeline
+        from hcsflow.testing import make_plate
 
     n_images = args.wells * args.sites
     print(
@@ -169,14 +171,18 @@ def run_demo(args: argparse.Namespace) -> int:
             )
 
         t1 = time.perf_counter()
-        result = run_pipeline(
-            demo_pipeline(),
-            plate.root,
-            out,
-            config,
-            overwrite=args.overwrite,
-            post_run=add_demo_files,
-        )
+        _interrupt.note(f"; the run had not started, nothing was written to {out}")
+        with _interrupt.held(check=False):
+            result = run_pipeline(
+                demo_pipeline(),
+                plate.root,
+                out,
+                config,
+                overwrite=args.overwrite,
+                post_run=add_demo_files,
+            )
+        _interrupt.note(f"; the run had finished, the output {result.output_dir} is complete")
+        _interrupt.checkpoint()
         elapsed = time.perf_counter() - t1
     _report(args, plate.true_counts, counts, elapsed, result.output_dir, n_images)
     for bad in result.failed:

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import hcsflow
-from hcsflow.cli import _demo, _fsck, _functions, _info, _run, _validate
+from hcsflow.cli import _demo, _fsck, _functions, _info, _interrupt, _run, _validate
 from hcsflow.cli._common import (
     EXIT_INTERNAL,
     EXIT_SIGINT,
@@ -101,10 +101,15 @@ def _quiet_broken_pipe() -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``hcsflow`` command; returns the exit status."""
+    """Run one ``hcsflow`` command; returns the exit status.
+
+    :func:`hcsflow.cli.main` calls it with SIGINT and SIGTERM handled already.
+    """
     args = build_parser().parse_args(argv)
     command = f"hcsflow {args.command}"
+    _interrupt.note("")  # each command says more where it can
     try:
+        _interrupt.checkpoint()
         status = int(args.handler(args))
         sys.stdout.flush()  # a closed pipe shows up here, not at interpreter exit
         return status
@@ -112,12 +117,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         _quiet_broken_pipe()
         return EXIT_SIGPIPE
     except KeyboardInterrupt as exc:  # Ctrl-C, or the run's own interruption error
+        _interrupt.stopping()  # a second Ctrl-C must not cut this line short
         message = describe_error(exc) if str(exc) else "interrupted"
         print(f"{command}: {message}", file=sys.stderr)
         if args.debug:
             traceback.print_exc()
         return exit_code_for(exc)
     except Exception as exc:
+        interrupted = _interrupt.raised()
+        if interrupted is not None:  # turned into this error by the code it landed in
+            _interrupt.stopping()
+            print(f"{command}: {interrupted}", file=sys.stderr)
+            return exit_code_for(interrupted)
         code = exit_code_for(exc)
         reason = describe_error(exc)
         if code == EXIT_INTERNAL:

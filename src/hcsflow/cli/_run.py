@@ -10,6 +10,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from hcsflow.cli import _interrupt
 from hcsflow.cli._common import (
     EXIT_OK,
     EXIT_WELLS_FAILED,
@@ -201,7 +202,10 @@ def run_command(args: argparse.Namespace) -> int:
     An interrupted run raises :class:`~hcsflow.errors.RunInterrupted` (one line, exit
     130 or 143), which :func:`hcsflow.cli._main.main` reports.
     """
-    from hcsflow.pipeline import GlobalPipelineConfig, VFSConfig, run_pipeline
+    # until the run starts (its own handlers say more), and after it finished
+    _interrupt.note("; the run had not started, nothing was written")
+    with _interrupt.held():
+        from hcsflow.pipeline import GlobalPipelineConfig, VFSConfig, run_pipeline
 
     if args.workers is not None and args.workers < 1:
         raise UsageError(f"--workers must be at least 1, got {args.workers}")
@@ -231,20 +235,26 @@ def run_command(args: argparse.Namespace) -> int:
         changes["strict_input"] = True
     config = replace(config, **changes)
     wells = [w.strip() for w in args.wells.split(",") if w.strip()] if args.wells else None
+    _interrupt.checkpoint()  # one that the pipeline file's imports swallowed
     t0 = time.perf_counter()
-    result = run_pipeline(
-        steps,
-        args.plate,
-        args.out,
-        config,
-        layout=layout_from(args.layout),
-        overwrite=args.overwrite,
-        resume=args.resume,
-        rerun_failed=args.rerun_failed,
-        wells=wells,
-        storage_options=storage_options,
-        preload=[str(Path(args.pipeline).resolve())],
-    )
+    # the run's own handlers take over while it runs; a signal in the moments around
+    # them is held and reported below, with what it then leaves behind
+    with _interrupt.held(check=False):
+        result = run_pipeline(
+            steps,
+            args.plate,
+            args.out,
+            config,
+            layout=layout_from(args.layout),
+            overwrite=args.overwrite,
+            resume=args.resume,
+            rerun_failed=args.rerun_failed,
+            wells=wells,
+            storage_options=storage_options,
+            preload=[str(Path(args.pipeline).resolve())],
+        )
+    _interrupt.note(f"; the run had finished, the output {result.output_dir} is complete")
+    _interrupt.checkpoint()
     elapsed = time.perf_counter() - t0
     n_images = sum(w.images_in for w in result.wells)
     kept = f", {len(result.skipped)} kept from before" if result.skipped else ""

@@ -27,7 +27,8 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Sequence
+import weakref
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,9 @@ __all__ = [
     "process_start_method",
     "warm_up_workers",
     "stop_fork_server",
+    "stop_processes",
+    "raise_interrupt",
+    "interrupts_held",
     "import_pipeline_file",
 ]
 
@@ -133,13 +137,68 @@ def _watch_client(pid: int) -> None:
                 break
             except PermissionError:
                 continue
+    _run_exit_finalizers()
     os._exit(1)
+
+
+def _run_exit_finalizers() -> None:
+    """Run multiprocessing's exit-time finalizers of this process, as a clean exit does.
+
+    Libraries create named POSIX semaphores in workers: numcodecs' Blosc codec makes a
+    ``multiprocessing.Lock`` on its first use, which under the fork server (or spawn) is
+    a named semaphore registered with the run's resource tracker.  Its finalizer unlinks
+    it and unregisters it; a worker that dies without running it leaves the tracker to
+    find it when the run is over and print a "leaked semaphore objects" warning on the
+    run's stderr.
+    """
+    from multiprocessing import util
+
+    with contextlib.suppress(Exception):
+        util._run_finalizers(0)  # type: ignore[attr-defined]
+
+
+def _exit_on_sigterm(signum: int, frame: Any) -> None:
+    """A worker told to stop (the run was interrupted, or the pool broke): release what
+    this process holds, then die by the signal, so its exit status still says SIGTERM."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    _run_exit_finalizers()
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _untracked_blosc_lock() -> None:
+    """Give numcodecs' Blosc codec a process lock that the resource tracker never sees.
+
+    Blosc makes a ``multiprocessing.Lock`` on its first use (in a zarr thread of the
+    worker).  Under the fork server that is a named semaphore registered with the run's
+    resource tracker, and a worker stopped while that thread or the lock's finalizer is
+    half-way (or killed after the grace period) leaves the tracker to print a "leaked
+    semaphore" warning under the run's one-line report.  A lock of the ``fork`` context
+    is the same kind of lock, unlinked at once and never registered, as in any process
+    started by fork.  Nothing changes where numcodecs does not keep its lock this way.
+    """
+    try:
+        import multiprocessing
+
+        import numcodecs.blosc as blosc
+    except ImportError:
+        return
+    if "fork" not in multiprocessing.get_all_start_methods():
+        return
+    if getattr(blosc, "_MUTEX_IS_INIT", None) is False and hasattr(blosc, "_MUTEX"):
+        blosc._MUTEX = multiprocessing.get_context("fork").Lock()
+        blosc._MUTEX_IS_INIT = True
 
 
 def _worker_init(preload: Sequence[str], client_pid: int) -> None:
     # Ctrl-C reaches the whole process group; the parent shuts the workers down itself,
     # so a worker must not die half-way through a write with a traceback of its own
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if hasattr(signal, "pthread_sigmask"):
+        # the fork server was started with SIGINT blocked (see _quiet_start); a worker
+        # ignores it instead, and the programs a well starts get the usual mask
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    _untracked_blosc_lock()
     threading.Thread(
         target=_watch_client, args=(client_pid,), daemon=True, name="hcsflow-watch-client"
     ).start()
@@ -167,6 +226,75 @@ def _call_pickled(payload: bytes, pid_file: str) -> Any:
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(pid_file)
+
+
+# --------------------------------------------------------------------------- interrupts
+
+
+class _Held:
+    """An interruption that arrived while the main thread was starting a process."""
+
+    depth = 0
+    pending: BaseException | None = None
+
+
+_HELD = _Held()
+
+
+def raise_interrupt(exc: BaseException) -> None:
+    """Raise ``exc`` (from a signal handler) now, or as soon as a process start ends.
+
+    A run's signal handler raises its interruption in the main thread wherever that
+    thread is.  Raised half-way through starting a worker, it would leave a process
+    that the pool never recorded (it would outlive the run and keep the fork server
+    waiting for it), or a fork server fed half a request.
+    """
+    if _HELD.depth and threading.current_thread() is threading.main_thread():
+        _HELD.pending = exc
+        return
+    raise exc
+
+
+@contextlib.contextmanager
+def interrupts_held() -> Iterator[None]:
+    """Hold :func:`raise_interrupt` until the block ends (main thread only): for steps
+    that are short and must not be cut in two."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    _HELD.depth += 1
+    try:
+        yield
+    finally:
+        _HELD.depth -= 1
+        if _HELD.depth == 0 and _HELD.pending is not None:
+            exc, _HELD.pending = _HELD.pending, None
+            raise exc
+
+
+@contextlib.contextmanager
+def _quiet_start() -> Iterator[None]:
+    """Start processes (the fork server, spawned workers) with SIGINT blocked.
+
+    A terminal's Ctrl-C goes to the whole process group.  A fresh interpreter that gets
+    it while still importing prints a ``KeyboardInterrupt`` traceback on the run's
+    stderr; started with SIGINT blocked (the mask survives exec), the fork server
+    ignores it once it is ready, and a worker ignores it from its initializer on.  In
+    this process, an interruption waits until the start is over.
+    """
+    mask = hasattr(signal, "pthread_sigmask")
+    if mask:
+        from multiprocessing import resource_tracker
+
+        # started now, not inside the block below: starting it unblocks SIGINT after
+        resource_tracker.ensure_running()
+    with interrupts_held():
+        old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT}) if mask else None
+        try:
+            yield
+        finally:
+            if old is not None:
+                signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 # --------------------------------------------------------------------------- processes
@@ -201,7 +329,7 @@ def _main_module_hidden() -> Any:
 class _ForkServerWorker(mp_context.ForkServerProcess):
     @staticmethod
     def _Popen(process_obj: Any) -> Any:
-        with _main_module_hidden():
+        with _quiet_start(), _main_module_hidden():
             return mp_context.ForkServerProcess._Popen(process_obj)
 
     def start(self) -> None:
@@ -213,7 +341,7 @@ class _ForkServerWorker(mp_context.ForkServerProcess):
 class _SpawnWorker(mp_context.SpawnProcess):
     @staticmethod
     def _Popen(process_obj: Any) -> Any:
-        with _main_module_hidden():
+        with _quiet_start(), _main_module_hidden():
             return mp_context.SpawnProcess._Popen(process_obj)
 
     def start(self) -> None:
@@ -250,20 +378,88 @@ def warm_up_workers() -> None:
     if ctx.get_start_method() == "forkserver":
         from multiprocessing import forkserver
 
-        forkserver.ensure_running()
+        with _quiet_start():
+            forkserver.ensure_running()
 
 
 def stop_fork_server() -> None:
-    """Stop the fork server of this process, if one is running (a later run restarts it)."""
+    """Stop the fork server of this process now, if one is running, and reap it.
+
+    Closing its "alive" pipe only asks it to stop once every process holding that pipe
+    has exited (workers hold it too) and once it has finished importing its preloaded
+    modules: seconds, or never if a worker lingers.  It has nothing to save, so it gets
+    SIGTERM first.  A later run starts a new one.
+    """
     if process_start_method() != "forkserver":
         return
     from multiprocessing import forkserver
 
     server = forkserver._forkserver
     stop = getattr(server, "_stop", None)
-    if stop is not None and getattr(server, "_forkserver_pid", None) is not None:
-        with contextlib.suppress(OSError, ChildProcessError):
-            stop()
+    pid = getattr(server, "_forkserver_pid", None)
+    if stop is None or pid is None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    with contextlib.suppress(OSError, ChildProcessError):
+        stop()
+
+
+def _exited(pid: int, pidfd: int | None) -> bool:
+    if pidfd is not None:  # readable once the process has exited (zombie or reaped)
+        return bool(select.select([pidfd], [], [], 0)[0])
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+def stop_processes(procs: Sequence[Any], grace: float = 3.0) -> None:
+    """Stop worker processes: SIGTERM, up to ``grace`` seconds, then SIGKILL; reap them.
+
+    SIGTERM lets a worker release what it holds (see :func:`_exit_on_sigterm`); a
+    worker stuck in native code that does not return within ``grace`` is killed.
+    Exits are watched through pidfds where the platform has them: a worker is a child
+    of the fork server, not of this process, and its sentinel also reports an exit
+    when the fork server itself was killed (Ctrl-C's SIGTERM cousin: ``kill -TERM --
+    -PGID``) while the worker still runs.
+    """
+    live: dict[int, int | None] = {}
+    for p in procs:
+        pid = getattr(p, "pid", None)
+        if pid is None or getattr(p, "_popen", None) is None or p._popen.returncode is not None:
+            continue
+        try:
+            live[pid] = os.pidfd_open(pid)
+        except ProcessLookupError:
+            continue
+        except (AttributeError, OSError):
+            live[pid] = None
+    try:
+        for signum, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 10.0)):
+            for pid in live:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, signum)
+            deadline = time.monotonic() + wait
+            while live and time.monotonic() < deadline:
+                for pid in [pid for pid, fd in live.items() if _exited(pid, fd)]:
+                    fd = live.pop(pid)
+                    if fd is not None:
+                        os.close(fd)
+                if live:
+                    time.sleep(0.01)
+            if not live:
+                break
+    finally:
+        for fd in live.values():
+            if fd is not None:
+                os.close(fd)
+    for p in procs:  # collect exit codes (the fork server reports them)
+        with contextlib.suppress(OSError, AttributeError, ValueError, AssertionError):
+            p.join(1)
 
 
 def _signal_name(code: int | None) -> str:
@@ -328,12 +524,20 @@ class _ExternalPool(WellPool):
     def __init__(self, executor: cf.Executor, workers: int):
         super().__init__(executor, workers)
         self.kind = type(executor).__name__
+        self._futures: weakref.WeakSet[cf.Future[Any]] = weakref.WeakSet()
+
+    def submit(self, fn: Callable[..., Any], arg: Any, key: str) -> cf.Future[Any]:
+        fut = self.executor.submit(fn, arg)
+        self._futures.add(fut)
+        return fut
 
     def close(self) -> None:
         return None  # the caller owns it
 
     def kill(self) -> None:
-        return None
+        # the caller's executor keeps running: only this run's queued wells are dropped
+        for fut in list(self._futures):
+            fut.cancel()
 
 
 class _ThreadPool(WellPool):
@@ -373,7 +577,9 @@ class _ProcessPool(WellPool):
         import cloudpickle
 
         payload = cloudpickle.dumps((fn, (arg,)))
-        return self.executor.submit(_call_pickled, payload, self._pid_file(key))
+        # a submission may start a worker: the pool records it before an interrupt lands
+        with interrupts_held():
+            return self.executor.submit(_call_pickled, payload, self._pid_file(key))
 
     def lost(self, keys: Sequence[str]) -> dict[str, str]:
         out = {}
@@ -400,22 +606,23 @@ class _ProcessPool(WellPool):
         return list(procs.values())
 
     def restart(self) -> None:
-        self.kill_workers()
-        self.executor.shutdown(wait=False, cancel_futures=True)
+        self._stop()
         for name in os.listdir(self._pid_dir):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(os.path.join(self._pid_dir, name))
         self.executor = self._new(self.workers)
 
-    def kill_workers(self) -> None:
-        """SIGKILL every worker of this pool and reap it."""
+    def _stop(self) -> None:
+        """Cancel what has not started, stop every worker, wait for the pool's thread."""
+        executor = self.executor
         procs = self._processes()
-        for p in procs:
-            with contextlib.suppress(OSError, AttributeError, ValueError):
-                p.kill()
-        for p in procs:
-            with contextlib.suppress(OSError, AttributeError, ValueError, AssertionError):
-                p.join(5)
+        manager = getattr(executor, "_executor_manager_thread", None)
+        # The pool's own thread cancels the queued wells: cancelling their futures from
+        # here races with it (it then fails to mark them broken, with a traceback).
+        executor.shutdown(wait=False, cancel_futures=True)
+        stop_processes(procs)
+        if manager is not None and manager is not threading.current_thread():
+            manager.join(10)
 
     def close(self) -> None:
         try:
@@ -425,8 +632,7 @@ class _ProcessPool(WellPool):
 
     def kill(self) -> None:
         try:
-            self.kill_workers()
-            self.executor.shutdown(wait=False, cancel_futures=True)
+            self._stop()
             stop_fork_server()
         finally:
             _remove_tree(self._pid_dir)
@@ -463,8 +669,15 @@ class _DaskPool(WellPool):
         if scheduler is None:
             import dask
 
-            # a worker lost mid-well: the scheduler runs the well again elsewhere
-            with dask.config.set({"distributed.scheduler.allowed-failures": max(retries, 0)}):
+            # a worker lost mid-well: the scheduler runs the well again elsewhere; the
+            # cluster's event-loop thread and the worker processes it spawns (also those
+            # that replace a lost one) start with SIGINT blocked, so a Ctrl-C to the
+            # process group stops the run here instead of printing a traceback from a
+            # worker that is still importing
+            with (
+                dask.config.set({"distributed.scheduler.allowed-failures": max(retries, 0)}),
+                _quiet_start(),
+            ):
                 # its workers' own log lines (a heartbeat lost while the run stops...)
                 # are not the user's business: well errors come back in the results
                 self.cluster = LocalCluster(

@@ -76,9 +76,12 @@ from hcsflow.pipeline._executors import (
     InProcessExecutor,
     WellPool,
     import_pipeline_file,
+    interrupts_held,
     make_executor,
     make_pool,
     process_start_method,
+    raise_interrupt,
+    stop_fork_server,
     warm_up_workers,
 )
 from hcsflow.pipeline._output import INPUT_BACKEND, OutputRoot
@@ -200,18 +203,31 @@ def _signals(enabled: bool) -> Iterator[list[int]]:
     if not enabled or threading.current_thread() is not threading.main_thread():
         yield received
         return
+    leaving = False
 
     def handler(signum: int, frame: Any) -> None:
         received.append(signum)
-        if len(received) == 1:
-            raise _Interrupt(signum)
+        if len(received) == 1 and not leaving:
+            raise_interrupt(_Interrupt(signum))
 
     old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield received
     finally:
+        leaving = True  # one now is only noted: the caller sees it in ``received``
         for s, h in old.items():
             signal.signal(s, h)
+
+
+def _checkpoint(received: list[int]) -> None:
+    """Raise the interruption again if the code it landed in swallowed it.
+
+    The handler raises wherever the main thread is; an extension module that is
+    importing another turns the exception into an ``ImportError``, which an optional
+    import's ``except ImportError`` then swallows.
+    """
+    if received:
+        raise _Interrupt(received[0])
 
 
 # --------------------------------------------------------------------------- the plate
@@ -269,6 +285,11 @@ def _state(root: OutputRoot) -> str:
     return "foreign"
 
 
+def _has_manifest(root: OutputRoot) -> bool:
+    """Whether the output holds a run's manifest (the run finished)."""
+    return root.read_bytes(MANIFEST_NAME) is not None
+
+
 def _count_committed(root: OutputRoot, wells: Sequence[str]) -> int:
     with cf.ThreadPoolExecutor(max_workers=8) as pool:
         records = pool.map(lambda w: read_record(root, w), wells)
@@ -283,6 +304,7 @@ def _prepare(
     resume: bool,
     rerun_failed: bool,
     wells: Sequence[str] | None,
+    session: _Session | None = None,
 ) -> tuple[str, dict[str, Any]]:
     """Check the output against the request; returns (mode, run record).
 
@@ -300,6 +322,8 @@ def _prepare(
         )
     fsync = bool(plan.config.vfs and plan.config.vfs.fsync)
     if state in ("finished", "partial") and overwrite:
+        if session is not None:
+            session.started_new = True  # interrupted from here on: nothing of either is kept
         # the manifest goes first: from then on nothing presents the old run as done
         root.remove_files([MANIFEST_NAME], fsync=fsync)
         root.remove()
@@ -319,12 +343,17 @@ def _prepare(
             "fingerprint": fp,
         }
         assert record is not None
-        try:
-            write_json(root, RUN_RECORD, record, fsync=fsync, create=True)
-        except AlreadyExistsError as exc:
-            raise RunDirectoryError(
-                f"another run started in {root.url!r} meanwhile; choose another output"
-            ) from exc
+        # one small write, not cut in two: an interruption lands before it (nothing was
+        # written) or after it (the output is this run's, and is removed)
+        with interrupts_held():
+            try:
+                write_json(root, RUN_RECORD, record, fsync=fsync, create=True)
+            except AlreadyExistsError as exc:
+                raise RunDirectoryError(
+                    f"another run started in {root.url!r} meanwhile; choose another output"
+                ) from exc
+            if session is not None:
+                session.started_new = True
         return "new", record
     record = read_run_record(root)
     if state == "finished" and record is None:
@@ -354,6 +383,8 @@ def _prepare(
             f"from this one ({shown}); pass overwrite=True (--overwrite) to start over"
         )
     # wells are about to change: until a new manifest is written, the run is not finished
+    if session is not None:
+        session.mode = "resume"
     # (durably so: after a power loss the old manifest must not come back)
     root.remove_files([MANIFEST_NAME], fsync=fsync)
     return "resume", record
@@ -408,37 +439,41 @@ def run_pipeline(
     root = OutputRoot.of(output_dir, storage_options)
     if post_run is not None and root.remote:
         raise PipelineError("post_run needs a local output directory")
-    plate_arg: str | PlateIndex
-    plate_url: str | None = None
-    if not isinstance(plate, PlateIndex) and os.fspath(plate).startswith("file://"):
-        plate = os.fspath(plate)[len("file://") :]
-    if isinstance(plate, PlateIndex):
-        plate_arg = plate
-    elif is_url(os.fspath(plate)):
-        plate_url = os.fspath(plate).rstrip("/")
-        plate_arg = _plate_index(
-            plate_url,
-            layout,
-            storage_options,
-            resolve_config(global_config, _pipeline_config(pipeline, pipeline_config)),
-        )
-    else:
-        plate_dir = Path(plate).absolute()
-        if not root.remote:
-            out = Path(root.url)
-            if out == plate_dir or plate_dir in out.parents:
-                raise RunDirectoryError(
-                    f"output directory {str(out)!r} is inside the plate directory "
-                    f"{str(plate_dir)!r}; its files would be read as plate images next time"
-                )
-        plate_arg = str(plate_dir)
-    run_cfg = resolve_config(global_config, pipeline_config)
-    if not isinstance(executor, cf.Executor):
-        kind = executor or str(run_cfg.executor)
-        if kind == "processes" and int(run_cfg.num_workers or 1) > 1:
-            warm_up_workers()  # its imports overlap with the plate scan below
+    warm = False
+    session: _Session | None = None
     with _signals(handle_signals) as received:
         try:
+            plate_arg: str | PlateIndex
+            plate_url: str | None = None
+            if not isinstance(plate, PlateIndex) and os.fspath(plate).startswith("file://"):
+                plate = os.fspath(plate)[len("file://") :]
+            if isinstance(plate, PlateIndex):
+                plate_arg = plate
+            elif is_url(os.fspath(plate)):
+                plate_url = os.fspath(plate).rstrip("/")
+                plate_arg = _plate_index(
+                    plate_url,
+                    layout,
+                    storage_options,
+                    resolve_config(global_config, _pipeline_config(pipeline, pipeline_config)),
+                )
+            else:
+                plate_dir = Path(plate).absolute()
+                if not root.remote:
+                    out = Path(root.url)
+                    if out == plate_dir or plate_dir in out.parents:
+                        raise RunDirectoryError(
+                            f"output directory {str(out)!r} is inside the plate directory "
+                            f"{str(plate_dir)!r}; its files would be read as plate images "
+                            f"next time"
+                        )
+                plate_arg = str(plate_dir)
+            run_cfg = resolve_config(global_config, pipeline_config)
+            if not isinstance(executor, cf.Executor):
+                kind = executor or str(run_cfg.executor)
+                if kind == "processes" and int(run_cfg.num_workers or 1) > 1:
+                    warm = True
+                    warm_up_workers()  # its imports overlap with the plate scan below
             plan = compile_pipeline(
                 pipeline,
                 plate_arg,
@@ -447,21 +482,16 @@ def run_pipeline(
                 pipeline_config=pipeline_config,
                 layout=layout,
             )
-        except _Interrupt as exc:
-            name = signal.Signals(exc.signum).name
-            raise RunInterrupted(
-                f"interrupted by {name} before any well ran; nothing was written",
-                signal_name=name,
-                exit_code=128 + exc.signum,
-            ) from None
-        selected = None if wells is None else set(normalize_well_filter(list(wells)))
-        if selected is not None:
-            unknown = sorted(selected - {w.well for w in plan.wells})
-            if unknown:
-                raise PipelineError(f"wells {unknown} are not wells of this run")
-        session = _Session(root, plan, executor, preload, progress, on_well_done, plate_url)
-        session.storage_options = storage_options
-        try:
+            selected = None if wells is None else set(normalize_well_filter(list(wells)))
+            if selected is not None:
+                unknown = sorted(selected - {w.well for w in plan.wells})
+                if unknown:
+                    raise PipelineError(f"wells {unknown} are not wells of this run")
+            _checkpoint(received)
+            session = _Session(root, plan, executor, preload, progress, on_well_done, plate_url)
+            session.storage_options = storage_options
+            session.warm = warm
+            session.received = received
             mode, record = _prepare(
                 root,
                 plan,
@@ -469,17 +499,42 @@ def run_pipeline(
                 resume=resume,
                 rerun_failed=rerun_failed,
                 wells=wells,
+                session=session,
             )
-            session.started_new = mode == "new"
             session.run_id = str(record["run_id"])
+            session.mode = mode
             todo, skipped = session.plan_wells(mode, rerun_failed, selected)
+            _checkpoint(received)
             results = session.execute(todo)
-            return session.finish(
+            result = session.finish(
                 results, skipped, post_run, t_start, time.perf_counter() - t0, mode
             )
-        except _Interrupt as exc:
-            # a second signal while the workers are being stopped is only noted
-            raise session.interrupted(exc.signum, received) from None
+        except BaseException:
+            if not received:
+                raise
+            # the interruption, or what the code it landed in turned it into; a second
+            # signal while the workers are being stopped is only noted
+            if session is not None:
+                raise session.interrupted(received[0], received) from None
+            if warm:
+                stop_fork_server()  # no process of the run outlives it
+            raise _interruption(
+                received[0], "before any well ran; nothing was written", kept=None
+            ) from None
+    if received:  # it came as the handlers were put back: the run is complete
+        raise _interruption(
+            received[0], f"after the run finished; the output {root.url} is complete", kept=True
+        )
+    return result
+
+
+def _interruption(signum: int, what: str, *, kept: bool | None) -> RunInterrupted:
+    """``interrupted by SIGTERM`` + ``what`` (which starts with a space or a ``;``)."""
+    name = signal.Signals(signum).name
+    sep = "" if what.startswith(";") else " "
+    return RunInterrupted(
+        f"interrupted by {name}{sep}{what}", signal_name=name, exit_code=128 + signum, kept=kept
+    )
 
 
 # --------------------------------------------------------------------------- a run
@@ -509,6 +564,13 @@ class _Session:
         self.started_new = False
         self.run_id = ""
         self.pool: WellPool | None = None
+        self.warm = False
+        """Whether this run started the fork server (an interruption stops it)."""
+        self.finished = False
+        """Whether the manifest is written (the output is complete)."""
+        self.mode: str | None = None
+        """``new`` or ``resume`` once the output is prepared."""
+        self.received: list[int] = []
         self.committed_now = 0
         #: commit records written by this process (others are read back at the end)
         self.records: dict[str, dict[str, Any]] = {}
@@ -676,6 +738,7 @@ class _Session:
         try:
             fill()
             while inflight or committing:
+                _checkpoint(self.received)
                 finished, _ = cf.wait([*inflight, *committing], return_when=cf.FIRST_COMPLETED)
                 for fut in finished:
                     if fut in committing:
@@ -713,14 +776,24 @@ class _Session:
                         done(task, out)
                         continue
                     assert isinstance(out, WrittenWell)
+                    if cfg.fail_fast and out.result.status != "ok":
+                        # the run stops at this well: committed here, before another
+                        # well is submitted or a later one reported ahead of it
+                        try:
+                            self.records[task.plan.well] = commit_well(
+                                self.root, out, fsync=self.fsync
+                            )
+                        except Exception as exc:
+                            again(task, exc)
+                            continue
+                        done(task, out.result)  # raises StepExecutionError
+                        continue
                     fut_c = commits.submit(commit_well, self.root, out, fsync=self.fsync)
                     committing[fut_c] = (task, out.result)
                 fill()
         except BaseException:
             bar.close()
-            for other in inflight:  # a caller's own executor keeps running otherwise
-                other.cancel()
-            pool.kill()
+            pool.kill()  # cancels the wells that have not started, stops the workers
             self.pool = None
             if commits is not None:
                 # commits in flight end (each is atomic) before anyone counts or removes them
@@ -736,11 +809,18 @@ class _Session:
 
     def interrupted(self, signum: int, received: list[int]) -> RunInterrupted:
         """Stop every worker; keep the output if any well is committed, else remove it."""
-        name = signal.Signals(signum).name
-        code = 128 + signum
         if self.pool is not None:
             with contextlib.suppress(Exception):
                 self.pool.kill()
+        if self.warm:
+            stop_fork_server()
+        if self.mode is None and not self.started_new:
+            return _interruption(signum, "before any well ran; nothing was written", kept=None)
+        with contextlib.suppress(Exception):  # the signal came as the manifest was written
+            self.finished = self.finished or _has_manifest(self.root)
+        if self.finished:
+            what = f"after the run finished; the output {self.root.url} is complete"
+            return _interruption(signum, what, kept=True)
         wells = [w.well for w in self.plan.wells]
         try:
             committed = _count_committed(self.root, wells) if self.run_id else 0
@@ -749,16 +829,13 @@ class _Session:
         if self.started_new and committed == 0:
             with contextlib.suppress(Exception):
                 self.root.remove()
-            msg = (
-                f"interrupted by {name}; no well was committed, the partial output "
-                f"{self.root.url} was removed"
-            )
-            return RunInterrupted(msg, signal_name=name, exit_code=code, kept=False)
-        msg = (
-            f"interrupted by {name}; {committed} of {len(wells)} wells committed, the output "
-            f"{self.root.url} was kept and is resumable (run again with --resume)"
+            what = f"; no well was committed, the partial output {self.root.url} was removed"
+            return _interruption(signum, what, kept=False)
+        what = (
+            f"; {committed} of {len(wells)} wells committed, the output {self.root.url} was "
+            f"kept and is resumable (run again with --resume)"
         )
-        return RunInterrupted(msg, signal_name=name, exit_code=code, kept=True)
+        return _interruption(signum, what, kept=True)
 
     # ------------------------------------------------------------------ plate level
 
@@ -839,6 +916,7 @@ class _Session:
             "retries": plan.config.retries,
         }
         write_json(root, MANIFEST_NAME, manifest, fsync=self.fsync)
+        self.finished = True
         return RunResult(
             output_dir=root.url,
             manifest_path=root.display(MANIFEST_NAME),

@@ -12,8 +12,9 @@ Poisson shot noise.  Results go to ``benchmarks/results/zarr.json``.
 2. hcsflow's default codec and chunks (zstd level 1, one chunk per plane) against the
    reference implementation's default settings (zlib level 3, one chunk per well), both
    written by hcsflow's ``write_well``: write throughput (target >= 4x) at an equal or
-   better ratio.  This compares settings, not programs (the peer itself is compared in
-   the storage benchmarks).
+   better ratio.  This compares settings, not programs: OpenHCS's own zarr writer is
+   not run here (the storage benchmarks run OpenHCS for the memory backend and
+   listings).
 3. Reading one plane of a 50-plane well against reading the whole well, from the same
    store, each time opening it (>= 20x).
 4. Compression ratio, write MB/s and read MB/s per codec.

@@ -48,9 +48,16 @@ def neutralize_formulas(frame: Any) -> Any:
             f"neutralize_formulas takes a pandas DataFrame, got {type(frame).__name__}"
         )
     out = frame
-    for position in range(frame.shape[1]):
+    # the column dtypes first: taking a column out of a frame as a Series costs far more
+    # than checking its few text cells, and most columns of a measurement table are numbers
+    for position, dtype in enumerate(frame.dtypes.tolist()):
+        if dtype.kind not in "OSU" and not isinstance(dtype, pd.StringDtype):
+            continue
         series = frame.iloc[:, position]
-        if series.dtype.kind not in "OSU" and not isinstance(series.dtype, pd.StringDtype):
+        if not any(
+            isinstance(v, str) and v.startswith(FORMULA_PREFIXES)
+            for v in series.to_numpy(dtype=object)
+        ):
             continue
         fixed = series.map(neutralize_formula)
         if not fixed.equals(series):

@@ -50,6 +50,32 @@ def test_memory_conversion_error_has_spec_attributes_and_pickles() -> None:
     assert again.reason == "no GPU" and isinstance(again, TypeError)
 
 
+def _storage_error_classes() -> list[type]:
+    import hcsflow.readers  # noqa: F401  (their error classes join the hierarchy)
+    import hcsflow.storage  # noqa: F401
+
+    found, todo = [], [errors.StorageError]
+    while todo:
+        cls = todo.pop()
+        found.append(cls)
+        todo.extend(cls.__subclasses__())
+    return sorted(set(found), key=lambda c: c.__name__)
+
+
+@pytest.mark.parametrize("cls", _storage_error_classes(), ids=lambda c: c.__name__)
+def test_storage_errors_pickle_with_their_location_and_attributes(cls: type) -> None:
+    # an error raised in a worker process comes back to the caller pickled
+    extra = {"index": 4} if issubclass(cls, errors.BatchError) else {}
+    err = cls("went wrong", path="/a/b.tif", backend="zarr", **extra)
+    err.__dict__["extra_note"] = "kept"
+    again = pickle.loads(pickle.dumps(err))
+    assert type(again) is cls and str(again) == str(err) and again.args == err.args
+    assert (again.path, again.backend, again.reason) == ("/a/b.tif", "zarr", "went wrong")
+    assert again.__dict__ == err.__dict__
+    with pytest.raises(cls):
+        raise again
+
+
 def test_compilation_error_lists_every_problem() -> None:
     err = errors.CompilationError(["missing input 'positions'", "unknown function 'blur'"])
     assert "2 problem(s)" in str(err) and "blur" in str(err)

@@ -85,6 +85,30 @@ class StorageError(HcsflowError):
         full = f"{message} ({', '.join(where)})" if where else message
         super().__init__(full)
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # an error raised in a worker process travels back pickled: keep its location
+        # and every attribute a subclass adds (``index`` of a BatchError...)
+        return (
+            _rebuild_storage_error,
+            (type(self), self.reason, self.path, self.backend, dict(self.__dict__)),
+        )
+
+
+def _rebuild_storage_error(
+    cls: type[StorageError],
+    reason: str,
+    path: str | None,
+    backend: str | None,
+    state: dict[str, Any],
+) -> StorageError:
+    # MemoryError allocates from a free list of its own and refuses to allocate a
+    # subclass that way (ResourceLimitError); BaseException's allocator is the one its
+    # constructor uses for subclasses too
+    err = BaseException.__new__(cls) if issubclass(cls, MemoryError) else cls.__new__(cls)
+    StorageError.__init__(err, reason, path=path, backend=backend)
+    err.__dict__.update(state)
+    return err
+
 
 class NotFoundError(StorageError, FileNotFoundError):
     """The path (or its parent directory) does not exist."""
@@ -297,6 +321,14 @@ class UnknownFunctionError(HcsflowError, KeyError):
     def __str__(self) -> str:
         # KeyError's own str() is the repr of its argument: quotes around a sentence
         return str(self.args[0])
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # raised in a worker process, it travels back to the caller pickled
+        return (_unknown_function, (str(self.args[0]), self.name))
+
+
+def _unknown_function(message: str, name: str) -> UnknownFunctionError:
+    return UnknownFunctionError(message, name=name)
 
 
 # --------------------------------------------------------------------------- pipelines

@@ -69,6 +69,9 @@ def test_unknown_excluded_and_ambiguous_names_explain_themselves() -> None:
     # a typed error that names the function, still a KeyError, printed without quotes
     assert isinstance(err.value, KeyError) and err.value.name == "skimage.filters.satto"
     assert str(err.value).startswith("skimage.filters has no image function")
+    again = pickle.loads(pickle.dumps(err.value))  # as it comes back from a worker
+    assert type(again) is UnknownFunctionError and again.name == err.value.name
+    assert str(again) == str(err.value)
     with pytest.raises(KeyError, match="footprint"):
         resolve("skimage.morphology.disk")
     with pytest.raises(KeyError, match="ambiguous.*scipy.ndimage.sobel.*skimage.filters.sobel"):

@@ -101,6 +101,30 @@ def test_reserved_marker_name_and_bad_root() -> None:
         backend.load("/nothing.npy")
 
 
+def test_batch_errors_name_the_item_and_why_like_every_backend(tmp_path) -> None:
+    import numpy as np
+
+    from hcsflow.errors import BatchError
+    from hcsflow.storage import DiskStorageBackend
+
+    obj = FsspecStorageBackend(f"memory://hcsflow-test-{uuid.uuid4().hex}")
+    disk = DiskStorageBackend(root=tmp_path)
+    messages = []
+    for backend in (obj, disk):
+        backend.save(np.zeros((2, 2), np.uint16), "/a.tif")
+        with pytest.raises(BatchError) as err:
+            backend.load_batch(["/a.tif", "/missing.tif"])
+        assert err.value.index == 1 and err.value.path == "/missing.tif"
+        messages.append(err.value.reason)
+        with pytest.raises(BatchError) as err:
+            backend.save_batch([np.zeros((2, 2))] * 2, ["/b.npy", "/a.tif"], overwrite=False)
+        assert err.value.index == 1 and "exists" in str(err.value)
+    # on object storage as on disk: the item, what failed and why
+    for message in messages:
+        assert message.startswith("batch item 1 could not be loaded: ")
+        assert "no such file" in message
+
+
 def test_backend_pickles_by_url(s3_bucket) -> None:
     import pickle
 

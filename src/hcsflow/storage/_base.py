@@ -366,11 +366,8 @@ class StorageBackend(ABC):
             try:
                 self.save(item, p, overwrite=overwrite, **options)
             except HcsflowError as exc:
-                raise BatchError(
-                    f"batch item {index} could not be written: {_reason(exc)}",
-                    index=index,
-                    path=p,
-                    backend=self.name,
+                raise batch_item_error(
+                    index, "could not be written", exc, path=p, backend=self.name
                 ) from exc
 
     def _check_batch_targets(self, norm: Sequence[str], overwrite: bool) -> None:
@@ -379,11 +376,8 @@ class StorageBackend(ABC):
             try:
                 self._check_can_write(p, overwrite)
             except HcsflowError as exc:
-                raise BatchError(
-                    f"batch item {index} cannot be written: {_reason(exc)}",
-                    index=index,
-                    path=p,
-                    backend=self.name,
+                raise batch_item_error(
+                    index, "cannot be written", exc, path=p, backend=self.name
                 ) from exc
 
     def load_batch(self, paths: Sequence[vpaths.PathLike], **options: Any) -> list[Any]:
@@ -393,11 +387,8 @@ class StorageBackend(ABC):
             try:
                 out.append(self.load(p, **options))
             except HcsflowError as exc:
-                raise BatchError(
-                    f"batch item {index} could not be loaded: {_reason(exc)}",
-                    index=index,
-                    path=self._item_path(p),
-                    backend=self.name,
+                raise batch_item_error(
+                    index, "could not be loaded", exc, path=self._item_path(p), backend=self.name
                 ) from exc
         return out
 
@@ -498,3 +489,15 @@ def _check_batch(
 def _reason(exc: BaseException) -> str:
     """What went wrong, without the location a storage error appends to its message."""
     return str(getattr(exc, "reason", exc))
+
+
+def batch_item_error(
+    index: int, what: str, exc: BaseException, *, path: str, backend: str
+) -> BatchError:
+    """``batch item <index> <what>: <reason of exc>`` naming the item's path and backend.
+
+    Every backend reports a failing batch item this way; raise it ``from exc``.
+    """
+    return BatchError(
+        f"batch item {index} {what}: {_reason(exc)}", index=index, path=path, backend=backend
+    )

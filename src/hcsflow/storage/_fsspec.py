@@ -33,7 +33,6 @@ from typing import Any
 from hcsflow import paths as vpaths
 from hcsflow.errors import (
     AlreadyExistsError,
-    BatchError,
     DataFormatError,
     DirectoryNotEmptyError,
     HcsflowError,
@@ -43,7 +42,7 @@ from hcsflow.errors import (
     NotFoundError,
     SymlinkLoopError,
 )
-from hcsflow.storage._base import EntryKind, _check_batch
+from hcsflow.storage._base import EntryKind, _check_batch, batch_item_error
 from hcsflow.storage._codecs import (
     Codec,
     CodecRefusal,
@@ -255,8 +254,8 @@ class FsspecStorageBackend(_FsspecPaths):
                 raw = self._encode(item, vp, options)
                 real, kind = self._write_target(vp, overwrite)
             except HcsflowError as exc:
-                raise BatchError(
-                    f"batch item {index} cannot be written", index=index, path=vp, backend=self.name
+                raise batch_item_error(
+                    index, "cannot be written", exc, path=vp, backend=self.name
                 ) from exc
             plans.append((vp, real, raw, kind is None or not overwrite))
         created: list[str | None] = [None] * len(plans)
@@ -266,11 +265,8 @@ class FsspecStorageBackend(_FsspecPaths):
             try:
                 self._put(real, raw, exclusive=exclusive, vp=vp)
             except (HcsflowError, OSError) as exc:
-                raise BatchError(
-                    f"batch item {index} could not be written: {exc}",
-                    index=index,
-                    path=vp,
-                    backend=self.name,
+                raise batch_item_error(
+                    index, "could not be written", exc, path=vp, backend=self.name
                 ) from exc
             if exclusive:
                 created[index] = real
@@ -290,11 +286,8 @@ class FsspecStorageBackend(_FsspecPaths):
             try:
                 return self.load(path, **options)
             except HcsflowError as exc:
-                raise BatchError(
-                    f"batch item {index} could not be loaded",
-                    index=index,
-                    path=self._item_path(path),
-                    backend=self.name,
+                raise batch_item_error(
+                    index, "could not be loaded", exc, path=self._item_path(path), backend=self.name
                 ) from exc
 
         if len(paths) <= 1:

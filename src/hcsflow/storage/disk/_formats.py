@@ -8,12 +8,11 @@ from typing import Any
 
 from hcsflow import paths as vpaths
 from hcsflow.errors import (
-    BatchError,
     CodecRefusal,
     DataFormatError,
     HcsflowError,
 )
-from hcsflow.storage._base import _reason
+from hcsflow.storage._base import batch_item_error
 from hcsflow.storage._batch import batch_workers, mean_file_size, releases_gil, run_batch
 from hcsflow.storage._codecs import (
     Codec,
@@ -77,11 +76,8 @@ class _DiskFormats(_DiskPaths):
                 codec = self._codec(vp)
                 self._check_options(codec, vp, options, loading=True)
             except HcsflowError as exc:
-                raise BatchError(
-                    f"batch item {index} cannot be loaded: {_reason(exc)}",
-                    index=index,
-                    path=str(path),
-                    backend=self.name,
+                raise batch_item_error(
+                    index, "cannot be loaded", exc, path=str(path), backend=self.name
                 ) from exc
             jobs.append((codec, vp))
         workers = batch_workers(
@@ -106,9 +102,6 @@ class _DiskFormats(_DiskPaths):
         try:
             return self._decode(codec, vp, options)
         except HcsflowError as exc:
-            raise BatchError(
-                f"batch item {index} could not be loaded: {_reason(exc)}",
-                index=index,
-                path=vp,
-                backend=self.name,
+            raise batch_item_error(
+                index, "could not be loaded", exc, path=vp, backend=self.name
             ) from exc

@@ -47,7 +47,7 @@ from hcsflow.errors import (
     IsADirectoryStorageError,
     StorageError,
 )
-from hcsflow.storage._base import _check_batch, _reason
+from hcsflow.storage._base import _check_batch, _reason, batch_item_error
 from hcsflow.storage._batch import batch_workers, nbytes_of, releases_gil, run_batch
 from hcsflow.storage._codecs import Codec
 from hcsflow.storage._contain import copy_fd, copy_file_at, rename_noreplace, renameat2
@@ -530,11 +530,8 @@ class _DiskPublish(_DiskFormats):
                     name = vpaths.name(vp)
                     self._check_target_at(dir_fd, name, vp, overwrite)
                 except HcsflowError as exc:
-                    raise BatchError(
-                        f"batch item {index} cannot be written: {_reason(exc)}",
-                        index=index,
-                        path=vp,
-                        backend=self.name,
+                    raise batch_item_error(
+                        index, "cannot be written", exc, path=vp, backend=self.name
                     ) from exc
                 plans.append((vp, dir_fd, name, codec, prepared))
             for dir_fd in dirs.values():
@@ -568,11 +565,8 @@ class _DiskPublish(_DiskFormats):
                     item.fd, item.tmp = None, tmp
                 staged[index] = item
             except (HcsflowError, OSError) as exc:
-                raise BatchError(
-                    f"batch item {index} could not be written: {_reason(exc)}",
-                    index=index,
-                    path=vp,
-                    backend=self.name,
+                raise batch_item_error(
+                    index, "could not be written", exc, path=vp, backend=self.name
                 ) from exc
 
         workers = batch_workers(

@@ -19,7 +19,7 @@ from hcsflow.errors import (
     StorageError,
     ZarrError,
 )
-from hcsflow.storage._base import Backend, _check_batch, _reason
+from hcsflow.storage._base import Backend, _check_batch, batch_item_error
 from hcsflow.storage._codecs import (
     CodecRefusal,
     to_host_array,
@@ -282,11 +282,8 @@ class _ZarrPlateImages(_ZarrFiles):
                 arr, fmt, c = self._encode(item, p, {"zarr_config": cfg})
                 real, kind = self._write_target(p, overwrite)
             except HcsflowError as exc:
-                raise BatchError(
-                    f"batch item {index} cannot be written: {_reason(exc)}",
-                    index=index,
-                    path=p,
-                    backend=self.name,
+                raise batch_item_error(
+                    index, "cannot be written", exc, path=p, backend=self.name
                 ) from exc
             encoded.append((p, real, kind is None, arr, fmt, c, _size_of(item, arr)))
         for index, (p, real, new, arr, fmt, c, size) in enumerate(encoded):
@@ -304,11 +301,8 @@ class _ZarrPlateImages(_ZarrFiles):
                     vp=p,
                 )
             except HcsflowError as exc:
-                raise BatchError(
-                    f"batch item {index} could not be written: {_reason(exc)}",
-                    index=index,
-                    path=p,
-                    backend=self.name,
+                raise batch_item_error(
+                    index, "could not be written", exc, path=p, backend=self.name
                 ) from exc
 
     def load_batch(self, paths: Sequence[vpaths.PathLike], **options: Any) -> list[Any]:
@@ -324,11 +318,9 @@ class _ZarrPlateImages(_ZarrFiles):
                 else:
                     out[index] = self._load_file(vp, options, (real, kind, info))
             except StorageError as exc:
-                raise BatchError(
-                    f"batch item {index} could not be loaded: {_reason(exc)}",
-                    index=index,
-                    path=getattr(exc, "path", None) or str(path),
-                    backend=self.name,
+                where = getattr(exc, "path", None) or str(path)
+                raise batch_item_error(
+                    index, "could not be loaded", exc, path=where, backend=self.name
                 ) from exc
         if pointers:
             try:

@@ -425,6 +425,19 @@ def test_signal_stops_every_process_with_one_line(big_plate, tmp_path, executor,
     assert code == 2 and f"interrupted run ({n} of 8 wells committed)" in err
 
 
+def _run_script(script: Path) -> subprocess.CompletedProcess[str]:
+    """``python script`` in its folder, as a user runs a pasted script."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    return subprocess.run(
+        [sys.executable, str(script)],
+        cwd=script.parent,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+
+
 def test_readme_example_runs_as_a_plain_script(tmp_path):
     text = (ROOT / "README.md").read_text()
     blocks = [b.split("```", 1)[0] for b in text.split("```python\n")[1:]]
@@ -433,15 +446,7 @@ def test_readme_example_runs_as_a_plain_script(tmp_path):
     script = tmp_path / "example.py"
     script.write_text(example + "\nprint('wells ok:', result.ok, len(result.wells))\n")
     assert "__main__" not in example and "num_workers=2" in example
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
-    done = subprocess.run(
-        [sys.executable, str(script)],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
+    done = _run_script(script)
     assert done.returncode == 0, done.stderr
     assert "wells ok: True 4" in done.stdout
 
@@ -466,15 +471,7 @@ def test_plain_script_with_its_own_function_and_process_workers(tmp_path):
             """
         )
     )
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
-    done = subprocess.run(
-        [sys.executable, str(script)],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
+    done = _run_script(script)
     assert done.returncode == 0, done.stderr
     assert "ok True []" in done.stdout
     assert done.stdout.count("script body runs in") == 1  # never re-run by a worker

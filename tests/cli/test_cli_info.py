@@ -109,3 +109,38 @@ def test_run_format_strict_and_info_of_the_run(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "format           ome-zarr" in text and "name             Plate 1" in text
     assert "pixel size       0.5983 µm" in text
+
+
+def _fails_on_a02(stack):
+    if stack.mean() > 100:
+        raise RuntimeError("detector saturated")
+    return stack
+
+
+def test_info_describes_an_interrupted_run(tmp_path, capsys):
+    from hcsflow.errors import StepExecutionError
+    from hcsflow.pipeline import FunctionStep, GlobalPipelineConfig, run_pipeline
+
+    plate = tmp_path / "plate"
+    plate.mkdir()
+    for w, v in (("A01", 5), ("A02", 500), ("A03", 5), ("A04", 5)):
+        tifffile.imwrite(plate / f"{w}_s1_w1.tif", np.full((8, 8), v, np.uint16))
+    out = tmp_path / "out"
+    config = GlobalPipelineConfig(executor="inprocess", fail_fast=True)
+    with pytest.raises(StepExecutionError):
+        run_pipeline([FunctionStep(func=_fails_on_a02)], str(plate), out, config)
+    assert not (out / "manifest.json").exists()  # stopped: a resumable partial run
+    assert main(["info", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "(interrupted: no manifest yet)" in text
+    assert "4 (1 committed ok, 1 failed, 2 not committed)" in text
+    assert "failed         A02" in text and "not committed  A03, A04" in text
+    assert "--resume" in text
+    assert main(["info", "--json", str(out)]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["kind"] == "interrupted run" and doc["wells"] == 4
+    assert (doc["wells_ok"], doc["wells_failed"], doc["wells_not_committed"]) == (
+        ["A01"],
+        ["A02"],
+        ["A03", "A04"],
+    )

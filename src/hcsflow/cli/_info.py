@@ -355,6 +355,57 @@ def format_run(info: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def describe_interrupted_run(
+    path: str, storage_options: dict[str, Any] | None = None
+) -> dict[str, Any] | None:
+    """A JSON-ready summary of an interrupted run in ``path`` (a run record, no manifest
+    yet): which wells are committed and how to continue; ``None`` if ``path`` holds none."""
+    from hcsflow.pipeline._commit import read_run_record, well_statuses
+    from hcsflow.pipeline._output import OutputRoot
+
+    root = OutputRoot.of(path, storage_options)
+    record = read_run_record(root)
+    if record is None:
+        return None
+    wells = [str(w) for w in record.get("wells", [])]
+    statuses = well_statuses(root, wells)
+    return {
+        "kind": "interrupted run",
+        "output_dir": root.url,
+        "run_id": record.get("run_id"),
+        "started": record.get("started"),
+        "wells": len(wells),
+        "wells_ok": sorted(w for w, s in statuses.items() if s == "ok"),
+        "wells_failed": sorted(w for w, s in statuses.items() if s == "failed"),
+        "wells_not_committed": [w for w in wells if w not in statuses],
+    }
+
+
+def format_interrupted_run(info: dict[str, Any]) -> str:
+    """The text ``hcsflow info`` prints for an interrupted run."""
+    ok, failed, todo = info["wells_ok"], info["wells_failed"], info["wells_not_committed"]
+    pairs = [
+        ("hcsflow run", f"{info['output_dir']} (interrupted: no manifest yet)"),
+        ("started", str(info.get("started") or "?")),
+        (
+            "wells",
+            f"{info['wells']} ({len(ok)} committed ok, {len(failed)} failed, "
+            f"{len(todo)} not committed)",
+        ),
+    ]
+    if failed:
+        pairs.append(("failed", _names(failed)))
+    if todo:
+        pairs.append(("not committed", _names(todo)))
+    lines = _pairs(pairs)
+    lines.append("")
+    lines.append(
+        "continue it with the same command and --resume (committed wells are verified and "
+        "kept), or start over with --overwrite"
+    )
+    return "\n".join(lines)
+
+
 # --------------------------------------------------------------------------- command
 
 
@@ -386,6 +437,9 @@ def info_command(args: argparse.Namespace) -> int:
     elif not url and (path / "manifest.json").is_file() and plain:
         info = describe_run(path)
         text = format_run(info)
+    elif plain and (interrupted := describe_interrupted_run(args.path, storage_options)):
+        info = interrupted
+        text = format_interrupted_run(info)
     else:
         from hcsflow.cli._common import layout_from
         from hcsflow.readers import read_plate

@@ -25,7 +25,7 @@ import json
 import os
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -45,6 +45,7 @@ __all__ = [
     "write_well",
     "commit_well",
     "record_rel",
+    "well_statuses",
     "read_record",
     "read_run_record",
     "write_json",
@@ -105,6 +106,14 @@ def read_record(root: OutputRoot, well: str) -> dict[str, Any] | None:
     if doc is None or doc.get("well") != well or doc.get("status") not in ("ok", "failed"):
         return None
     return doc
+
+
+def well_statuses(root: OutputRoot, wells: Sequence[str]) -> dict[str, str]:
+    """``{well: "ok" | "failed"}`` for the wells of ``wells`` that have a commit record
+    (read concurrently: on object storage each is a request)."""
+    with cf.ThreadPoolExecutor(max_workers=8) as pool:
+        records = list(pool.map(lambda w: read_record(root, w), wells))
+    return {w: str(r["status"]) for w, r in zip(wells, records, strict=True) if r is not None}
 
 
 def read_run_record(root: OutputRoot) -> dict[str, Any] | None:

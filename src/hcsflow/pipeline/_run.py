@@ -58,6 +58,7 @@ from hcsflow.pipeline._commit import (
     record_rel,
     run_well,
     verify_record,
+    well_statuses,
     write_json,
     write_well,
     zarr_well_rel,
@@ -291,9 +292,7 @@ def _has_manifest(root: OutputRoot) -> bool:
 
 
 def _count_committed(root: OutputRoot, wells: Sequence[str]) -> int:
-    with cf.ThreadPoolExecutor(max_workers=8) as pool:
-        records = pool.map(lambda w: read_record(root, w), wells)
-        return sum(r is not None and r["status"] == "ok" for r in records)
+    return sum(status == "ok" for status in well_statuses(root, wells).values())
 
 
 def _prepare(

@@ -132,6 +132,14 @@ def register(subparsers: Any) -> None:
         help="continue an interrupted run in --out: committed wells are verified and kept",
     )
     p.add_argument(
+        "--verify",
+        choices=("full", "quick"),
+        default="full",
+        help="how --resume checks committed wells before keeping them: full (default) "
+        "reads every file and compares its sha256; quick compares size, modification "
+        "time and inode (an object's ETag) and reads only the files that changed",
+    )
+    p.add_argument(
         "--wells",
         default=None,
         metavar="A01,B03",
@@ -250,6 +258,7 @@ def run_command(args: argparse.Namespace) -> int:
             resume=args.resume,
             rerun_failed=args.rerun_failed,
             wells=wells,
+            verify=args.verify,
             storage_options=storage_options,
             preload=[str(Path(args.pipeline).resolve())],
         )

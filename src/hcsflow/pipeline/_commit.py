@@ -30,6 +30,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from hcsflow import paths as vpaths
+from hcsflow.errors import ConfigurationError
 from hcsflow.pipeline._compiler import RunPlan, WellPlan, describe_steps
 from hcsflow.pipeline._config import config_to_dict
 from hcsflow.pipeline._execute import WellResult, execute_well
@@ -52,6 +53,8 @@ __all__ = [
     "fingerprint",
     "fingerprint_diff",
     "verify_record",
+    "verify_records",
+    "VERIFY_MODES",
     "zarr_well_rel",
     "EXECUTION_FIELDS",
 ]
@@ -197,6 +200,7 @@ def commit_well(root: OutputRoot, well: WrittenWell, *, fsync: bool) -> dict[str
     raised, so the run can try the well again.
     """
     rec = well.record
+    identities: dict[str, str] = {}
     doc: dict[str, Any] = {
         "well": rec["well"],
         "run_id": rec["run_id"],
@@ -205,7 +209,8 @@ def commit_well(root: OutputRoot, well: WrittenWell, *, fsync: bool) -> dict[str
         "status": rec["status"],
         "host": rec["host"],
         "pid": rec["pid"],
-        "files": root.seal(well.files, fsync=fsync),
+        "files": root.seal(well.files, fsync=fsync, identities=identities),
+        "identity": identities,
         "result": rec["result"],
     }
     doc["committed"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
@@ -230,17 +235,72 @@ def run_well(task: WellTask) -> WellResult:
     return written.result
 
 
-def verify_record(root: OutputRoot, record: dict[str, Any]) -> str | None:
-    """Why a committed well's files do not match its record (``None``: they match)."""
-    files = record.get("files") or {}
-    rels = sorted(files)
-    with cf.ThreadPoolExecutor(max_workers=min(8, max(1, len(rels)))) as pool:
-        for rel, got in zip(rels, pool.map(root.sha256, rels), strict=True):
-            if got is None:
-                return f"{rel} is missing"
-            if got[0] != files[rel]["bytes"] or got[1] != files[rel]["sha256"]:
-                return f"{rel} changed since it was committed"
+#: how ``resume`` verifies a committed well's files before keeping it
+VERIFY_MODES = ("full", "quick")
+
+
+def _check_file(
+    root: OutputRoot, rel: str, meta: dict[str, Any], ident: Any, mode: str
+) -> str | None:
+    """Why one committed file does not match its record (``None``: it matches)."""
+    if mode == "quick" and ident is not None:
+        now = root.identity(rel)
+        if now is None:
+            return f"{rel} is missing"
+        if now[0] != meta.get("bytes"):
+            return f"{rel} changed since it was committed (size)"
+        if now[1] == ident:
+            return None
+        # touched, copied or moved: its content decides (as git does after a stat change)
+    got = root.sha256(rel)
+    if got is None:
+        return f"{rel} is missing"
+    if got[0] != meta.get("bytes") or got[1] != meta.get("sha256"):
+        return f"{rel} changed since it was committed"
     return None
+
+
+def verify_records(
+    root: OutputRoot, records: dict[str, dict[str, Any]], mode: str = "full"
+) -> dict[str, str | None]:
+    """Verify committed wells; ``{well: why its files do not match (None: they match)}``.
+
+    ``full`` reads every file and compares its size and sha256 with the record.
+    ``quick`` compares each file's size and identity (modification time, change time
+    and inode, or an object's ETag) with those the commit saw, and reads and hashes
+    only the files whose identity differs or was not recorded (records of earlier
+    versions).  The wells are checked on one thread pool (hashing releases the GIL; on
+    object storage each check is a request).
+    """
+    if mode not in VERIFY_MODES:
+        raise ConfigurationError(f"verify must be one of {', '.join(VERIFY_MODES)}, got {mode!r}")
+    wells = [w for w in records if records[w].get("files")]
+
+    def check(well: str) -> str | None:
+        rec = records[well]
+        files = rec["files"]
+        idents = rec.get("identity") or {}
+        for rel in sorted(files):  # the first problem in path order
+            problem = _check_file(root, rel, files[rel], idents.get(rel), mode)
+            if problem is not None:
+                return problem
+        return None
+
+    out: dict[str, str | None] = {well: None for well in records}
+    if not wells:
+        return out
+    # one task per well: a local check is a stat or a read from the page cache (threads
+    # beyond a few only add switching); on object storage each check is a request
+    threads = 16 if root.remote else min(4, os.cpu_count() or 1)
+    with cf.ThreadPoolExecutor(max_workers=min(threads, len(wells))) as pool:
+        for well, problem in zip(wells, pool.map(check, wells), strict=True):
+            out[well] = problem
+    return out
+
+
+def verify_record(root: OutputRoot, record: dict[str, Any], mode: str = "full") -> str | None:
+    """Why a committed well's files do not match its record (``None``: they match)."""
+    return verify_records(root, {str(record.get("well")): record}, mode)[str(record.get("well"))]
 
 
 # --------------------------------------------------------------------------- fingerprint

@@ -72,23 +72,52 @@ def _io_pool() -> cf.ThreadPoolExecutor:
 _SEAL_FLAGS = os.O_RDONLY if os.name != "nt" else os.O_RDWR | getattr(os, "O_BINARY", 0)
 
 
-def _seal_file(real: str, fsync: bool) -> tuple[int, str] | None:
-    """(size, sha256) of a local file, flushed to the device first when ``fsync``."""
+def local_identity(st: os.stat_result) -> str:
+    """A local file's identity for a quick check: ``mtime_ns:ctime_ns:inode``.
+
+    Any write to the file changes its modification time, any change of its metadata
+    (including setting the modification time back) its change time, and a file put in
+    its place (a copy, a rename over it) has another inode: the quick check git's index
+    and rsync rely on, with the change time and inode as git uses them.
+    """
+    return f"{st.st_mtime_ns}:{st.st_ctime_ns}:{st.st_ino}"
+
+
+def _object_identity(details: Any) -> str | None:
+    """An object's identity for a quick check: its ETag (S3, GCS, Azure), if it has one."""
+    if not isinstance(details, dict):
+        return None
+    for key in ("ETag", "etag"):
+        value = details.get(key)
+        if value:
+            return f"etag:{str(value).strip(chr(34))}"
+    return None
+
+
+def _hash_fd(fd: int) -> tuple[int, str]:
+    h = hashlib.sha256()
+    size = 0
+    while block := os.read(fd, 1 << 20):
+        size += len(block)
+        h.update(block)
+    return size, h.hexdigest()
+
+
+def _seal_file(real: str, fsync: bool) -> tuple[int, str, str] | None:
+    """(size, sha256, identity) of a local file, flushed to the device first when
+    ``fsync``; the identity (:func:`local_identity`) is taken from the open file."""
     try:
         fd = os.open(real, _SEAL_FLAGS)
     except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
         return None
     try:
-        h = hashlib.sha256()
-        size = 0
-        while block := os.read(fd, 1 << 20):
-            size += len(block)
-            h.update(block)
+        size, digest = _hash_fd(fd)
         if fsync:
             os.fsync(fd)
+        ident = local_identity(os.fstat(fd))
     finally:
         os.close(fd)
-    return size, h.hexdigest()
+    return size, digest, ident
 
 
 def _fsync_path(real: str) -> None:
@@ -203,26 +232,68 @@ class OutputRoot:
 
     def sha256(self, rel: str) -> tuple[int, str] | None:
         """(size, sha256) of a file below the root, read in blocks; ``None`` if missing."""
+        got = self.hash_file(rel)
+        return None if got is None else (got[0], got[1])
+
+    def hash_file(self, rel: str) -> tuple[int, str, str | None] | None:
+        """(size, sha256, identity) of a file below the root; ``None`` if missing.
+
+        The identity is what :meth:`identity` compares for a quick check: the file's
+        modification and change times and inode (:func:`local_identity`), or an
+        object's ETag, as seen by the open that read it (``None``: the store has none).
+        """
+        if not self.remote:
+            try:
+                fd = os.open(os.path.join(self.url, rel), os.O_RDONLY)
+            except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+                return None
+            try:
+                size, digest = _hash_fd(fd)
+                return size, digest, local_identity(os.fstat(fd))
+            finally:
+                os.close(fd)
         h = hashlib.sha256()
         size = 0
+        fs, base = self._fs()
         try:
-            if self.remote:
-                fs, base = self._fs()
-                opener: Any = fs.open(f"{base}/{rel}", "rb", block_size=1 << 22)
-            else:
-                opener = open(os.path.join(self.url, rel), "rb")  # noqa: SIM115
+            fh: Any = fs.open(f"{base}/{rel}", "rb", block_size=1 << 22)
         except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
             return None
-        with opener as fh:
+        with fh:
+            ident = _object_identity(getattr(fh, "details", None))
             for block in iter(lambda: fh.read(1 << 20), b""):
                 size += len(block)
                 h.update(block)
-        return size, h.hexdigest()
+        return size, h.hexdigest(), ident
 
-    def seal(self, rels: Sequence[str], *, fsync: bool) -> dict[str, dict[str, Any]]:
+    def identity(self, rel: str) -> tuple[int, str | None] | None:
+        """(size, identity) of a file below the root, without reading it (one ``stat``,
+        or one metadata request on object storage); ``None`` if missing."""
+        if not self.remote:
+            try:
+                st = os.stat(os.path.join(self.url, rel))
+            except (FileNotFoundError, NotADirectoryError):
+                return None
+            return st.st_size, local_identity(st)
+        fs, base = self._fs()
+        try:
+            info = fs.info(f"{base}/{rel}")
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        return int(info.get("size") or 0), _object_identity(info)
+
+    def seal(
+        self,
+        rels: Sequence[str],
+        *,
+        fsync: bool,
+        identities: dict[str, str] | None = None,
+    ) -> dict[str, dict[str, Any]]:
         """Checksum files below the root and, with ``fsync``, make them durable.
 
-        Returns ``{rel: {"bytes": size, "sha256": hex}}``.  Locally, every file is read
+        Returns ``{rel: {"bytes": size, "sha256": hex}}``; ``identities``, when given,
+        receives each file's identity (see :meth:`hash_file`) where it has one, taken
+        after the file was flushed.  Locally, every file is read
         once (from the page cache: it was just written), hashed and fsynced, and every
         directory from the root down to each file is fsynced, so that the files and
         their names survive a power loss; all of it is issued at once from a thread
@@ -235,7 +306,7 @@ class OutputRoot:
             return {}
         pool = _io_pool()
         if self.remote:
-            sizes: list[tuple[int, str] | None] = list(pool.map(self.sha256, rels))
+            sizes: list[tuple[int, str, str | None] | None] = list(pool.map(self.hash_file, rels))
         else:
             dirs: set[str] = set()
             if fsync:
@@ -255,6 +326,8 @@ class OutputRoot:
             if got is None:
                 raise FileNotFoundError(f"{self.display(rel)} vanished before its commit")
             out[rel] = {"bytes": got[0], "sha256": got[1]}
+            if identities is not None and got[2] is not None:
+                identities[rel] = got[2]
         return out
 
     def flush(self, rels: Sequence[str]) -> None:

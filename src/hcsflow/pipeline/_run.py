@@ -39,6 +39,7 @@ from hcsflow import __version__
 from hcsflow.errors import (
     AlreadyExistsError,
     CompilationError,
+    ConfigurationError,
     HcsflowError,
     PipelineError,
     RunDirectoryError,
@@ -48,6 +49,7 @@ from hcsflow.errors import (
 from hcsflow.pipeline._commit import (
     CONTROL_DIR,
     RUN_RECORD,
+    VERIFY_MODES,
     WellTask,
     WrittenWell,
     commit_well,
@@ -57,7 +59,7 @@ from hcsflow.pipeline._commit import (
     read_run_record,
     record_rel,
     run_well,
-    verify_record,
+    verify_records,
     well_statuses,
     write_json,
     write_well,
@@ -405,6 +407,7 @@ def run_pipeline(
     resume: bool = False,
     rerun_failed: bool = False,
     wells: Sequence[str] | None = None,
+    verify: str = "full",
     storage_options: dict[str, Any] | None = None,
     progress: bool | None = None,
     preload: Sequence[str] = (),
@@ -424,7 +427,11 @@ def run_pipeline(
     interrupted run in the same output (committed wells are verified against their
     checksums and skipped); ``rerun_failed=True`` runs the wells recorded as failed
     again; ``wells=["A01", "B03"]`` runs only those wells (again, if they were committed).
-    A resume with a different pipeline, configuration or plate is refused.
+    A resume with a different pipeline, configuration or plate is refused.  ``verify``
+    says how committed wells are checked before they are kept: ``"full"`` (the default)
+    reads every file and compares its size and sha256 with the commit record;
+    ``"quick"`` compares size, modification time, change time and inode (an object's
+    ETag) and reads only files whose identity changed (see ``docs/pipeline.md``).
 
     Raises :class:`CompilationError` before any work, :class:`RunDirectoryError` for an
     output that holds something else, and (with ``fail_fast``) :class:`StepExecutionError`
@@ -434,6 +441,8 @@ def run_pipeline(
     """
     t_start = time.time()
     t0 = time.perf_counter()
+    if verify not in VERIFY_MODES:
+        raise ConfigurationError(f"verify must be one of {', '.join(VERIFY_MODES)}, got {verify!r}")
     global_config = config if config is not None else GlobalPipelineConfig()
     root = OutputRoot.of(output_dir, storage_options)
     if post_run is not None and root.remote:
@@ -489,6 +498,7 @@ def run_pipeline(
             _checkpoint(received)
             session = _Session(root, plan, executor, preload, progress, on_well_done, plate_url)
             session.storage_options = storage_options
+            session.verify = verify
             session.warm = warm
             session.received = received
             mode, record = _prepare(
@@ -560,6 +570,8 @@ class _Session:
         self.on_well_done = on_well_done
         self.plate_url = plate_url
         self.storage_options: dict[str, Any] | None = None
+        self.verify = "full"
+        """How committed wells are verified before a resume keeps them."""
         self.started_new = False
         self.run_id = ""
         self.pool: WellPool | None = None
@@ -619,13 +631,13 @@ class _Session:
                 to_verify.append(w)
             else:
                 keep[w] = rec
-        with cf.ThreadPoolExecutor(max_workers=4) as pool:
-            problems = pool.map(lambda w: verify_record(self.root, records[w] or {}), to_verify)
-            for w, problem in zip(to_verify, problems, strict=True):
-                if problem is None:
-                    keep[w] = records[w] or {}
-                else:
-                    self.notes.append(f"well {w} is run again: {problem}")
+        problems = verify_records(self.root, {w: records[w] or {} for w in to_verify}, self.verify)
+        for w in to_verify:
+            problem = problems[w]
+            if problem is None:
+                keep[w] = records[w] or {}
+            else:
+                self.notes.append(f"well {w} is run again: {problem}")
         stores = self._zarr_stores()
         plate_root = None
         plate_opts = None

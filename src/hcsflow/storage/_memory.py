@@ -191,7 +191,8 @@ class MemoryStorageBackend(StorageBackend):
 
         ``overwrite`` may also be passed positionally here (a cheaper call).
         """
-        if isinstance(data, _ndarray) and data.flags.writeable:
+        if isinstance(data, _ndarray):
+            # a view of every array, read-only ones too: cheaper than asking first
             data = data.view()
             data.setflags(False)  # positional: much cheaper than write=False
         if type(path) is str:
@@ -332,7 +333,7 @@ class MemoryStorageBackend(StorageBackend):
                     return
                 targets.append((node, name))
             for item, path, (node, name) in zip(data_list, norm, targets, strict=True):
-                if isinstance(item, _ndarray) and item.flags.writeable:  # as in save
+                if isinstance(item, _ndarray):  # as in save
                     view: Any = item.view()
                     view.setflags(False)
                     item = view

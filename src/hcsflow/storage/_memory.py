@@ -326,7 +326,7 @@ class MemoryStorageBackend(StorageBackend):
                         self.save(item, target, True)
                     return
                 paths = norm
-            files = self._files
+            files: dict[Any, Any] = self._files  # every path is a plain str by now
             for item, path, (node, name) in zip(data_list, paths, targets, strict=True):
                 if isinstance(item, _ndarray):  # as in save
                     view: Any = item.view()

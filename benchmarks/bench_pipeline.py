@@ -593,15 +593,19 @@ def runs_rows(tmp: Path) -> list[dict[str, Any]]:
             t_local.append(_timed(local, out_local))
             t_dask.append(_timed(dask, out_dask))
         tl, td = _median(t_local), _median(t_dask)
+        # the median of the per-pair ratios, as the rows above: a pair runs back to back,
+        # so a load that comes and goes on the machine weighs on both sides of it
+        dr = [d / lo for d, lo in zip(t_dask, t_local, strict=True)]
         rows.append(
             {
                 "benchmark": "runs: Dask cluster (2 workers) vs local process pool (2)",
                 "hcsflow": td,
                 "baseline": tl,
-                "ratio": td / tl,
+                "ratio": _median(dr),
                 "target": "<= 1.15",
-                "ok": td / tl <= 1.15,
-                "detail": f"s, median of {RUNS_REPEATS} alternated; {RUNS_WELLS} wells x "
+                "ok": _median(dr) <= 1.15,
+                "detail": f"s, medians of {RUNS_REPEATS} alternated pairs, ratio = median of "
+                f"the pair ratios ({min(dr):.2f}-{max(dr):.2f}); {RUNS_WELLS} wells x "
                 f"{SITES} sites {SIZE}px; existing scheduler, single-threaded workers; "
                 f"{_spread(t_dask, t_local)}",
             }
@@ -658,17 +662,19 @@ def runs_rows(tmp: Path) -> list[dict[str, Any]]:
         ("quick", "sizes and identities (mtime, ctime, inode) verified"),
     ):
         tr = _median(t_resume[verify])
+        rr = [r / f for r, f in zip(t_resume[verify], t_full, strict=True)]
         rows.append(
             {
                 "benchmark": f"runs: resume after 90% of wells vs full run (verify={verify})",
                 "hcsflow": tr,
                 "baseline": tf,
-                "ratio": tr / tf,
+                "ratio": _median(rr),
                 "target": "<= 0.15",
-                "ok": tr / tf <= 0.15,
-                "detail": f"s, median of {RUNS_REPEATS}; {len(first)} of {len(wells)} wells "
-                f"committed, {what}, {len(wells) - len(first)} run; 2 processes; "
-                f"{_spread(t_resume[verify], t_full)}",
+                "ok": _median(rr) <= 0.15,
+                "detail": f"s, medians of {RUNS_REPEATS} rounds (a full run, then a resume "
+                f"in each mode), ratio = median of the round ratios ({min(rr):.3f}-"
+                f"{max(rr):.3f}); {len(first)} of {len(wells)} wells committed, {what}, "
+                f"{len(wells) - len(first)} run; 2 processes; {_spread(t_resume[verify], t_full)}",
             }
         )
     return rows

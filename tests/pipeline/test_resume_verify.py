@@ -237,16 +237,16 @@ def _run_script(code: str, env: dict[str, str]) -> str:
     not sys.platform.startswith("linux") or os.confstr("CS_GNU_LIBC_VERSION") is None,
     reason="glibc malloc thresholds",
 )
-def test_dask_wells_reuse_memory_under_the_nannys_fixed_malloc_thresholds():
+def test_wells_reuse_memory_under_the_nannys_fixed_malloc_thresholds(tmp_path):
     """A Dask nanny starts workers with MALLOC_TRIM_THRESHOLD_=65536: every image-sized
     block is then mapped fresh (one page fault per 4 KiB).  Inside a well, blocks are
     reused; before and after it, the process's own thresholds apply."""
     out = _run_script(
         """
-        import resource
-        import cloudpickle
+        import os, resource
         import numpy as np
-        from hcsflow.pipeline._executors import _call_payload
+        from hcsflow.pipeline import FunctionStep, GlobalPipelineConfig, run_pipeline
+        from hcsflow.testing import make_plate
 
         def faults():
             return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
@@ -258,18 +258,26 @@ def test_dask_wells_reuse_memory_under_the_nannys_fixed_malloc_thresholds():
                 del a
             return faults() - before
 
+        inside = []
+
+        def churning_step(stack):
+            inside.append(churn())
+            return stack
+
+        plate = make_plate(os.environ["WORK"] + "/plate", 1, sites=1, size=32)
         churn()
         outside = churn()
-        inside = _call_payload(cloudpickle.dumps((churn, ())))
+        run_pipeline([FunctionStep(func=churning_step)], plate.root,
+                     os.environ["WORK"] + "/out", GlobalPipelineConfig(executor="inprocess"))
         after = churn()
-        print(outside, inside, after)
+        print(outside, inside[0], after)
         """,
-        {"MALLOC_TRIM_THRESHOLD_": "65536"},
+        {"MALLOC_TRIM_THRESHOLD_": "65536", "WORK": str(tmp_path)},
     )
     outside, inside, after = map(int, out.split())
     assert outside > 200 * 200  # the cost being avoided: ~256 faults per MiB
     assert inside < outside / 20
-    assert after > 200 * 200  # the worker's own setting is back after the well
+    assert after > 200 * 200  # the process's own setting is back after the well
 
 
 def test_fork_server_preload_loads_what_the_functions_load_lazily(tmp_path):

@@ -34,6 +34,7 @@ from hcsflow.errors import ConfigurationError
 from hcsflow.pipeline._compiler import RunPlan, WellPlan, describe_steps
 from hcsflow.pipeline._config import config_to_dict
 from hcsflow.pipeline._execute import WellResult, execute_well
+from hcsflow.pipeline._executors import well_allocations
 from hcsflow.pipeline._output import OutputRoot, WellSink
 from hcsflow.storage.plate import parse_well
 
@@ -158,7 +159,9 @@ def write_well(task: WellTask) -> WrittenWell:
     An earlier record of the well is removed before anything is written, and the well's
     groups in the run's OME-Zarr plates are cleared (leftovers of a crashed attempt), so
     a well run twice ends with exactly one complete result.  A failed well's files are
-    removed.
+    removed.  The well runs with glibc's usual allocation thresholds where the process
+    was started with fixed ones (:func:`~hcsflow.pipeline._executors.well_allocations`:
+    Dask workers).
     """
     root, plan = task.root, task.plan
     root.remove_files([record_rel(plan.well)], fsync=plan.fsync)
@@ -166,7 +169,8 @@ def write_well(task: WellTask) -> WrittenWell:
     for group in groups:
         root.remove(group)
     sink = WellSink(root, task.plate, task.plate_options)
-    result = execute_well(replace(plan, output=sink))
+    with well_allocations():
+        result = execute_well(replace(plan, output=sink))
     result.outputs = [{**o, "path": root.rel(str(o["path"]))} for o in result.outputs]
     written = sink.written()
     files: list[str] = []

@@ -48,6 +48,7 @@ __all__ = [
     "raise_interrupt",
     "interrupts_held",
     "import_pipeline_file",
+    "well_allocations",
 ]
 
 
@@ -252,7 +253,7 @@ def _fixed_malloc_thresholds() -> tuple[Any, int, int] | None:
 
 
 @contextlib.contextmanager
-def _well_allocations() -> Iterator[None]:
+def well_allocations() -> Iterator[None]:
     """While a well runs, allocate as glibc does by default; after it, give memory back.
 
     In a process started with fixed malloc thresholds (a Dask worker, see
@@ -287,13 +288,11 @@ def _well_allocations() -> Iterator[None]:
 
 
 def _call_payload(payload: bytes) -> Any:
-    """Worker side of a Dask task: unpickle with cloudpickle and run (see
-    :func:`_well_allocations` for how its memory is allocated)."""
+    """Worker side of a Dask task: unpickle with cloudpickle and run."""
     import cloudpickle
 
     fn, args = cloudpickle.loads(payload)
-    with _well_allocations():
-        return fn(*args)
+    return fn(*args)
 
 
 def _call_pickled(payload: bytes, pid_file: str) -> Any:

@@ -258,7 +258,7 @@ def well_allocations() -> Iterator[None]:
 
     In a process started with fixed malloc thresholds (a Dask worker, see
     :func:`_fixed_malloc_thresholds`), a well's image-sized temporaries would each be
-    mapped and page-faulted anew (measured: 15x the page faults and about 20% more time
+    mapped and page-faulted anew (measured: 15x the page faults and 12-20% more time
     per well of the demo pipeline).  For the well, the thresholds are those glibc's
     dynamic rule reaches (blocks up to 32 MiB are reused from the heap); when the last
     well running in the process ends, the process's own thresholds come back and

@@ -33,6 +33,7 @@ from hcsflow.storage.zarr import _ome
 from hcsflow.storage.zarr._config import ZarrConfig
 from hcsflow.storage.zarr._debris import building, clean_node
 from hcsflow.storage.zarr._io import Location, store_errors
+from hcsflow.storage.zarr._listing import touched
 from hcsflow.storage.zarr._localfs import LocalFS
 from hcsflow.storage.zarr._nodes import (
     _ARRAY_CODECS,
@@ -179,6 +180,8 @@ class _ZarrFiles(_ZarrNodes):
             else:
                 # the switch: readers follow zarr.json to the data array
                 loc.write("zarr.json", doc)
+                # the node may have been a symlink or plate image: listings must look again
+                touched(fs, loc.path)
         for child in old:
             if child != name:
                 loc.child(child).remove()

@@ -354,6 +354,14 @@ class LocalFS(_FS):
         finally:
             os.close(fd)
 
+    def touch_parent(self, path: str) -> None:
+        """Set the times of ``path``'s parent directory to now (its change time moves)."""
+        with (
+            contextlib.suppress(FileNotFoundError, NotADirectoryError),
+            self._parent(path) as (dir_fd, _),
+        ):
+            os.utime(dir_fd)
+
     def makedirs(self, path: str) -> None:
         try:
             self.tree.makedirs(self.vpath(path))

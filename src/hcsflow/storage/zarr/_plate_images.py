@@ -29,6 +29,7 @@ from hcsflow.storage.zarr import _arrays, _locate, _ome, _wells
 from hcsflow.storage.zarr._config import ZarrConfig
 from hcsflow.storage.zarr._files import _size_of, _ZarrFiles
 from hcsflow.storage.zarr._io import Location
+from hcsflow.storage.zarr._listing import touched
 from hcsflow.storage.zarr._nodes import _BATCH_OPTIONS
 
 
@@ -210,6 +211,7 @@ class _ZarrPlateImages(_ZarrFiles):
             loc = self._loc(real)
             old = self._data_children(real)
             loc.write("zarr.json", _ome.group_document({"hcsflow": info}))
+            touched(loc.fs, loc.path)
             for child in old:
                 loc.child(child).remove()
 

@@ -85,10 +85,18 @@ class ZarrStorageBackend(_ZarrPlateImages):
             raise NotADirectoryStorageError("not a directory", path=vp, backend=self.name)
         loc = self._loc(real)
         if isinstance(loc.fs, LocalFS):
-            entries = scan_local(self, loc.fs, real, loc.path, self._listings)
+            entries = scan_local(self, loc.fs, real, loc.path, self._listings, self._listed)
             return vpaths.natural_sorted([name for name, kind, _ in entries if kind is not None])
         names = [n for n in loc.list() if not _hidden(n) and not _in_progress(loc.child(n))]
         return vpaths.natural_sorted(names)
+
+    def _listed(self, vp: str) -> tuple[EntryKind | None, None]:
+        """Whether ``list_dir`` names the entry at ``vp`` (kind ``None``: it does not).
+
+        Only nodes still being written are left out; the kind given otherwise is not
+        the entry's (a name is listed even when reading its node would fail).
+        """
+        return (None, None) if _in_progress(self._loc(vp)) else ("file", None)
 
     def _scan_dir(self, directory: str) -> tuple[list[str], list[str]]:
         """Files and subdirectories of ``directory``: one pass over a local directory
@@ -100,7 +108,7 @@ class ZarrStorageBackend(_ZarrPlateImages):
         files: list[str] = []
         subdirs: list[str] = []
         prefix = "/" if real == "/" else real + "/"
-        for name, own, _ in scan_local(self, loc.fs, real, loc.path, self._listings):
+        for name, own, _ in scan_local(self, loc.fs, real, loc.path, self._listings, self._node):
             if own == "file":
                 files.append(name)
             elif own == "directory":

@@ -15,15 +15,16 @@ On a local store this module does it in one pass instead:
   (``O_NOFOLLOW``), so nothing outside the directory is reached; a real symlink, a
   directory without ``zarr.json`` (zarr format 2, a plain directory, a node being
   written) and anything unexpected go through the generic per-entry resolution;
-* the kinds of files and directories found so are cached per directory, keyed by the
-  directory's identity and change time (``st_dev``, ``st_ino``, ``st_ctime_ns``) and by
-  each entry's inode number.  Creating, removing or renaming an entry changes the
-  directory's change time, so a listing never misses an entry another writer (another
-  thread, process or tool) created, nor lists one it removed.  The backend's own writes
-  that change the kind of an existing node in place (a file overwritten by a symlink,
-  a symlink by a file...) touch the parent directory afterwards (:func:`touched`), so
-  every process sees that change too.  Symlinks are never cached: their targets are
-  resolved on every listing.
+* the entries found so, with the kinds of files and directories, are cached per
+  directory, keyed by the directory's identity and change time (``st_dev``,
+  ``st_ino``, ``st_ctime_ns``).  Creating, removing or renaming an entry changes the
+  directory's change time, so a cached listing is used only while no entry was
+  created, removed or renamed there, by any thread, process or tool: a listing never
+  misses an entry another writer created, nor lists one it removed.  The backend's own
+  writes that change the kind of an existing node in place (a file overwritten by a
+  symlink, a symlink by a file...) touch the parent directory afterwards
+  (:func:`touched`), so every process sees that change too.  Symlinks and entries
+  without a plain ``zarr.json`` are never cached: they are looked at on every listing.
 
 A change time is only trusted once it is older than :data:`TRUST_AFTER_NS` at the
 time the directory is read (longer for file systems that keep whole seconds): two
@@ -38,6 +39,7 @@ import errno
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -63,6 +65,8 @@ _DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
 _FILE = os.O_RDONLY | os.O_NOFOLLOW
 
 
+#: (kind, info) of the entry at a virtual path
+_Look = Callable[[str], "tuple[EntryKind | None, dict[str, Any] | None]"]
 #: an entry of a cached listing: its name and kind; ``None``: look again every time
 _Entry = tuple[str, "EntryKind | None"]
 
@@ -128,11 +132,15 @@ def _read_meta(dir_fd: int, name: str, limit: int) -> bytes | None:
 
 
 def scan_local(
-    backend: Any, fs: LocalFS, real: str, path: str, cache: ListingCache
+    backend: Any, fs: LocalFS, real: str, path: str, cache: ListingCache, look: _Look
 ) -> list[tuple[str, EntryKind | None, dict[str, Any] | None]]:
     """(name, kind, info) of every visible entry of the directory ``real`` (a virtual
     path of ``backend``, whose local path on ``fs`` is ``path``); kind ``None``: a node
-    being written (not to be listed).  Symlinks are reported as symlinks."""
+    being written (not to be listed).  Symlinks are reported as symlinks.
+
+    ``look(virtual path)`` gives (kind, info) of an entry this pass cannot classify
+    itself: a symlink, a directory without ``zarr.json``, an odd ``zarr.json``.
+    """
     from hcsflow.storage.zarr._nodes import _hidden
 
     try:
@@ -154,7 +162,7 @@ def scan_local(
             if not snap.recheck:
                 return [(name, kind, None) for name, kind in snap.entries]
             return [
-                (name, kind, None) if kind is not None else (name, *backend._node(prefix + name))
+                (name, kind, None) if kind is not None else (name, *look(prefix + name))
                 for name, kind in snap.entries
             ]
         limits = fs.limits
@@ -172,16 +180,21 @@ def scan_local(
                 if entry.is_dir(follow_symlinks=False):
                     raw = _read_meta(fd, name, limits.max_metadata_bytes)
                     node = _parse(raw, limits) if raw is not None else None
+                    try:
+                        kind, info = (
+                            backend._classify(prefix + name, node) if node else (None, None)
+                        )
+                    except HcsflowError:
+                        node = None  # a corrupt node: the caller's look says what to do
                     if node is not None:
-                        kind, info = backend._classify(prefix + name, node)
                         # a link's target may change anywhere: resolved every time
                         cached = kind if kind != "symlink" else None
                     else:
                         # no zarr.json (a plain directory, zarr format 2, a node being
-                        # written...) or an odd one: the generic look, every time
-                        kind, info = backend._node(prefix + name)
+                        # written...) or an odd one: the caller's look, every time
+                        kind, info = look(prefix + name)
                 elif entry.is_symlink():
-                    kind, info = backend._node(prefix + name)
+                    kind, info = look(prefix + name)
                 else:
                     kind = cached = "file"  # a plain file, as the generic look finds it
                 out.append((name, kind, info))

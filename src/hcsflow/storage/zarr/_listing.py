@@ -61,6 +61,10 @@ TRUST_AFTER_COARSE_NS = 3_000_000_000
 #: directories whose listings a backend keeps
 CACHED_DIRECTORIES = 64
 
+#: bytes of a child's zarr.json read in one pass (hcsflow's own are ~200 bytes;
+#: larger documents go the generic way)
+_FIRST_READ = 1 << 12
+
 _DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
 _FILE = os.O_RDONLY | os.O_NOFOLLOW
 
@@ -122,9 +126,12 @@ def _read_meta(dir_fd: int, name: str, limit: int) -> bytes | None:
         except OSError:
             return None
         try:
-            data = os.read(fd, limit + 1)
-            # a regular file reads whole in one call unless it is larger than asked
-            return data if 0 < len(data) <= limit else None
+            # one small read: a regular file reads whole in one call unless it is larger
+            # than asked (asking for the whole limit would allocate that much each time)
+            data = os.read(fd, min(limit, _FIRST_READ) + 1)
+            if len(data) > min(limit, _FIRST_READ):
+                return None  # a large document: the generic path reads it, or refuses it
+            return data or None
         finally:
             os.close(fd)
     finally:

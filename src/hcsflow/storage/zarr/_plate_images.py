@@ -20,7 +20,7 @@ from hcsflow.errors import (
     ZarrError,
 )
 from hcsflow.storage._base import Backend, _check_batch, batch_item_error
-from hcsflow.storage._batch import batch_window
+from hcsflow.storage._batch import WINDOW_ITEMS, batch_window
 from hcsflow.storage._codecs import (
     CodecRefusal,
     to_host_array,
@@ -31,6 +31,7 @@ from hcsflow.storage.zarr._config import ZarrConfig
 from hcsflow.storage.zarr._files import _size_of, _ZarrFiles, advance, drive
 from hcsflow.storage.zarr._io import Location
 from hcsflow.storage.zarr._listing import touched
+from hcsflow.storage.zarr._localfs import LocalFS
 from hcsflow.storage.zarr._nodes import _BATCH_OPTIONS
 
 
@@ -353,22 +354,60 @@ class _ZarrPlateImages(_ZarrFiles):
             start += count
 
     def load_batch(self, paths: Sequence[vpaths.PathLike], **options: Any) -> list[Any]:
-        """Load every path in order; plate planes of one field decode each chunk once."""
+        """Load every path in order; plate planes of one field decode each chunk once.
+
+        Array files of a local store are read window by window, each window's arrays
+        together in one call to zarr's event loop (as :meth:`save_batch` writes them).
+        As with a loop of ``load``, the lowest failing index is raised.
+        """
         out: list[Any] = [None] * len(paths)
         pointers: list[tuple[int, str, dict[str, Any]]] = []
+        arrays: list[tuple[int, str, str, dict[str, Any]]] = []  # read together
+        failure: tuple[int, BaseException] | None = None
         for index, path in enumerate(paths):
             try:
                 vp = self.norm(path)
                 real, kind, info = self._resolve_file(vp)
                 if info is not None and info.get("kind") == "plate-image":
                     pointers.append((index, real, info))
+                elif (
+                    not options
+                    and info is not None
+                    and info.get("kind") == "file"
+                    and info.get("format") == "array"
+                    and isinstance(self._base.fs, LocalFS)
+                ):
+                    arrays.append((index, vp, real, info))
                 else:
                     out[index] = self._load_file(vp, options, (real, kind, info))
             except StorageError as exc:
-                where = getattr(exc, "path", None) or str(path)
-                raise batch_item_error(
-                    index, "could not be loaded", exc, path=where, backend=self.name
-                ) from exc
+                failure = (index, exc)
+                break
+        for start in range(0, len(arrays), WINDOW_ITEMS):
+            window = arrays[start : start + WINDOW_ITEMS]
+            if failure is not None and window[0][0] > failure[0]:
+                break
+            read = _arrays.read_arrays(
+                [(self._loc(real).child(str(info["data"])), 3) for _, _, real, info in window]
+            )
+            for (index, vp, real, info), got in zip(window, read, strict=True):
+                if failure is not None and index > failure[0]:
+                    break
+                try:
+                    if isinstance(got, BaseException) or self._node(real)[1] != info:
+                        # failed, or replaced meanwhile: read alone (which retries on
+                        # a replacement and names what is wrong)
+                        got = self._load_file(vp, options)
+                except StorageError as exc:
+                    failure = (index, exc)
+                    break
+                out[index] = got
+        if failure is not None:
+            index, cause = failure
+            where = getattr(cause, "path", None) or str(paths[index])
+            raise batch_item_error(
+                index, "could not be loaded", cause, path=where, backend=self.name
+            ) from cause
         if pointers:
             try:
                 planes = self._read_plate_images([(real, info) for _, real, info in pointers])

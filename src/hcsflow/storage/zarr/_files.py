@@ -239,6 +239,7 @@ class _ZarrFiles(_ZarrNodes):
                 return True
         except BaseException:
             build.remove()
+            fs.release_claim(built, loc.path)
             raise
         finally:
             os.close(fd)

@@ -50,7 +50,7 @@ SIZE = 256
 SITES = 2
 PLATES = (16, 64, 256)
 #: timed pairs per plate size (after one warm-up run of each side)
-PAIRS = {16: 5, 64: 3, 256: 2}
+PAIRS = {16: 5, 64: 3, 256: 3}
 SAMPLE_S = 0.1
 
 

@@ -110,3 +110,71 @@ def test_large_listing_order_matches_natsort() -> None:
     ]
     paths._key_cache.clear()
     assert natural_sorted(items) == sorted(items, key=natural_key)
+
+
+# names of one shape: the same template, with any digits and any characters in place
+_TEMPLATE = st.lists(
+    st.sampled_from(list("aZ_- ~.0") + ["0", "00", ".tif", "w0"]), min_size=1, max_size=10
+).map("".join)
+
+
+@st.composite
+def _one_shape_lists(draw: st.DrawFn) -> list[str]:
+    template = draw(_TEMPLATE)
+    fill = {"0": st.sampled_from("0123456789"), ".": st.just(".")}
+    other = st.sampled_from(list("aAbzZ_- ~"))
+    count = draw(st.integers(min_value=2, max_value=15))
+    return ["".join(draw(fill.get(char, other)) for char in template) for _ in range(count)]
+
+
+@settings(max_examples=300)
+@given(_one_shape_lists())
+@example(["s01_w1.tif", "s10_w2.tif", "s00_w1.tif", "s09_w9.tif"])
+@example(["a-1.tif", "a_1.tif", "a 1.tif", "A~1.tif"])
+def test_names_of_one_shape_sort_as_natsort(items: list[str]) -> None:
+    paths._key_cache.clear()
+    assert natural_sorted(items) == sorted(items, key=natural_key)
+
+
+def test_one_shape_needs_the_same_digit_counts_and_a_plain_extension() -> None:
+    assert paths._one_plain_shape(["A01_s1.tif", "B12_s9.tif"])
+    assert not paths._one_plain_shape(["A1_s1.tif", "A12_s1.tif"])  # 1 vs 12 digits
+    assert not paths._one_plain_shape(["a.b.tif", "c.d.tif"])  # two suffixes
+    assert not paths._one_plain_shape(["a.1tif", "b.2tif"])  # a number starts the "suffix"
+    assert not paths._one_plain_shape([".tif", ".png"])
+
+
+@settings(max_examples=300)
+@given(st.lists(st.text(alphabet="ab_.-0123456789", max_size=14), min_size=1, max_size=40))
+def test_vector_encoding_equals_the_regex_encoding(texts: list[str]) -> None:
+    assert paths._encode_vector(texts) == paths._encode_regex(texts)
+
+
+def test_vector_encoding_of_a_long_number_uses_the_regex() -> None:
+    texts = ["x" + "7" * 200, "y0012"]
+    assert paths._encode_vector(texts) == paths._encode_regex(texts)
+
+
+@settings(max_examples=500)
+@given(st.lists(st.text(alphabet="ab_.-0129", min_size=1, max_size=9), min_size=1, max_size=6))
+def test_bulk_name_dot_ext_check_agrees_with_the_per_name_split(items: list[str]) -> None:
+    joined = "\x02".join(items)
+    plain = [
+        item.count(".") == 1
+        and item[0] != "."
+        and 0 < len(item.partition(".")[2]) <= 4
+        and item.partition(".")[2][0] not in "0123456789"
+        for item in items
+    ]
+    assert paths._all_name_dot_ext(joined, len(items)) == all(plain)
+    if all(plain):
+        assert list(map(paths._name_text, items)) == joined.replace(".", "\x00.").split("\x02")
+
+
+def test_large_unpadded_listing_order_matches_natsort() -> None:
+    rng = random.Random(1)
+    items = [
+        f"A{rng.randint(1, 24)}_s{rng.randint(1, 16)}_w{rng.randint(1, 4)}.tif" for _ in range(500)
+    ]
+    paths._key_cache.clear()
+    assert natural_sorted(items) == sorted(items, key=natural_key)

@@ -109,12 +109,14 @@ def test_arrays_are_stored_without_copy_and_read_only() -> None:
     assert backend.load("/a.npy") is out  # load hands back the stored view, no new object
 
 
-def test_read_only_arrays_are_stored_as_they_are() -> None:
+def test_read_only_arrays_are_stored_as_read_only_views_too() -> None:
     backend = MemoryStorageBackend()
     frozen = np.arange(3)
     frozen.setflags(write=False)
     backend.save(frozen, "/f")
-    assert backend.load("/f") is frozen
+    out = backend.load("/f")
+    assert np.shares_memory(out, frozen) and not out.flags.writeable
+    assert out.base is frozen  # one view of the caller's array, never a copy
 
 
 def test_any_object_is_storable() -> None:

@@ -191,7 +191,8 @@ class MemoryStorageBackend(StorageBackend):
 
         ``overwrite`` may also be passed positionally here (a cheaper call).
         """
-        if isinstance(data, _ndarray) and data.flags.writeable:
+        if isinstance(data, _ndarray):
+            # a view of every array, read-only ones too: cheaper than asking first
             data = data.view()
             data.setflags(False)  # positional: much cheaper than write=False
         if type(path) is str:
@@ -310,34 +311,64 @@ class MemoryStorageBackend(StorageBackend):
         **options: Any,
     ) -> None:
         """Save each item; every target is checked first, so a refused batch writes nothing."""
-        norm = _check_batch(self, data_list, paths)
+        if len(data_list) != len(paths):
+            _check_batch(self, data_list, paths)  # raises BatchLengthError
         # one critical section: no other writer can slip in between checks and stores
         with self._lock:
-            files, index = self._files, self._index
-            targets: list[tuple[_Dir, str]] = []
-            for path in norm:
-                # what a save of the normal path needs on the fast route: an existing
-                # file with overwrite, or a new plain name in an indexed directory
-                parent, _, name = path.rpartition("/")
-                node = index.get(parent or "/")
-                if (
-                    node is None
-                    or not name
-                    or (not overwrite if path in files else name in node.dirs or name in node.links)
-                ):
+            targets = self._plain_targets(paths, overwrite)
+            if targets is None:
+                norm = _check_batch(self, data_list, paths)
+                targets = self._plain_targets(norm, overwrite)
+                if targets is None:
                     # the full checks, which also say which item fails and why
                     self._check_batch_targets(norm, overwrite)
                     for item, target in zip(data_list, norm, strict=True):
                         self.save(item, target, True)
                     return
-                targets.append((node, name))
-            for item, path, (node, name) in zip(data_list, norm, targets, strict=True):
-                if isinstance(item, _ndarray) and item.flags.writeable:  # as in save
+                paths = norm
+            files: dict[Any, Any] = self._files  # every path is a plain str by now
+            for item, path, (node, name) in zip(data_list, paths, targets, strict=True):
+                if isinstance(item, _ndarray):  # as in save
                     view: Any = item.view()
                     view.setflags(False)
                     item = view
                 files[path] = item
                 node.files.add(name)
+
+    def _plain_targets(
+        self, paths: Sequence[Any], overwrite: bool
+    ) -> list[tuple[_Dir, str]] | None:
+        """(parent node, name) of each path when every one takes the fast route of
+        :meth:`save` (lock held): distinct real paths in normal form naming an existing
+        file (with ``overwrite``) or a new plain name in an indexed directory.  ``None``
+        when any path needs the normalising, resolving route; nothing is checked twice
+        and nothing is normalised on the way, as in ``save``."""
+        try:
+            if len(set(paths)) != len(paths):
+                return None
+        except TypeError:  # unhashable items: the full route says which
+            return None
+        files, index, root = self._files, self._index, self._root
+        targets: list[tuple[_Dir, str]] = []
+        for path in paths:
+            if type(path) is not str:
+                return None
+            parent, slash, name = path.rpartition("/")
+            if parent:
+                node = index.get(parent) if parent != "/" else None
+            else:
+                node = root if slash else None
+            if (
+                node is None
+                or not name
+                or name[0] == "."
+                or "\x00" in name
+                or (_BACKSLASH_IS_SEP and "\\" in name)
+                or (not overwrite if path in files else name in node.dirs or name in node.links)
+            ):
+                return None
+            targets.append((node, name))
+        return targets
 
     def load_batch(self, paths: Sequence[vpaths.PathLike], **options: Any) -> list[Any]:
         """Load every path, in order, as one snapshot; a failing item raises BatchError."""

@@ -8,8 +8,8 @@ generic way asks for each entry's node through the path resolution of
 On a local store this module does it in one pass instead:
 
 * the directory is opened once through the contained :class:`~hcsflow.storage._contain.Tree`
-  and read with ``scandir`` on that descriptor (names, inode numbers and entry types
-  without a system call per entry);
+  and read with ``scandir`` on that descriptor (names and entry types without a
+  system call per entry);
 * an entry that is a directory is classified by reading its ``zarr.json`` with two
   ``openat`` calls relative to that descriptor, each refusing a symlink
   (``O_NOFOLLOW``), so nothing outside the directory is reached; a real symlink, a
@@ -189,7 +189,9 @@ def scan_local(
                     node = _parse(raw, limits) if raw is not None else None
                     try:
                         kind, info = (
-                            backend._classify(prefix + name, node) if node else (None, None)
+                            backend._classify(prefix + name, node)
+                            if node is not None
+                            else (None, None)
                         )
                     except HcsflowError:
                         node = None  # a corrupt node: the caller's look says what to do

@@ -272,3 +272,38 @@ def test_object_store_listing(tmp_path: Path) -> None:
     b.create_symlink("/d/sub", "/d/link")
     assert b.list_dir("/d") == ["img1.tif", "img2.tif", "img10.tif", "link", "sub"]
     assert b.list_files("/d") == ["/d/img1.tif", "/d/img2.tif", "/d/img10.tif"]
+
+
+def test_listing_while_another_thread_writes(tmp_path: Path, trusting: None) -> None:
+    """Every file a listing names is whole: loadable, never a node half-written."""
+    import threading
+
+    b = _backend(tmp_path)
+    names = [f"/d/f{i}.tif" for i in range(60)]
+    stop = threading.Event()
+    failures: list[BaseException] = []
+
+    def writer() -> None:
+        try:
+            for i, p in enumerate(names):
+                b.save(np.full(4, i, np.uint16), p)
+                if i % 3 == 0:
+                    b.save(np.full(4, i // 2, np.uint16), names[i // 2], overwrite=True)
+        except BaseException as exc:
+            failures.append(exc)
+        finally:
+            stop.set()
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    seen: list[str] = []
+    reader = ZarrStorageBackend(tmp_path / "root")  # its own cache, as another process
+    while not stop.is_set():
+        listed = reader.list_files("/d")
+        assert set(seen) <= set(listed)  # nothing listed before disappears
+        for p in listed:
+            assert np.array_equal(reader.load(p), np.full(4, names.index(p), np.uint16))
+        seen = listed
+    thread.join()
+    assert not failures
+    assert reader.list_files("/d") == names

@@ -59,6 +59,7 @@ from hcsflow.storage import (
     MemoryStorageBackend,
     ZarrStorageBackend,
 )
+from hcsflow.storage.zarr._listing import TRUST_AFTER_NS
 
 STORE_SIZES = (1_000, 10_000, 100_000, 1_000_000)
 NEW_PATHS = 1_000
@@ -66,6 +67,8 @@ CHUNK = 100
 LISTING = 10_000
 BATCH = 100
 PEER_ENV = "HCSFLOW_BENCH_OPENHCS"
+# HCSFLOW_BENCH_STORAGE_ONLY=zarr: only the zarr backend's rows (see _main_zarr_only)
+ONLY_ENV = "HCSFLOW_BENCH_STORAGE_ONLY"
 # quick runs while developing: HCSFLOW_BENCH_QUICK=1 (fewer rounds, smaller stores)
 QUICK = os.environ.get("HCSFLOW_BENCH_QUICK") == "1"
 
@@ -471,7 +474,13 @@ print(json.dumps(out))
 
 
 def _zarr_listing(tmp: str, names: list[str], repeat: int) -> list[dict[str, Any]]:
-    """The zarr backend lists a group of file nodes; zarr-python lists the same group."""
+    """The zarr backend lists a group of file nodes; zarr-python lists the same group.
+
+    The group is left alone for longer than the listing cache waits before it trusts a
+    directory's change time (see ``hcsflow.storage.zarr._listing``), as a folder that a
+    pipeline lists again and again is; the "first listing" row clears the backend's
+    listing cache and the natural sort keys before each call.
+    """
     import zarr
 
     root = os.path.join(tmp, "zarr")
@@ -485,7 +494,11 @@ def _zarr_listing(tmp: str, names: list[str], repeat: int) -> list[dict[str, Any
         backend.save_batch(
             [np.zeros((2, 2), np.uint8)] * len(part), [f"/listing/{n}" for n in part]
         )
+    backend.ensure_directory("/listing/a_subgroup")  # a group among the files
     folder = os.path.join(root, "listing")
+    expected = [f"/listing/{n}" for n in vpaths.natural_sorted(chosen)]
+    assert backend.list_files("/listing") == expected
+    time.sleep(TRUST_AFTER_NS / 1e9 + 0.2)
 
     def scandir_sorted() -> list[str]:
         with os.scandir(folder) as it:
@@ -494,24 +507,37 @@ def _zarr_listing(tmp: str, names: list[str], repeat: int) -> list[dict[str, Any
     def zarr_members() -> list[str]:
         return sorted(name for name, _ in zarr.open_group(folder, mode="r").members())
 
-    contenders = {
+    def first_listing() -> float:
+        backend._listings.clear()
+        _forget_keys()
+        t0 = time.perf_counter()
+        backend.list_files("/listing")
+        return time.perf_counter() - t0
+
+    contenders: dict[str, Callable[[], Any]] = {
         "os.scandir + sorted": scandir_sorted,
         "zarr-python group.members() + sorted": zarr_members,
         "zarr list_files": lambda: backend.list_files("/listing"),
+        "zarr list_image_files": lambda: backend.list_image_files("/listing"),
+        "zarr list_files, first listing": first_listing,
     }
-    times = rounds(contenders, repeat=max(3, repeat // 3))
+    times = rounds(contenders, repeat=repeat)
+    assert backend.list_image_files("/listing") == expected
     label = f"list {count:,} files"
-    return [
+    rows = [
         _row(
             label,
-            "zarr list_files",
-            times["zarr list_files"],
+            name,
+            times[name],
             "os.scandir + sorted",
             times["os.scandir + sorted"],
             "<= 3x",
             "ms",
             1e3,
-        ),
+        )
+        for name in ("zarr list_files", "zarr list_image_files", "zarr list_files, first listing")
+    ]
+    rows.append(
         _row(
             label,
             "zarr list_files",
@@ -521,8 +547,21 @@ def _zarr_listing(tmp: str, names: list[str], repeat: int) -> list[dict[str, Any
             "(context)",
             "ms",
             1e3,
-        ),
-    ]
+        )
+    )
+    rows.append(
+        _row(
+            label,
+            "zarr-python group.members() + sorted",
+            times["zarr-python group.members() + sorted"],
+            "os.scandir + sorted",
+            times["os.scandir + sorted"],
+            "(context)",
+            "ms",
+            1e3,
+        )
+    )
+    return rows
 
 
 # ---------------------------------------------------------------------- batches
@@ -678,7 +717,7 @@ def _other_backend_batches(tmp: str, repeat: int) -> list[dict[str, Any]]:
     loop_paths = [f"/b/loop_{i:03d}.tif" for i in range(BATCH)]
 
     for name, backend, reps in (
-        ("zarr", zarr_backend, max(3, repeat // 2)),
+        ("zarr", zarr_backend, repeat),
         ("memory", memory, repeat * 5),
     ):
 
@@ -866,11 +905,40 @@ def _markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _main_zarr_only(started: float, before: Any) -> None:
+    """Only the zarr backend's listing and batch rows (and the memory backend's batches,
+    measured alongside), written to results/<HCSFLOW_BENCH_RESULT or storage-zarr>.json;
+    the docs' table is left alone."""
+    tmp = tempfile.mkdtemp(prefix="hcsflow-bench-", dir=os.environ.get("HCSFLOW_BENCH_DIR"))
+    try:
+        listing = _zarr_listing(tmp, _listing_names(LISTING), 5 if QUICK else 11)
+        print_table("zarr listings", listing)
+        batches = _other_backend_batches(tmp, 3 if QUICK else 7)
+        print_table("zarr and memory batches", batches)
+    finally:
+        shutil.rmtree(tmp)
+    meta: dict[str, Any] = {
+        "seconds": time.perf_counter() - started,
+        "hcsflow": hcsflow.__version__,
+        "load_before": before,
+        "load_after": load_average(),
+        "quick": QUICK,
+        "only": "zarr",
+    }
+    name = os.environ.get("HCSFLOW_BENCH_RESULT", "storage-zarr")
+    path = write_results(name, listing + batches, **meta)
+    print(f"\nwritten to {path} in {meta['seconds']:.0f} s")
+    print(f"load average {before} before, {meta['load_after']} after")
+
+
 def main() -> None:
     """Run every storage benchmark, print the tables, write results/storage.json and the
     performance table of docs/storage.md."""
     started = time.perf_counter()
     before = load_average()
+    if os.environ.get(ONLY_ENV) == "zarr":
+        _main_zarr_only(started, before)
+        return
     peer = os.environ.get(PEER_ENV)
     rows = bench_memory_new_paths(peer)
     print_table("memory backend, new paths (per path)", rows)

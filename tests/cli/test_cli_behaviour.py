@@ -285,3 +285,41 @@ def test_an_unexpected_error_is_one_line_and_asks_for_debug(monkeypatch, capsys)
     assert "Traceback (most recent call last)" in capsys.readouterr().err
     assert main(["--debug", "info", "."]) == 3
     assert "Traceback (most recent call last)" in capsys.readouterr().err
+
+
+def test_validate_reads_plates_and_runs_at_urls(tmp_path, plate, capsys) -> None:
+    pipe = _pipeline(tmp_path, SMOOTH)
+    assert main(["run", pipe, plate, "--out", str(tmp_path / "z"), *INPROCESS]) == 0
+    capsys.readouterr()
+    url = (tmp_path / "z").as_uri()
+    assert main(["validate", url]) == 0
+    out = capsys.readouterr().out
+    assert "valid OME-Zarr plate" in out and str(tmp_path / "z" / "images.zarr") in out
+    assert main(["validate", f"{url}/images.zarr", "--deep"]) == 0
+    (tmp_path / "z" / "images.zarr" / "A" / "2" / "zarr.json").write_text("{not json")
+    assert main(["validate", url]) == 1
+    assert main(["validate", (tmp_path / "nowhere").as_uri()]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert main(["validate", "nosuchprotocol://x/y"]) == 2
+    assert "cannot read 'nosuchprotocol://x/y'" in capsys.readouterr().err
+    assert main(["validate", str(tmp_path / "z"), "--storage-options", "{}"]) == 2
+    assert "for a PATH that is a URL" in capsys.readouterr().err
+
+
+def test_validate_a_run_on_object_storage(tmp_path, plate, s3_bucket, capsys) -> None:
+    import s3fs
+
+    bucket, options = s3_bucket
+    pipe = _pipeline(tmp_path, SMOOTH)
+    assert main(["run", pipe, plate, "--out", str(tmp_path / "z"), *INPROCESS]) == 0
+    disk = ["run", pipe, plate, "--out", str(tmp_path / "t"), "--backend", "disk", *INPROCESS]
+    assert main(disk) == 0
+    fs = s3fs.S3FileSystem(**options)
+    fs.put(str(tmp_path / "z"), f"{bucket}/z", recursive=True)
+    fs.put(str(tmp_path / "t"), f"{bucket}/t", recursive=True)
+    capsys.readouterr()
+    opts = ["--storage-options", json.dumps(options)]
+    assert main(["validate", f"{bucket}/z", *opts]) == 0
+    assert "valid OME-Zarr plate" in capsys.readouterr().out
+    assert main(["validate", f"{bucket}/t", *opts]) == 2
+    assert "written as TIFF files" in capsys.readouterr().err

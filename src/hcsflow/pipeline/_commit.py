@@ -51,6 +51,7 @@ __all__ = [
     "read_record",
     "read_run_record",
     "write_json",
+    "readable_json",
     "fingerprint",
     "fingerprint_diff",
     "verify_record",
@@ -90,7 +91,36 @@ def write_json(
     backend = root.backend(fsync=fsync)
     vp = root.vpath(rel)
     backend.ensure_directory(vpaths.parent(vp))
-    backend.save(json.dumps(doc, indent=1, default=str), vp, overwrite=not create)
+    backend.save(readable_json(doc), vp, overwrite=not create)
+
+
+def readable_json(doc: dict[str, Any]) -> str:
+    """``doc`` as JSON with one line per top-level key and one per element of a
+    top-level list or dict (a manifest: one line per well; a record: one per file).
+
+    Python's ``json`` only uses its C encoder without ``indent``; indenting a manifest
+    of a few hundred wells all the way down took its pure-Python encoder a good part of
+    a second at the end of every run.  Two levels of lines keep the file easy to read
+    and to diff, and everything below them is encoded in C.  Non-string keys fall back
+    to the indented encoder, which converts them as ``json`` does.
+    """
+
+    def compact(value: Any) -> str:
+        return json.dumps(value, default=str)
+
+    if not all(type(k) is str for k in doc):
+        return json.dumps(doc, indent=1, default=str)
+    lines = []
+    for key, value in doc.items():
+        if isinstance(value, dict) and value and all(type(k) is str for k in value):
+            items = ",\n".join(f"  {compact(k)}: {compact(v)}" for k, v in value.items())
+            text = "{\n" + items + "\n }"
+        elif isinstance(value, list) and value:
+            text = "[\n" + ",\n".join("  " + compact(v) for v in value) + "\n ]"
+        else:
+            text = compact(value)
+        lines.append(f" {compact(key)}: {text}")
+    return "{\n" + ",\n".join(lines) + "\n}" if lines else "{}"
 
 
 def _read_json(root: OutputRoot, rel: str) -> dict[str, Any] | None:

@@ -36,6 +36,7 @@ __all__ = [
     "MIN_THREADED_ITEM_BYTES",
     "THREADS_PER_CORE",
     "available_cores",
+    "batch_window",
     "batch_workers",
     "mean_file_size",
     "nbytes_of",
@@ -99,6 +100,33 @@ def batch_workers(
     if not gil_free or mean_bytes < MIN_THREADED_ITEM_BYTES:
         return 1
     return limit
+
+
+#: arrays a zarr batch writes together at most (each holds a locked directory open)
+WINDOW_ITEMS = 64
+#: bytes of arrays a zarr batch writes together at most (bounds the encoding buffers)
+WINDOW_BYTES = 256 << 20
+
+
+def batch_window(items: Sequence[Any], *, cores: int | None = None) -> int:
+    """How many of ``items`` (arrays to write, in order) a zarr batch writes together.
+
+    Writing arrays together saves zarr-python's per-call overhead whatever their size,
+    so small arrays go up to :data:`WINDOW_ITEMS` at a time; arrays of
+    :data:`MIN_THREADED_ITEM_BYTES` or more are compressed side by side on zarr's
+    threads, which gains nothing beyond :data:`THREADS_PER_CORE` per core; and the
+    window holds at most :data:`WINDOW_BYTES` (at least one item).
+    """
+    limit = min(len(items), WINDOW_ITEMS)
+    total = 0
+    for n, item in enumerate(items[:limit]):
+        size = nbytes_of(item)
+        if size >= MIN_THREADED_ITEM_BYTES:
+            limit = min(limit, THREADS_PER_CORE * (cores or available_cores()))
+        total += size
+        if n and (total > WINDOW_BYTES or n >= limit):
+            return n
+    return max(1, min(limit, len(items)))
 
 
 def mean_file_size(

@@ -10,7 +10,9 @@ aligned buffer, and naming the corrupt chunk when one does not decode.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -23,15 +25,22 @@ from hcsflow.storage.zarr._io import BACKEND, Location, corrupt, store_errors
 from hcsflow.storage.zarr._localfs import LocalFS
 from hcsflow.storage.zarr._locate import meta_error
 
-__all__ = ["create_array", "dataset_paths", "open_array_at", "open_array", "read_array"]
+__all__ = [
+    "ArrayRequest",
+    "create_array",
+    "create_array_async",
+    "create_arrays",
+    "dataset_paths",
+    "open_array_at",
+    "open_array",
+    "read_array",
+    "read_arrays",
+]
 
 
-def create_array(
-    loc: Location, data: np.ndarray, config: ZarrConfig, dimension_names: Sequence[str] | None
-) -> None:
-    """Write ``data`` as a new zarr array at ``loc`` encoded per ``config``."""
-    import zarr
-
+def _array_kwargs(
+    data: np.ndarray, config: ZarrConfig, dimension_names: Sequence[str] | None
+) -> dict[str, Any]:
     chunks = config.chunk_shape(data.shape)
     kwargs: dict[str, Any] = dict(
         shape=data.shape,
@@ -49,9 +58,58 @@ def create_array(
         kwargs["dimension_names"] = list(dimension_names) if dimension_names else None
     else:
         kwargs["chunk_key_encoding"] = {"name": "v2", "separator": "/"}
+    return kwargs
+
+
+def create_array(
+    loc: Location, data: np.ndarray, config: ZarrConfig, dimension_names: Sequence[str] | None
+) -> None:
+    """Write ``data`` as a new zarr array at ``loc`` encoded per ``config``."""
+    import zarr
+
     with store_errors(loc.url):
-        arr = zarr.create_array(store=loc.zarr_store(), **kwargs)
+        arr = zarr.create_array(
+            store=loc.zarr_store(), **_array_kwargs(data, config, dimension_names)
+        )
         arr[...] = data
+
+
+@dataclass(frozen=True)
+class ArrayRequest:
+    """One array of a batch for :func:`create_arrays`: where, what, how encoded."""
+
+    loc: Location
+    data: np.ndarray
+    config: ZarrConfig
+
+
+async def create_array_async(request: ArrayRequest) -> None:
+    """:func:`create_array` on zarr's event loop (for :func:`create_arrays`)."""
+    from zarr.api.asynchronous import create_array as create
+
+    with store_errors(request.loc.url):
+        arr = await create(
+            store=request.loc.zarr_store(), **_array_kwargs(request.data, request.config, None)
+        )
+        await arr.setitem(Ellipsis, request.data)
+
+
+def create_arrays(requests: Sequence[ArrayRequest]) -> list[BaseException | None]:
+    """Write many new arrays together in one call to zarr's event loop.
+
+    Returns each array's error (``None``: written).  Done one by one, every array costs
+    two round trips to zarr-python's event loop thread and waits for each of its store
+    operations in turn; together, one round trip serves the batch and the store
+    operations and codecs of different arrays overlap (measured: docs/zarr.md).
+    """
+    from zarr.core.sync import sync
+
+    async def every() -> list[Any]:
+        return await asyncio.gather(
+            *(create_array_async(r) for r in requests), return_exceptions=True
+        )
+
+    return [r if isinstance(r, BaseException) else None for r in sync(every())]
 
 
 def dataset_paths(img: Location) -> tuple[list[str], list[str], int]:
@@ -124,23 +182,7 @@ def read_array(arr: Any, selection: Any, loc: Location) -> np.ndarray:
     it touches are checked before anything is read (:class:`ResourceLimitError`);
     decode failures are reported as corrupt chunks by key.
     """
-    shape = tuple(int(s) for s in arr.shape)
-    box = _selection_box(shape, selection)
-    limits = loc.limits
-    what = f"array {loc.url!r} selection"
-    dtype = np.dtype(arr.dtype)
-    limits.check_array(
-        tuple(hi - lo for lo, hi in box), dtype, what=what, path=loc.url, backend=BACKEND
-    )
-    chunks = tuple(int(c) for c in arr.chunks)
-    limits.check_array(
-        chunks, dtype, what=f"one chunk of {loc.url!r}", path=loc.url, backend=BACKEND
-    )
-    touched = 1
-    for (lo, hi), c in zip(box, chunks, strict=True):
-        touched *= 0 if hi <= lo else (hi - 1) // c - lo // c + 1
-    limits.check_chunks(touched, what=what, path=loc.url, backend=BACKEND)
-    out_shape = _basic_shape(shape, selection)
+    out_shape, dtype = _check_read(arr, selection, loc)
     with store_errors(loc.url):
         try:
             if out_shape is not None and not dtype.hasobject:
@@ -158,6 +200,56 @@ def read_array(arr: Any, selection: Any, loc: Location) -> np.ndarray:
             if type(exc).__module__.split(".")[0] in ("botocore", "aiobotocore", "aiohttp"):
                 raise
             raise corrupt(loc, _bad_chunk_key(arr, selection), exc) from exc
+
+
+def read_arrays(locs: Sequence[tuple[Location, int]]) -> list[np.ndarray | BaseException]:
+    """Whole arrays at local ``locs`` ((location, zarr format) pairs), read together in
+    one call to zarr's event loop; each item is the array or the error reading it.
+
+    The same checks as :func:`read_array` come first; an item that fails here is best
+    read again alone with :func:`read_array`, which names a corrupt chunk.
+    """
+    from zarr.api.asynchronous import open_array
+    from zarr.core.sync import sync
+
+    async def one(loc: Location, zarr_format: int) -> np.ndarray:
+        with store_errors(loc.url):
+            arr = await open_array(
+                store=loc.zarr_store(), mode="r", zarr_format=3 if zarr_format == 3 else 2
+            )
+            out_shape, dtype = _check_read(arr, Ellipsis, loc)
+            data = await arr.getitem(Ellipsis)
+        if out_shape is None or dtype.hasobject:
+            return np.asarray(data)
+        out = aligned_empty(out_shape, dtype)
+        out[...] = data
+        return out
+
+    async def every() -> list[Any]:
+        return await asyncio.gather(*(one(loc, f) for loc, f in locs), return_exceptions=True)
+
+    return list(sync(every()))
+
+
+def _check_read(arr: Any, selection: Any, loc: Location) -> tuple[tuple[int, ...] | None, Any]:
+    """(result shape or ``None``, dtype) of ``arr[selection]`` after the limit checks."""
+    shape = tuple(int(s) for s in arr.shape)
+    box = _selection_box(shape, selection)
+    limits = loc.limits
+    what = f"array {loc.url!r} selection"
+    dtype = np.dtype(arr.dtype)
+    limits.check_array(
+        tuple(hi - lo for lo, hi in box), dtype, what=what, path=loc.url, backend=BACKEND
+    )
+    chunks = tuple(int(c) for c in arr.chunks)
+    limits.check_array(
+        chunks, dtype, what=f"one chunk of {loc.url!r}", path=loc.url, backend=BACKEND
+    )
+    touched = 1
+    for (lo, hi), c in zip(box, chunks, strict=True):
+        touched *= 0 if hi <= lo else (hi - 1) // c - lo // c + 1
+    limits.check_chunks(touched, what=what, path=loc.url, backend=BACKEND)
+    return _basic_shape(shape, selection), dtype
 
 
 def _basic_shape(shape: tuple[int, ...], selection: Any) -> tuple[int, ...] | None:

@@ -45,6 +45,8 @@ from hcsflow.errors import (
 )
 from hcsflow.storage._base import EntryKind, FileInfo
 from hcsflow.storage.zarr import _ome
+from hcsflow.storage.zarr._listing import scan_local, touched
+from hcsflow.storage.zarr._localfs import LocalFS
 
 __all__ = ["ZarrStorageBackend"]
 from hcsflow.storage.zarr._nodes import _hidden, _in_progress
@@ -82,8 +84,38 @@ class ZarrStorageBackend(_ZarrPlateImages):
         if kind != "directory":
             raise NotADirectoryStorageError("not a directory", path=vp, backend=self.name)
         loc = self._loc(real)
+        if isinstance(loc.fs, LocalFS):
+            entries = scan_local(self, loc.fs, real, loc.path, self._listings, self._listed)
+            return vpaths.natural_sorted([name for name, kind, _ in entries if kind is not None])
         names = [n for n in loc.list() if not _hidden(n) and not _in_progress(loc.child(n))]
         return vpaths.natural_sorted(names)
+
+    def _listed(self, vp: str) -> tuple[EntryKind | None, None]:
+        """Whether ``list_dir`` names the entry at ``vp`` (kind ``None``: it does not).
+
+        Only nodes still being written are left out; the kind given otherwise is not
+        the entry's (a name is listed even when reading its node would fail).
+        """
+        return (None, None) if _in_progress(self._loc(vp)) else ("file", None)
+
+    def _scan_dir(self, directory: str) -> tuple[list[str], list[str]]:
+        """Files and subdirectories of ``directory``: one pass over a local directory
+        (see :mod:`hcsflow.storage.zarr._listing`), entry by entry on object stores."""
+        real, kind, _ = self._resolve(directory, True)
+        loc = self._loc(real) if kind == "directory" else None
+        if loc is None or not isinstance(loc.fs, LocalFS):
+            return super()._scan_dir(directory)
+        files: list[str] = []
+        subdirs: list[str] = []
+        prefix = "/" if real == "/" else real + "/"
+        for name, own, _ in scan_local(self, loc.fs, real, loc.path, self._listings, self._node):
+            if own == "file":
+                files.append(name)
+            elif own == "directory":
+                subdirs.append(name)
+            elif own == "symlink" and self.entry_kind(prefix + name) == "file":
+                files.append(name)
+        return files, subdirs
 
     def read_link(self, link: vpaths.PathLike) -> str:
         """The virtual path the symlink ``link`` points at."""
@@ -168,6 +200,7 @@ class ZarrStorageBackend(_ZarrPlateImages):
             return
         old = self._data_children(real)
         loc.write("zarr.json", doc)
+        touched(loc.fs, loc.path)
         for child in old:
             loc.child(child).remove()
 
@@ -231,6 +264,7 @@ class ZarrStorageBackend(_ZarrPlateImages):
                         )
                     return
                 dloc.write("zarr.json", doc)
+                touched(dloc.fs, dloc.path)
                 for child in old:
                     dloc.child(child).remove()
                 return

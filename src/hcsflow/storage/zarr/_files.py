@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import os
 from abc import abstractmethod
+from collections.abc import Generator
 from typing import Any
 
 import numpy as np
@@ -33,6 +34,7 @@ from hcsflow.storage.zarr import _ome
 from hcsflow.storage.zarr._config import ZarrConfig
 from hcsflow.storage.zarr._debris import building, clean_node
 from hcsflow.storage.zarr._io import Location, store_errors
+from hcsflow.storage.zarr._listing import touched
 from hcsflow.storage.zarr._localfs import LocalFS
 from hcsflow.storage.zarr._nodes import (
     _ARRAY_CODECS,
@@ -134,13 +136,35 @@ class _ZarrFiles(_ZarrNodes):
         """Write a file node: data under a fresh name, then switch ``zarr.json`` to it.
 
         A new node (``existed=False``) on a local disk is built in a hidden sibling and
-        renamed into place (:meth:`_create_node`).  Otherwise the data array is written
+        renamed into place (:meth:`_node_steps`).  Otherwise the data array is written
         inside the node's directory under a name carrying this writer's tag, and
         ``zarr.json`` is switched to it.  ``exclusive`` publishes with an atomic create,
         so of concurrent writers of a new path exactly one wins and the others get
         :class:`AlreadyExistsError`; without it a node that appeared meanwhile is
         overwritten, never refused.  Afterwards the node's debris (replaced arrays,
         arrays and temporary files of writers that died or finished) is removed.
+        """
+        steps = self._file_steps(real, arr, fmt, cfg, size, exclusive, existed, vp)
+        drive(steps, next(steps, None))
+
+    def _file_steps(
+        self,
+        real: str,
+        arr: np.ndarray,
+        fmt: str,
+        cfg: ZarrConfig,
+        size: int | None,
+        exclusive: bool,
+        existed: bool,
+        vp: str | None,
+    ) -> Generator[arrays.ArrayRequest, None, None]:
+        """The write of :meth:`_write_file` as steps around its one array write.
+
+        The generator prepares the node, yields the
+        :class:`~hcsflow.storage.zarr._arrays.ArrayRequest` of its data array, and, sent
+        ``None`` once the array is written, publishes the node; an error thrown in (the
+        array write failed, or the batch stops) removes what it built.  Batches drive
+        many of these to write their arrays together.
         """
         loc = self._loc(real)
         # a name per write: concurrent writers never share a data array
@@ -156,7 +180,7 @@ class _ZarrFiles(_ZarrNodes):
         if isinstance(fs, LocalFS):
             fs.clean_siblings(loc.path)
             if not existed:
-                if self._create_node(fs, loc, name, arr, file_cfg, doc):
+                if (yield from self._node_steps(fs, loc, name, arr, file_cfg, doc)):
                     return
                 if exclusive:
                     raise AlreadyExistsError(
@@ -167,7 +191,12 @@ class _ZarrFiles(_ZarrNodes):
         old = self._data_children(real)
         data_loc = loc.child(name)
         with building(data_loc):
-            arrays.create_array(data_loc, arr, file_cfg, None)
+            try:
+                yield arrays.ArrayRequest(data_loc, arr, file_cfg)
+            except BaseException:
+                # never named by zarr.json: remove it now rather than leave debris
+                data_loc.remove()
+                raise
             if exclusive:
                 if not loc.write_once("zarr.json", doc):
                     data_loc.remove()
@@ -179,12 +208,14 @@ class _ZarrFiles(_ZarrNodes):
             else:
                 # the switch: readers follow zarr.json to the data array
                 loc.write("zarr.json", doc)
+                # the node may have been a symlink or plate image: listings must look again
+                touched(fs, loc.path)
         for child in old:
             if child != name:
                 loc.child(child).remove()
         clean_node(loc, lambda: self._node_data(real))
 
-    def _create_node(
+    def _node_steps(
         self,
         fs: LocalFS,
         loc: Location,
@@ -192,7 +223,7 @@ class _ZarrFiles(_ZarrNodes):
         arr: np.ndarray,
         cfg: ZarrConfig,
         doc: bytes,
-    ) -> bool:
+    ) -> Generator[arrays.ArrayRequest, None, bool]:
         """Build a new file node in a hidden sibling and rename it into place.
 
         ``False`` (and nothing left behind) when a node appeared at ``loc`` meanwhile:
@@ -202,12 +233,13 @@ class _ZarrFiles(_ZarrNodes):
         fd, built = fs.birth_dir(loc.path)
         build = Location(fs, built, limits=loc.limits)
         try:
-            arrays.create_array(build.child(name), arr, cfg, None)
+            yield arrays.ArrayRequest(build.child(name), arr, cfg)
             build.write_unpublished("zarr.json", doc)
             if fs.publish_dir(built, loc.path):
                 return True
         except BaseException:
             build.remove()
+            fs.release_claim(built, loc.path)
             raise
         finally:
             os.close(fd)
@@ -339,6 +371,35 @@ class _ZarrFiles(_ZarrNodes):
                     backend=self.name,
                 ) from exc
         return arrays.read_array(arr, Ellipsis, target)
+
+
+def advance(
+    steps: Generator[arrays.ArrayRequest, None, Any], error: BaseException | None
+) -> arrays.ArrayRequest | None:
+    """Resume write ``steps`` after its array was written (``error``: or failed); its
+    next array request, ``None`` when it is done.  Raises what the steps raise (a
+    failed array's error once the steps have cleaned up after it)."""
+    try:
+        return steps.send(None) if error is None else steps.throw(error)
+    except StopIteration:
+        return None
+
+
+def drive(
+    steps: Generator[arrays.ArrayRequest, None, Any], request: arrays.ArrayRequest | None
+) -> None:
+    """Run write ``steps`` to the end from its pending ``request``, one array at a time.
+
+    A write usually has one array; one whose new node lost a race to another writer
+    goes on to overwrite it, with a second array.
+    """
+    while request is not None:
+        try:
+            arrays.create_array(request.loc, request.data, request.config, None)
+        except BaseException as exc:
+            advance(steps, exc)
+            raise
+        request = advance(steps, None)
 
 
 def _size_of(data: Any, arr: np.ndarray) -> int | None:

@@ -304,6 +304,14 @@ class LocalFS(_FS):
             finally:
                 _release_claim(dir_fd, birth_name(name), bname)
 
+    def release_claim(self, built: str, path: str) -> None:
+        """Release the build claim of ``path`` if it names ``built`` (a build given up)."""
+        with (
+            contextlib.suppress(FileNotFoundError, NotADirectoryError),
+            self._parent(path) as (dir_fd, name),
+        ):
+            _release_claim(dir_fd, birth_name(name), built.rsplit("/", 1)[1])
+
     @staticmethod
     def _rename_no_clobber(dir_fd: int, src: str, dst: str) -> bool:
         try:
@@ -353,6 +361,14 @@ class LocalFS(_FS):
             return lock_held(fd)
         finally:
             os.close(fd)
+
+    def touch_parent(self, path: str) -> None:
+        """Set the times of ``path``'s parent directory to now (its change time moves)."""
+        with (
+            contextlib.suppress(FileNotFoundError, NotADirectoryError),
+            self._parent(path) as (dir_fd, _),
+        ):
+            os.utime(dir_fd)
 
     def makedirs(self, path: str) -> None:
         try:

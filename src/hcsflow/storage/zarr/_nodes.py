@@ -28,6 +28,7 @@ from hcsflow.storage._limits import StorageLimits
 from hcsflow.storage.zarr import _ome
 from hcsflow.storage.zarr._config import ZarrConfig
 from hcsflow.storage.zarr._io import META_FILES, Location, location
+from hcsflow.storage.zarr._listing import ListingCache
 from hcsflow.storage.zarr._localfs import LocalFS
 from hcsflow.storage.zarr._locate import MARKERS
 
@@ -92,6 +93,7 @@ class _ZarrNodes(StorageBackend):
         self.config = config or ZarrConfig()
         self.codecs = codecs if codecs is not None else default_codecs()
         self.limits = limits if limits is not None else StorageLimits()
+        self._listings = ListingCache()
         if root is None:
             self._base = Location(LocalFS(None, self.limits), "/", limits=self.limits)
         else:
@@ -159,20 +161,7 @@ class _ZarrNodes(StorageBackend):
         loc = self._loc(vp)
         meta = _ome.read_node(loc)
         if meta is not None:
-            if meta.node_type == "array":
-                return "file", {"kind": "zarr-array"}
-            info = meta.attributes.get("hcsflow")
-            if isinstance(info, dict):
-                kind = info.get("kind")
-                if kind == "file":
-                    self._check_data_name(loc, info)
-                    return "file", info
-                if kind == "plate-image":
-                    return "file", info
-                if kind == "symlink":
-                    self._check_target(loc, info)
-                    return "symlink", info
-            return "directory", None
+            return self._classify(vp, meta)
         if loc.fs.local:
             found = loc.fs.kind(loc.path)
             if found == "directory":
@@ -190,7 +179,24 @@ class _ZarrNodes(StorageBackend):
             return "file", {"kind": "raw"}
         return None, None
 
-    def _check_target(self, loc: Location, info: dict[str, Any]) -> None:
+    def _classify(self, vp: str, meta: _ome.NodeMeta) -> _Node:
+        """Kind and hcsflow attributes of the node at ``vp`` whose metadata is ``meta``."""
+        if meta.node_type == "array":
+            return "file", {"kind": "zarr-array"}
+        info = meta.attributes.get("hcsflow")
+        if isinstance(info, dict):
+            kind = info.get("kind")
+            if kind == "file":
+                self._check_data_name(vp, info)
+                return "file", info
+            if kind == "plate-image":
+                return "file", info
+            if kind == "symlink":
+                self._check_target(vp, info)
+                return "symlink", info
+        return "directory", None
+
+    def _check_target(self, vp: str, info: dict[str, Any]) -> None:
         """A stored link target must be a normalised absolute virtual path."""
         target = info.get("target")
         try:
@@ -198,6 +204,7 @@ class _ZarrNodes(StorageBackend):
         except InvalidPathError:
             ok = False
         if not ok:
+            loc = self._loc(vp)
             raise CorruptStoreError(
                 f"symlink target {target!r} is not a normalised virtual path inside the "
                 f"store: store {self._base.url!r}, key {loc.path!r} ('zarr.json')",
@@ -205,7 +212,7 @@ class _ZarrNodes(StorageBackend):
                 backend=self.name,
             )
 
-    def _check_data_name(self, loc: Location, info: dict[str, Any]) -> None:
+    def _check_data_name(self, vp: str, info: dict[str, Any]) -> None:
         """A file node's ``data`` must name a data array inside the node."""
         data = info.get("data")
         if (
@@ -215,6 +222,7 @@ class _ZarrNodes(StorageBackend):
             or "\x00" in data
             or data in META_FILES
         ):
+            loc = self._loc(vp)
             raise CorruptStoreError(
                 f"file node names data array {data!r}, not a data array of the node: "
                 f"store {self._base.url!r}, key {loc.path!r} ('zarr.json')",

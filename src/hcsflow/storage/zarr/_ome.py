@@ -21,6 +21,7 @@ from hcsflow.storage.zarr._io import BACKEND, META_FILES, Location
 __all__ = [
     "NodeMeta",
     "read_node",
+    "v3_node",
     "write_group",
     "wrap",
     "unwrap",
@@ -48,27 +49,35 @@ class NodeMeta:
     raw: dict[str, Any]
 
 
+def v3_node(doc: dict[str, Any]) -> NodeMeta | None:
+    """The node a parsed ``zarr.json`` describes; ``None`` when it is no valid one."""
+    node_type = doc.get("node_type")
+    attrs = doc.get("attributes", {})
+    if doc.get("zarr_format") != 3 or node_type not in ("group", "array"):
+        return None
+    if not isinstance(attrs, dict):
+        return None
+    return NodeMeta(3, node_type, attrs, doc)
+
+
 def read_node(loc: Location) -> NodeMeta | None:
     """Metadata of the zarr node at ``loc`` (format 3 or 2), ``None`` when there is none."""
     doc = loc.read_json("zarr.json")
     if doc is not None:
-        node_type = doc.get("node_type")
-        if doc.get("zarr_format") != 3 or node_type not in ("group", "array"):
+        node = v3_node(doc)
+        if node is None:
             raise PlateMetadataError(
                 f"malformed zarr metadata: store {loc.url!r}, key 'zarr.json': "
-                f"zarr_format={doc.get('zarr_format')!r}, node_type={node_type!r}",
+                f"zarr_format={doc.get('zarr_format')!r}, node_type={doc.get('node_type')!r}"
+                + (
+                    ""
+                    if isinstance(doc.get("attributes", {}), dict)
+                    else ", attributes is not an object"
+                ),
                 path=f"{loc.url}/zarr.json",
                 backend=BACKEND,
             )
-        attrs = doc.get("attributes", {})
-        if not isinstance(attrs, dict):
-            raise PlateMetadataError(
-                f"malformed zarr metadata: store {loc.url!r}, key 'zarr.json': "
-                "attributes is not an object",
-                path=f"{loc.url}/zarr.json",
-                backend=BACKEND,
-            )
-        return NodeMeta(3, node_type, attrs, doc)
+        return node
     for key, kind in ((".zarray", "array"), (".zgroup", "group")):
         doc = loc.read_json(key)
         if doc is not None:

@@ -20,6 +20,7 @@ from hcsflow.errors import (
     ZarrError,
 )
 from hcsflow.storage._base import Backend, _check_batch, batch_item_error
+from hcsflow.storage._batch import WINDOW_ITEMS, batch_window
 from hcsflow.storage._codecs import (
     CodecRefusal,
     to_host_array,
@@ -27,8 +28,10 @@ from hcsflow.storage._codecs import (
 from hcsflow.storage.plate import ImageCoordinates, PlateLayout, parse_well
 from hcsflow.storage.zarr import _arrays, _locate, _ome, _wells
 from hcsflow.storage.zarr._config import ZarrConfig
-from hcsflow.storage.zarr._files import _size_of, _ZarrFiles
+from hcsflow.storage.zarr._files import _size_of, _ZarrFiles, advance, drive
 from hcsflow.storage.zarr._io import Location
+from hcsflow.storage.zarr._listing import touched
+from hcsflow.storage.zarr._localfs import LocalFS
 from hcsflow.storage.zarr._nodes import _BATCH_OPTIONS
 
 
@@ -210,6 +213,7 @@ class _ZarrPlateImages(_ZarrFiles):
             loc = self._loc(real)
             old = self._data_children(real)
             loc.write("zarr.json", _ome.group_document({"hcsflow": info}))
+            touched(loc.fs, loc.path)
             for child in old:
                 loc.child(child).remove()
 
@@ -286,42 +290,124 @@ class _ZarrPlateImages(_ZarrFiles):
                     index, "cannot be written", exc, path=p, backend=self.name
                 ) from exc
             encoded.append((p, real, kind is None, arr, fmt, c, _size_of(item, arr)))
-        for index, (p, real, new, arr, fmt, c, size) in enumerate(encoded):
+        self._write_files(encoded, overwrite)
+
+    def _write_files(
+        self,
+        encoded: list[tuple[str, str, bool, np.ndarray, str, ZarrConfig, int | None]],
+        overwrite: bool,
+    ) -> None:
+        """Write checked batch items (path, real path, new, array, format, config, size).
+
+        The items are written window by window (:func:`batch_window`): each item of a
+        window is prepared in order, the window's data arrays are written together in
+        one call to zarr's event loop (:func:`~hcsflow.storage.zarr._arrays.create_arrays`),
+        then the items are published in order.  As with a loop of ``save``, the items
+        before a failing one are written and none after it: the lowest failing index
+        is raised, and what the later items of its window built is removed.
+        """
+        start = 0
+        while start < len(encoded):
+            count = batch_window([item[3] for item in encoded[start:]])
+            window = encoded[start : start + count]
+            steps: list[tuple[int, Any, Any]] = []  # (index, steps, array request)
+            failure: tuple[int, BaseException] | None = None
             try:
-                # without overwrite a new target is created exclusively: one that
-                # appeared since the check is refused, not clobbered
-                self._write_file(
-                    real,
-                    arr,
-                    fmt,
-                    c,
-                    size,
-                    exclusive=new and not overwrite,
-                    existed=not new,
-                    vp=p,
-                )
-            except HcsflowError as exc:
-                raise batch_item_error(
-                    index, "could not be written", exc, path=p, backend=self.name
-                ) from exc
+                for offset, (p, real, new, arr, fmt, c, size) in enumerate(window):
+                    index = start + offset
+                    gen = self._file_steps(
+                        real, arr, fmt, c, size, new and not overwrite, not new, p
+                    )
+                    try:
+                        request = next(gen, None)
+                    except BaseException as exc:
+                        failure = (index, exc)
+                        break
+                    if request is not None:
+                        steps.append((index, gen, request))
+                errors = _arrays.create_arrays([r for _, _, r in steps]) if steps else []
+                while steps:
+                    index, gen, _ = steps.pop(0)
+                    error = errors.pop(0)
+                    try:
+                        if error is not None:
+                            advance(gen, error)  # cleans up, then raises the error
+                            raise error
+                        drive(gen, advance(gen, None))
+                    except BaseException as exc:
+                        failure = (index, exc)
+                        break
+            finally:
+                for _, gen, _ in steps:
+                    gen.close()  # items after a failure: remove what they built
+            if failure is not None:
+                index, cause = failure
+                if isinstance(cause, HcsflowError):
+                    raise batch_item_error(
+                        index,
+                        "could not be written",
+                        cause,
+                        path=encoded[index][0],
+                        backend=self.name,
+                    ) from cause
+                raise cause
+            start += count
 
     def load_batch(self, paths: Sequence[vpaths.PathLike], **options: Any) -> list[Any]:
-        """Load every path in order; plate planes of one field decode each chunk once."""
+        """Load every path in order; plate planes of one field decode each chunk once.
+
+        Array files of a local store are read window by window, each window's arrays
+        together in one call to zarr's event loop (as :meth:`save_batch` writes them).
+        As with a loop of ``load``, the lowest failing index is raised.
+        """
         out: list[Any] = [None] * len(paths)
         pointers: list[tuple[int, str, dict[str, Any]]] = []
+        arrays: list[tuple[int, str, str, dict[str, Any]]] = []  # read together
+        failure: tuple[int, BaseException] | None = None
         for index, path in enumerate(paths):
             try:
                 vp = self.norm(path)
                 real, kind, info = self._resolve_file(vp)
                 if info is not None and info.get("kind") == "plate-image":
                     pointers.append((index, real, info))
+                elif (
+                    not options
+                    and info is not None
+                    and info.get("kind") == "file"
+                    and info.get("format") == "array"
+                    and isinstance(self._base.fs, LocalFS)
+                ):
+                    arrays.append((index, vp, real, info))
                 else:
                     out[index] = self._load_file(vp, options, (real, kind, info))
             except StorageError as exc:
-                where = getattr(exc, "path", None) or str(path)
-                raise batch_item_error(
-                    index, "could not be loaded", exc, path=where, backend=self.name
-                ) from exc
+                failure = (index, exc)
+                break
+        for start in range(0, len(arrays), WINDOW_ITEMS):
+            window = arrays[start : start + WINDOW_ITEMS]
+            if failure is not None and window[0][0] > failure[0]:
+                break
+            read = _arrays.read_arrays(
+                [(self._loc(real).child(str(info["data"])), 3) for _, _, real, info in window]
+            )
+            for (index, vp, real, info), got in zip(window, read, strict=True):
+                if failure is not None and index > failure[0]:
+                    break
+                try:
+                    if isinstance(got, BaseException) or self._node(real)[1] != info:
+                        # failed, or replaced meanwhile: read alone (which retries on
+                        # a replacement and names what is wrong)
+                        got = self._load_file(vp, options)
+                except StorageError as exc:
+                    failure = (index, exc)
+                    break
+                out[index] = got
+        if failure is not None:
+            index, cause = failure
+            where = getattr(cause, "path", None) or str(paths[index])
+            raise batch_item_error(
+                index, "could not be loaded", cause, path=where, backend=self.name
+            ) from cause
         if pointers:
             try:
                 planes = self._read_plate_images([(real, info) for _, real, info in pointers])

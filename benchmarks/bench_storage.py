@@ -917,18 +917,23 @@ def _main_zarr_only(started: float, before: Any) -> None:
         print_table("zarr and memory batches", batches)
     finally:
         shutil.rmtree(tmp)
-    meta: dict[str, Any] = {
+    meta = _run_meta(started, before, only="zarr")
+    name = os.environ.get("HCSFLOW_BENCH_RESULT", "storage-zarr")
+    path = write_results(name, listing + batches, **meta)
+    print(f"\nwritten to {path} in {meta['seconds']:.0f} s")
+    print(f"load average {before} before, {meta['load_after']} after")
+
+
+def _run_meta(started: float, before: Any, **extra: Any) -> dict[str, Any]:
+    """What a results file records about its run besides the rows."""
+    return {
         "seconds": time.perf_counter() - started,
         "hcsflow": hcsflow.__version__,
         "load_before": before,
         "load_after": load_average(),
         "quick": QUICK,
-        "only": "zarr",
+        **extra,
     }
-    name = os.environ.get("HCSFLOW_BENCH_RESULT", "storage-zarr")
-    path = write_results(name, listing + batches, **meta)
-    print(f"\nwritten to {path} in {meta['seconds']:.0f} s")
-    print(f"load average {before} before, {meta['load_after']} after")
 
 
 def main() -> None:
@@ -953,13 +958,7 @@ def main() -> None:
     finally:
         shutil.rmtree(tmp)
     rows += listing + batches + single
-    meta: dict[str, Any] = {
-        "seconds": time.perf_counter() - started,
-        "hcsflow": hcsflow.__version__,
-        "load_before": before,
-        "load_after": load_average(),
-        "quick": QUICK,
-    }
+    meta = _run_meta(started, before)
     peer_rows = [r for r in rows if r["contender"].startswith("OpenHCS")]
     if peer_rows:
         meta["peer_version"] = peer_rows[0]["contender"].split()[1]

@@ -35,7 +35,6 @@ recently are classified afresh on every listing.
 
 from __future__ import annotations
 
-import errno
 import os
 import threading
 import time
@@ -44,7 +43,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from hcsflow.errors import HcsflowError
-from hcsflow.storage._contain import EscapeError
 from hcsflow.storage.zarr import _ome
 from hcsflow.storage.zarr._localfs import LocalFS
 
@@ -150,14 +148,9 @@ def scan_local(
     """
     from hcsflow.storage.zarr._nodes import _hidden
 
-    try:
-        fd, _ = fs.tree.open_dir(fs.vpath(path))
-    except EscapeError as exc:
-        raise fs._escape(path, exc) from exc
-    except OSError as exc:
-        if exc.errno in (errno.ENOENT, errno.ENOTDIR):
-            return []
-        raise
+    fd = fs.open_listed_dir(path)
+    if fd is None:
+        return []
     try:
         started = time.time_ns()
         st = os.fstat(fd)

@@ -198,15 +198,23 @@ class LocalFS(_FS):
     def is_dir(self, path: str) -> bool:
         return self.kind(path) == "directory"
 
-    def list(self, path: str) -> list[str]:
+    def open_listed_dir(self, path: str) -> int | None:
+        """A descriptor of the directory ``path`` (contained) for listing it, or ``None``
+        when there is no directory there (a listing of nothing is empty)."""
         try:
             fd, _ = self.tree.open_dir(self.vpath(path))
         except EscapeError as exc:
             raise self._escape(path, exc) from exc
         except OSError as exc:
             if exc.errno in (errno.ENOENT, errno.ENOTDIR):
-                return []
+                return None
             raise
+        return fd
+
+    def list(self, path: str) -> list[str]:
+        fd = self.open_listed_dir(path)
+        if fd is None:
+            return []
         try:
             return os.listdir(fd)
         finally:

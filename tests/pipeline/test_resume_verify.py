@@ -215,6 +215,10 @@ def test_cli_resume_verify_quick(plate, tmp_path, capsys):
     assert any("A01" in n for n in notes)
     with pytest.raises(SystemExit):
         main([*base, "--resume", "--verify", "fast"])
+    capsys.readouterr()
+    # --verify without a run that keeps wells would be silently meaningless
+    assert main([*base, "--overwrite", "--verify", "quick"]) == 2
+    assert "add --resume" in capsys.readouterr().err
 
 
 # --------------------------------------------------------------------------- workers

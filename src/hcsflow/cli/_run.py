@@ -134,8 +134,9 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "--verify",
         choices=("full", "quick"),
-        default="full",
-        help="how --resume checks committed wells before keeping them: full (default) "
+        default=None,
+        help="how --resume (or --rerun-failed) checks committed wells before keeping "
+        "them: full (default) "
         "reads every file and compares its sha256; quick compares size, modification "
         "time and inode (an object's ETag) and reads only the files that changed",
     )
@@ -217,6 +218,11 @@ def run_command(args: argparse.Namespace) -> int:
 
     if args.workers is not None and args.workers < 1:
         raise UsageError(f"--workers must be at least 1, got {args.workers}")
+    if args.verify is not None and not (args.resume or args.rerun_failed):
+        raise UsageError(
+            "--verify says how --resume or --rerun-failed checks the wells a run keeps; "
+            "add --resume, or leave --verify out"
+        )
     storage_options = parse_storage_options(args.storage_options)
     steps, file_config = load_pipeline(args.pipeline)
     config = file_config or GlobalPipelineConfig()
@@ -258,7 +264,7 @@ def run_command(args: argparse.Namespace) -> int:
             resume=args.resume,
             rerun_failed=args.rerun_failed,
             wells=wells,
-            verify=args.verify,
+            verify=args.verify or "full",
             storage_options=storage_options,
             preload=[str(Path(args.pipeline).resolve())],
         )

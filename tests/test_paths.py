@@ -142,6 +142,7 @@ def test_one_shape_needs_the_same_digit_counts_and_a_plain_extension() -> None:
     assert not paths._one_plain_shape(["a.b.tif", "c.d.tif"])  # two suffixes
     assert not paths._one_plain_shape(["a.1tif", "b.2tif"])  # a number starts the "suffix"
     assert not paths._one_plain_shape([".tif", ".png"])
+    assert not paths._one_plain_shape(["a\x00b", "c"])  # a NUL is not a separator here
 
 
 @settings(max_examples=300)

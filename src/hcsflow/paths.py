@@ -388,7 +388,12 @@ def _one_plain_shape(items: list[str]) -> bool:
     if not _POSIX or set(map(type, items)) != {str}:
         return False
     blob = "\x00".join(items)
-    if not blob.isascii() or "\x01" in blob or "\x02" in blob:
+    if (
+        not blob.isascii()
+        or "\x01" in blob
+        or "\x02" in blob
+        or blob.count("\x00") != len(items) - 1  # a NUL inside a name
+    ):
         return False
     shapes = set(blob.encode("ascii").translate(_SHAPE_TABLE).split(b"\x00"))
     if len(shapes) != 1:

@@ -192,7 +192,8 @@ class MemoryStorageBackend(StorageBackend):
         ``overwrite`` may also be passed positionally here (a cheaper call).
         """
         if isinstance(data, _ndarray):
-            # a view of every array, read-only ones too: cheaper than asking first
+            # a view of every array, read-only ones too: asking first costs the writable
+            # arrays steps return more than the view costs a read-only one
             data = data.view()
             data.setflags(False)  # positional: much cheaper than write=False
         if type(path) is str:

@@ -307,3 +307,40 @@ def test_listing_while_another_thread_writes(tmp_path: Path, trusting: None) -> 
     thread.join()
     assert not failures
     assert reader.list_files("/d") == names
+
+
+def test_load_of_a_file_whose_data_array_vanishes_reads_the_new_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An overwrite between reading a file's metadata and opening its data array: the
+    load reads the node again and returns the new content (zarr's own
+    ArrayNotFoundError, a FileNotFoundError, used to escape untyped)."""
+    import zarr.errors
+
+    import zarr
+    from hcsflow.errors import ZarrError
+
+    b = _backend(tmp_path)
+    b.save(np.full(4, 1, np.uint16), "/d/f.tif")
+    real_open = zarr.open_array
+    calls = {"n": 0}
+
+    def racing_open(*args: object, **kwargs: object) -> object:
+        calls["n"] += 1
+        if calls["n"] == 1:  # the writer wins the race once
+            b.save(np.full(4, 2, np.uint16), "/d/f.tif", overwrite=True)
+            raise zarr.errors.ArrayNotFoundError("gone")
+        return real_open(*args, **kwargs)
+
+    monkeypatch.setattr(zarr, "open_array", racing_open)
+    assert np.array_equal(b.load("/d/f.tif"), np.full(4, 2, np.uint16))
+
+    # nothing changed meanwhile: a typed error naming the path
+    calls["n"] = 0
+
+    def vanished(*args: object, **kwargs: object) -> object:
+        raise zarr.errors.ArrayNotFoundError("gone")
+
+    monkeypatch.setattr(zarr, "open_array", vanished)
+    with pytest.raises(ZarrError, match="missing data array"):
+        b.load("/d/f.tif")

@@ -361,6 +361,15 @@ class _ZarrFiles(_ZarrNodes):
                     mode="r",
                     zarr_format=3 if meta.zarr_format == 3 else 2,
                 )
+            except FileNotFoundError as exc:
+                # zarr's ArrayNotFoundError is one: the array went between the metadata
+                # read above and the open (an overwrite removed it); the caller reads
+                # the node again and retries on the array it names now
+                raise ZarrError(
+                    f"missing data array: store {self._base.url!r}, key {target.path!r}",
+                    path=target.url,
+                    backend=self.name,
+                ) from exc
             except (HcsflowError, OSError):
                 raise
             except Exception as exc:

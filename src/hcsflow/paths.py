@@ -314,23 +314,34 @@ def _fast_text(item: str) -> str | None:
     return text + _name_text(last)
 
 
-def _names_text(items: list[str]) -> list[str] | None:
-    """:func:`_fast_text` of many plain names (the usual listing), checked all at once;
-    ``None`` when any item needs the checks one by one."""
+def _plain_blob(items: list[str]) -> str | None:
+    """``items`` joined by NUL when every one is a plain name (a non-empty ASCII string
+    of at most 4096 characters without ``/``, NUL or the key markers), else ``None``:
+    the check the fast routes below need, made once for a whole listing."""
     if not _POSIX or set(map(type, items)) != {str} or "" in items:
         return None
-    blob = "".join(items)
+    blob = "\x00".join(items)
     if (
         not blob.isascii()
         or "/" in blob
-        or "\x00" in blob
         or "\x01" in blob
         or "\x02" in blob
-        or max(map(len, items), default=0) > 4096
+        or blob.count("\x00") != len(items) - 1  # a NUL inside a name
+        or max(map(len, items)) > 4096
     ):
         return None
+    return blob
+
+
+def _names_text(items: list[str], blob: str | None = None) -> list[str] | None:
+    """:func:`_fast_text` of many plain names (the usual listing), checked all at once;
+    ``None`` when any item needs the checks one by one.  ``blob``: the items'
+    :func:`_plain_blob`, when the caller has it."""
+    blob = blob if blob is not None else _plain_blob(items)
+    if blob is None:
+        return None
     if len(items) > 64:
-        joined = "\x02".join(items)
+        joined = blob.replace("\x00", "\x02")
         if _all_name_dot_ext(joined, len(items)):
             # each name's one dot becomes a component boundary, all in one pass
             return joined.replace(".", "\x00.").split("\x02")
@@ -374,9 +385,9 @@ _SHAPE_TABLE = bytes(
 )
 
 
-def _one_plain_shape(items: list[str]) -> bool:
-    """Whether ``items`` are plain names of one shape, so that their natural order is
-    their plain string order.
+def _one_shape(blob: str) -> bool:
+    """Whether the plain names of ``blob`` (:func:`_plain_blob`) have one shape, so that
+    their natural order is their plain string order.
 
     Two names of one shape have their numbers at the same places with the same number of
     digits (``s01`` and ``s12``, not ``s1`` and ``s12``) and split into the same
@@ -385,24 +396,20 @@ def _one_plain_shape(items: list[str]) -> bool:
     texts as texts and equal-length digit runs as numbers, which is exactly what the
     natural key compares.  Plate exports that zero-pad their numbers are all like this.
     """
-    if not _POSIX or set(map(type, items)) != {str}:
-        return False
-    blob = "\x00".join(items)
-    if (
-        not blob.isascii()
-        or "\x01" in blob
-        or "\x02" in blob
-        or blob.count("\x00") != len(items) - 1  # a NUL inside a name
-    ):
-        return False
     shapes = set(blob.encode("ascii").translate(_SHAPE_TABLE).split(b"\x00"))
     if len(shapes) != 1:
         return False
     shape = shapes.pop()
-    if not shape or b"/" in shape or len(shape) > 4096 or shape.count(b".") > 1:
+    if shape.count(b".") > 1:
         return False
     stem, dot, ext = shape.rpartition(b".")
     return not dot or (bool(stem) and 0 < len(ext) <= 4 and ext[:1] != b"0")
+
+
+def _one_plain_shape(items: list[str]) -> bool:
+    """Whether ``items`` are plain names of one shape (:func:`_one_shape`)."""
+    blob = _plain_blob(items)
+    return blob is not None and _one_shape(blob)
 
 
 def natural_sorted(items: Iterable[str]) -> list[str]:
@@ -413,31 +420,31 @@ def natural_sorted(items: Iterable[str]) -> list[str]:
     all at once), so listing the same names again costs little more than ``sorted``.
     """
     items = list(items)
-    if len(items) > 1 and _one_plain_shape(items):
+    blob = _plain_blob(items)
+    if blob is not None and len(items) > 1 and _one_shape(blob):
         return sorted(items)
     cache = _key_cache
-    keys = list(map(cache.get, items))
+    keys: list[Any] = list(map(cache.get, items))
     if None in keys:
         if len(cache) > _KEY_CACHE_MAX:
             cache.clear()
-        if keys.count(None) == len(keys):  # a first listing: every key is new
-            texts = _names_text(items)
-            if texts is not None:
-                fresh = _encode_all(texts)
-                cache.update(zip(items, fresh, strict=True))
-                order = sorted(range(len(items)), key=fresh.__getitem__)
-                return [items[i] for i in order]
         missing = [i for i, key in enumerate(keys) if key is None]
-        texts = _names_text([items[i] for i in missing])
+        every = len(missing) == len(items)  # a first listing
+        names = items if every else [items[i] for i in missing]
+        texts = _names_text(names, blob if every else None)
         if texts is None:
             texts = []
-            for index in missing:
-                item = items[index]
+            for item in names:
                 text = _fast_text(item) if type(item) is str else None
                 if text is None:
                     return sorted(items, key=natural_key)
                 texts.append(text)
-        for index, key in zip(missing, _encode_all(texts), strict=True):
-            keys[index] = cache[items[index]] = key
-    lookup: dict[str, str] = dict(zip(items, keys, strict=True))  # type: ignore[arg-type]
-    return sorted(items, key=lookup.__getitem__)
+        fresh = _encode_all(texts)
+        cache.update(zip(names, fresh, strict=True))
+        if every:
+            keys = fresh
+        else:
+            for index, key in zip(missing, fresh, strict=True):
+                keys[index] = key
+    # positions sorted by key: stable, so equal keys keep the order given, as natsort
+    return [items[i] for i in sorted(range(len(items)), key=keys.__getitem__)]

@@ -47,8 +47,8 @@ def _record(out: Path, well: str) -> dict:
     return json.loads((out / f".hcsflow/wells/{well}.json").read_text())
 
 
-def _resume(plate, out: Path, verify: str) -> tuple[list[str], list[str], list[str]]:
-    """(wells run, wells kept, notes) of a resume."""
+def _resume(plate, out: Path | str, verify: str, **kw) -> tuple[list[str], list[str], list[str]]:
+    """(wells run, wells kept, notes) of a resume (``kw``: more run_pipeline arguments)."""
     ran: list[str] = []
     res = run_pipeline(
         COUNTING,
@@ -58,6 +58,7 @@ def _resume(plate, out: Path, verify: str) -> tuple[list[str], list[str], list[s
         resume=True,
         verify=verify,
         on_well_done=lambda r: ran.append(r.well),
+        **kw,
     )
     assert res.ok
     return ran, res.skipped, res.manifest["run"]["notes"]
@@ -176,18 +177,8 @@ def test_quick_on_object_storage_uses_the_etag(plate, tmp_path, s3_bucket):
     rel = "results/count_cells/A02_cell_counts.json"
     raw = fs.cat_file(f"{out}/{rel}")
     fs.pipe_file(f"{out}/{rel}", bytes([raw[0] ^ 1]) + raw[1:])  # same size, new ETag
-    ran: list[str] = []
-    res = run_pipeline(
-        COUNTING,
-        plate.root,
-        out,
-        CFG,
-        storage_options=opts,
-        resume=True,
-        verify="quick",
-        on_well_done=lambda r: ran.append(r.well),
-    )
-    assert res.ok and ran == ["A02", "A03", "A04"] and res.skipped == ["A01"]
+    ran, kept, _ = _resume(plate, out, "quick", storage_options=opts)
+    assert ran == ["A02", "A03", "A04"] and kept == ["A01"]
 
 
 def test_an_unknown_verify_mode_is_refused_before_any_work(plate, tmp_path):

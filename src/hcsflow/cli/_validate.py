@@ -56,6 +56,19 @@ def register(subparsers: Any) -> None:
     p.set_defaults(handler=run_validate)
 
 
+def _no_plate(where: str, is_run: bool) -> UsageError:
+    """Why ``where`` (a path or URL that exists) cannot be validated."""
+    if is_run:
+        return UsageError(
+            f"the run in {where!r} has no OME-Zarr plate ({RUN_PLATE_NAME}): its images "
+            "were written as TIFF files (--backend disk); validate checks OME-Zarr plates"
+        )
+    return UsageError(
+        f"{where!r} is neither an OME-Zarr plate (no zarr.json or .zattrs) nor a run "
+        f"directory holding {RUN_PLATE_NAME}"
+    )
+
+
 def plate_to_validate(path: Path) -> Path:
     """The OME-Zarr plate at ``path``: the path itself, or a run directory's plate."""
     if not path.exists():
@@ -64,15 +77,7 @@ def plate_to_validate(path: Path) -> Path:
         return path
     if (path / RUN_PLATE_NAME).is_dir():
         return path / RUN_PLATE_NAME
-    if (path / "manifest.json").is_file():
-        raise UsageError(
-            f"the run in {str(path)!r} has no OME-Zarr plate ({RUN_PLATE_NAME}): its images "
-            "were written as TIFF files (--backend disk); validate checks OME-Zarr plates"
-        )
-    raise UsageError(
-        f"{str(path)!r} is neither an OME-Zarr plate (no zarr.json or .zattrs) nor a run "
-        f"directory holding {RUN_PLATE_NAME}"
-    )
+    raise _no_plate(str(path), (path / "manifest.json").is_file())
 
 
 def remote_plate_to_validate(url: str, storage_options: dict[str, Any] | None) -> str:
@@ -95,17 +100,9 @@ def remote_plate_to_validate(url: str, storage_options: dict[str, Any] | None) -
     except (OSError, ValueError, ImportError) as exc:
         # an unknown protocol, a missing fsspec driver, unreachable storage
         raise UsageError(f"cannot read {url!r}: {type(exc).__name__}: {exc}") from exc
-    if is_run:
-        raise UsageError(
-            f"the run at {url!r} has no OME-Zarr plate ({RUN_PLATE_NAME}): its images were "
-            "written as TIFF files (--backend disk); validate checks OME-Zarr plates"
-        )
     if not exists:
         raise UsageError(f"{url!r} does not exist")
-    raise UsageError(
-        f"{url!r} is neither an OME-Zarr plate (no zarr.json or .zattrs) nor a run "
-        f"holding {RUN_PLATE_NAME}"
-    )
+    raise _no_plate(url, is_run)
 
 
 def run_validate(args: argparse.Namespace) -> int:

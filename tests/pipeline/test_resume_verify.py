@@ -14,6 +14,7 @@ import pytest
 
 from hcsflow.errors import ConfigurationError
 from hcsflow.pipeline import FunctionStep, GlobalPipelineConfig, run_pipeline
+from hcsflow.pipeline._executors import process_start_method
 from hcsflow.testing import make_plate
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -303,3 +304,49 @@ def test_fork_server_preload_loads_what_the_functions_load_lazily(tmp_path):
         {"OUT_TIF": str(tmp_path / "x.tif")},
     )
     assert out.strip() == ""
+
+
+def test_worker_imports_set_aside_every_failed_import(tmp_path, monkeypatch):
+    """What the fork server preloads: an import that raises anything is recorded and
+    left out of ``sys.modules`` (so a worker that needs it raises the error itself)."""
+    from hcsflow._worker_imports import load
+
+    (tmp_path / "hcsflow_raises_at_import.py").write_text('raise RuntimeError("broken")\n')
+    monkeypatch.syspath_prepend(str(tmp_path))
+    failed = load(("json", "hcsflow_raises_at_import", "hcsflow_no_such_module"))
+    assert failed["hcsflow_raises_at_import"] == "RuntimeError: broken"
+    assert failed["hcsflow_no_such_module"].startswith("ModuleNotFoundError")
+    assert "json" not in failed
+    assert "hcsflow_raises_at_import" not in sys.modules
+
+
+@pytest.mark.skipif(
+    process_start_method() != "forkserver", reason="workers start from a fork server"
+)
+def test_a_preloaded_module_that_raises_at_import_does_not_end_the_fork_server(tmp_path):
+    """A module of the workers' preload whose import raises something other than an
+    ImportError (a broken build) ended the standard library's fork server, and the run
+    died with a bare EOFError.  The fork server now sets it aside and the workers, whose
+    own path finds the real module, run every well."""
+    shadow = tmp_path / "shadow"
+    shadow.mkdir()
+    (shadow / "cloudpickle.py").write_text('raise RuntimeError("a broken build")\n')
+    out = _run_script(
+        """
+        import os
+        import cloudpickle  # this process has the real one
+        from hcsflow.functions import gaussian_filter
+        from hcsflow.pipeline import FunctionStep, GlobalPipelineConfig, run_pipeline
+        from hcsflow.testing import make_plate
+
+        # the fork server starts with this environment: the broken module comes first
+        os.environ["PYTHONPATH"] = os.environ["SHADOW"] + os.pathsep + os.environ["PYTHONPATH"]
+        plate = make_plate(os.environ["WORK"] + "/plate", 3, sites=1, size=32)
+        res = run_pipeline([FunctionStep(func=(gaussian_filter, {"sigma": 1.0}))], plate.root,
+                           os.environ["WORK"] + "/out",
+                           GlobalPipelineConfig(num_workers=2, executor="processes"))
+        print(res.ok, len(res.wells))
+        """,
+        {"SHADOW": str(shadow), "WORK": str(tmp_path)},
+    )
+    assert out.split() == ["True", "3"]

@@ -33,6 +33,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from hcsflow._worker_imports import WORKER_PRELOAD
 from hcsflow.errors import PipelineError
 
 __all__ = [
@@ -63,30 +64,6 @@ class InProcessExecutor(cf.Executor):
         except BaseException as exc:  # the future carries it to the caller
             fut.set_exception(exc)
         return fut
-
-
-# Imported once by the fork server; every worker forked from it starts with them loaded
-# instead of importing them again (about a second per spawned worker).  A module that is
-# not installed is skipped by the fork server and imported (or reported) by the worker
-# that needs it, as under spawn.
-WORKER_PRELOAD: tuple[str, ...] = (
-    "numpy",
-    "scipy.ndimage",
-    "pandas",
-    "tifffile",
-    "zarr",
-    "skimage.measure",
-    "skimage.feature",
-    "skimage.filters",
-    "skimage.morphology",
-    "skimage.segmentation",
-    "cloudpickle",
-    "hcsflow.functions",
-    # what scikit-image and imagecodecs load lazily on a function's first call
-    "hcsflow.functions._preload",
-    "hcsflow.pipeline._commit",
-    "hcsflow.pipeline._zarr_out",
-)
 
 
 def process_start_method() -> str:
@@ -443,7 +420,7 @@ def _process_context() -> Any:
     if process_start_method() == "forkserver":
         ctx: Any = _ForkServerContext()
         # no "__main__" here: the fork server must not run the caller's script either
-        ctx.set_forkserver_preload(list(WORKER_PRELOAD))
+        ctx.set_forkserver_preload(["hcsflow._forkserver_preload"])
         return ctx
     return _SpawnContext()
 

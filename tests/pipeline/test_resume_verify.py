@@ -49,7 +49,9 @@ def _record(out: Path, well: str) -> dict:
 
 
 def _resume(plate, out: Path | str, verify: str, **kw) -> tuple[list[str], list[str], list[str]]:
-    """(wells run, wells kept, notes) of a resume (``kw``: more run_pipeline arguments)."""
+    """(wells run, wells kept, notes) of a resume (``kw``: more run_pipeline arguments);
+    the wells run in plate order (a well that fails verification runs after the
+    uncommitted ones, which start while the committed ones are verified)."""
     ran: list[str] = []
     res = run_pipeline(
         COUNTING,
@@ -62,7 +64,7 @@ def _resume(plate, out: Path | str, verify: str, **kw) -> tuple[list[str], list[
         **kw,
     )
     assert res.ok
-    return ran, res.skipped, res.manifest["run"]["notes"]
+    return sorted(ran), res.skipped, res.manifest["run"]["notes"]
 
 
 def test_commit_records_each_files_identity(plate, tmp_path):

@@ -98,6 +98,38 @@ def test_each_well_is_committed_with_checksums(plate, tmp_path):
     assert m["run"]["mode"] == "new" and m["run"]["wells_run"] == ["A01", "A02", "A03", "A04"]
 
 
+def test_resume_runs_uncommitted_wells_while_it_verifies_the_committed_ones(
+    plate, tmp_path, monkeypatch
+):
+    """Reading back every committed file of a large plate takes a while: the wells that
+    must run anyway do not wait for it."""
+    import threading
+
+    from hcsflow.pipeline import _run
+
+    out = tmp_path / "o"
+    run_pipeline(COUNTING, plate.root, out, cfg(), wells=["A01", "A02", "A03"])
+    a04_done = threading.Event()
+    waited: list[bool] = []
+    real = _run.verify_records
+
+    def slow_verify(*args, **kw):
+        # the checks end only once A04 has run (or give up after 30 s)
+        waited.append(a04_done.wait(30))
+        return real(*args, **kw)
+
+    monkeypatch.setattr(_run, "verify_records", slow_verify)
+
+    def done(r):
+        if r.well == "A04":
+            a04_done.set()
+
+    res = run_pipeline(COUNTING, plate.root, out, cfg(), resume=True, on_well_done=done)
+    assert waited == [True]
+    assert res.ok and res.skipped == ["A01", "A02", "A03"]
+    assert [w.well for w in res.wells] == ["A01", "A02", "A03", "A04"]
+
+
 def test_resume_skips_verified_wells_and_reruns_tampered_ones(plate, tmp_path):
     clean = tmp_path / "clean"
     run_pipeline(COUNTING, plate.root, clean, cfg())
@@ -111,7 +143,9 @@ def test_resume_skips_verified_wells_and_reruns_tampered_ones(plate, tmp_path):
     res = run_pipeline(
         COUNTING, plate.root, out, cfg(), resume=True, on_well_done=lambda r: ran.append(r.well)
     )
-    assert res.ok and ran == ["A02", "A04"] and res.skipped == ["A01", "A03"]
+    # the uncommitted well runs while the committed ones are verified; A02, found
+    # changed, runs after it
+    assert res.ok and ran == ["A04", "A02"] and res.skipped == ["A01", "A03"]
     assert any("A02" in n and "changed" in n for n in manifest(out)["run"]["notes"])
     assert assert_same_outputs(out, clean) > 20
 

@@ -23,6 +23,7 @@ import hashlib
 import inspect
 import json
 import os
+import threading
 import time
 import weakref
 from collections.abc import Callable, Sequence
@@ -295,7 +296,11 @@ def _check_file(
 
 
 def verify_records(
-    root: OutputRoot, records: dict[str, dict[str, Any]], mode: str = "full"
+    root: OutputRoot,
+    records: dict[str, dict[str, Any]],
+    mode: str = "full",
+    *,
+    stop: threading.Event | None = None,
 ) -> dict[str, str | None]:
     """Verify committed wells; ``{well: why its files do not match (None: they match)}``.
 
@@ -304,7 +309,8 @@ def verify_records(
     and inode, or an object's ETag) with those the commit saw, and reads and hashes
     only the files whose identity differs or was not recorded (records of earlier
     versions).  The wells are checked on one thread pool (hashing releases the GIL; on
-    object storage each check is a request).
+    object storage each check is a request).  Once ``stop`` is set, the files not yet
+    checked are not read, and their wells are reported as not verified.
     """
     if mode not in VERIFY_MODES:
         raise ConfigurationError(f"verify must be one of {', '.join(VERIFY_MODES)}, got {mode!r}")
@@ -315,6 +321,8 @@ def verify_records(
         files = rec["files"]
         idents = rec.get("identity") or {}
         for rel in sorted(files):  # the first problem in path order
+            if stop is not None and stop.is_set():
+                return "not verified: the run stopped"
             problem = _check_file(root, rel, files[rel], idents.get(rel), mode)
             if problem is not None:
                 return problem

@@ -65,7 +65,7 @@ from hcsflow.pipeline._commit import (
     write_well,
     zarr_well_rel,
 )
-from hcsflow.pipeline._compiler import RunPlan, compile_pipeline, describe_steps
+from hcsflow.pipeline._compiler import RunPlan, WellPlan, compile_pipeline, describe_steps
 from hcsflow.pipeline._config import (
     GlobalPipelineConfig,
     PipelineConfig,
@@ -587,6 +587,11 @@ class _Session:
         self.records: dict[str, dict[str, Any]] = {}
         self.fsync = bool(plan.config.vfs.fsync) if plan.config.vfs is not None else True
         self.notes: list[str] = []
+        self.kept: dict[str, dict[str, Any]] = {}
+        """Records of the wells kept as they are (see :meth:`plan_wells`)."""
+        self.to_verify: dict[str, dict[str, Any]] = {}
+        """Committed wells whose files :meth:`execute` verifies while wells run."""
+        self.stores: tuple[str, ...] | None = None
 
     # ------------------------------------------------------------------ what to run
 
@@ -608,7 +613,14 @@ class _Session:
     def plan_wells(
         self, mode: str, rerun_failed: bool, selected: set[str] | None
     ) -> tuple[list[WellTask], dict[str, dict[str, Any]]]:
-        """Tasks to run now, and the committed records of the wells kept as they are."""
+        """Tasks to run now, and the committed records of the wells kept as they are.
+
+        A resume keeps a committed well only once its files are verified.  When some
+        wells are to run anyway, that verification is left to :meth:`execute`, which
+        runs it while the first wells run (on a large plate, reading back every
+        committed file takes a while); a well that fails it is run too, and the kept
+        records (the dict returned here) are completed then.
+        """
         wells = [w.well for w in self.plan.wells]
         records: dict[str, dict[str, Any] | None] = {}
         if mode == "resume":
@@ -617,7 +629,7 @@ class _Session:
                     zip(wells, pool.map(lambda w: read_record(self.root, w), wells), strict=True)
                 )
         keep: dict[str, dict[str, Any]] = {}
-        to_verify = []
+        to_verify: dict[str, dict[str, Any]] = {}
         for w in wells:
             rec = records.get(w)
             if rec is None or (selected is not None and w in selected):
@@ -628,17 +640,25 @@ class _Session:
                 keep[w] = rec  # a subset run leaves the others as they are
                 continue
             if rec["status"] == "ok":
-                to_verify.append(w)
+                to_verify[w] = rec
             else:
                 keep[w] = rec
-        problems = verify_records(self.root, {w: records[w] or {} for w in to_verify}, self.verify)
-        for w in to_verify:
-            problem = problems[w]
-            if problem is None:
-                keep[w] = records[w] or {}
-            else:
-                self.notes.append(f"well {w} is run again: {problem}")
-        stores = self._zarr_stores()
+        self.kept = keep
+        self.to_verify = to_verify
+        # with nothing else to run, the checks decide what runs: done here, now
+        tasks = [
+            self._task(wp)
+            for wp in self.plan.wells
+            if wp.well not in keep
+            and wp.well not in to_verify
+            and (selected is None or wp.well in selected)
+        ]
+        if not tasks and to_verify:
+            tasks = self._verified(verify_records(self.root, to_verify, self.verify))
+        return tasks, keep
+
+    def _task(self, wp: WellPlan) -> WellTask:
+        """The task of one well of the plan."""
         plate_root = None
         plate_opts = None
         if self.plate_url is not None:
@@ -646,27 +666,31 @@ class _Session:
             plate_root, plate_opts = self.plate_url, self.storage_options
         elif self.root.remote and self.plan.plate.backend == Backend.DISK.value:
             plate_root = "/"  # a local plate: read through its own disk backend
-        tasks = []
-        for wp in self.plan.wells:
-            if wp.well in keep:
-                continue
-            if selected is not None and wp.well not in selected and mode == "resume":
-                continue
-            if selected is not None and wp.well not in selected and mode == "new":
-                continue
-            if plate_root is not None:
-                wp = replace(wp, input_backend=INPUT_BACKEND)
-            tasks.append(
-                WellTask(
-                    plan=wp,
-                    root=self.root,
-                    run_id=self.run_id,
-                    zarr_stores=stores,
-                    plate=plate_root,
-                    plate_options=plate_opts,
-                )
-            )
-        return tasks, keep
+        if plate_root is not None:
+            wp = replace(wp, input_backend=INPUT_BACKEND)
+        if self.stores is None:
+            self.stores = self._zarr_stores()
+        return WellTask(
+            plan=wp,
+            root=self.root,
+            run_id=self.run_id,
+            zarr_stores=self.stores,
+            plate=plate_root,
+            plate_options=plate_opts,
+        )
+
+    def _verified(self, problems: dict[str, str | None]) -> list[WellTask]:
+        """Keep the verified wells of :attr:`to_verify`; the tasks of the others."""
+        again = []
+        for w, rec in self.to_verify.items():
+            problem = problems[w]
+            if problem is None:
+                self.kept[w] = rec
+            else:
+                self.notes.append(f"well {w} is run again: {problem}")
+                again.append(w)
+        self.to_verify = {}
+        return [self._task(wp) for wp in self.plan.wells if wp.well in again]
 
     # ------------------------------------------------------------------ execution
 
@@ -677,6 +701,10 @@ class _Session:
         writes a well and this process commits it on a background thread (checksums,
         one fsync round for all the well's files, the record), while the worker already
         runs the next well.  Dask workers and a caller's executor commit their own wells.
+
+        The committed wells a resume keeps (:attr:`to_verify`) are verified on a thread
+        of this process while the tasks run; a well whose files do not match is run
+        after them.
         """
         cfg = self.plan.config
         workers = int(cfg.num_workers or 1)
@@ -694,6 +722,14 @@ class _Session:
         if pool.local and not self.root.remote:
             commits = cf.ThreadPoolExecutor(
                 max_workers=max(2, workers), thread_name_prefix="hcsflow-commit"
+            )
+        stop_checks = threading.Event()
+        checker: cf.ThreadPoolExecutor | None = None
+        checks: cf.Future[dict[str, str | None]] | None = None
+        if self.to_verify:
+            checker = cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="hcsflow-verify")
+            checks = checker.submit(
+                verify_records, self.root, self.to_verify, self.verify, stop=stop_checks
             )
         bar = _progress(len(tasks), self.progress)
         pending: deque[WellTask] = deque(tasks)
@@ -748,10 +784,20 @@ class _Session:
 
         try:
             fill()
-            while inflight or committing:
+            while inflight or committing or checks is not None:
                 _checkpoint(self.received)
-                finished, _ = cf.wait([*inflight, *committing], return_when=cf.FIRST_COMPLETED)
+                waiting: list[cf.Future[Any]] = [*inflight, *committing]
+                if checks is not None:
+                    waiting.append(checks)
+                finished, _ = cf.wait(waiting, return_when=cf.FIRST_COMPLETED)
                 for fut in finished:
+                    if fut is checks:
+                        checks = None
+                        rerun = self._verified(fut.result())
+                        pending.extend(rerun)
+                        bar.total += len(rerun)
+                        bar.refresh()
+                        continue
                     if fut in committing:
                         task, result = committing.pop(fut)
                         try:
@@ -804,12 +850,16 @@ class _Session:
                 fill()
         except BaseException:
             bar.close()
+            stop_checks.set()  # reads only: abandoned where they are
             pool.kill()  # cancels the wells that have not started, stops the workers
             self.pool = None
             if commits is not None:
                 # commits in flight end (each is atomic) before anyone counts or removes them
                 commits.shutdown(wait=True)
             raise
+        finally:
+            if checker is not None:
+                checker.shutdown(wait=True)
         bar.close()
         pool.close()
         if commits is not None:

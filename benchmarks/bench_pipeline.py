@@ -603,7 +603,7 @@ def main() -> None:
 # --------------------------------------------------------------------------- runs at scale
 
 RUNS_WELLS = 40
-RUNS_REPEATS = 5
+RUNS_REPEATS = 7
 
 
 def _run_with(plate: str, out: Path, config: Any, **kw: Any) -> Any:

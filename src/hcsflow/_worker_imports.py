@@ -50,6 +50,6 @@ def load(names: tuple[str, ...] = WORKER_PRELOAD) -> dict[str, str]:
     for name in names:
         try:
             importlib.import_module(name)
-        except Exception as exc:  # noqa: BLE001 - set aside, raised again where needed
+        except Exception as exc:  # set aside: the worker that needs it raises it again
             failed[name] = f"{type(exc).__name__}: {exc}"
     return failed

@@ -328,27 +328,32 @@ def test_worker_imports_set_aside_every_failed_import(tmp_path, monkeypatch):
 def test_a_preloaded_module_that_raises_at_import_does_not_end_the_fork_server(tmp_path):
     """A module of the workers' preload whose import raises something other than an
     ImportError (a broken build) ended the standard library's fork server, and the run
-    died with a bare EOFError.  The fork server now sets it aside and the workers, whose
-    own path finds the real module, run every well."""
+    died with a bare EOFError.  The fork server now sets it aside; a worker that needs
+    the module imports it again and its wells fail with the import's own error."""
     shadow = tmp_path / "shadow"
     shadow.mkdir()
     (shadow / "cloudpickle.py").write_text('raise RuntimeError("a broken build")\n')
     out = _run_script(
         """
-        import os
+        import os, sys
         import cloudpickle  # this process has the real one
         from hcsflow.functions import gaussian_filter
         from hcsflow.pipeline import FunctionStep, GlobalPipelineConfig, run_pipeline
         from hcsflow.testing import make_plate
 
-        # the fork server starts with this environment: the broken module comes first
+        # from here on the broken module comes first: for the fork server (its
+        # environment, or this path on the Pythons that pass it on) and for the workers
         os.environ["PYTHONPATH"] = os.environ["SHADOW"] + os.pathsep + os.environ["PYTHONPATH"]
+        sys.path.insert(0, os.environ["SHADOW"])
         plate = make_plate(os.environ["WORK"] + "/plate", 3, sites=1, size=32)
         res = run_pipeline([FunctionStep(func=(gaussian_filter, {"sigma": 1.0}))], plate.root,
                            os.environ["WORK"] + "/out",
-                           GlobalPipelineConfig(num_workers=2, executor="processes"))
-        print(res.ok, len(res.wells))
+                           GlobalPipelineConfig(num_workers=2, executor="processes", retries=0))
+        print(len(res.wells), len(res.failed))
+        print(res.failed[0].error)
         """,
         {"SHADOW": str(shadow), "WORK": str(tmp_path)},
     )
-    assert out.split() == ["True", "3"]
+    counts, error = out.strip().split("\n", 1)
+    assert counts.split() == ["3", "3"]
+    assert "RuntimeError" in error and "a broken build" in error

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import importlib
 
-__all__ = ["WORKER_PRELOAD", "load"]
+__all__ = ["LAZY_FUNCTIONS", "WORKER_PRELOAD", "load"]
 
 # Imported once by the fork server; every worker forked from it starts with them loaded
 # instead of importing them again (about a second per spawned worker).
@@ -26,15 +26,34 @@ WORKER_PRELOAD: tuple[str, ...] = (
     "skimage.segmentation",
     "cloudpickle",
     "hcsflow.functions",
-    # what scikit-image and imagecodecs load lazily on a function's first call
-    "hcsflow.functions._preload",
     "hcsflow.pipeline._commit",
     "hcsflow.pipeline._zarr_out",
 )
 
+#: module -> functions it loads lazily, on their first access, that the built-in
+#: functions and writers use.  scikit-image and imagecodecs load their submodules so:
+#: importing ``skimage.measure`` loads almost nothing, and the first
+#: ``regionprops_table`` of a worker then imports a dozen modules (about 50-80 ms in
+#: each freshly forked worker, measured on the demo pipeline).  :func:`load` touches
+#: them once in the fork server, so every worker starts with them.
+LAZY_FUNCTIONS: dict[str, tuple[str, ...]] = {
+    "skimage.measure": ("label", "regionprops_table", "regionprops", "find_contours"),
+    "skimage.segmentation": ("watershed", "clear_border"),
+    "skimage.feature": ("peak_local_max", "blob_log"),
+    "skimage.filters": ("threshold_otsu", "threshold_local", "gaussian"),
+    "skimage.morphology": ("remove_small_objects", "disk"),
+    "skimage.transform": ("integral_image",),
+    "imagecodecs": ("zlib_encode", "deflate_encode", "delta_encode"),
+    "pandas.io.formats.csvs": (),
+}
 
-def load(names: tuple[str, ...] = WORKER_PRELOAD) -> dict[str, str]:
-    """Import ``names``; returns ``{module: why its import failed}`` for those that did not.
+
+def load(
+    names: tuple[str, ...] = WORKER_PRELOAD,
+    lazy: dict[str, tuple[str, ...]] = LAZY_FUNCTIONS,
+) -> dict[str, str]:
+    """Import ``names`` and the modules of ``lazy``, touching the functions ``lazy``
+    lists; returns ``{module or module.function: why it failed}`` for what did not load.
 
     The standard library's fork server imports its preload list itself and survives an
     ``ImportError`` only: any other exception raised while importing a module (a broken
@@ -47,9 +66,15 @@ def load(names: tuple[str, ...] = WORKER_PRELOAD) -> dict[str, str]:
     module no step needs costs nothing.
     """
     failed: dict[str, str] = {}
-    for name in names:
+    for name in (*names, *lazy):
         try:
-            importlib.import_module(name)
+            module = importlib.import_module(name)
         except Exception as exc:  # set aside: the worker that needs it raises it again
             failed[name] = f"{type(exc).__name__}: {exc}"
+            continue
+        for fn in lazy.get(name, ()):
+            try:
+                getattr(module, fn)
+            except Exception as exc:  # the same, for a lazily loaded submodule
+                failed[f"{name}.{fn}"] = f"{type(exc).__name__}: {exc}"
     return failed

@@ -283,11 +283,10 @@ def test_fork_server_preload_loads_what_the_functions_load_lazily(tmp_path):
     writing a compressed TIFF imports no further scikit-image or imagecodecs module."""
     out = _run_script(
         """
-        import importlib, sys
+        import sys
         import numpy as np
-        from hcsflow.pipeline._executors import WORKER_PRELOAD
-        for name in WORKER_PRELOAD:
-            importlib.import_module(name)
+        import hcsflow._forkserver_preload as server  # what the fork server imports
+        assert server.FAILED == {}, server.FAILED
         before = set(sys.modules)
         import os
         import tifffile
@@ -314,11 +313,20 @@ def test_worker_imports_set_aside_every_failed_import(tmp_path, monkeypatch):
     from hcsflow._worker_imports import load
 
     (tmp_path / "hcsflow_raises_at_import.py").write_text('raise RuntimeError("broken")\n')
+    # a module whose lazily loaded attribute raises on first access
+    (tmp_path / "hcsflow_lazy_attr.py").write_text(
+        "def __getattr__(name):\n    raise OSError('lazy ' + name)\n"
+    )
     monkeypatch.syspath_prepend(str(tmp_path))
-    failed = load(("json", "hcsflow_raises_at_import", "hcsflow_no_such_module"))
-    assert failed["hcsflow_raises_at_import"] == "RuntimeError: broken"
-    assert failed["hcsflow_no_such_module"].startswith("ModuleNotFoundError")
-    assert "json" not in failed
+    failed = load(
+        ("json", "hcsflow_raises_at_import", "hcsflow_no_such_module"),
+        {"hcsflow_lazy_attr": ("fast_fn",), "json": ("dumps",)},
+    )
+    assert failed == {
+        "hcsflow_raises_at_import": "RuntimeError: broken",
+        "hcsflow_no_such_module": "ModuleNotFoundError: No module named 'hcsflow_no_such_module'",
+        "hcsflow_lazy_attr.fast_fn": "OSError: lazy fast_fn",
+    }
     assert "hcsflow_raises_at_import" not in sys.modules
 
 

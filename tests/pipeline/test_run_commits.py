@@ -623,3 +623,28 @@ def test_interrupted_before_any_commit_removes_the_output(plate, tmp_path, monke
         run_pipeline(COUNTING, plate.root, out, cfg())
     assert info.value.exit_code == 130 and info.value.kept is False
     assert not out.exists()
+
+
+@pytest.mark.parametrize("fails", [False, True], ids=["returns", "raises"])
+def test_process_workers_have_exited_when_the_run_returns(plate, tmp_path, monkeypatch, fails):
+    # the pool is closed in the background while the plate-level files are written;
+    # the run still returns (or raises) only once every worker it started has exited
+    from hcsflow.pipeline import _executors, _run
+
+    if fails:
+
+        def broken(results, root):
+            raise OSError("the disk is full")
+
+        monkeypatch.setattr(_run, "_consolidate", broken)
+    before = set(_executors._STARTED)
+    config = cfg(executor="processes", num_workers=2)
+    if fails:
+        with pytest.raises(OSError, match="the disk is full"):
+            run_pipeline(COUNTING, plate.root, tmp_path / "o", config)
+    else:
+        assert run_pipeline(COUNTING, plate.root, tmp_path / "o", config).ok
+    started = [p for pid, p in _executors._STARTED.items() if pid not in before]
+    assert len(started) == 2
+    # exitcode reads a status the pool already collected: it does not wait
+    assert [p.exitcode for p in started] == [0, 0]

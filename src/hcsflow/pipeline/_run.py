@@ -515,9 +515,12 @@ def run_pipeline(
             todo, skipped = session.plan_wells(mode, rerun_failed, selected)
             _checkpoint(received)
             results = session.execute(todo)
-            result = session.finish(
-                results, skipped, post_run, t_start, time.perf_counter() - t0, mode
-            )
+            try:
+                result = session.finish(
+                    results, skipped, post_run, t_start, time.perf_counter() - t0, mode
+                )
+            finally:
+                session.pool_closed()  # no worker outlives the run
         except BaseException:
             if not received:
                 raise
@@ -592,6 +595,7 @@ class _Session:
         self.to_verify: dict[str, dict[str, Any]] = {}
         """Committed wells whose files :meth:`execute` verifies while wells run."""
         self.stores: tuple[str, ...] | None = None
+        self._closing: cf.Future[None] | None = None
 
     # ------------------------------------------------------------------ what to run
 
@@ -726,11 +730,6 @@ class _Session:
         stop_checks = threading.Event()
         checker: cf.ThreadPoolExecutor | None = None
         checks: cf.Future[dict[str, str | None]] | None = None
-        if self.to_verify:
-            checker = cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="hcsflow-verify")
-            checks = checker.submit(
-                verify_records, self.root, self.to_verify, self.verify, stop=stop_checks
-            )
         bar = _progress(len(tasks), self.progress)
         pending: deque[WellTask] = deque(tasks)
         inflight: dict[cf.Future[Any], WellTask] = {}
@@ -784,6 +783,13 @@ class _Session:
 
         try:
             fill()
+            if self.to_verify:
+                # started once the first wells are submitted: the checks' reading and
+                # hashing would otherwise delay the workers' start
+                checker = cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="hcsflow-verify")
+                checks = checker.submit(
+                    verify_records, self.root, self.to_verify, self.verify, stop=stop_checks
+                )
             while inflight or committing or checks is not None:
                 _checkpoint(self.received)
                 waiting: list[cf.Future[Any]] = [*inflight, *committing]
@@ -861,10 +867,25 @@ class _Session:
             if checker is not None:
                 checker.shutdown(wait=True)
         bar.close()
-        pool.close()
+        if pool.kind == "processes":
+            # the workers exit while this process rebuilds the plate-level files (it
+            # takes them about 10 ms); :meth:`pool_closed` waits for them before the
+            # run returns
+            self._closing = cf.Future()
+            threading.Thread(
+                target=_close_into, args=(pool, self._closing), name="hcsflow-pool-close"
+            ).start()
+        else:
+            pool.close()
         if commits is not None:
             commits.shutdown(wait=True)
         return results
+
+    def pool_closed(self, timeout: float | None = None) -> None:
+        """Wait until the pool that :meth:`execute` closes in the background is closed."""
+        closing, self._closing = self._closing, None
+        if closing is not None:
+            closing.result(timeout)  # raises what closing raised
 
     # ------------------------------------------------------------------ interruption
 
@@ -873,6 +894,8 @@ class _Session:
         if self.pool is not None:
             with contextlib.suppress(Exception):
                 self.pool.kill()
+        with contextlib.suppress(Exception):  # the pool was stopped just above
+            self.pool_closed(timeout=10)
         if self.warm:
             stop_fork_server()
         if self.mode is None and not self.started_new:
@@ -987,6 +1010,16 @@ class _Session:
             manifest=manifest,
             skipped=sorted(kept),
         )
+
+
+def _close_into(pool: WellPool, done: cf.Future[None]) -> None:
+    """Close ``pool``; ``done`` gets the outcome (for :meth:`_Session.pool_closed`)."""
+    try:
+        pool.close()
+    except BaseException as exc:
+        done.set_exception(exc)
+    else:
+        done.set_result(None)
 
 
 def _result_fields(d: dict[str, Any]) -> dict[str, Any]:

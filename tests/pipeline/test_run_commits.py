@@ -648,3 +648,38 @@ def test_process_workers_have_exited_when_the_run_returns(plate, tmp_path, monke
     assert len(started) == 2
     # exitcode reads a status the pool already collected: it does not wait
     assert [p.exitcode for p in started] == [0, 0]
+
+
+def test_plate_tables_read_local_files_in_order_and_switch_to_threads_when_slow(
+    tmp_path, monkeypatch
+):
+    # local per-well tables are read one after the other (threads cost more than such
+    # reads); once a read is slow (a network file system) the rest go to threads
+    from hcsflow.pipeline import _run
+    from hcsflow.pipeline._output import OutputRoot
+
+    root = OutputRoot.of(tmp_path)
+    rels = [f"t{i}.csv" for i in range(12)]
+    for i, rel in enumerate(rels):
+        if i != 5:
+            (tmp_path / rel).write_bytes(f"n\n{i}\n".encode())
+    readers: dict[str, str] = {}
+    slow_at: list[str] = []
+    read = OutputRoot.read_bytes
+
+    def watched(self: OutputRoot, rel: str) -> bytes | None:
+        readers[rel] = threading.current_thread().name
+        if rel in slow_at:
+            time.sleep(5 * _run._SLOW_READ_S)
+        return read(self, rel)
+
+    monkeypatch.setattr(OutputRoot, "read_bytes", watched)
+    expected = [None if i == 5 else f"n\n{i}\n".encode() for i in range(12)]
+    here = threading.current_thread().name
+    assert list(_run._read_ahead(root, rels)) == expected
+    assert set(readers.values()) == {here}
+
+    readers.clear()
+    slow_at.append("t3.csv")
+    assert list(_run._read_ahead(root, rels, depth=4)) == expected
+    assert [readers[r] == here for r in rels] == [True] * 4 + [False] * 8

@@ -33,7 +33,7 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from hcsflow import __version__
 from hcsflow.errors import (
@@ -628,10 +628,10 @@ class _Session:
         wells = [w.well for w in self.plan.wells]
         records: dict[str, dict[str, Any] | None] = {}
         if mode == "resume":
-            with cf.ThreadPoolExecutor(max_workers=8) as pool:
-                records = dict(
-                    zip(wells, pool.map(lambda w: read_record(self.root, w), wells), strict=True)
-                )
+            read = functools.partial(read_record, self.root)
+            records = dict(
+                zip(wells, _ordered_map(read, wells, remote=self.root.remote), strict=True)
+            )
         keep: dict[str, dict[str, Any]] = {}
         to_verify: dict[str, dict[str, Any]] = {}
         for w in wells:
@@ -1041,21 +1041,57 @@ class _HeadersDiffer(Exception):
     """Per-well tables of one key have different columns: they cannot be joined as text."""
 
 
-def _read_ahead(root: OutputRoot, rels: list[str], depth: int = 8) -> Iterator[bytes | None]:
-    """The raw bytes of ``rels`` in order, read ``depth`` files ahead on threads."""
+#: a local call of :func:`_ordered_map` slower than this (a network file system, a cold
+#: disk) hands the rest of the items to its threads
+_SLOW_READ_S = 0.5e-3
+
+_T = TypeVar("_T")
+_R = TypeVar("_R")
+_MISSING: Any = object()
+
+
+def _ordered_map(
+    fn: Callable[[_T], _R], items: Sequence[_T], *, remote: bool, depth: int = 8
+) -> Iterator[_R]:
+    """``fn`` of each item, in order; for reads of small files below an output root.
+
+    On object storage (``remote``) each read waits for a round trip, so ``depth`` reads
+    run ahead on threads.  Locally, a small file in the page cache is read in tens of
+    microseconds, and handing such reads to threads and back costs more than it saves
+    (measured on a 40-well run: 11 against 2.5 ms for its 80 tables, 5.4 against 1 ms
+    for its 40 commit records), so they run in this thread until one is slow.
+    """
+    done = 0
+    if not remote:
+        clock = time.perf_counter
+        for item in items:
+            t = clock()
+            out = fn(item)
+            slow = clock() - t > _SLOW_READ_S
+            done += 1
+            yield out
+            if slow:
+                break
+    if done == len(items):
+        return
     with cf.ThreadPoolExecutor(max_workers=depth) as pool:
-        ahead: deque[cf.Future[bytes | None]] = deque()
-        it = iter(rels)
-        for rel in it:
-            ahead.append(pool.submit(root.read_bytes, rel))
+        ahead: deque[cf.Future[_R]] = deque()
+        it = iter(items[done:])
+        for item in it:
+            ahead.append(pool.submit(fn, item))
             if len(ahead) >= depth:
                 break
         while ahead:
-            raw = ahead.popleft().result()
-            nxt = next(it, None)
-            if nxt is not None:
-                ahead.append(pool.submit(root.read_bytes, nxt))
-            yield raw
+            out = ahead.popleft().result()
+            nxt = next(it, _MISSING)
+            if nxt is not _MISSING:
+                ahead.append(pool.submit(fn, nxt))
+            yield out
+
+
+def _read_ahead(root: OutputRoot, rels: list[str], depth: int = 8) -> Iterator[bytes | None]:
+    """The raw bytes of ``rels`` in order (``None`` for a missing file)."""
+    return _ordered_map(root.read_bytes, rels, remote=root.remote, depth=depth)
 
 
 def _csv_chunks(root: OutputRoot, entries: list[tuple[str, bool]]) -> Iterator[bytes]:

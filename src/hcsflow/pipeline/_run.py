@@ -882,10 +882,16 @@ class _Session:
         return results
 
     def pool_closed(self, timeout: float | None = None) -> None:
-        """Wait until the pool that :meth:`execute` closes in the background is closed."""
-        closing, self._closing = self._closing, None
-        if closing is not None:
-            closing.result(timeout)  # raises what closing raised
+        """Wait until the pool that :meth:`execute` closes in the background is closed
+        (raises what closing it raised)."""
+        closing = self._closing
+        if closing is None:
+            return
+        try:
+            closing.result(timeout)
+        finally:
+            if closing.done():  # an interrupted wait leaves it for :meth:`interrupted`
+                self._closing = None
 
     # ------------------------------------------------------------------ interruption
 

@@ -625,29 +625,34 @@ def test_interrupted_before_any_commit_removes_the_output(plate, tmp_path, monke
     assert not out.exists()
 
 
-@pytest.mark.parametrize("fails", [False, True], ids=["returns", "raises"])
-def test_process_workers_have_exited_when_the_run_returns(plate, tmp_path, monkeypatch, fails):
+@pytest.mark.parametrize("ending", ["returns", "raises", "interrupted"])
+def test_process_workers_have_exited_when_the_run_returns(plate, tmp_path, monkeypatch, ending):
     # the pool is closed in the background while the plate-level files are written;
     # the run still returns (or raises) only once every worker it started has exited
+    from hcsflow.errors import RunInterrupted
     from hcsflow.pipeline import _executors, _run
 
-    if fails:
+    def broken(results, root):
+        if ending == "interrupted":
+            os.kill(os.getpid(), signal.SIGTERM)
+        raise OSError("the disk is full")
 
-        def broken(results, root):
-            raise OSError("the disk is full")
-
+    if ending != "returns":
         monkeypatch.setattr(_run, "_consolidate", broken)
     before = set(_executors._STARTED)
     config = cfg(executor="processes", num_workers=2)
-    if fails:
-        with pytest.raises(OSError, match="the disk is full"):
-            run_pipeline(COUNTING, plate.root, tmp_path / "o", config)
-    else:
+    if ending == "returns":
         assert run_pipeline(COUNTING, plate.root, tmp_path / "o", config).ok
+    else:
+        error = RunInterrupted if ending == "interrupted" else OSError
+        with pytest.raises(error):
+            run_pipeline(COUNTING, plate.root, tmp_path / "o", config)
     started = [p for pid, p in _executors._STARTED.items() if pid not in before]
     assert len(started) == 2
-    # exitcode reads a status the pool already collected: it does not wait
-    assert [p.exitcode for p in started] == [0, 0]
+    # exitcode reads a status the pool already collected: it does not wait.  An
+    # interruption stops the workers with SIGTERM if they have not exited yet.
+    codes = [p.exitcode for p in started]
+    assert all(code == 0 or (ending == "interrupted" and code == -signal.SIGTERM) for code in codes)
 
 
 def test_plate_tables_read_local_files_in_order_and_switch_to_threads_when_slow(

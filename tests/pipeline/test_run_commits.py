@@ -660,7 +660,7 @@ def test_plate_tables_read_local_files_in_order_and_switch_to_threads_when_slow(
 ):
     # local per-well tables are read one after the other (threads cost more than such
     # reads); once a read is slow (a network file system) the rest go to threads
-    from hcsflow.pipeline import _run
+    from hcsflow.pipeline import _output, _run
     from hcsflow.pipeline._output import OutputRoot
 
     root = OutputRoot.of(tmp_path)
@@ -675,11 +675,11 @@ def test_plate_tables_read_local_files_in_order_and_switch_to_threads_when_slow(
     def watched(self: OutputRoot, rel: str) -> bytes | None:
         readers[rel] = threading.current_thread().name
         if rel in slow_at:
-            time.sleep(1.5 * _run._SLOW_READ_S)
+            time.sleep(1.5 * _output._SLOW_READ_S)
         return read(self, rel)
 
     # a threshold no read of a tiny file reaches, even on a busy machine
-    monkeypatch.setattr(_run, "_SLOW_READ_S", 0.2)
+    monkeypatch.setattr(_output, "_SLOW_READ_S", 0.2)
     monkeypatch.setattr(OutputRoot, "read_bytes", watched)
     expected = [None if i == 5 else f"n\n{i}\n".encode() for i in range(12)]
     here = threading.current_thread().name

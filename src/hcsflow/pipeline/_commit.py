@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import contextlib
+import functools
 import hashlib
 import inspect
 import json
@@ -36,7 +37,7 @@ from hcsflow.pipeline._compiler import RunPlan, WellPlan, describe_steps
 from hcsflow.pipeline._config import config_to_dict
 from hcsflow.pipeline._execute import WellResult, execute_well
 from hcsflow.pipeline._executors import well_allocations
-from hcsflow.pipeline._output import OutputRoot, WellSink
+from hcsflow.pipeline._output import OutputRoot, WellSink, ordered_map
 from hcsflow.storage.plate import parse_well
 
 __all__ = [
@@ -49,6 +50,7 @@ __all__ = [
     "commit_well",
     "record_rel",
     "well_statuses",
+    "read_records",
     "read_record",
     "read_run_record",
     "write_json",
@@ -143,12 +145,16 @@ def read_record(root: OutputRoot, well: str) -> dict[str, Any] | None:
     return doc
 
 
+def read_records(root: OutputRoot, wells: Sequence[str]) -> dict[str, dict[str, Any] | None]:
+    """:func:`read_record` of every well of ``wells`` (see :func:`ordered_map` for how
+    they are read: on object storage each is a request)."""
+    read = functools.partial(read_record, root)
+    return dict(zip(wells, ordered_map(read, wells, remote=root.remote), strict=True))
+
+
 def well_statuses(root: OutputRoot, wells: Sequence[str]) -> dict[str, str]:
-    """``{well: "ok" | "failed"}`` for the wells of ``wells`` that have a commit record
-    (read concurrently: on object storage each is a request)."""
-    with cf.ThreadPoolExecutor(max_workers=8) as pool:
-        records = list(pool.map(lambda w: read_record(root, w), wells))
-    return {w: str(r["status"]) for w, r in zip(wells, records, strict=True) if r is not None}
+    """``{well: "ok" | "failed"}`` for the wells of ``wells`` that have a commit record."""
+    return {w: str(r["status"]) for w, r in read_records(root, wells).items() if r is not None}
 
 
 def read_run_record(root: OutputRoot) -> dict[str, Any] | None:

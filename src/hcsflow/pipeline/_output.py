@@ -21,9 +21,11 @@ import hashlib
 import os
 import shutil
 import threading
-from collections.abc import Iterable, Sequence
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from hcsflow import paths as vpaths
 from hcsflow.errors import AlreadyExistsError
@@ -38,7 +40,7 @@ from hcsflow.storage import (
 )
 from hcsflow.storage._fsspec import is_url
 
-__all__ = ["OutputRoot", "WellSink", "INPUT_BACKEND", "plate_location"]
+__all__ = ["OutputRoot", "WellSink", "INPUT_BACKEND", "ordered_map", "plate_location"]
 
 _IO_LOCK = threading.Lock()
 _IO_POOL: cf.ThreadPoolExecutor | None = None
@@ -459,6 +461,54 @@ class OutputRoot:
         fs, base = self._fs()
         with contextlib.suppress(FileNotFoundError):
             fs.rm([f"{base}/{r}" for r in rels])
+
+
+#: a local call of :func:`ordered_map` slower than this (a network file system, a cold
+#: disk) hands the rest of the items to its threads
+_SLOW_READ_S = 0.5e-3
+
+_T = TypeVar("_T")
+_R = TypeVar("_R")
+_MISSING: Any = object()
+
+
+def ordered_map(
+    fn: Callable[[_T], _R], items: Sequence[_T], *, remote: bool, depth: int = 8
+) -> Iterator[_R]:
+    """``fn`` of each item, in order; for reads of small files below an output root.
+
+    On object storage (``remote``) each read waits for a round trip, so ``depth`` reads
+    run ahead on threads.  Locally, a small file in the page cache is read in tens of
+    microseconds, and handing such reads to threads and back costs more than it saves
+    (measured on a 40-well run: 11 against 2.5 ms for its 80 tables, 5.4 against 1 ms
+    for its 40 commit records), so they run in this thread until one is slow.
+    """
+    done = 0
+    if not remote:
+        clock = time.perf_counter
+        for item in items:
+            t = clock()
+            out = fn(item)
+            slow = clock() - t > _SLOW_READ_S
+            done += 1
+            yield out
+            if slow:
+                break
+    if done == len(items):
+        return
+    with cf.ThreadPoolExecutor(max_workers=depth) as pool:
+        ahead: deque[cf.Future[_R]] = deque()
+        it = iter(items[done:])
+        for item in it:
+            ahead.append(pool.submit(fn, item))
+            if len(ahead) >= depth:
+                break
+        while ahead:
+            out = ahead.popleft().result()
+            nxt = next(it, _MISSING)
+            if nxt is not _MISSING:
+                ahead.append(pool.submit(fn, nxt))
+            yield out
 
 
 def plate_location(plate: str, storage_options: dict[str, Any] | None) -> StorageBackend:

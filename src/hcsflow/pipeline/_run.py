@@ -33,7 +33,7 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from hcsflow import __version__
 from hcsflow.errors import (
@@ -56,6 +56,7 @@ from hcsflow.pipeline._commit import (
     fingerprint,
     fingerprint_diff,
     read_record,
+    read_records,
     read_run_record,
     record_rel,
     run_well,
@@ -87,7 +88,7 @@ from hcsflow.pipeline._executors import (
     stop_fork_server,
     warm_up_workers,
 )
-from hcsflow.pipeline._output import INPUT_BACKEND, OutputRoot
+from hcsflow.pipeline._output import INPUT_BACKEND, OutputRoot, ordered_map
 from hcsflow.pipeline._plate import PlateIndex
 from hcsflow.pipeline._step import FunctionStep, Pipeline
 from hcsflow.storage import Backend, neutralize_csv_text
@@ -628,10 +629,7 @@ class _Session:
         wells = [w.well for w in self.plan.wells]
         records: dict[str, dict[str, Any] | None] = {}
         if mode == "resume":
-            read = functools.partial(read_record, self.root)
-            records = dict(
-                zip(wells, _ordered_map(read, wells, remote=self.root.remote), strict=True)
-            )
+            records = read_records(self.root, wells)
         keep: dict[str, dict[str, Any]] = {}
         to_verify: dict[str, dict[str, Any]] = {}
         for w in wells:
@@ -871,10 +869,9 @@ class _Session:
             # the workers exit while this process rebuilds the plate-level files (it
             # takes them about 10 ms); :meth:`pool_closed` waits for them before the
             # run returns
-            self._closing = cf.Future()
-            threading.Thread(
-                target=_close_into, args=(pool, self._closing), name="hcsflow-pool-close"
-            ).start()
+            closer = cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="hcsflow-pool-close")
+            self._closing = closer.submit(pool.close)
+            closer.shutdown(wait=False)
         else:
             pool.close()
         if commits is not None:
@@ -1018,16 +1015,6 @@ class _Session:
         )
 
 
-def _close_into(pool: WellPool, done: cf.Future[None]) -> None:
-    """Close ``pool``; ``done`` gets the outcome (for :meth:`_Session.pool_closed`)."""
-    try:
-        pool.close()
-    except BaseException as exc:
-        done.set_exception(exc)
-    else:
-        done.set_result(None)
-
-
 def _result_fields(d: dict[str, Any]) -> dict[str, Any]:
     names = WellResult.__dataclass_fields__
     return {k: v for k, v in d.items() if k in names}
@@ -1047,57 +1034,9 @@ class _HeadersDiffer(Exception):
     """Per-well tables of one key have different columns: they cannot be joined as text."""
 
 
-#: a local call of :func:`_ordered_map` slower than this (a network file system, a cold
-#: disk) hands the rest of the items to its threads
-_SLOW_READ_S = 0.5e-3
-
-_T = TypeVar("_T")
-_R = TypeVar("_R")
-_MISSING: Any = object()
-
-
-def _ordered_map(
-    fn: Callable[[_T], _R], items: Sequence[_T], *, remote: bool, depth: int = 8
-) -> Iterator[_R]:
-    """``fn`` of each item, in order; for reads of small files below an output root.
-
-    On object storage (``remote``) each read waits for a round trip, so ``depth`` reads
-    run ahead on threads.  Locally, a small file in the page cache is read in tens of
-    microseconds, and handing such reads to threads and back costs more than it saves
-    (measured on a 40-well run: 11 against 2.5 ms for its 80 tables, 5.4 against 1 ms
-    for its 40 commit records), so they run in this thread until one is slow.
-    """
-    done = 0
-    if not remote:
-        clock = time.perf_counter
-        for item in items:
-            t = clock()
-            out = fn(item)
-            slow = clock() - t > _SLOW_READ_S
-            done += 1
-            yield out
-            if slow:
-                break
-    if done == len(items):
-        return
-    with cf.ThreadPoolExecutor(max_workers=depth) as pool:
-        ahead: deque[cf.Future[_R]] = deque()
-        it = iter(items[done:])
-        for item in it:
-            ahead.append(pool.submit(fn, item))
-            if len(ahead) >= depth:
-                break
-        while ahead:
-            out = ahead.popleft().result()
-            nxt = next(it, _MISSING)
-            if nxt is not _MISSING:
-                ahead.append(pool.submit(fn, nxt))
-            yield out
-
-
 def _read_ahead(root: OutputRoot, rels: list[str], depth: int = 8) -> Iterator[bytes | None]:
     """The raw bytes of ``rels`` in order (``None`` for a missing file)."""
-    return _ordered_map(root.read_bytes, rels, remote=root.remote, depth=depth)
+    return ordered_map(root.read_bytes, rels, remote=root.remote, depth=depth)
 
 
 def _csv_chunks(root: OutputRoot, entries: list[tuple[str, bool]]) -> Iterator[bytes]:

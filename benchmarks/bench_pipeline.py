@@ -384,8 +384,11 @@ def _compare(plate: str, warm_plate: str, tmp: Path, workers: int, pairs: int) -
     Each pair runs in a new pair of runner processes (warmed up on the small plate):
     the same work timed in two long-lived processes differs by 10-20% from one process
     to the other (the "same program in two processes" row measures it), so a
-    comparison in one pair of processes would mostly measure that pair.  The first run
-    checks the outputs; for 2 workers it is also the first 2-worker run of a process.
+    comparison in one pair of processes would mostly measure that pair.  Within a pair
+    each side runs twice, in the order A B B A (the first side alternates from pair to
+    pair); a side's sample is the mean of its two runs (its memory, the larger peak).
+    The first run checks the outputs; for 2 workers it is also the first 2-worker run
+    of a process.
     """
     outs = {who: tmp / f"{who}-{workers}" for who in ("hand", "hcsflow")}
     runners = _fresh_runners(warm_plate, tmp, 1)
@@ -399,9 +402,20 @@ def _compare(plate: str, warm_plate: str, tmp: Path, workers: int, pairs: int) -
     for i in range(pairs):
         runners = _fresh_runners(warm_plate, tmp, workers)
         try:
+            # A B B A: a machine that speeds up or slows down during the pair weighs
+            # on both sides alike
             order = ("hand", "hcsflow") if i % 2 == 0 else ("hcsflow", "hand")
-            for who in order:
-                samples[who].append(runners[who].run(plate, outs[who], workers))
+            runs: dict[str, list[dict[str, float]]] = {who: [] for who in outs}
+            for who in (*order, *reversed(order)):
+                runs[who].append(runners[who].run(plate, outs[who], workers))
+            for who, got in runs.items():
+                samples[who].append(
+                    {
+                        "wall": sum(r["wall"] for r in got) / len(got),
+                        "cpu": sum(r["cpu"] for r in got) / len(got),
+                        "pss_mib": max(r["pss_mib"] for r in got),
+                    }
+                )
         finally:
             _close(runners)
         loads.append(os.getloadavg()[0])
@@ -420,7 +434,9 @@ def _same_program_rows(plate: str, tmp: Path, pairs: int) -> list[dict[str, Any]
         try:
             for k, r in enumerate((a, b)):
                 r.run(plate, tmp / f"aa-warm{k}", 1)
-            t = [r.run(plate, tmp / f"aa{k}", 1)["wall"] for k, r in enumerate((a, b))]
+            t = [0.0, 0.0]
+            for k in (0, 1, 1, 0):  # A B B A, as the pairs above
+                t[k] += [a, b][k].run(plate, tmp / f"aa{k}", 1)["wall"] / 2
         finally:
             a.close()
             b.close()
@@ -434,9 +450,10 @@ def _same_program_rows(plate: str, tmp: Path, pairs: int) -> list[dict[str, Any]
             "ratio": _median(ratios),
             "target": "(info)",
             "ok": "-",
-            "detail": f"s wall; hcsflow against itself, slower / faster process of each of "
-            f"{pairs} pairs, median ({min(ratios):.3f}-{max(ratios):.3f}): what two "
-            "processes doing the same work differ by on this machine",
+            "detail": f"s wall; hcsflow against itself (A B B A, mean of 2 runs each), "
+            f"slower / faster process of each of {pairs} pairs, median "
+            f"({min(ratios):.3f}-{max(ratios):.3f}): what two processes doing the same work "
+            "differ by on this machine",
         }
     ]
 
@@ -458,7 +475,8 @@ def _rows(wells: int, workers: int, got: dict[str, Any]) -> list[dict[str, Any]]
             "ratio": ratio,
             "target": "<= 1.05",
             "ok": ratio <= 1.05,
-            "detail": f"s wall, median of {len(fw)} alternating pairs, ratio = median of the "
+            "detail": f"s wall, median of {len(fw)} pairs (each A B B A, mean of a side's "
+            f"2 runs), ratio = median of the "
             f"pair ratios ({min(ratios):.3f}-{max(ratios):.3f}); {_spread(fw, hand)}; "
             f"{n_img / _median(fw):.0f} img/s; load {min(loads):.1f}-{max(loads):.1f}",
         }

@@ -278,6 +278,46 @@ def test_wells_reuse_memory_under_the_nannys_fixed_malloc_thresholds(tmp_path):
     assert after > 200 * 200  # the process's own setting is back after the well
 
 
+@pytest.mark.skipif(
+    not sys.platform.startswith("linux") or os.confstr("CS_GNU_LIBC_VERSION") is None,
+    reason="glibc malloc thresholds",
+)
+def test_a_fresh_process_stops_giving_its_heap_back_once_it_runs_wells(tmp_path):
+    """glibc's dynamic thresholds start low: a process that has freed no large block
+    gives the top of its heap back after every burst of image-sized temporaries and
+    page-faults it in again.  Running wells takes them where glibc's own rule takes any
+    process that has freed a 32 MiB block; the rule itself keeps working."""
+    out = _run_script(
+        """
+        import os, resource
+        import numpy as np
+        from hcsflow.pipeline import FunctionStep, GlobalPipelineConfig, run_pipeline
+        from hcsflow.testing import make_plate
+
+        def churn():
+            before = resource.getrusage(resource.RUSAGE_THREAD).ru_minflt
+            for _ in range(50):
+                blocks = [np.ones(50_000) for _ in range(6)]  # 6 x 400 KB, from the heap
+                del blocks
+            return resource.getrusage(resource.RUSAGE_THREAD).ru_minflt - before
+
+        block = np.ones(1 << 16)  # a 512 KiB mapped block freed: the rule's first step
+        del block
+        before = churn()
+        plate = make_plate(os.environ["WORK"] + "/plate", 1, sites=1, size=32)
+        run_pipeline([FunctionStep(func="gaussian_filter", sigma=1.0)], plate.root,
+                     os.environ["WORK"] + "/out", GlobalPipelineConfig(executor="inprocess"))
+        print(before, churn(), churn())
+        """,
+        {"WORK": str(tmp_path)},
+    )
+    before, first, later = map(int, out.split())
+    assert before > 50 * 500  # the heap given back and faulted in again, every round
+    # after the run: the memory the run freed was given back (malloc_trim) and is
+    # faulted in once, then reused
+    assert first < before / 10 and later < before / 50
+
+
 def test_fork_server_preload_loads_what_the_functions_load_lazily(tmp_path):
     """After the fork server's imports, running the built-in counting functions and
     writing a compressed TIFF imports no further scikit-image or imagecodecs module."""

@@ -79,6 +79,7 @@ from hcsflow.pipeline._executors import (
     WORKER_PRELOAD,
     InProcessExecutor,
     WellPool,
+    give_back_free_memory,
     import_pipeline_file,
     interrupts_held,
     make_executor,
@@ -876,6 +877,9 @@ class _Session:
             pool.close()
         if commits is not None:
             commits.shutdown(wait=True)
+        if pool.kind in ("inprocess", "threads"):
+            # the wells ran here, with glibc's thresholds raised (well_allocations)
+            give_back_free_memory()
         return results
 
     def pool_closed(self, timeout: float | None = None) -> None:

@@ -255,14 +255,13 @@ def _raise_dynamic_thresholds() -> None:
     page-faults it in again for every well: measured on the demo pipeline at 256 x 256
     pixels, about 1,475 page faults per well, nearly all in ``count_cells``, against
     about 25 and 3 ms less system time per well once the thresholds had risen.
-    Allocating and freeing one block of just
-    under 32 MiB (:data:`_WELL_MMAP_THRESHOLD`, the most the rule allows) puts the
-    thresholds where glibc's own rule takes any process that has freed such a block:
-    blocks up to 32 MiB are then reused from the heap, and up to 64 MiB of free memory
-    may stay at its top.  Nothing is fixed (unlike ``mallopt``, the rule keeps working),
-    the block is never touched (no page is faulted), and nothing happens where the
-    thresholds are fixed (:func:`_fixed_malloc_thresholds`) or the C library is not
-    glibc.
+    Allocating and freeing one block of just under 32 MiB (:data:`_WELL_MMAP_THRESHOLD`,
+    the most the rule allows) puts the thresholds where glibc's own rule takes any
+    process that has freed such a block: blocks up to 32 MiB are then reused from the
+    heap, and up to 64 MiB of free memory may stay at its top.  Nothing is fixed
+    (unlike ``mallopt``, the rule keeps working), the block is never touched (no page is
+    faulted), and nothing happens where the thresholds are fixed
+    (:func:`_fixed_malloc_thresholds`) or the C library is not glibc.
     """
     if _glibc() is None or _fixed_malloc_thresholds() is not None:
         return

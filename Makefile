@@ -10,6 +10,7 @@ PY := $(VENV)/bin/python
 CORE_STAMP := $(VENV)/.hcsflow-core
 TEST_STAMP := $(VENV)/.hcsflow-test
 SYSSTAMP := $(VENV)/.hcsflow-sysdeps
+BENCHSTAMP := $(VENV)/.hcsflow-benchdeps
 # torch is pinned to the CPU build that ships with this machine image; an unpinned
 # `torch` would pull a multi-GB CUDA build.
 TORCH_PIN := torch==2.13.0
@@ -46,6 +47,14 @@ $(SYSSTAMP): | $(VENV)/bin/python
 	fi
 	touch $@
 
+# valgrind: the benchmark that counts instructions instead of timing (bench_instructions).
+$(BENCHSTAMP): | $(VENV)/bin/python
+	@if ! command -v valgrind >/dev/null 2>&1; then \
+		if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+		$$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q valgrind; \
+	fi
+	touch $@
+
 sysdeps: $(SYSSTAMP)
 
 demo: $(CORE_STAMP)
@@ -61,7 +70,7 @@ lint: $(TEST_STAMP)
 	$(VENV)/bin/ruff format --check $(LINT_PATHS)
 	$(VENV)/bin/mypy
 
-bench: $(TEST_STAMP) $(SYSSTAMP)
+bench: $(TEST_STAMP) $(SYSSTAMP) $(BENCHSTAMP)
 	$(PY) -m benchmarks
 
 clean:

@@ -75,8 +75,8 @@ def _hand_well(well: str, paths: list[str], out: str) -> tuple[Any, Any]:
     """One well of the demo computations without hcsflow; returns its two tables.
 
     Same algorithm (including the seed every object keeps in the watershed split), same
-    files (smoothed images as zlib-compressed OME-TIFFs like hcsflow's default output,
-    uint16 masks, per-well CSVs with the same columns and rows).
+    files (smoothed images and uint16 masks as zlib-compressed OME-TIFFs like hcsflow's
+    default output, per-well CSVs with the same columns and rows).
     """
     import pandas as pd
     import tifffile
@@ -172,7 +172,18 @@ def _hand_well(well: str, paths: list[str], out: str) -> tuple[Any, Any]:
             photometric="minisblack",
             metadata={"axes": "YX", "Channel": {"Name": ["Channel 1"]}},
         )
-    tifffile.imwrite(root / f"{well}_masks.tif", np.stack(masks).astype(np.uint16))
+    # label images as hcsflow writes them by default (TiffConfig): zlib level 1 with
+    # horizontal differencing (integers), OME-XML
+    tifffile.imwrite(
+        root / f"{well}_masks.tif",
+        np.stack(masks).astype(np.uint16),
+        compression="zlib",
+        compressionargs={"level": 1},
+        predictor=True,
+        ome=True,
+        photometric="minisblack",
+        metadata={"axes": "TYX", "Channel": {"Name": ["masks"]}},
+    )
     count_frame = pd.DataFrame(counts)
     count_frame.to_csv(root / f"{well}_cell_counts.csv", index=False)
     frame = pd.concat(objects, ignore_index=True)

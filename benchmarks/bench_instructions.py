@@ -50,10 +50,7 @@ import benchmarks.bench_pipeline as B
 who, warm, plate, out = sys.argv[1:5]
 def run(p, o):
     shutil.rmtree(o, ignore_errors=True)
-    if who == "hand":
-        B._hand_written(p, Path(o))
-    else:
-        B._framework(p, Path(o), 1, "inprocess")
+    B.run_side(who, p, Path(o), 1)
 for _ in range(2):
     run(warm, out + "-warm")
 pid = str(os.getpid())
@@ -83,7 +80,7 @@ def _l2_bytes() -> int:
 
 def _callgrind(who: str, warm: str, plate: str, out: Path, cache: bool) -> dict[str, Any]:
     """Run one side under callgrind; its event totals and Ir by library."""
-    work = out.parent / f"cg-{who}-{out.name}"
+    work = out.parent / f"cg-{out.name}"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     cmd = [

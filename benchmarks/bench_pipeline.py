@@ -246,6 +246,15 @@ def _framework(plate: str, out: Path, workers: int, executor: str, **vfs: Any) -
     return run_pipeline(_pipeline(), plate, out, cfg, overwrite=True, progress=False)
 
 
+def run_side(who: str, plate: str, out: Path, workers: int) -> None:
+    """One run of a side: ``"hand"`` (the hand-written program) or hcsflow, in-process
+    with one worker and on local processes with more."""
+    if who == "hand":
+        _hand_written(plate, out, workers)
+    else:
+        _framework(plate, out, workers, "inprocess" if workers == 1 else "processes")
+
+
 def _timed(fn: Any, out: Path) -> float:
     """Seconds for ``fn()``, with ``out`` removed beforehand (outside the timing)."""
     shutil.rmtree(out, ignore_errors=True)
@@ -277,11 +286,7 @@ def _serve() -> None:
         target = Path(cmd["out"])
         shutil.rmtree(target, ignore_errors=True)
         t0, c0 = time.perf_counter(), time.process_time()
-        if cmd["who"] == "hand":
-            _hand_written(cmd["plate"], target, cmd["workers"])
-        else:
-            kind = "inprocess" if cmd["workers"] == 1 else "processes"
-            _framework(cmd["plate"], target, cmd["workers"], kind)
+        run_side(cmd["who"], cmd["plate"], target, cmd["workers"])
         wall, cpu = time.perf_counter() - t0, time.process_time() - c0
         out.write(json.dumps({"wall": wall, "cpu": cpu}) + "\n")
         out.flush()

@@ -318,6 +318,31 @@ def test_a_fresh_process_stops_giving_its_heap_back_once_it_runs_wells(tmp_path)
     assert first < before / 10 and later < before / 50
 
 
+@pytest.mark.parametrize(
+    ("executor", "workers", "gives_back"),
+    [("inprocess", 1, True), ("threads", 2, True), ("processes", 2, False)],
+)
+def test_a_run_whose_wells_ran_here_gives_the_freed_memory_back(
+    tmp_path, monkeypatch, executor, workers, gives_back
+):
+    """Wells that ran in this process kept glibc's raised thresholds, so up to 64 MiB
+    of freed memory may sit at the top of its heap: the run returns it when it ends.
+    Wells that ran in worker processes left nothing here to return."""
+    import hcsflow.pipeline._run as run_module
+
+    calls: list[int] = []
+    monkeypatch.setattr(run_module, "give_back_free_memory", lambda: calls.append(1))
+    plate = make_plate(tmp_path / "plate", 2, sites=1, size=32)
+    run_pipeline(
+        [FunctionStep(func="gaussian_filter", sigma=1.0)],
+        plate.root,
+        tmp_path / "out",
+        GlobalPipelineConfig(executor=executor, num_workers=workers),
+        progress=False,
+    )
+    assert calls == ([1] if gives_back else [])
+
+
 def test_fork_server_preload_loads_what_the_functions_load_lazily(tmp_path):
     """After the fork server's imports, running the built-in counting functions and
     writing a compressed TIFF imports no further scikit-image or imagecodecs module."""

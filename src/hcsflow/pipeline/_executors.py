@@ -317,7 +317,7 @@ def well_allocations() -> Iterator[None]:
             if _ALLOC_WELLS == 0:
                 libc.mallopt(_M_MMAP_THRESHOLD, mmap)
                 libc.mallopt(_M_TRIM_THRESHOLD, trim)
-                libc.malloc_trim(0)
+                give_back_free_memory()
 
 
 def _call_payload(payload: bytes) -> Any:

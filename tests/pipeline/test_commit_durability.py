@@ -126,6 +126,14 @@ def test_a_failed_commit_runs_the_well_again(plate, tmp_path, monkeypatch):
     assert failed == ["A02"] and res.ok
     record = json.loads((out / ".hcsflow/wells/A02.json").read_text())
     assert record["attempt"] == 2 and record["status"] == "ok"
+    # said, not hidden: in the result, the record and the manifest
+    why = ["OSError: disk went away for a moment"]
+    assert [(w.well, w.attempt, w.ran_again_after) for w in res.ran_again] == [("A02", 2, why)]
+    assert record["result"]["ran_again_after"] == why
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["summary"]["wells_ran_again"] == 1
+    assert m["wells"]["A02"]["ran_again_after"] == why and m["wells"]["A02"]["attempt"] == 2
+    assert m["wells"]["A01"]["ran_again_after"] == [] and m["wells"]["A01"]["attempt"] == 1
 
 
 def test_a_commit_failing_every_attempt_fails_its_well_only(plate, tmp_path, monkeypatch):

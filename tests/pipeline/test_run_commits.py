@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -538,6 +539,58 @@ def test_a_local_worker_that_dies_fails_its_well_by_name(tmp_path):
     assert manifest(tmp_path / "o")["wells"]["A02"]["error_type"] == "WorkerLost"
     record = json.loads((tmp_path / "o/.hcsflow/wells/A02.json").read_text())
     assert record["status"] == "failed"  # so that --rerun-failed finds it
+    # its first attempt's loss is said; wells that shared the broken pool say why they
+    # started again without counting an attempt
+    assert bad.attempt == 2 and len(bad.ran_again_after) == 1
+    assert "killed by SIGKILL" in bad.ran_again_after[0]
+    for w in res.wells:
+        if w.well != "A02":
+            assert w.attempt == 1
+            assert set(w.ran_again_after) <= {
+                "its worker pool was restarted after another well's worker was lost"
+            }
+
+
+_DIES_ONCE = """
+import os, signal
+from pathlib import Path
+from hcsflow.pipeline import FunctionStep
+
+def dies_once(stack, flag):
+    # the first worker to run a bright well dies; the well's second attempt runs
+    if stack.mean() > 0 and not Path(flag).exists():
+        Path(flag).touch()
+        os.kill(os.getpid(), signal.SIGKILL)
+    return stack
+
+pipeline = [FunctionStep(func=dies_once, flag={flag!r})]
+"""
+
+
+def test_cli_says_which_well_ran_again_and_why(tmp_path):
+    root = tmp_path / "p"
+    root.mkdir()
+    for w, v in (("A01", 0), ("A02", 5), ("A03", 0)):
+        tifffile.imwrite(root / f"{w}_s1_w1.tif", np.full((8, 8), v, np.uint16))
+    pipe = tmp_path / "pipe.py"
+    pipe.write_text(_DIES_ONCE.format(flag=str(tmp_path / "died")))
+    out = tmp_path / "o"
+    code, stdout, err = _finish(
+        _cli(
+            ["run", str(pipe), str(root), "--out", str(out), "--executor", "processes"]
+            + ["--workers", "2", "--retries", "1"]
+        )
+    )
+    assert code == 0, err
+    # A02's worker died; wells that shared its broken pool ran again too, and say so
+    again = int(re.search(r"0 failed, (\d) ran again", stdout).group(1))
+    line = next(x for x in stdout.splitlines() if "well A02 ran again after:" in x)
+    assert "killed by SIGKILL" in line
+    assert stdout.count(" ran again after: ") == again >= 1
+    assert manifest(out)["summary"]["wells_ran_again"] == again
+    from hcsflow.cli import main
+
+    assert main(["info", str(out)]) == 0
 
 
 def test_cli_run_flags(plate, tmp_path, capsys):

@@ -309,7 +309,10 @@ def format_run(info: dict[str, Any]) -> str:
     pairs.append(("started", f"{started}" + (f", took {took:.1f} s" if took else "")))
     n = summary.get("wells", 0)
     ok, bad = summary.get("wells_ok", 0), summary.get("wells_failed", 0)
-    pairs.append(("wells", f"{n} ({ok} ok, {bad} failed)"))
+    again = summary.get("wells_ran_again", 0)
+    pairs.append(
+        ("wells", f"{n} ({ok} ok, {bad} failed" + (f", {again} ran again)" if again else ")"))
+    )
     images = f"{summary.get('images_in', 0)} in"
     if summary.get("images_per_s"):
         images += f", {summary['images_per_s']:.1f} images/s"

@@ -273,13 +273,18 @@ def run_command(args: argparse.Namespace) -> int:
     elapsed = time.perf_counter() - t0
     n_images = sum(w.images_in for w in result.wells)
     kept = f", {len(result.skipped)} kept from before" if result.skipped else ""
+    again = f", {len(result.ran_again)} ran again" if result.ran_again else ""
     print(
         f"{len(result.wells)} wells, {n_images} images in {elapsed:.1f} s "
-        f"({n_images / max(elapsed, 1e-9):.1f} images/s); {len(result.failed)} failed{kept}"
+        f"({n_images / max(elapsed, 1e-9):.1f} images/s); {len(result.failed)} failed"
+        f"{again}{kept}"
     )
     for name, path in result.plate_tables.items():
         print(f"  plate table {name}: {result.output_dir.rstrip('/')}/{path}")
     print(f"  manifest: {result.manifest_path}")
+    for w in result.ran_again:
+        # not a failure, but never silent: a rerun may point at a sick node or disk
+        print(f"  well {w.well} ran again after: {'; '.join(w.ran_again_after)}")
     for w in result.failed:
         print(f"hcsflow run: well {w.well} failed: {w.error_type}: {w.error}", file=sys.stderr)
     if result.failed:

@@ -177,6 +177,16 @@ class WellTask:
     plate: str | None = None
     plate_options: dict[str, Any] | None = None
     attempt: int = 1
+    ran_again_after: tuple[str, ...] = ()
+    """Why each earlier start of the well in this run did not finish."""
+
+    def again(self, why: str, *, counts: bool = True) -> WellTask:
+        """This task started once more after ``why``; ``counts``: as a new attempt."""
+        return replace(
+            self,
+            attempt=self.attempt + counts,
+            ran_again_after=(*self.ran_again_after, why),
+        )
 
 
 @dataclass(frozen=True)
@@ -209,6 +219,8 @@ def write_well(task: WellTask) -> WrittenWell:
     with well_allocations():
         result = execute_well(replace(plan, output=sink))
     result.outputs = [{**o, "path": root.rel(str(o["path"]))} for o in result.outputs]
+    result.attempt = task.attempt
+    result.ran_again_after = list(task.ran_again_after)
     written = sink.written()
     files: list[str] = []
     if result.status == "ok":

@@ -65,6 +65,11 @@ class WellResult:
     images_in: int = 0
     images_out: int = 0
     outputs: list[dict[str, Any]] = field(default_factory=list)
+    attempt: int = 1
+    """Which attempt of the well this result is (``retries`` counts from the second)."""
+    ran_again_after: list[str] = field(default_factory=list)
+    """Why each earlier start of the well in this run did not finish: a lost worker,
+    a failed commit, a worker pool restarted after another well's worker died."""
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready view."""

@@ -165,6 +165,13 @@ class RunResult:
         return [w for w in self.wells if w.status == "failed"]
 
     @property
+    def ran_again(self) -> list[WellResult]:
+        """Wells this call started more than once (``WellResult.ran_again_after`` says
+        why); wells kept from an earlier run (:attr:`skipped`) are not counted."""
+        kept = set(self.skipped)
+        return [w for w in self.wells if w.ran_again_after and w.well not in kept]
+
+    @property
     def ok(self) -> bool:
         """Whether every well succeeded."""
         return all(w.status == "ok" for w in self.wells)
@@ -763,10 +770,11 @@ class _Session:
 
         def again(task: WellTask, exc: BaseException) -> None:
             # the worker was lost or the storage failed: the well runs again
+            why = f"{type(exc).__name__}: {exc}"
             if task.attempt <= retries:
-                pending.appendleft(replace(task, attempt=task.attempt + 1))
+                pending.appendleft(task.again(why))
             else:
-                give_up(task, f"{type(exc).__name__}: {exc}")
+                give_up(task, why)
 
         def done(task: WellTask, result: WellResult) -> None:
             results[task.plan.well] = result
@@ -825,9 +833,10 @@ class _Session:
                         for t in reversed(victims):
                             why = lost.get(t.plan.well)
                             if why is None:
-                                pending.appendleft(t)  # a bystander: same attempt again
+                                # a bystander: started again, as the same attempt
+                                pending.appendleft(t.again(_BYSTANDER, counts=False))
                             elif t.attempt <= retries:
-                                pending.appendleft(replace(t, attempt=t.attempt + 1))
+                                pending.appendleft(t.again(why))
                             else:
                                 give_up(t, f"{why} while running the well")
                         break
@@ -1024,6 +1033,10 @@ def _result_fields(d: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in d.items() if k in names}
 
 
+#: why a well that shared a broken process pool with a lost worker started again
+_BYSTANDER = "its worker pool was restarted after another well's worker was lost"
+
+
 def _lost_result(task: WellTask, why: str) -> WellResult:
     return WellResult(
         well=task.plan.well,
@@ -1031,6 +1044,8 @@ def _lost_result(task: WellTask, why: str) -> WellResult:
         error=f"well {task.plan.well}: {why} (attempt {task.attempt})",
         error_type="WorkerLost",
         started=time.time(),
+        attempt=task.attempt,
+        ran_again_after=list(task.ran_again_after),
     )
 
 
@@ -1128,6 +1143,7 @@ def _manifest(
         wells[r.well] = d
     n_ok = sum(r.status == "ok" for r in results)
     n_failed = sum(r.status == "failed" for r in results)
+    n_again = sum(bool(r.ran_again_after) for r in results)
     images = sum(r.images_in for r in results)
     return {
         "hcsflow_manifest": 2,
@@ -1144,6 +1160,7 @@ def _manifest(
             "wells_ok": n_ok,
             "wells_failed": n_failed,
             "wells_not_run": len(results) - n_ok - n_failed,
+            "wells_ran_again": n_again,
             "images_in": images,
             "images_per_s": images / duration if duration > 0 else None,
             "conversion_bytes": sum(r.conversion_bytes for r in results),

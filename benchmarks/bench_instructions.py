@@ -41,6 +41,10 @@ from benchmarks._common import print_table, write_results
 
 #: measured plates (wells) and whether the run also simulates the caches
 PLATES = ((16, True), (64, False))
+#: ``HCSFLOW_BENCH_INSTR_WELLS=256`` (comma-separated) counts those plates instead, with
+#: no cache simulation, into ``results/instructions-<wells>.json``: a larger plate takes
+#: tens of minutes under callgrind, too long for every ``make bench``
+_CHOSEN = os.environ.get("HCSFLOW_BENCH_INSTR_WELLS", "").strip()
 WARM_WELLS = 4
 
 _DRIVER = r"""
@@ -183,7 +187,10 @@ def main() -> None:
     rows: list[dict[str, Any]] = []
     try:
         warm = make_plate(tmp / "warm", WARM_WELLS, sites=SITES, size=SIZE, seed=11, touching=0.3)
-        for wells, cache in PLATES:
+        plates = (
+            tuple((int(w), False) for w in _CHOSEN.split(",") if w.strip()) if _CHOSEN else PLATES
+        )
+        for wells, cache in plates:
             plate = make_plate(
                 tmp / f"p{wells}", wells, sites=SITES, size=SIZE, seed=12, touching=0.3
             )
@@ -202,7 +209,8 @@ def main() -> None:
         shutil.rmtree(tmp, ignore_errors=True)
     minutes = (time.perf_counter() - t0) / 60
     print_table("pipeline cost counted under callgrind (1 worker vs hand-written loop)", rows)
-    write_results("instructions", rows, minutes=round(minutes, 1))
+    name = "instructions-" + "-".join(str(w) for w, _ in plates) if _CHOSEN else "instructions"
+    write_results(name, rows, minutes=round(minutes, 1))
 
 
 def _info_row(benchmark: str, ours: float, base: float, detail: str) -> dict[str, Any]:

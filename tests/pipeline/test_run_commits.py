@@ -151,11 +151,16 @@ def test_resume_skips_verified_wells_and_reruns_tampered_ones(plate, tmp_path):
     assert assert_same_outputs(out, clean) > 20
 
 
-def test_rerun_failed_and_subset_of_wells(tmp_path):
-    root = tmp_path / "p"
+def _tiny_plate(root: Path, values: dict[str, int]) -> Path:
+    """One 8x8 site per well, every pixel of well ``w`` equal to ``values[w]``."""
     root.mkdir()
-    for w, v in (("A01", 0), ("A02", 5), ("A03", 0)):
+    for w, v in values.items():
         tifffile.imwrite(root / f"{w}_s1_w1.tif", np.full((8, 8), v, np.uint16))
+    return root
+
+
+def test_rerun_failed_and_subset_of_wells(tmp_path):
+    root = _tiny_plate(tmp_path / "p", {"A01": 0, "A02": 5, "A03": 0})
     flag = tmp_path / "detector-broken"
     flag.touch()
     step = FunctionStep(func=_fails_while_flag, flag=str(flag))
@@ -520,10 +525,7 @@ def _dies_on_bright(stack):
 
 
 def test_a_local_worker_that_dies_fails_its_well_by_name(tmp_path):
-    root = tmp_path / "p"
-    root.mkdir()
-    for w, v in (("A01", 0), ("A02", 5), ("A03", 0), ("A04", 0)):
-        tifffile.imwrite(root / f"{w}_s1_w1.tif", np.full((8, 8), v, np.uint16))
+    root = _tiny_plate(tmp_path / "p", {"A01": 0, "A02": 5, "A03": 0, "A04": 0})
     res = run_pipeline(
         [FunctionStep(func=_dies_on_bright)],
         str(root),
@@ -568,10 +570,7 @@ pipeline = [FunctionStep(func=dies_once, flag={flag!r})]
 
 
 def test_cli_says_which_well_ran_again_and_why(tmp_path):
-    root = tmp_path / "p"
-    root.mkdir()
-    for w, v in (("A01", 0), ("A02", 5), ("A03", 0)):
-        tifffile.imwrite(root / f"{w}_s1_w1.tif", np.full((8, 8), v, np.uint16))
+    root = _tiny_plate(tmp_path / "p", {"A01": 0, "A02": 5, "A03": 0})
     pipe = tmp_path / "pipe.py"
     pipe.write_text(_DIES_ONCE.format(flag=str(tmp_path / "died")))
     out = tmp_path / "o"

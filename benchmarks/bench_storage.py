@@ -902,8 +902,7 @@ def _markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         "(1,000 paths a round, timed in chunks of 100):",
         "",
         "| store | operation | hcsflow | dict | hcsflow / dict | dict + RLock | floor |"
-        " floor / dict |"
-        + (" OpenHCS | hcsflow / OpenHCS |" if peer else ""),
+        " floor / dict |" + (" OpenHCS | hcsflow / OpenHCS |" if peer else ""),
         "|---|---|---|---|---|---|---|---|" + ("---|---|" if peer else ""),
     ]
     memory = [r for r in rows if r["benchmark"].startswith("memory ")]

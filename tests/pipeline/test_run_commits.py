@@ -549,7 +549,7 @@ def test_a_local_worker_that_dies_fails_its_well_by_name(tmp_path):
         if w.well != "A02":
             assert w.attempt == 1
             assert set(w.ran_again_after) <= {
-                "its worker pool was restarted after another well's worker was lost"
+                "its worker was stopped with the pool after another well's worker was lost"
             }
 
 

@@ -69,7 +69,7 @@ class WellResult:
     """Which attempt of the well this result is (``retries`` counts from the second)."""
     ran_again_after: list[str] = field(default_factory=list)
     """Why each earlier start of the well in this run did not finish: a lost worker,
-    a failed commit, a worker pool restarted after another well's worker died."""
+    a failed commit, a worker stopped with its pool after another well's worker died."""
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready view."""

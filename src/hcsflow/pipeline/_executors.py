@@ -614,6 +614,10 @@ class WellPool:
         """After the pool broke: which of ``keys`` killed their worker, and how."""
         return {}
 
+    def started(self, keys: Sequence[str]) -> set[str]:
+        """After the pool broke: which of ``keys`` had started on a worker."""
+        return set()
+
     def restart(self) -> None:
         """Replace a broken pool with a fresh one."""
         raise PipelineError(f"the {self.kind} executor cannot be restarted")
@@ -714,6 +718,10 @@ class _ProcessPool(WellPool):
                 if os.path.exists(self._pid_file(key)):
                     out[key] = "its worker process died"
         return out
+
+    def started(self, keys: Sequence[str]) -> set[str]:
+        # a worker records its pid for a well as it starts it (_call_pickled)
+        return {key for key in keys if os.path.exists(self._pid_file(key))}
 
     def _processes(self) -> list[Any]:
         procs = getattr(self.executor, "_processes", None) or {}

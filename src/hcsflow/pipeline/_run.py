@@ -829,11 +829,15 @@ class _Session:
                         victims = [task, *inflight.values()]
                         inflight.clear()
                         lost = pool.lost([t.plan.well for t in victims])
+                        began = pool.started([t.plan.well for t in victims])
                         pool.restart()
                         for t in reversed(victims):
                             why = lost.get(t.plan.well)
-                            if why is None:
-                                # a bystander: started again, as the same attempt
+                            if why is None and t.plan.well not in began:
+                                pending.appendleft(t)  # queued, never started: as it was
+                            elif why is None:
+                                # a bystander: its worker was stopped with the pool; it
+                                # starts again as the same attempt
                                 pending.appendleft(t.again(_BYSTANDER, counts=False))
                             elif t.attempt <= retries:
                                 pending.appendleft(t.again(why))
@@ -1034,7 +1038,7 @@ def _result_fields(d: dict[str, Any]) -> dict[str, Any]:
 
 
 #: why a well that shared a broken process pool with a lost worker started again
-_BYSTANDER = "its worker pool was restarted after another well's worker was lost"
+_BYSTANDER = "its worker was stopped with the pool after another well's worker was lost"
 
 
 def _lost_result(task: WellTask, why: str) -> WellResult:

@@ -134,6 +134,14 @@ def test_a_failed_commit_runs_the_well_again(plate, tmp_path, monkeypatch):
     assert m["summary"]["wells_ran_again"] == 1
     assert m["wells"]["A02"]["ran_again_after"] == why and m["wells"]["A02"]["attempt"] == 2
     assert m["wells"]["A01"]["ran_again_after"] == [] and m["wells"]["A01"]["attempt"] == 1
+    # a resume keeps A02 as committed: this call ran nothing again, the output did
+    monkeypatch.setattr(_run, "commit_well", real)
+    again = run_pipeline(
+        COUNTING, plate.root, out, GlobalPipelineConfig(executor="inprocess"), resume=True
+    )
+    assert again.ok and "A02" in again.skipped and again.ran_again == []
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["summary"]["wells_ran_again"] == 1 and m["wells"]["A02"]["ran_again_after"] == why
 
 
 def test_a_commit_failing_every_attempt_fails_its_well_only(plate, tmp_path, monkeypatch):

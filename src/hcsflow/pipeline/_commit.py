@@ -184,7 +184,7 @@ class WellTask:
         """This task started once more after ``why``; ``counts``: as a new attempt."""
         return replace(
             self,
-            attempt=self.attempt + counts,
+            attempt=self.attempt + 1 if counts else self.attempt,
             ran_again_after=(*self.ran_again_after, why),
         )
 

@@ -70,6 +70,25 @@ def test_median_and_background():
     assert flat.min() >= 0
 
 
+def test_subtract_background_equals_its_formula_with_one_stack_of_memory():
+    import tracemalloc
+
+    rng = np.random.default_rng(3)
+    stack = (rng.random((3, 256, 256), dtype=np.float32) * 1000).astype(np.float32)
+    background = ndi.gaussian_filter(stack, (0, 12.0, 12.0), mode="nearest")
+    expected = np.maximum(stack - background, 0)
+    tracemalloc.start()
+    try:
+        got = subtract_background(stack, sigma=12.0)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    np.testing.assert_array_equal(got, expected)
+    assert got.dtype == np.float32
+    # the result reuses the background's buffer: one stack-sized array at the peak
+    assert peak < 1.5 * stack.nbytes, peak / stack.nbytes
+
+
 def test_normalize_percentile_per_plane():
     stack = np.stack(
         [np.arange(100, dtype=np.float32).reshape(10, 10), np.full((10, 10), 7, np.float32)]

@@ -138,7 +138,8 @@ def subtract_background(
     arr = _float(check_stack(image, "subtract_background"))
     sig = (0.0, sigma, sigma) if slice_by_slice else sigma
     background = ndi.gaussian_filter(arr, sigma=sig, mode="nearest")
-    out = arr - background
+    # the result takes the background's place: one stack-sized array, not two
+    out = np.subtract(arr, background, out=background)
     np.maximum(out, 0, out=out)
     return out.astype(np.float32, copy=False)
 

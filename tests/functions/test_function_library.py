@@ -89,6 +89,30 @@ def test_subtract_background_equals_its_formula_with_one_stack_of_memory():
     assert peak < 1.5 * stack.nbytes, peak / stack.nbytes
 
 
+@pytest.mark.parametrize("slice_by_slice", [True, False])
+def test_normalize_percentile_equals_its_formula_in_plane_sized_memory(slice_by_slice):
+    import tracemalloc
+
+    rng = np.random.default_rng(4)
+    stack = (rng.random((6, 128, 128)) * 1000).astype(np.float32)
+    stack[2] = 7.0  # a constant plane
+    axes = {"axis": (1, 2)} if slice_by_slice else {}
+    lo, hi = np.percentile(stack, [2.0, 98.0], keepdims=True, **axes)
+    span = hi - lo
+    expected = np.where(span > 0, (stack - lo) / np.where(span > 0, span, 1.0), 0.0)
+    expected = np.clip(expected, 0.0, 1.0).astype(np.float32)
+    tracemalloc.start()
+    try:
+        got = normalize_percentile(stack, 2.0, 98.0, slice_by_slice=slice_by_slice)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    np.testing.assert_array_equal(got, expected)
+    assert got.dtype == np.float32
+    # the output, the percentiles' work and plane-sized temporaries; not five stacks
+    assert peak < 2.5 * stack.nbytes, peak / stack.nbytes
+
+
 def test_normalize_percentile_per_plane():
     stack = np.stack(
         [np.arange(100, dtype=np.float32).reshape(10, 10), np.full((10, 10), 7, np.float32)]
@@ -243,3 +267,21 @@ def test_astype_rounds_and_clips() -> None:
     np.testing.assert_array_equal(astype(stack, "uint16"), [[[0, 0, 65535]]])
     assert astype(stack).dtype == np.float32
     np.testing.assert_array_equal(astype(stack.astype(np.int64), "uint8"), [[[0, 0, 255]]])
+
+
+def test_astype_to_integers_keeps_one_temporary() -> None:
+    import tracemalloc
+
+    from hcsflow.functions import astype
+
+    stack = (np.random.default_rng(5).random((4, 128, 128)) * 80000 - 100).astype(np.float32)
+    expected = np.clip(np.rint(stack), 0, 65535).astype(np.uint16)
+    tracemalloc.start()
+    try:
+        got = astype(stack, "uint16")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    np.testing.assert_array_equal(got, expected)
+    # the rounded values (one float32 stack) and the uint16 result (half of one)
+    assert peak < 1.75 * stack.nbytes, peak / stack.nbytes

@@ -161,8 +161,15 @@ def normalize_percentile(
         lo, hi = np.percentile(arr, [low, high], keepdims=True)
     span = hi - lo
     safe = np.where(span > 0, span, 1.0)
-    out = np.where(span > 0, (arr - lo) / safe, 0.0)
-    return np.clip(out, 0.0, 1.0).astype(np.float32, copy=False)
+    out = np.empty(arr.shape, np.float32)
+    # plane by plane, so that the float64 temporaries are plane-sized (the same
+    # arithmetic over the whole stack at once peaked at five float32 stacks)
+    for z in range(arr.shape[0]):
+        i = z if slice_by_slice else 0
+        plane = np.where(span[i] > 0, (arr[z] - lo[i]) / safe[i], 0.0)
+        np.clip(plane, 0.0, 1.0, out=plane)
+        out[z] = plane
+    return out
 
 
 def otsu_threshold_value(values: np.ndarray, nbins: int = 256) -> float:
@@ -296,7 +303,7 @@ def astype(image: Any, dtype: str = "float32", *, clip: bool = True) -> np.ndarr
         values = np.rint(arr)
         if clip:
             info = np.iinfo(target)
-            values = np.clip(values, info.min, info.max)
+            np.clip(values, info.min, info.max, out=values)  # in place: one temporary
         return values.astype(target)
     if target.kind in "iu" and clip and arr.dtype.kind in "iu":
         info = np.iinfo(target)

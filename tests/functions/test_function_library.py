@@ -36,6 +36,18 @@ def discs(shape=(64, 64), centres=((16, 16), (40, 44)), r=5, value=100.0):
     return img
 
 
+def _with_peak(fn, *args, **kwargs):
+    """``fn(*args, **kwargs)`` and the most memory it held at once (tracemalloc, bytes)."""
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        out = fn(*args, **kwargs)
+        return out, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
 def test_disk_matches_skimage():
     from skimage.morphology import disk as skdisk
 
@@ -71,18 +83,11 @@ def test_median_and_background():
 
 
 def test_subtract_background_equals_its_formula_with_one_stack_of_memory():
-    import tracemalloc
-
     rng = np.random.default_rng(3)
     stack = (rng.random((3, 256, 256), dtype=np.float32) * 1000).astype(np.float32)
     background = ndi.gaussian_filter(stack, (0, 12.0, 12.0), mode="nearest")
     expected = np.maximum(stack - background, 0)
-    tracemalloc.start()
-    try:
-        got = subtract_background(stack, sigma=12.0)
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+    got, peak = _with_peak(subtract_background, stack, sigma=12.0)
     np.testing.assert_array_equal(got, expected)
     assert got.dtype == np.float32
     # the result reuses the background's buffer: one stack-sized array at the peak
@@ -91,8 +96,6 @@ def test_subtract_background_equals_its_formula_with_one_stack_of_memory():
 
 @pytest.mark.parametrize("slice_by_slice", [True, False])
 def test_normalize_percentile_equals_its_formula_in_plane_sized_memory(slice_by_slice):
-    import tracemalloc
-
     rng = np.random.default_rng(4)
     stack = (rng.random((6, 128, 128)) * 1000).astype(np.float32)
     stack[2] = 7.0  # a constant plane
@@ -101,12 +104,7 @@ def test_normalize_percentile_equals_its_formula_in_plane_sized_memory(slice_by_
     span = hi - lo
     expected = np.where(span > 0, (stack - lo) / np.where(span > 0, span, 1.0), 0.0)
     expected = np.clip(expected, 0.0, 1.0).astype(np.float32)
-    tracemalloc.start()
-    try:
-        got = normalize_percentile(stack, 2.0, 98.0, slice_by_slice=slice_by_slice)
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+    got, peak = _with_peak(normalize_percentile, stack, 2.0, 98.0, slice_by_slice=slice_by_slice)
     np.testing.assert_array_equal(got, expected)
     assert got.dtype == np.float32
     # the output, the percentiles' work and plane-sized temporaries; not five stacks
@@ -270,18 +268,11 @@ def test_astype_rounds_and_clips() -> None:
 
 
 def test_astype_to_integers_keeps_one_temporary() -> None:
-    import tracemalloc
-
     from hcsflow.functions import astype
 
     stack = (np.random.default_rng(5).random((4, 128, 128)) * 80000 - 100).astype(np.float32)
     expected = np.clip(np.rint(stack), 0, 65535).astype(np.uint16)
-    tracemalloc.start()
-    try:
-        got = astype(stack, "uint16")
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+    got, peak = _with_peak(astype, stack, "uint16")
     np.testing.assert_array_equal(got, expected)
     # the rounded values (one float32 stack) and the uint16 result (half of one)
     assert peak < 1.75 * stack.nbytes, peak / stack.nbytes

@@ -553,6 +553,40 @@ def test_a_local_worker_that_dies_fails_its_well_by_name(tmp_path):
             }
 
 
+def _slow_or_dies_once(stack, flag):
+    value = float(stack.mean())
+    if value == 5 and not Path(flag).exists():
+        time.sleep(0.5)  # while the other worker is busy with the slow well
+        Path(flag).touch()
+        os.kill(os.getpid(), signal.SIGKILL)
+    if value == 1:
+        time.sleep(3.0)  # long enough that both workers have started their wells
+    return stack
+
+
+def test_which_wells_say_they_ran_again_after_a_pool_broke(tmp_path):
+    """A02's worker dies while A01 runs on the other worker and A03, A04 wait in the
+    pool's queue: A02 says why, A01 says its worker was stopped with the pool, and the
+    queued wells, which never started, say nothing."""
+    root = _tiny_plate(tmp_path / "p", {"A01": 1, "A02": 5, "A03": 0, "A04": 0})
+    res = run_pipeline(
+        [FunctionStep(func=_slow_or_dies_once, flag=str(tmp_path / "died"))],
+        str(root),
+        tmp_path / "o",
+        cfg(executor="processes", num_workers=2, retries=1),
+    )
+    assert res.ok, [w.error for w in res.failed]
+    again = {w.well: (w.attempt, w.ran_again_after) for w in res.wells}
+    assert again["A01"] == (
+        1,
+        ["its worker was stopped with the pool after another well's worker was lost"],
+    )
+    assert again["A02"][0] == 2 and len(again["A02"][1]) == 1
+    assert "killed by SIGKILL" in again["A02"][1][0]
+    assert again["A03"] == (1, []) and again["A04"] == (1, [])
+    assert [w.well for w in res.ran_again] == ["A01", "A02"]
+
+
 _DIES_ONCE = """
 import os, signal
 from pathlib import Path

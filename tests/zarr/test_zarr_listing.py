@@ -10,6 +10,7 @@ change gets a different change time, the way a later change would in real use.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -22,7 +23,7 @@ import numpy as np
 import pytest
 
 from hcsflow.errors import CorruptStoreError, PathEscapeError
-from hcsflow.storage import ZarrStorageBackend
+from hcsflow.storage import StorageLimits, ZarrStorageBackend
 from hcsflow.storage.zarr import _listing
 
 SRC = str(Path(__file__).resolve().parents[2] / "src")
@@ -252,6 +253,88 @@ def test_corrupt_node_fails_the_file_listing_only(tmp_path: Path) -> None:
     assert b.list_dir("/d") == ["a.tif"]
     with pytest.raises(CorruptStoreError, match="not a data array of the node"):
         b.list_files("/d")
+
+
+def test_own_documents_are_classified_without_the_parser(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Files of every codec and groups, as hcsflow writes them, skip the JSON parser:
+    if the writer's layout drifted from the listing's pattern, this fails."""
+    b = _backend(tmp_path)
+    _mixed(b)
+    b.save("some text", "/d/notes.txt")
+    b.save(np.arange(3), "/d/raw.npy")
+    b.save(np.zeros((2, 2), np.uint8), "/d/mask.png")
+    parsed: list[bytes] = []
+    real = _listing._parse
+
+    def counting(raw: bytes, limits: object) -> object:
+        parsed.append(raw)
+        return real(raw, limits)
+
+    monkeypatch.setattr(_listing, "_parse", counting)
+    b._listings.clear()
+    files = b.list_files("/d", recursive=True)
+    assert "/d/notes.txt" in files and "/d/raw.npy" in files and "/d/mask.png" in files
+    # only the two links went through the parser
+    assert len(parsed) == 2 and all(b'"kind":"symlink"' in raw for raw in parsed)
+
+
+_NODE = (
+    b'{"zarr_format":3,"node_type":"group","attributes":{"hcsflow":{"kind":"file",'
+    b'"format":"array","data":"data%s","size":%s}}}'
+)
+_HEX = b"c4e23b2e14260065a56f020008c5e7fc"
+
+
+@pytest.mark.parametrize(
+    "doc",
+    [
+        _NODE % (_HEX, b"18"),  # as written
+        _NODE % (_HEX, b"null"),
+        b'{"zarr_format":3,"node_type":"group","attributes":{}}',
+        _NODE % (_HEX, b"018"),  # not JSON (leading zero)
+        _NODE % (_HEX[:-1], b"18"),  # a data name hcsflow never writes, still valid
+        _NODE % (b"/../x", b"18"),  # a data name outside the node
+        _NODE.replace(b'"data":"data%s"', b'"data":"zarr.json"') % b"1",
+        _NODE.replace(b'"kind":"file"', b'"kind":"fil\\u0065"') % (_HEX, b"1"),
+        _NODE.replace(b":3,", b": 3,") % (_HEX, b"1"),  # other spacing
+        _NODE.replace(b'"group"', b'"array"') % (_HEX, b"1"),
+        _NODE.replace(b"}}}", b'},"x":1}}') % (_HEX, b"1"),  # more attributes
+        _NODE.replace(b'"zarr_format":3,', b"") % (_HEX, b"1"),
+        b'{"zarr_format":3,"node_type":"group","attributes":{}}{}',
+        b'{"zarr_format":3,"node_type":"group","attributes":{}}\n',
+        b'{"zarr_format":3,"node_type":"group","attributes":{},"node_type":"array"}',
+    ],
+)
+@pytest.mark.parametrize("depth", [256, 2])
+def test_pattern_and_parser_agree(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, doc: bytes, depth: int
+) -> None:
+    """Whatever a ``zarr.json`` holds, the listing says what the JSON parser and the node
+    rules say, with or without the pattern (a depth limit below the documents' own
+    depth must refuse them through the parser)."""
+    root = tmp_path / "root"
+    root.mkdir()
+    b = ZarrStorageBackend(root, limits=StorageLimits(max_json_depth=depth))
+    b.ensure_directory("/d")
+    node = Path(b.url_of("/d")) / "n.tif"
+    node.mkdir()
+    (node / "zarr.json").write_bytes(doc)
+
+    def outcome() -> list[object]:
+        said: list[object] = []
+        for call in (lambda: b.list_dir("/d"), lambda: b.list_files("/d")):
+            b._listings.clear()
+            try:
+                said.append(call())
+            except Exception as exc:  # the error is part of what must agree
+                said.append(type(exc))
+        return said
+
+    fast = outcome()
+    monkeypatch.setattr(_listing, "_PLAIN", re.compile(rb"(?!)"))  # never matches
+    assert outcome() == fast
 
 
 def test_change_times_are_trusted_only_when_old_enough() -> None:

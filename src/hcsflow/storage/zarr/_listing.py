@@ -12,9 +12,13 @@ On a local store this module does it in one pass instead:
   system call per entry);
 * an entry that is a directory is classified by reading its ``zarr.json`` with two
   ``openat`` calls relative to that descriptor, each refusing a symlink
-  (``O_NOFOLLOW``), so nothing outside the directory is reached; a real symlink, a
-  directory without ``zarr.json`` (zarr format 2, a plain directory, a node being
-  written) and anything unexpected go through the generic per-entry resolution;
+  (``O_NOFOLLOW``), so nothing outside the directory is reached.  The documents
+  hcsflow itself writes for files and directories are recognised by one exact byte
+  pattern (:data:`_PLAIN`) without parsing, which is what most of an entry's time
+  went to; any other document is parsed and classified by the node rules.  A real
+  symlink, a directory without ``zarr.json`` (zarr format 2, a plain directory, a
+  node being written) and anything unexpected go through the generic per-entry
+  resolution;
 * the entries found so, with the kinds of files and directories, are cached per
   directory, keyed by the directory's identity and change time (``st_dev``,
   ``st_ino``, ``st_ctime_ns``).  Creating, removing or renaming an entry changes the
@@ -36,6 +40,7 @@ recently are classified afresh on every listing.
 from __future__ import annotations
 
 import os
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -62,6 +67,20 @@ CACHED_DIRECTORIES = 64
 #: bytes of a child's zarr.json read in one pass (hcsflow's own are ~200 bytes;
 #: larger documents go the generic way)
 _FIRST_READ = 1 << 12
+
+#: the two ``zarr.json`` documents hcsflow writes for most entries, byte for byte as
+#: its writer lays them out: a directory (a group without attributes) and a file node
+#: whose data array has hcsflow's own name.  A document matching this whole is
+#: classified without parsing; any other goes through the JSON parser and the node
+#: rules (same kinds, but ~10 µs an entry instead of ~0.5 µs).
+_PLAIN = re.compile(
+    rb'\{"zarr_format":3,"node_type":"group","attributes":\{'
+    rb'(?P<file>"hcsflow":\{"kind":"file","format":"[a-z0-9_:.-]{1,64}",'
+    rb'"data":"data[0-9a-f]{32}","size":(?:null|0|[1-9][0-9]{0,19})\})?'
+    rb"\}\}"
+)
+#: nesting depth of the documents :data:`_PLAIN` matches
+_PLAIN_DEPTH = 3
 
 _DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
 _FILE = os.O_RDONLY | os.O_NOFOLLOW
@@ -110,10 +129,10 @@ def _trusted(ctime_ns: int, started_ns: int) -> bool:
     return started_ns - ctime_ns > (TRUST_AFTER_COARSE_NS if coarse else TRUST_AFTER_NS)
 
 
-def _read_meta(dir_fd: int, name: str, limit: int) -> bytes | None:
+def _read_meta(dir_fd: int, name: str, cap: int) -> bytes | None:
     """The bytes of ``name/zarr.json`` below ``dir_fd``, neither a symlink; ``None``
-    when there is no such plain file, or it is larger than ``limit`` (the generic path
-    then looks, and reports what is wrong)."""
+    when there is no such plain file, or it is larger than ``cap`` (at most
+    :data:`_FIRST_READ`; the generic path then looks, and reports what is wrong)."""
     try:
         node_fd = os.open(name, _DIR, dir_fd=dir_fd)
     except OSError:
@@ -126,8 +145,8 @@ def _read_meta(dir_fd: int, name: str, limit: int) -> bytes | None:
         try:
             # one small read: a regular file reads whole in one call unless it is larger
             # than asked (asking for the whole limit would allocate that much each time)
-            data = os.read(fd, min(limit, _FIRST_READ) + 1)
-            if len(data) > min(limit, _FIRST_READ):
+            data = os.read(fd, cap + 1)
+            if len(data) > cap:
                 return None  # a large document: the generic path reads it, or refuses it
             return data or None
         finally:
@@ -166,6 +185,9 @@ def scan_local(
                 for name, kind in snap.entries
             ]
         limits = fs.limits
+        # a limit below the plain documents' own depth must refuse them as the parser does
+        fast = limits.max_json_depth >= _PLAIN_DEPTH
+        cap = min(limits.max_metadata_bytes, _FIRST_READ)
         out: list[tuple[str, EntryKind | None, dict[str, Any] | None]] = []
         keep: list[_Entry] = []
         recheck = False
@@ -178,7 +200,13 @@ def scan_local(
                 info: dict[str, Any] | None = None
                 cached: EntryKind | None = None
                 if entry.is_dir(follow_symlinks=False):
-                    raw = _read_meta(fd, name, limits.max_metadata_bytes)
+                    raw = _read_meta(fd, name, cap)
+                    plain = _PLAIN.fullmatch(raw) if raw is not None and fast else None
+                    if plain is not None:
+                        kind = cached = "file" if plain.start("file") >= 0 else "directory"
+                        out.append((name, kind, None))
+                        keep.append((name, cached))
+                        continue
                     node = _parse(raw, limits) if raw is not None else None
                     try:
                         kind, info = (

@@ -587,6 +587,47 @@ def test_which_wells_say_they_ran_again_after_a_pool_broke(tmp_path):
     assert [w.well for w in res.ran_again] == ["A01", "A02"]
 
 
+def _quick_or_dies_once(stack, flag):
+    with open(flag + ".runs", "a") as f:
+        f.write(f"{float(stack.mean()):g}\n")
+    if float(stack.mean()) == 5 and not Path(flag).exists():
+        time.sleep(0.5)  # the other well's result is back by then
+        Path(flag).touch()
+        os.kill(os.getpid(), signal.SIGKILL)
+    return stack
+
+
+def test_a_result_back_before_the_pool_broke_is_kept(tmp_path, monkeypatch):
+    """A01's result arrives before A02's worker dies, and both are handed over in one
+    batch, the broken pool first: A01 keeps its result instead of running again."""
+    import concurrent.futures as cf
+
+    real_wait = cf.wait
+
+    def together(fs, timeout=None, return_when=cf.ALL_COMPLETED):
+        done, rest = real_wait(fs, timeout, cf.ALL_COMPLETED)
+
+        def broken_first(f):
+            return not (f.done() and not f.cancelled() and f.exception() is not None)
+
+        return sorted(done, key=broken_first), rest
+
+    monkeypatch.setattr(cf, "wait", together)
+    root = _tiny_plate(tmp_path / "p", {"A01": 0, "A02": 5})
+    res = run_pipeline(
+        [FunctionStep(func=_quick_or_dies_once, flag=str(tmp_path / "died"))],
+        str(root),
+        tmp_path / "o",
+        cfg(executor="processes", num_workers=2, retries=1),
+    )
+    assert res.ok, [w.error for w in res.failed]
+    assert [w.well for w in res.ran_again] == ["A02"]
+    a01 = next(w for w in res.wells if w.well == "A01")
+    assert (a01.attempt, a01.ran_again_after) == (1, [])
+    # A01 ran once; A02 twice
+    assert sorted((tmp_path / "died.runs").read_text().split()) == ["0", "5", "5"]
+
+
 _DIES_ONCE = """
 import os, signal
 from pathlib import Path

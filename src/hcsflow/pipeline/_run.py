@@ -826,8 +826,18 @@ class _Session:
                     try:
                         out = fut.result()
                     except BrokenProcessPool:
-                        victims = [task, *inflight.values()]
-                        inflight.clear()
+                        # wells whose results came back before the pool broke (in this
+                        # batch of finished futures, not handled yet) keep them: they
+                        # stay in flight and are handled on the next pass
+                        victims = [task]
+                        for f, t in list(inflight.items()):
+                            if (
+                                not f.done()
+                                or f.cancelled()
+                                or isinstance(f.exception(), BrokenProcessPool)
+                            ):
+                                victims.append(t)
+                                del inflight[f]
                         lost = pool.lost([t.plan.well for t in victims])
                         began = pool.started([t.plan.well for t in victims])
                         pool.restart()

@@ -20,14 +20,13 @@ module name, never imported.
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
 import pickle
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import IO, Any, ClassVar
+from typing import IO, Any, ClassVar, Literal
 
 import numpy as np
 
@@ -721,14 +720,7 @@ def check_codec_options(
         )
 
 
-@contextlib.contextmanager
-def decoding(
-    codec: Codec,
-    path: str,
-    backend: str,
-    *,
-    os_error: Callable[[OSError], BaseException | None] | None = None,
-) -> Iterator[None]:
+class decoding:  # noqa: N801 - used as ``with decoding(...)``, like a function
     """Turn what ``codec.decode`` raises inside the block into typed errors naming ``path``.
 
     A refused pickle is :class:`PickleRefusedError`, a refusal :class:`DataFormatError`,
@@ -736,38 +728,70 @@ def decoding(
     else the decoder raises :class:`CorruptDataError`.  hcsflow's own errors and a
     missing optional package pass unchanged, and so does an ``OSError`` with an errno
     (a real I/O failure, not a decoding one) unless ``os_error`` maps it.
+
+    A class rather than a generator context manager: it is entered once per file
+    loaded, and a generator costs several times more to set up.
     """
-    try:
-        yield
-    except PickleNotAllowed as exc:
-        raise PickleRefusedError(
-            f"{exc}; pass allow_pickle=True only for files you trust", path=path, backend=backend
-        ) from exc
-    except CodecRefusal as exc:
-        raise DataFormatError(
-            f"cannot load as {codec.name}: {exc}", path=path, backend=backend
-        ) from exc
-    except (HcsflowError, ImportError):
-        raise
-    except MemoryError as exc:
-        raise ResourceLimitError(
-            f"not enough memory to decode the file as {codec.name} (it is within "
-            "StorageLimits; lower HCSFLOW_MAX_DECODED_BYTES to refuse such files early)",
-            path=path,
-            backend=backend,
-        ) from exc
-    except OSError as exc:
-        mapped = os_error(exc) if os_error is not None else None
-        if mapped is not None:
-            raise mapped from exc
-        if exc.errno is not None:
-            raise
-        raise CorruptDataError(
-            f"cannot decode the file as {codec.name}: {exc}", path=path, backend=backend
-        ) from exc
-    except Exception as exc:
-        raise CorruptDataError(
-            f"cannot decode the file as {codec.name}: {type(exc).__name__}: {exc}",
-            path=path,
-            backend=backend,
-        ) from exc
+
+    __slots__ = ("codec", "path", "backend", "os_error")
+
+    def __init__(
+        self,
+        codec: Codec,
+        path: str,
+        backend: str,
+        *,
+        os_error: Callable[[OSError], BaseException | None] | None = None,
+    ) -> None:
+        self.codec = codec
+        self.path = path
+        self.backend = backend
+        self.os_error = os_error
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: Any, exc: BaseException | None, tb: Any) -> Literal[False]:
+        if exc is None:
+            return False
+        mapped = self._mapped(exc)
+        if mapped is None:
+            return False  # raised on unchanged
+        raise mapped from exc
+
+    def _mapped(self, exc: BaseException) -> BaseException | None:
+        """The typed error ``exc`` becomes; ``None``: it passes unchanged."""
+        name, path, backend = self.codec.name, self.path, self.backend
+        if isinstance(exc, PickleNotAllowed):
+            return PickleRefusedError(
+                f"{exc}; pass allow_pickle=True only for files you trust",
+                path=path,
+                backend=backend,
+            )
+        if isinstance(exc, CodecRefusal):
+            return DataFormatError(f"cannot load as {name}: {exc}", path=path, backend=backend)
+        if isinstance(exc, (HcsflowError, ImportError)):
+            return None
+        if isinstance(exc, MemoryError):
+            return ResourceLimitError(
+                f"not enough memory to decode the file as {name} (it is within "
+                "StorageLimits; lower HCSFLOW_MAX_DECODED_BYTES to refuse such files early)",
+                path=path,
+                backend=backend,
+            )
+        if isinstance(exc, OSError):
+            mapped = self.os_error(exc) if self.os_error is not None else None
+            if mapped is not None:
+                return mapped
+            if exc.errno is not None:
+                return None
+            return CorruptDataError(
+                f"cannot decode the file as {name}: {exc}", path=path, backend=backend
+            )
+        if isinstance(exc, Exception):
+            return CorruptDataError(
+                f"cannot decode the file as {name}: {type(exc).__name__}: {exc}",
+                path=path,
+                backend=backend,
+            )
+        return None  # KeyboardInterrupt, SystemExit...

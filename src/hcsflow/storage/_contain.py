@@ -100,6 +100,33 @@ def _syscall() -> Any:
     return fn
 
 
+@functools.cache
+def _openat2_fn() -> Any:
+    """``syscall(2)`` bound with ``openat2``'s argument types: a call then converts its
+    plain Python arguments itself, which costs a third of wrapping each one in a ctypes
+    object (this is on the path of every disk operation)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        # a function pointer of its own: _syscall()'s callers pass ctypes objects
+        fn = ctypes.CDLL(None, use_errno=True).syscall
+    except (OSError, AttributeError):
+        return None
+    fn.restype = ctypes.c_long
+    fn.argtypes = [ctypes.c_long, ctypes.c_int, ctypes.c_char_p, ctypes.c_void_p, ctypes.c_size_t]
+    return fn
+
+
+@functools.cache
+def _how(flags: int, mode: int) -> tuple[_OpenHow, int]:
+    """A shared, never modified ``open_how`` for ``flags`` and ``mode``, and its address."""
+    how = _OpenHow(flags | _CLOEXEC, mode, _RESOLVE)
+    return how, ctypes.addressof(how)
+
+
+_HOW_SIZE = ctypes.sizeof(_OpenHow)
+
+
 class _Openat2:
     """``openat2`` through ``syscall(2)``; disables itself where the kernel lacks it."""
 
@@ -110,18 +137,11 @@ class _Openat2:
         """An fd, ``None`` when the walk must decide, or an ``OSError`` for real failures."""
         if not cls.available:
             return None
-        fn = _syscall()
+        fn = _openat2_fn()
         if fn is None:
             cls.available = False
             return None
-        how = _OpenHow(flags | _CLOEXEC, mode, _RESOLVE)
-        fd = fn(
-            ctypes.c_long(_SYS_OPENAT2),
-            ctypes.c_int(dirfd),
-            ctypes.c_char_p(os.fsencode(rel)),
-            ctypes.byref(how),
-            ctypes.c_size_t(ctypes.sizeof(how)),
-        )
+        fd = fn(_SYS_OPENAT2, dirfd, os.fsencode(rel), _how(flags, mode)[1], _HOW_SIZE)
         if fd >= 0:
             return int(fd)
         err = ctypes.get_errno()

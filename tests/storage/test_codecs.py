@@ -13,6 +13,9 @@ import tifffile
 from hcsflow.errors import (
     CorruptDataError,
     DataFormatError,
+    HcsflowError,
+    InvalidPathError,
+    NotFoundError,
     PickleRefusedError,
     UnsupportedFormatError,
 )
@@ -371,3 +374,63 @@ def test_custom_codec_in_backend(tmp_path) -> None:
     backend = DiskStorageBackend(tmp_path, codecs=registry)
     backend.save("shout", "/a.up")
     assert backend.load("/a.up") == "SHOUT"
+
+
+_TIFF = default_codecs().for_name("a.tif")
+
+
+@pytest.mark.parametrize(
+    ("raised", "becomes"),
+    [
+        (CodecRefusal("no"), "DataFormatError"),
+        (MemoryError(), "ResourceLimitError"),
+        (OSError("a bare OSError from a decoder"), "CorruptDataError"),
+        (ValueError("bad bytes"), "CorruptDataError"),
+        (KeyError("x"), "CorruptDataError"),
+    ],
+)
+def test_decoding_maps_what_a_decoder_raises(raised: Exception, becomes: str) -> None:
+    from hcsflow.storage._codecs import decoding
+
+    with pytest.raises(HcsflowError) as info, decoding(_TIFF, "/a.tif", "disk"):
+        raise raised
+    assert type(info.value).__name__ == becomes
+    assert info.value.__cause__ is raised
+    assert "/a.tif" in str(info.value) and "disk" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "raised",
+    [
+        InvalidPathError("ours", path="/a.tif", backend="disk"),
+        ImportError("an optional package"),
+        FileNotFoundError(2, "gone"),
+        KeyboardInterrupt(),
+    ],
+)
+def test_decoding_lets_some_errors_pass_unchanged(raised: BaseException) -> None:
+    from hcsflow.storage._codecs import decoding
+
+    with pytest.raises(type(raised)) as info, decoding(_TIFF, "/a.tif", "disk"):
+        raise raised
+    assert info.value is raised
+
+
+def test_decoding_maps_os_errors_through_the_callers_function() -> None:
+    from hcsflow.storage._codecs import decoding
+    from hcsflow.storage._decode import PickleNotAllowed
+
+    mapped = NotFoundError("mapped", path="/a.tif", backend="disk")
+    with (
+        pytest.raises(NotFoundError) as info,
+        decoding(_TIFF, "/a.tif", "disk", os_error=lambda e: mapped),
+    ):
+        raise FileNotFoundError(2, "gone")
+    assert info.value is mapped
+    with (
+        pytest.raises(PickleRefusedError, match="allow_pickle=True"),
+        decoding(_TIFF, "/a.npy", "disk"),
+    ):
+        raise PickleNotAllowed("the file holds pickled objects")
+    with decoding(_TIFF, "/a.tif", "disk"):
+        pass  # nothing raised: nothing to map

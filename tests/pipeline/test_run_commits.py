@@ -628,6 +628,40 @@ def test_a_result_back_before_the_pool_broke_is_kept(tmp_path, monkeypatch):
     assert sorted((tmp_path / "died.runs").read_text().split()) == ["0", "5", "5"]
 
 
+def _dies_sending_its_result(stack, flag):
+    with open(flag + ".runs", "a") as f:
+        f.write(f"{float(stack.mean()):g}\n")
+    if float(stack.mean()) == 5 and not Path(flag).exists():
+        time.sleep(0.5)  # the other well is done by then
+        Path(flag).touch()
+        from hcsflow.pipeline._commit import WrittenWell
+
+        def die(self, protocol):
+            os.kill(os.getpid(), signal.SIGKILL)
+
+        # this worker dies while it sends the finished well's result
+        WrittenWell.__reduce_ex__ = die
+    return stack
+
+
+def test_a_well_whose_result_was_lost_on_its_way_says_it_ran_again(tmp_path):
+    """A02 finishes, and its worker dies while sending the result: A02 runs again and
+    says why, rather than being taken for a well that had not started."""
+    root = _tiny_plate(tmp_path / "p", {"A01": 0, "A02": 5})
+    res = run_pipeline(
+        [FunctionStep(func=_dies_sending_its_result, flag=str(tmp_path / "died"))],
+        str(root),
+        tmp_path / "o",
+        cfg(executor="processes", num_workers=2, retries=1),
+    )
+    assert res.ok, [w.error for w in res.failed]
+    again = {w.well: (w.attempt, w.ran_again_after) for w in res.wells}
+    assert again["A01"] == (1, [])
+    assert again["A02"][0] == 2 and len(again["A02"][1]) == 1
+    assert "killed by SIGKILL" in again["A02"][1][0]
+    assert sorted((tmp_path / "died.runs").read_text().split()) == ["0", "5", "5"]
+
+
 _DIES_ONCE = """
 import os, signal
 from pathlib import Path

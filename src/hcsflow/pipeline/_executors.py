@@ -329,17 +329,19 @@ def _call_payload(payload: bytes) -> Any:
 
 
 def _call_pickled(payload: bytes, pid_file: str) -> Any:
-    """Worker side of a process task: note which process runs it, then run it."""
+    """Worker side of a process task: note which process runs it, then run it.
+
+    The note stays after the task returns: its result is still to be sent, and a worker
+    can die while sending it.  The main process removes the note once the outcome has
+    arrived (:meth:`WellPool.received`), so a well whose result was lost on the way is
+    still known to have started.
+    """
     import cloudpickle
 
     with open(pid_file, "w") as fh:
         fh.write(str(os.getpid()))
     fn, args = cloudpickle.loads(payload)
-    try:
-        return fn(*args)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(pid_file)
+    return fn(*args)
 
 
 # --------------------------------------------------------------------------- interrupts
@@ -615,8 +617,13 @@ class WellPool:
         return {}
 
     def started(self, keys: Sequence[str]) -> set[str]:
-        """After the pool broke: which of ``keys`` had started on a worker."""
+        """After the pool broke: which of ``keys`` had started on a worker (finished
+        ones whose outcome never arrived included)."""
         return set()
+
+    def received(self, key: str) -> None:
+        """The outcome (result or error) of task ``key`` has arrived."""
+        return None
 
     def restart(self) -> None:
         """Replace a broken pool with a fresh one."""
@@ -720,8 +727,13 @@ class _ProcessPool(WellPool):
         return out
 
     def started(self, keys: Sequence[str]) -> set[str]:
-        # a worker records its pid for a well as it starts it (_call_pickled)
+        # a worker records its pid for a well as it starts it (_call_pickled); the
+        # record goes when the outcome arrives (received)
         return {key for key in keys if os.path.exists(self._pid_file(key))}
+
+    def received(self, key: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self._pid_file(key))
 
     def _processes(self) -> list[Any]:
         procs = getattr(self.executor, "_processes", None) or {}

@@ -855,8 +855,10 @@ class _Session:
                                 give_up(t, f"{why} while running the well")
                         break
                     except Exception as exc:  # worker lost, storage failure...
+                        pool.received(task.plan.well)
                         again(task, exc)
                         continue
+                    pool.received(task.plan.well)
                     if commits is None:
                         done(task, out)
                         continue

@@ -89,18 +89,6 @@ class EscapeError(Exception):
 
 
 @functools.cache
-def _syscall() -> Any:
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        fn = ctypes.CDLL(None, use_errno=True).syscall
-    except (OSError, AttributeError):
-        return None
-    fn.restype = ctypes.c_long
-    return fn
-
-
-@functools.cache
 def _openat2_fn() -> Any:
     """``syscall(2)`` bound with ``openat2``'s argument types: a call then converts its
     plain Python arguments itself, which costs a third of wrapping each one in a ctypes
@@ -108,7 +96,6 @@ def _openat2_fn() -> Any:
     if not sys.platform.startswith("linux"):
         return None
     try:
-        # a function pointer of its own: _syscall()'s callers pass ctypes objects
         fn = ctypes.CDLL(None, use_errno=True).syscall
     except (OSError, AttributeError):
         return None
@@ -157,17 +144,11 @@ class _Openat2:
 @functools.cache
 def _openat2_works() -> bool:
     """Whether ``openat2`` accepts a plain call here (tells EINVAL-as-unsupported apart)."""
-    fn = _syscall()
+    fn = _openat2_fn()
     if fn is None:
         return False
     how = _OpenHow(_DIR_FLAGS, 0, _RESOLVE_BENEATH)
-    fd = fn(
-        ctypes.c_long(_SYS_OPENAT2),
-        ctypes.c_int(-100),
-        ctypes.c_char_p(b"."),
-        ctypes.byref(how),
-        ctypes.c_size_t(ctypes.sizeof(how)),
-    )
+    fd = fn(_SYS_OPENAT2, -100, b".", ctypes.addressof(how), _HOW_SIZE)  # -100: AT_FDCWD
     if fd < 0:
         return False
     os.close(int(fd))

@@ -568,14 +568,7 @@ def test_which_wells_say_they_ran_again_after_a_pool_broke(tmp_path):
     """A02's worker dies while A01 runs on the other worker and A03, A04 wait in the
     pool's queue: A02 says why, A01 says its worker was stopped with the pool, and the
     queued wells, which never started, say nothing."""
-    root = _tiny_plate(tmp_path / "p", {"A01": 1, "A02": 5, "A03": 0, "A04": 0})
-    res = run_pipeline(
-        [FunctionStep(func=_slow_or_dies_once, flag=str(tmp_path / "died"))],
-        str(root),
-        tmp_path / "o",
-        cfg(executor="processes", num_workers=2, retries=1),
-    )
-    assert res.ok, [w.error for w in res.failed]
+    res = _on_two_processes(tmp_path, _slow_or_dies_once, {"A01": 1, "A02": 5, "A03": 0, "A04": 0})
     again = {w.well: (w.attempt, w.ran_again_after) for w in res.wells}
     assert again["A01"] == (
         1,
@@ -613,19 +606,32 @@ def test_a_result_back_before_the_pool_broke_is_kept(tmp_path, monkeypatch):
         return sorted(done, key=broken_first), rest
 
     monkeypatch.setattr(cf, "wait", together)
-    root = _tiny_plate(tmp_path / "p", {"A01": 0, "A02": 5})
+    again = _a02_dies_once(tmp_path, _quick_or_dies_once)
+    assert again["A01"] == (1, [])
+    assert again["A02"][0] == 2
+
+
+def _on_two_processes(tmp_path, func, values):
+    """Run ``func(stack, flag)`` on a tiny plate of ``values`` on two worker processes,
+    one retry; the run's result, checked ok."""
+    root = _tiny_plate(tmp_path / "p", values)
     res = run_pipeline(
-        [FunctionStep(func=_quick_or_dies_once, flag=str(tmp_path / "died"))],
+        [FunctionStep(func=func, flag=str(tmp_path / "died"))],
         str(root),
         tmp_path / "o",
         cfg(executor="processes", num_workers=2, retries=1),
     )
     assert res.ok, [w.error for w in res.failed]
+    return res
+
+
+def _a02_dies_once(tmp_path, func):
+    """Run ``func`` on wells A01 (dark) and A02 (bright) on two worker processes; check
+    that A01 ran once and A02 twice; (attempt, ran_again_after) of each well."""
+    res = _on_two_processes(tmp_path, func, {"A01": 0, "A02": 5})
     assert [w.well for w in res.ran_again] == ["A02"]
-    a01 = next(w for w in res.wells if w.well == "A01")
-    assert (a01.attempt, a01.ran_again_after) == (1, [])
-    # A01 ran once; A02 twice
     assert sorted((tmp_path / "died.runs").read_text().split()) == ["0", "5", "5"]
+    return {w.well: (w.attempt, w.ran_again_after) for w in res.wells}
 
 
 def _dies_sending_its_result(stack, flag):
@@ -647,19 +653,10 @@ def _dies_sending_its_result(stack, flag):
 def test_a_well_whose_result_was_lost_on_its_way_says_it_ran_again(tmp_path):
     """A02 finishes, and its worker dies while sending the result: A02 runs again and
     says why, rather than being taken for a well that had not started."""
-    root = _tiny_plate(tmp_path / "p", {"A01": 0, "A02": 5})
-    res = run_pipeline(
-        [FunctionStep(func=_dies_sending_its_result, flag=str(tmp_path / "died"))],
-        str(root),
-        tmp_path / "o",
-        cfg(executor="processes", num_workers=2, retries=1),
-    )
-    assert res.ok, [w.error for w in res.failed]
-    again = {w.well: (w.attempt, w.ran_again_after) for w in res.wells}
+    again = _a02_dies_once(tmp_path, _dies_sending_its_result)
     assert again["A01"] == (1, [])
     assert again["A02"][0] == 2 and len(again["A02"][1]) == 1
     assert "killed by SIGKILL" in again["A02"][1][0]
-    assert sorted((tmp_path / "died.runs").read_text().split()) == ["0", "5", "5"]
 
 
 _DIES_ONCE = """
@@ -851,3 +848,31 @@ def test_plate_tables_read_local_files_in_order_and_switch_to_threads_when_slow(
     slow_at.append("t3.csv")
     assert list(_run._read_ahead(root, rels, depth=4)) == expected
     assert [readers[r] == here for r in rels] == [True] * 4 + [False] * 8
+
+
+def test_exit_codes_are_read_once_the_pools_thread_has_joined_its_workers(tmp_path, monkeypatch):
+    """Reading a forkserver worker's exit code while the pool's own thread joins it
+    races (the loser records 255): the lost well's cause is read after that thread."""
+    from types import SimpleNamespace
+
+    from hcsflow.pipeline import _executors
+
+    joined = threading.Event()
+
+    def pools_thread():
+        time.sleep(0.3)  # still joining its workers when the run asks
+        joined.set()
+
+    class Worker:
+        @property
+        def exitcode(self):
+            return -signal.SIGKILL if joined.is_set() else 255
+
+    thread = threading.Thread(target=pools_thread)
+    thread.start()
+    pool = object.__new__(_executors._ProcessPool)
+    pool.executor = SimpleNamespace(_executor_manager_thread=thread, _processes={})
+    pool._pid_dir = str(tmp_path)
+    (tmp_path / "A01").write_text("424242")
+    monkeypatch.setitem(_executors._STARTED, 424242, Worker())
+    assert pool.lost(["A01"]) == {"A01": "its worker process (pid 424242) killed by SIGKILL"}

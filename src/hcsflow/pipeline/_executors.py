@@ -707,6 +707,13 @@ class _ProcessPool(WellPool):
             return self.executor.submit(_call_pickled, payload, self._pid_file(key))
 
     def lost(self, keys: Sequence[str]) -> dict[str, str]:
+        # The pool's own thread fails the futures and then stops and joins the workers.
+        # Reading an exit code while it joins races with it: with the forkserver, both
+        # read the status the server sends, and the loser records 255 instead of the
+        # signal.  So the exit codes are read once that thread is done.
+        manager = getattr(self.executor, "_executor_manager_thread", None)
+        if manager is not None and manager is not threading.current_thread():
+            manager.join(10)
         out = {}
         for key in keys:
             try:

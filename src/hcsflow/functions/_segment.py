@@ -69,7 +69,11 @@ def _upsample(coarse: np.ndarray, q: tuple[int, ...], shape: tuple[int, ...]) ->
         tshape = [1] * out.ndim
         tshape[axis] = n
         t = t.reshape(tshape).astype(np.float32)
-        out = a * (1 - t) + b * t
+        # a * (1 - t) + b * t, in the buffers np.take made
+        a *= 1 - t
+        b *= t
+        a += b
+        out = a
     return out.astype(np.float32, copy=False)
 
 
@@ -140,13 +144,17 @@ def background_and_noise(
     """
     weight = np.ones(x.shape, dtype=np.float32)
     num, den = _smooth_masked(x, weight, sigma)
+    del weight  # plane-sized intermediates go as soon as they are used (_segment_at)
     bg = num / np.maximum(den, 1e-6)
+    del num, den
     noise = 0.0
     for _ in range(iterations):
         mode, noise = _mode_and_noise(x - bg)
         weight = (x - bg < mode + 2.0 * noise).astype(np.float32)
         num, den = _smooth_masked(x, weight, sigma)
+        del weight
         bg = np.where(den > 1e-3, num / np.maximum(den, 1e-6), bg)
+        del num, den
     mode, noise = _mode_and_noise(x - bg)
     return (bg + mode).astype(np.float32, copy=False), noise
 
@@ -176,6 +184,7 @@ def estimate_diameter(image: np.ndarray, *, anisotropy: float = 1.0, snr: float 
     scale = max(arr.shape[-2:]) / 8.0
     bg, noise = background_and_noise(x, tuple(scale / a for a in axis_scale), iterations=2)
     s = x - bg
+    del x, bg  # the working set of a plane is kept small (see _segment_at)
     if noise <= 0:
         return float("nan")
     fg = s > snr * noise
@@ -184,8 +193,10 @@ def estimate_diameter(image: np.ndarray, *, anisotropy: float = 1.0, snr: float 
         return float("nan")
     peak = np.zeros(n + 1, dtype=np.float32)
     smooth = ndi.gaussian_filter(s, tuple(2.0 / a for a in axis_scale))
-    peak[1:] = ndi.maximum(smooth, lab, np.arange(1, n + 1))
+    # over the objects' pixels only: ndi.maximum sorts all it is given
+    peak[1:] = ndi.maximum(smooth[fg], lab[fg], np.arange(1, n + 1))
     threshold = _OUTLINE_LEVEL * peak[lab]
+    del lab
     estimate = float("nan")
     for _ in range(4):
         half = _fill_holes(ndi.binary_opening(fg & (s >= threshold)))
@@ -209,10 +220,23 @@ def _compact_diameter(half: np.ndarray) -> float:
     lab3 = lab if lab.ndim == 3 else lab[None]
     half3 = half if half.ndim == 3 else half[None]
     nz = lab3.shape[0]
-    dist = np.stack([ndi.distance_transform_edt(p) for p in half3])
-    code = np.where(lab3 > 0, lab3.astype(np.int64) * nz + np.arange(nz)[:, None, None], 0)
-    codes, area = np.unique(code[code > 0], return_counts=True)
-    inscribed = np.asarray(ndi.maximum(dist, code, codes), dtype=np.float64)
+    if nz == 1:
+        dist = ndi.distance_transform_edt(half3[0])[None]  # no copy through np.stack
+    else:
+        dist = np.stack([ndi.distance_transform_edt(p) for p in half3])
+    # object * nz + plane, 0 outside objects (for one plane: the labels themselves)
+    code = lab3
+    if nz > 1:
+        code = lab3.astype(np.int64)
+        code *= nz
+        code += np.arange(nz)[:, None, None]
+        code[lab3 == 0] = 0
+    inside = code > 0
+    code_in = code[inside]
+    del code
+    codes, area = np.unique(code_in, return_counts=True)
+    # over the objects' pixels only: ndi.maximum sorts all it is given
+    inscribed = np.asarray(ndi.maximum(dist[inside], code_in, codes), dtype=np.float64)
     obj = codes // nz
     # the widest plane of each object
     order = np.lexsort((area, obj))
@@ -322,9 +346,13 @@ def _segment_at(
     def sig(s: float, minimum: float = 0.0) -> tuple[float, ...]:
         return tuple(max(minimum, s / a) for a in axis_scale)
 
+    # Intermediates are dropped (del) as soon as the next step no longer needs them and
+    # combined in place where the result is the same bit for bit: the working set of a
+    # plane is what limits how many workers fit in a machine's memory.
     x = ndi.gaussian_filter(x, sig(min(1.0, r / 4.0)))
     bg, noise = background_and_noise(x, sig(1.5 * diameter))
     s = x - bg
+    del x, bg
     if noise <= 0:
         return np.zeros(arr.shape, dtype=np.int32)
     detected = s > snr * noise
@@ -332,7 +360,9 @@ def _segment_at(
     smooth = ndi.gaussian_filter(s, sig(max(1.0, r / 4.0)))
     window = tuple(2 * max(1, round(0.6 * r / a)) + 1 for a in axis_scale)
     local_peak = ndi.maximum_filter(smooth, size=window, mode="nearest")
+    del smooth
     mask = detected & (s >= outline * local_peak)
+    del detected, local_peak
     mask = ndi.binary_opening(mask)
     mask = _fill_holes(mask)
     if not mask.any():
@@ -340,12 +370,19 @@ def _segment_at(
     if split_touching:
         dist = ndi.distance_transform_edt(mask, sampling=axis_scale)
         logimg = np.log(np.maximum(s, 0.0) + 3.0 * noise)
+        del s
         ls = 0.7 * r / np.sqrt(2.0)
         blob = -(ls * ls) * ndi.gaussian_laplace(logimg, sig(ls))
-        score = ndi.gaussian_filter(dist, sig(1.0)) / r + 0.5 * blob
+        del logimg
+        score = ndi.gaussian_filter(dist, sig(1.0))
+        del dist
+        score /= r
+        score += 0.5 * blob
+        del blob
         md = tuple(2 * max(1, int(0.5 * r / a)) + 1 for a in axis_scale)
         markers = _local_maxima(score, mask, md)
-        labels = watershed(-score, markers, mask=mask)
+        labels = watershed(np.negative(score, out=score), markers, mask=mask)
+        del score, markers
     else:
         labels, _ = ndi.label(mask)
     labels = np.asarray(labels, dtype=np.int32)

@@ -201,28 +201,7 @@ def scan_local(
                 cached: EntryKind | None = None
                 if entry.is_dir(follow_symlinks=False):
                     raw = _read_meta(fd, name, cap)
-                    plain = _PLAIN.fullmatch(raw) if raw is not None and fast else None
-                    if plain is not None:
-                        kind = cached = "file" if plain.start("file") >= 0 else "directory"
-                        out.append((name, kind, None))
-                        keep.append((name, cached))
-                        continue
-                    node = _parse(raw, limits) if raw is not None else None
-                    try:
-                        kind, info = (
-                            backend._classify(prefix + name, node)
-                            if node is not None
-                            else (None, None)
-                        )
-                    except HcsflowError:
-                        node = None  # a corrupt node: the caller's look says what to do
-                    if node is not None:
-                        # a link's target may change anywhere: resolved every time
-                        cached = kind if kind != "symlink" else None
-                    else:
-                        # no zarr.json (a plain directory, zarr format 2, a node being
-                        # written...) or an odd one: the caller's look, every time
-                        kind, info = look(prefix + name)
+                    kind, info, cached = _dir_kind(backend, prefix + name, raw, limits, fast, look)
                 elif entry.is_symlink():
                     kind, info = look(prefix + name)
                 else:
@@ -235,6 +214,29 @@ def scan_local(
         return out
     finally:
         os.close(fd)
+
+
+def _dir_kind(
+    backend: Any, vp: str, raw: bytes | None, limits: Any, fast: bool, look: _Look
+) -> tuple[EntryKind | None, dict[str, Any] | None, EntryKind | None]:
+    """(kind, info, kind to cache or ``None``) of the directory entry ``vp`` whose
+    ``zarr.json`` holds ``raw`` (``None``: no plain one within the first read)."""
+    plain = _PLAIN.fullmatch(raw) if raw is not None and fast else None
+    if plain is not None:
+        kind: EntryKind = "file" if plain.start("file") >= 0 else "directory"
+        return kind, None, kind
+    node = _parse(raw, limits) if raw is not None else None
+    if node is not None:
+        try:
+            found, info = backend._classify(vp, node)
+        except HcsflowError:
+            pass  # a corrupt node: the caller's look says what to do
+        else:
+            # a link's target may change anywhere: resolved every time
+            return found, info, found if found != "symlink" else None
+    # no zarr.json (a plain directory, zarr format 2, a node being written...) or an
+    # odd one: the caller's look, every time
+    return (*look(vp), None)
 
 
 def _parse(raw: bytes, limits: Any) -> _ome.NodeMeta | None:

@@ -287,3 +287,69 @@ def test_code_digests_are_read_once_and_follow_a_changed_code_object():
     f.__code__ = g.__code__  # same function object, other code: read again
     assert _code_digest(f) == _code_digest(g) != first
     assert _code_digest(len) is None  # no Python source
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/fd"), reason="reads /proc/self/fd")
+@pytest.mark.parametrize("files", [3, 20])
+def test_a_seal_hashes_and_flushes_every_file_and_folder(tmp_path, monkeypatch, files):
+    """A small set is sealed in the calling thread (no thread of the pool competes with
+    a well being computed); a larger one on the pool.  Either way every file and every
+    folder up to the root is flushed and every checksum is the file's."""
+    import hashlib
+
+    from hcsflow.pipeline import _output
+    from hcsflow.pipeline._output import OutputRoot
+
+    rels = [f"images/W{i % 2}/f{i}.bin" for i in range(files)]
+    for i, rel in enumerate(rels):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(bytes([i]) * (1000 + i))
+    synced: list[tuple[str, str]] = []
+    lock = threading.Lock()
+    real = os.fsync
+
+    def fsync(fd: int) -> None:
+        real(fd)
+        with lock:
+            synced.append((os.readlink(f"/proc/self/fd/{fd}"), threading.current_thread().name))
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    got = OutputRoot.of(tmp_path).seal(rels, fsync=True)
+    assert set(got) == set(rels)
+    for rel in rels:
+        data = (tmp_path / rel).read_bytes()
+        assert got[rel] == {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    folders = {str(tmp_path), str(tmp_path / "images"), *(str((tmp_path / r).parent) for r in rels)}
+    assert {p for p, _ in synced} == {str(tmp_path / r) for r in rels} | folders
+    assert len(synced) == len(rels) + len(folders)  # each once
+    threads = {t for _, t in synced}
+    inline = len(rels) + len(folders) <= _output.SEAL_INLINE
+    assert inline == (files == 3)
+    if inline:
+        assert threads == {threading.current_thread().name}
+    else:
+        assert all(t.startswith("hcsflow-seal") for t in threads)
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/fd"), reason="reads /proc/self/fd")
+@pytest.mark.parametrize("files", [1, 20])
+def test_a_flush_reaches_every_file_and_its_folder(tmp_path, monkeypatch, files):
+    from hcsflow.pipeline._output import OutputRoot
+
+    rels = [f"d{i % 3}/r{i}.json" for i in range(files)]
+    for rel in rels:
+        (tmp_path / rel).parent.mkdir(exist_ok=True)
+        (tmp_path / rel).write_text("{}")
+    synced: list[str] = []
+    lock = threading.Lock()
+    real = os.fsync
+
+    def fsync(fd: int) -> None:
+        real(fd)
+        with lock:
+            synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    OutputRoot.of(tmp_path).flush(rels)
+    want = {str(tmp_path / r) for r in rels} | {str((tmp_path / r).parent) for r in rels}
+    assert sorted(synced) == sorted(want)

@@ -314,7 +314,8 @@ class OutputRoot:
         files and folders is issued at once from a thread pool, which the file system
         serves with one journal commit instead of one per call; a smaller one is sealed
         in the calling thread (see :data:`SEAL_INLINE` for why).  Objects on object
-        storage are durable once written; they are only hashed.  A missing file raises :class:`FileNotFoundError` naming it.
+        storage are durable once written; they are only hashed.  A missing file raises
+        :class:`FileNotFoundError` naming it.
         """
         rels = sorted(set(rels))
         if not rels:

@@ -61,7 +61,7 @@ if hasattr(os, "register_at_fork"):
 #: thread.  A well's commit runs beside the next well's computation: handing a dozen
 #: small files to sixteen threads made the scheduler move the computing thread from
 #: one core to the other about 35 times a well (``perf stat``: 2,230 migrations for
-#: 64 wells of the demo pipeline, 6 with the files sealed in the committing thread),
+#: 64 wells of the demo pipeline, 9 with the files sealed in the committing thread),
 #: each time leaving its cache behind, for about 1 ms less of sealing per well.  A
 #: larger set (a well of OME-Zarr chunks, the plate's files at the end) still goes to
 #: the pool, where issuing the fsync calls together pays.

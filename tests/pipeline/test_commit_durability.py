@@ -114,11 +114,11 @@ def test_a_failed_commit_runs_the_well_again(plate, tmp_path, monkeypatch):
     real = _run.commit_well
     failed: list[str] = []
 
-    def flaky(root, well, *, fsync):
+    def flaky(root, well, **kw):
         if well.record["well"] == "A02" and not failed:
             failed.append("A02")
             raise OSError("disk went away for a moment")
-        return real(root, well, fsync=fsync)
+        return real(root, well, **kw)
 
     monkeypatch.setattr(_run, "commit_well", flaky)
     out = tmp_path / "o"
@@ -149,10 +149,10 @@ def test_a_commit_failing_every_attempt_fails_its_well_only(plate, tmp_path, mon
 
     real = _run.commit_well
 
-    def broken(root, well, *, fsync):
+    def broken(root, well, **kw):
         if well.record["well"] == "A01":
             raise OSError("no space left on device")
-        return real(root, well, fsync=fsync)
+        return real(root, well, **kw)
 
     monkeypatch.setattr(_run, "commit_well", broken)
     out = tmp_path / "o"
@@ -290,11 +290,12 @@ def test_code_digests_are_read_once_and_follow_a_changed_code_object():
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/fd"), reason="reads /proc/self/fd")
-@pytest.mark.parametrize("files", [3, 20])
-def test_a_seal_hashes_and_flushes_every_file_and_folder(tmp_path, monkeypatch, files):
-    """A small set is sealed in the calling thread (no thread of the pool competes with
-    a well being computed); a larger one on the pool.  Either way every file and every
-    folder up to the root is flushed and every checksum is the file's."""
+@pytest.mark.parametrize("files,inline", [(3, False), (20, False), (20, True)])
+def test_a_seal_hashes_and_flushes_every_file_and_folder(tmp_path, monkeypatch, files, inline):
+    """A small set, or any set ``inline``, is sealed in the calling thread (no thread of
+    the pool competes with a well being computed); a larger one on the pool.  Either way
+    every file and every folder up to the root is flushed and every checksum is the
+    file's."""
     import hashlib
 
     from hcsflow.pipeline import _output
@@ -314,7 +315,7 @@ def test_a_seal_hashes_and_flushes_every_file_and_folder(tmp_path, monkeypatch, 
             synced.append((os.readlink(f"/proc/self/fd/{fd}"), threading.current_thread().name))
 
     monkeypatch.setattr(os, "fsync", fsync)
-    got = OutputRoot.of(tmp_path).seal(rels, fsync=True)
+    got = OutputRoot.of(tmp_path).seal(rels, fsync=True, inline=inline)
     assert set(got) == set(rels)
     for rel in rels:
         data = (tmp_path / rel).read_bytes()
@@ -323,17 +324,17 @@ def test_a_seal_hashes_and_flushes_every_file_and_folder(tmp_path, monkeypatch, 
     assert {p for p, _ in synced} == {str(tmp_path / r) for r in rels} | folders
     assert len(synced) == len(rels) + len(folders)  # each once
     threads = {t for _, t in synced}
-    inline = len(rels) + len(folders) <= _output.SEAL_INLINE
-    assert inline == (files == 3)
-    if inline:
+    small = len(rels) + len(folders) <= _output.SEAL_INLINE
+    assert small == (files == 3)
+    if small or inline:
         assert threads == {threading.current_thread().name}
     else:
         assert all(t.startswith("hcsflow-seal") for t in threads)
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/fd"), reason="reads /proc/self/fd")
-@pytest.mark.parametrize("files", [1, 20])
-def test_a_flush_reaches_every_file_and_its_folder(tmp_path, monkeypatch, files):
+@pytest.mark.parametrize("files,inline", [(1, False), (20, False), (20, True)])
+def test_a_flush_reaches_every_file_and_its_folder(tmp_path, monkeypatch, files, inline):
     from hcsflow.pipeline._output import OutputRoot
 
     rels = [f"d{i % 3}/r{i}.json" for i in range(files)]
@@ -341,6 +342,7 @@ def test_a_flush_reaches_every_file_and_its_folder(tmp_path, monkeypatch, files)
         (tmp_path / rel).parent.mkdir(exist_ok=True)
         (tmp_path / rel).write_text("{}")
     synced: list[str] = []
+    threads: set[str] = set()
     lock = threading.Lock()
     real = os.fsync
 
@@ -348,8 +350,67 @@ def test_a_flush_reaches_every_file_and_its_folder(tmp_path, monkeypatch, files)
         real(fd)
         with lock:
             synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+            threads.add(threading.current_thread().name)
 
     monkeypatch.setattr(os, "fsync", fsync)
-    OutputRoot.of(tmp_path).flush(rels)
+    OutputRoot.of(tmp_path).flush(rels, inline=inline)
     want = {str(tmp_path / r) for r in rels} | {str((tmp_path / r).parent) for r in rels}
     assert sorted(synced) == sorted(want)
+    if files == 1 or inline:
+        assert threads == {threading.current_thread().name}
+    else:
+        assert all(t.startswith("hcsflow-seal") for t in threads)
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/fd"), reason="reads /proc/self/fd")
+@pytest.mark.parametrize("executor,workers", [("inprocess", 1), ("processes", 2)])
+def test_a_local_run_seals_each_well_on_its_commit_thread(
+    plate, tmp_path, monkeypatch, executor, workers
+):
+    """A well of OME-Zarr chunks has more files than a seal keeps in its own thread, yet
+    a local run commits it entirely on the commit thread: no thread pool runs beside the
+    well being computed.  Every file of every well is still flushed before its record."""
+    from hcsflow.pipeline import _commit, _output
+
+    events: list[tuple[str, str, str]] = []
+    lock = threading.Lock()
+    real_fsync, real_write_json = os.fsync, _commit.write_json
+
+    def fsync(fd: int) -> None:
+        real_fsync(fd)
+        with lock:
+            path = os.readlink(f"/proc/self/fd/{fd}")
+            events.append(("fsync", path, threading.current_thread().name))
+
+    def write_json(root, rel, doc, **kw) -> None:
+        with lock:
+            events.append(("record", rel, threading.current_thread().name))
+        real_write_json(root, rel, doc, **kw)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(_commit, "write_json", write_json)
+    out = tmp_path / "out"
+    result = run_pipeline(
+        COUNTING,
+        plate.root,
+        out,
+        GlobalPipelineConfig(
+            executor=executor,
+            num_workers=workers,
+            vfs=VFSConfig(materialization_backend="zarr"),
+        ),
+    )
+    assert result.ok
+    records = [i for i, e in enumerate(events) if e[0] == "record"]
+    assert len(records) == len(plate.true_counts)
+    for well in plate.true_counts:
+        rec = json.loads((out / ".hcsflow" / "wells" / f"{well}.json").read_text())
+        folders = {
+            "/".join(r.split("/")[:i]) for r in rec["files"] for i in range(r.count("/") + 1)
+        }
+        assert len(rec["files"]) + len(folders) > _output.SEAL_INLINE, "too small a well"
+        at = next(i for i in records if events[i][1].endswith(f"/{well}.json"))
+        flushed = {p: t for kind, p, t in events[:at] if kind == "fsync"}
+        for rel in rec["files"]:
+            assert str(out / rel) in flushed, f"{rel} was not fsynced before {well}'s record"
+            assert flushed[str(out / rel)].startswith("hcsflow-commit"), flushed[str(out / rel)]

@@ -243,12 +243,16 @@ def write_well(task: WellTask) -> WrittenWell:
     return WrittenWell(result=result, record=doc, files=tuple(sorted(set(files))))
 
 
-def commit_well(root: OutputRoot, well: WrittenWell, *, fsync: bool) -> dict[str, Any]:
+def commit_well(
+    root: OutputRoot, well: WrittenWell, *, fsync: bool, inline: bool = False
+) -> dict[str, Any]:
     """Commit a written well: checksum its files, make them durable, write its record last.
 
-    With ``fsync`` every file and directory of the well is flushed (together, see
-    :meth:`OutputRoot.seal`) before the record is written, and the record itself is
-    flushed: a record on disk always describes files on disk.  Returns the record.
+    With ``fsync`` every file and directory of the well is flushed (see
+    :meth:`OutputRoot.seal`; all in the calling thread with ``inline``, as a local run
+    commits beside a well being computed) before the record is written, and the record
+    itself is flushed: a record on disk always describes files on disk.  Returns the
+    record.
     Errors of the storage itself (a file vanished, the record cannot be written) are
     raised, so the run can try the well again.
     """
@@ -262,7 +266,7 @@ def commit_well(root: OutputRoot, well: WrittenWell, *, fsync: bool) -> dict[str
         "status": rec["status"],
         "host": rec["host"],
         "pid": rec["pid"],
-        "files": root.seal(well.files, fsync=fsync, identities=identities),
+        "files": root.seal(well.files, fsync=fsync, identities=identities, inline=inline),
         "identity": identities,
         "result": rec["result"],
     }
@@ -272,7 +276,7 @@ def commit_well(root: OutputRoot, well: WrittenWell, *, fsync: bool) -> dict[str
     # short by a power loss does not parse, and an unreadable record is no commit
     write_json(root, rel, doc, fsync=False)
     if fsync:
-        root.flush([rel])
+        root.flush([rel], inline=inline)
     return doc
 
 

@@ -58,13 +58,15 @@ if hasattr(os, "register_at_fork"):
 
 
 #: a local seal or flush of at most this many files and folders runs in the calling
-#: thread.  A well's commit runs beside the next well's computation: handing a dozen
-#: small files to sixteen threads made the scheduler move the computing thread from
-#: one core to the other about 35 times a well (``perf stat``: 2,230 migrations for
-#: 64 wells of the demo pipeline, 9 with the files sealed in the committing thread),
-#: each time leaving its cache behind, for about 1 ms less of sealing per well.  A
-#: larger set (a well of OME-Zarr chunks, the plate's files at the end) still goes to
-#: the pool, where issuing the fsync calls together pays.
+#: thread; a larger one goes to the thread pool, where issuing the fsync calls together
+#: pays (the plate's files at the end of a run, a Dask worker committing a well of
+#: OME-Zarr chunks), unless the caller asks for ``inline``.  A local run commits its
+#: wells beside the next well's computation, and there threads cost more than they
+#: save: handing a well's dozen files to sixteen threads made the scheduler move the
+#: computing thread from one core to the other about 35 times a well (``perf stat``:
+#: 2,230 migrations for 64 wells of the demo pipeline writing TIFFs, 9 with the files
+#: sealed in the committing thread; 4,597 and 9 writing OME-Zarr, about 60 files a
+#: well), each time leaving its cache behind, for about 1 ms less of sealing per well.
 SEAL_INLINE = 16
 
 
@@ -302,6 +304,7 @@ class OutputRoot:
         *,
         fsync: bool,
         identities: dict[str, str] | None = None,
+        inline: bool = False,
     ) -> dict[str, dict[str, Any]]:
         """Checksum files below the root and, with ``fsync``, make them durable.
 
@@ -312,8 +315,9 @@ class OutputRoot:
         directory from the root down to each file is fsynced, so that the files and
         their names survive a power loss.  A set of more than :data:`SEAL_INLINE`
         files and folders is issued at once from a thread pool, which the file system
-        serves with one journal commit instead of one per call; a smaller one is sealed
-        in the calling thread (see :data:`SEAL_INLINE` for why).  Objects on object
+        serves with one journal commit instead of one per call; a smaller one, or any
+        set with ``inline``, is sealed in the calling thread (see :data:`SEAL_INLINE`
+        for why).  Objects on object
         storage are durable once written; they are only hashed.  A missing file raises
         :class:`FileNotFoundError` naming it.
         """
@@ -333,7 +337,7 @@ class OutputRoot:
                     for i in range(1, len(parts) + 1):
                         dirs.add(os.path.join(self.url, *parts[:i]))
             reals = [os.path.join(self.url, r) for r in rels]
-            if len(reals) + len(dirs) <= SEAL_INLINE:
+            if inline or len(reals) + len(dirs) <= SEAL_INLINE:
                 sizes = [_seal_file(real, fsync) for real in reals]
                 for d in sorted(dirs):
                     _fsync_directory(d)
@@ -353,14 +357,15 @@ class OutputRoot:
                 identities[rel] = got[2]
         return out
 
-    def flush(self, rels: Sequence[str]) -> None:
-        """fsync local files and their folders, all in one round (object storage: no-op)."""
+    def flush(self, rels: Sequence[str], *, inline: bool = False) -> None:
+        """fsync local files and their folders (object storage: no-op); more than
+        :data:`SEAL_INLINE` of them in one round on the thread pool unless ``inline``."""
         if self.remote or not rels:
             return
         reals = [os.path.join(self.url, r) for r in rels]
         dirs = sorted({os.path.dirname(r) for r in reals})
         paths = [*reals, *dirs]
-        if len(paths) <= SEAL_INLINE:
+        if inline or len(paths) <= SEAL_INLINE:
             for p in paths:
                 _fsync_path(p)
             return

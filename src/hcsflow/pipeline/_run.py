@@ -708,9 +708,10 @@ class _Session:
         """Run the tasks; results by well (every task ends with a result).
 
         With local workers (in-process, threads, processes) and a local output, a worker
-        writes a well and this process commits it on a background thread (checksums,
-        one fsync round for all the well's files, the record), while the worker already
-        runs the next well.  Dask workers and a caller's executor commit their own wells.
+        writes a well and this process commits it on a background thread (checksums
+        and fsync of the well's files, all on that thread, then the record), while the
+        worker already runs the next well.  Dask workers and a caller's executor commit
+        their own wells.
 
         The committed wells a resume keeps (:attr:`to_verify`) are verified on a thread
         of this process while the tasks run; a well whose files do not match is run
@@ -868,14 +869,16 @@ class _Session:
                         # well is submitted or a later one reported ahead of it
                         try:
                             self.records[task.plan.well] = commit_well(
-                                self.root, out, fsync=self.fsync
+                                self.root, out, fsync=self.fsync, inline=True
                             )
                         except Exception as exc:
                             again(task, exc)
                             continue
                         done(task, out.result)  # raises StepExecutionError
                         continue
-                    fut_c = commits.submit(commit_well, self.root, out, fsync=self.fsync)
+                    fut_c = commits.submit(
+                        commit_well, self.root, out, fsync=self.fsync, inline=True
+                    )
                     committing[fut_c] = (task, out.result)
                 fill()
         except BaseException:

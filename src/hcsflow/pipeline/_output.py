@@ -76,7 +76,8 @@ def _io_pool() -> cf.ThreadPoolExecutor:
 
     fsync calls issued together let the file system flush them in one journal commit
     instead of one commit each; hashlib releases the GIL on large buffers.  Used for
-    sets of more than :data:`SEAL_INLINE` files and folders.
+    objects on object storage and for local sets of more than :data:`SEAL_INLINE` files
+    and folders.
     """
     global _IO_POOL
     with _IO_LOCK:
@@ -318,9 +319,9 @@ class OutputRoot:
         files and folders is issued at once from a thread pool, which the file system
         serves with one journal commit instead of one per call; a smaller one, or any
         set with ``inline``, is sealed in the calling thread (see :data:`SEAL_INLINE`
-        for why).  Objects on object
-        storage are durable once written; they are only hashed.  A missing file raises
-        :class:`FileNotFoundError` naming it.
+        for why).  Objects on object storage are durable once written; they are only
+        hashed, on the thread pool.  A missing file raises :class:`FileNotFoundError`
+        naming it.
         """
         rels = sorted(set(rels))
         if not rels:

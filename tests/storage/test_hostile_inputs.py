@@ -223,3 +223,136 @@ def test_hostile_files_through_the_fsspec_backend(corpus) -> None:
             backend.load(f"/{item.name}")
         assert isinstance(info.value, item.error), (item.name, info.value)
         assert item.name in str(info.value)
+
+
+# --------------------------------------------------------------------------- multi-file OME-TIFF
+
+_UUID_A = "urn:uuid:11111111-1111-4111-8111-111111111111"
+_UUID_B = "urn:uuid:22222222-2222-4222-8222-222222222222"
+
+
+def _ome_xml(own_uuid: str | None, planes: list[tuple[int, str, str]]) -> str:
+    """OME-XML of a Z stack whose plane z is page ``ifd`` of file ``name`` (``uuid``),
+    for each ``(ifd, name, uuid)`` of ``planes``: how Bio-Formats and microscope software
+    write OME-TIFF, a multi-file one when the names differ."""
+    data = "".join(
+        f'<TiffData FirstZ="{z}" IFD="{ifd}" PlaneCount="1">'
+        f'<UUID FileName="{name}">{uuid}</UUID></TiffData>'
+        for z, (ifd, name, uuid) in enumerate(planes)
+    )
+    root = f' UUID="{own_uuid}"' if own_uuid else ""
+    return (
+        '<?xml version="1.0" encoding="UTF-8"?>'
+        f'<OME xmlns="http://www.openmicroscopy.org/Schemas/OME/2016-06"{root}>'
+        '<Image ID="Image:0"><Pixels ID="Pixels:0" DimensionOrder="XYZCT" Type="uint16" '
+        f'SizeX="8" SizeY="8" SizeZ="{len(planes)}" SizeC="1" SizeT="1">'
+        f'<Channel ID="Channel:0:0" SamplesPerPixel="1"/>{data}</Pixels></Image></OME>'
+    )
+
+
+def _ome_pair_xml(own_uuid: str, file_a: str, file_b: str) -> str:
+    """Plane 0 in ``file_a``, plane 1 in ``file_b``."""
+    return _ome_xml(own_uuid, [(0, file_a, _UUID_A), (0, file_b, _UUID_B)])
+
+
+def _write_ome_pair(folder, file_b: str = "B.ome.tif") -> None:
+    import tifffile
+
+    folder.mkdir(parents=True, exist_ok=True)
+    tifffile.imwrite(
+        folder / "A.ome.tif",
+        np.full((8, 8), 7, np.uint16),
+        description=_ome_pair_xml(_UUID_A, "A.ome.tif", file_b),
+        metadata=None,
+    )
+    tifffile.imwrite(
+        folder / "B.ome.tif",
+        np.full((8, 8), 9, np.uint16),
+        description=_ome_pair_xml(_UUID_B, "A.ome.tif", file_b),
+        metadata=None,
+    )
+
+
+def test_a_multi_file_ome_tiff_is_refused_and_nothing_outside_the_store_is_read(tmp_path):
+    """The OME-XML of one file of a multi-file OME-TIFF names the others.  tifffile
+    opened them by joining those names to the directory of the *virtual* path, outside
+    the store: here a decoy beside the real path the virtual one spells was read into
+    the result; with no such file the plane came back as zeros with only a log line."""
+    from hcsflow.errors import DataFormatError
+
+    store = tmp_path / "store"
+    decoy_dir = tmp_path / "decoy"  # the real directory the virtual path below spells
+    virtual_dir = str(decoy_dir)  # an absolute path, used as a virtual one in the store
+    _write_ome_pair(store / virtual_dir.lstrip("/"))
+    _write_ome_pair(decoy_dir)  # outside the store
+    import tifffile
+
+    tifffile.imwrite(  # the decoy's second file holds other data
+        decoy_dir / "B.ome.tif",
+        np.full((8, 8), 666, np.uint16),
+        description=_ome_pair_xml(_UUID_B, "A.ome.tif", "B.ome.tif"),
+        metadata=None,
+    )
+    backend = DiskStorageBackend(str(store))
+    for vp in (f"{virtual_dir}/A.ome.tif", f"{virtual_dir}/B.ome.tif"):
+        with pytest.raises(DataFormatError) as info:
+            backend.load(vp)
+        message = str(info.value)
+        assert "multi-file OME-TIFF" in message and info.value.path == vp
+        other = "B.ome.tif" if vp.endswith("A.ome.tif") else "A.ome.tif"
+        assert repr(other) in message
+    # each file's own pages still load, as the OME-TIFF plate reader reads them
+    assert backend.load(f"{virtual_dir}/A.ome.tif", key=0).tolist() == [[7] * 8] * 8
+    assert backend.load(f"{virtual_dir}/B.ome.tif", key=0).max() == 9
+
+
+def test_a_multi_file_ome_tiff_naming_a_path_outside_is_refused_through_fsspec(tmp_path):
+    import uuid
+
+    import fsspec
+
+    from hcsflow.errors import DataFormatError
+    from hcsflow.storage import FsspecStorageBackend
+
+    _write_ome_pair(tmp_path / "pair", file_b="../../../../etc/B.ome.tif")
+    root = f"memory://ome-{uuid.uuid4().hex[:8]}"
+    fs = fsspec.filesystem("memory")
+    fs.pipe_file(
+        f"{root[len('memory://') :]}/A.ome.tif", (tmp_path / "pair/A.ome.tif").read_bytes()
+    )
+    backend = FsspecStorageBackend(root)
+    with pytest.raises(DataFormatError, match=r"multi-file OME-TIFF.*'\.\./\.\./\.\./\.\./etc/B"):
+        backend.load("/A.ome.tif")
+
+
+def test_single_file_ome_tiffs_naming_themselves_still_load(tmp_path):
+    """UUID elements naming the file itself (as Bio-Formats writes single files too,
+    with or without the document's own UUID), and tifffile's own OME-TIFF, are not
+    mistaken for multi-file ones, on disk and through fsspec (where the file object
+    has no name of its own)."""
+    import uuid
+
+    import fsspec
+    import tifffile
+
+    from hcsflow.storage import FsspecStorageBackend
+
+    stack = np.stack([np.full((8, 8), 7, np.uint16), np.full((8, 8), 9, np.uint16)])
+    planes = [(0, "one.ome.tif", _UUID_A), (1, "one.ome.tif", _UUID_A)]
+    tifffile.imwrite(
+        tmp_path / "one.ome.tif", stack, description=_ome_xml(_UUID_A, planes), metadata=None
+    )
+    planes = [(0, "two.ome.tif", _UUID_A), (1, "two.ome.tif", _UUID_A)]
+    tifffile.imwrite(
+        tmp_path / "two.ome.tif", stack, description=_ome_xml(None, planes), metadata=None
+    )
+    tifffile.imwrite(tmp_path / "own.ome.tif", stack, ome=True)
+    root = f"memory://ome-{uuid.uuid4().hex[:8]}"
+    fs = fsspec.filesystem("memory")
+    names = ("one.ome.tif", "two.ome.tif", "own.ome.tif")
+    for name in names:
+        fs.pipe_file(f"{root[len('memory://') :]}/{name}", (tmp_path / name).read_bytes())
+    for backend in (DiskStorageBackend(str(tmp_path)), FsspecStorageBackend(root)):
+        for name in names:
+            got = backend.load(f"/{name}")
+            assert got.shape == (2, 8, 8) and got[:, 0, 0].tolist() == [7, 9], (backend, name)

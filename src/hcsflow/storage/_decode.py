@@ -18,21 +18,24 @@ Two guarantees for every array hcsflow loads from a file:
 
 from __future__ import annotations
 
+import html
 import io
 import os
+import re
 import struct
 import zipfile
 from typing import IO, Any, cast
 
 import numpy as np
 
-from hcsflow.errors import PickleRefusedError
+from hcsflow.errors import CodecRefusal, PickleRefusedError
 from hcsflow.storage._limits import StorageLimits, declared_nbytes
 
 __all__ = [
     "ALIGNMENT",
     "aligned_empty",
     "is_aligned",
+    "open_tiff",
     "read_npy",
     "read_npz",
     "read_tiff",
@@ -243,6 +246,40 @@ class _Prefixed(io.RawIOBase):
 # --------------------------------------------------------------------------- TIFF
 
 
+def open_tiff(fh: IO[bytes], name: str | None = None) -> Any:
+    """A ``tifffile.TiffFile`` over ``fh`` that never opens another file by itself.
+
+    The OME-XML of a multi-file OME-TIFF names the other files of its series
+    (``TiffData/UUID/@FileName``), and tifffile opens them by joining those names to
+    the directory of the name ``fh`` carries.  That name is a virtual path, so the
+    other files were looked for outside the store (``/B.ome.tif`` for ``/A.ome.tif``
+    of a store under ``/data``), a name like ``../../x`` led anywhere, and a file not
+    found was replaced by zeros with only a log message.  Here tifffile reads this file
+    alone, and :func:`read_tiff` refuses a series that continues in other files.
+    ``name``: the file's own name (tifffile matches it against the names in the
+    OME-XML), when ``fh`` has none.
+    """
+    import tifffile
+
+    return tifffile.TiffFile(fh, name=name, _multifile=False)
+
+
+#: a ``UUID`` element of OME-XML naming the file that holds some planes
+_OME_UUID_FILE = re.compile(rb"<(?:[\w.-]+:)?UUID\b[^>]*?\bFileName\s*=\s*(\"[^\"]*\"|'[^']*')")
+
+
+def _other_ome_files(tif: Any) -> list[str]:
+    """Files other than this one that an OME-TIFF's metadata places planes in."""
+    raw = (tif.ome_metadata or "").encode("utf-8", "replace")
+    own = str(tif.filename).lower()
+    names: list[str] = []
+    for match in _OME_UUID_FILE.finditer(raw):
+        name = html.unescape(match.group(1)[1:-1].decode("utf-8", "replace"))
+        if name.lower() != own and name not in names:
+            names.append(name)
+    return names
+
+
 def read_tiff(
     fh: IO[bytes],
     *,
@@ -252,9 +289,11 @@ def read_tiff(
     key: Any = None,
 ) -> np.ndarray:
     """The first series of a TIFF (or the pages ``key`` selects), checked and aligned."""
-    import tifffile
-
-    with tifffile.TiffFile(fh) as tif:
+    # the file's own name, as the OME-XML of an OME-TIFF may spell it (a file object
+    # over a bare descriptor is "named" by its number)
+    name = getattr(fh, "name", None)
+    own = os.path.basename(name if isinstance(name, str) and name else path or "") or None
+    with open_tiff(fh, own) as tif:
         # pages.first, not len(pages): counting would parse every IFD of a stack
         try:
             tif.pages.first  # noqa: B018
@@ -270,6 +309,21 @@ def read_tiff(
             limits.check_bytes(nbytes, what="the TIFF pages selected", path=path, backend=backend)
             return np.asarray(tif.asarray(key=key))
         series = tif.series[0]
+        if tif.is_ome and series.kind != "ome":
+            # tifffile built no OME series: one that continues in other files (it is
+            # told not to open them), a BinaryOnly file or unreadable OME-XML; only the
+            # first is refused, the others keep the file's own pages as before
+            others = _other_ome_files(tif)
+            if others:
+                shown = ", ".join(repr(n) for n in others[:3])
+                more = f" and {len(others) - 3} more" if len(others) > 3 else ""
+                raise CodecRefusal(
+                    f"the file is part of a multi-file OME-TIFF: its OME-XML places planes "
+                    f"of its images in {shown}{more}, which a single load does not open; "
+                    "read the folder as a plate with hcsflow.readers.read_plate (it opens "
+                    "the other files through the backend), or load this file's own pages "
+                    "with key="
+                )
         shape = tuple(int(s) for s in series.shape)
         limits.check_array(shape, series.dtype, what="TIFF series 0", path=path, backend=backend)
         out = aligned_empty(shape, series.dtype)

@@ -356,3 +356,34 @@ def test_single_file_ome_tiffs_naming_themselves_still_load(tmp_path):
         for name in names:
             got = backend.load(f"/{name}")
             assert got.shape == (2, 8, 8) and got[:, 0, 0].tolist() == [7, 9], (backend, name)
+
+
+def test_without_a_root_a_multi_file_ome_tiff_is_read_whole(tmp_path):
+    """A disk backend without a root covers the whole file system: virtual paths are
+    real ones, there is no store to leave, and the other files of the series are read
+    as tifffile.imread reads them."""
+    _write_ome_pair(tmp_path / "pair")
+    got = DiskStorageBackend().load(str(tmp_path / "pair" / "A.ome.tif"))
+    assert got.shape == (2, 8, 8) and got[:, 0, 0].tolist() == [7, 9]
+
+
+def test_in_a_store_tifffile_gets_no_descriptor_and_no_path(tmp_path, monkeypatch):
+    """What keeps tifffile from opening, globbing or checking files by path in a store
+    (the other files of OME-TIFF, Micro-Manager and NDTiff series): it reads a stream
+    with neither a descriptor nor a directory."""
+    import tifffile
+
+    seen = []
+    original = tifffile.TiffFile.__init__
+
+    def spy(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        seen.append((self.filehandle.is_file, self.filehandle.dirname, self.filename))
+
+    monkeypatch.setattr(tifffile.TiffFile, "__init__", spy)
+    tifffile.imwrite(tmp_path / "plane.tif", np.ones((4, 4), np.uint16))
+    assert DiskStorageBackend(str(tmp_path)).load("/plane.tif").sum() == 16
+    assert seen == [(False, "", "plane.tif")]
+    seen.clear()
+    DiskStorageBackend().load(str(tmp_path / "plane.tif"))  # no root: the real file
+    assert seen == [(True, str(tmp_path), "plane.tif")]

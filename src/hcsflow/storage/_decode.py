@@ -18,12 +18,15 @@ Two guarantees for every array hcsflow loads from a file:
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import html
 import io
 import os
 import re
 import struct
 import zipfile
+from collections.abc import Iterator
 from typing import IO, Any, cast
 
 import numpy as np
@@ -36,6 +39,7 @@ __all__ = [
     "aligned_empty",
     "is_aligned",
     "open_tiff",
+    "tiff_siblings_by_path",
     "read_npy",
     "read_npz",
     "read_tiff",
@@ -246,22 +250,64 @@ class _Prefixed(io.RawIOBase):
 # --------------------------------------------------------------------------- TIFF
 
 
+#: whether tifffile may open the other files of a multi-file series by their paths
+#: (see :func:`tiff_siblings_by_path`)
+_SIBLINGS_BY_PATH: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "hcsflow_tiff_siblings_by_path", default=False
+)
+
+
+@contextlib.contextmanager
+def tiff_siblings_by_path() -> Iterator[None]:
+    """Within the block, a TIFF whose series continues in other files (multi-file
+    OME-TIFF, Micro-Manager stacks) is read whole, tifffile opening the other files by
+    the directory of the file object's name, as ``tifffile.imread`` does.
+
+    Only for file objects named by their real path on a backend without a root (the
+    disk backend over the whole file system): there is no store to leave.
+    """
+    token = _SIBLINGS_BY_PATH.set(True)
+    try:
+        yield
+    finally:
+        _SIBLINGS_BY_PATH.reset(token)
+
+
+class _Unlocated:
+    """A binary file object as tifffile sees it in a store: readable and seekable, but
+    without a descriptor or a path, so tifffile opens, globs or checks nothing by path
+    (the other files of multi-file OME-TIFF, Micro-Manager and NDTiff series)."""
+
+    __slots__ = ("read", "readinto", "seek", "tell")
+
+    def __init__(self, fh: IO[bytes]) -> None:
+        # bound methods of the real object: reading costs what it costs on ``fh``
+        self.read = fh.read
+        self.readinto = fh.readinto  # type: ignore[attr-defined]
+        self.seek = fh.seek
+        self.tell = fh.tell
+
+
 def open_tiff(fh: IO[bytes], name: str | None = None) -> Any:
     """A ``tifffile.TiffFile`` over ``fh`` that never opens another file by itself.
 
     The OME-XML of a multi-file OME-TIFF names the other files of its series
-    (``TiffData/UUID/@FileName``), and tifffile opens them by joining those names to
-    the directory of the name ``fh`` carries.  That name is a virtual path, so the
-    other files were looked for outside the store (``/B.ome.tif`` for ``/A.ome.tif``
-    of a store under ``/data``), a name like ``../../x`` led anywhere, and a file not
-    found was replaced by zeros with only a log message.  Here tifffile reads this file
-    alone, and :func:`read_tiff` refuses a series that continues in other files.
-    ``name``: the file's own name (tifffile matches it against the names in the
-    OME-XML), when ``fh`` has none.
+    (``TiffData/UUID/@FileName``), Micro-Manager and NDTiff stacks find theirs by
+    pattern and index file, and tifffile opens them by joining those names to the
+    directory of the name ``fh`` carries.  In a store that name is a virtual path, so
+    the other files were looked for outside the store (``/B.ome.tif`` for
+    ``/A.ome.tif`` of a store under ``/data``), a name like ``../../x`` led anywhere,
+    and a file not found was replaced by zeros with only a log message.  Here tifffile
+    reads ``fh`` alone (unless :func:`tiff_siblings_by_path` allows more), and
+    :func:`read_tiff` refuses an OME series that continues in other files.  ``name``:
+    the file's own name (tifffile matches it against the names in the OME-XML).
     """
     import tifffile
 
-    return tifffile.TiffFile(fh, name=name, _multifile=False)
+    if _SIBLINGS_BY_PATH.get():
+        return tifffile.TiffFile(fh)
+    # _Unlocated has what tifffile reads a binary stream with (read, readinto, seek, tell)
+    return tifffile.TiffFile(cast(IO[bytes], _Unlocated(fh)), name=name, _multifile=False)
 
 
 #: a ``UUID`` element of OME-XML naming the file that holds some planes

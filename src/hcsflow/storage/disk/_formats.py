@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -20,6 +21,7 @@ from hcsflow.storage._codecs import (
     codec_for,
     decoding,
 )
+from hcsflow.storage._decode import tiff_siblings_by_path
 from hcsflow.storage.disk._paths import _DiskPaths, file_object
 
 __all__: list[str] = []
@@ -61,6 +63,9 @@ class _DiskFormats(_DiskPaths):
         with (
             decoding(codec, vp, self.name, os_error=lambda e: self._os_error(e, vp, "cannot load")),
             fh,
+            # without a root a virtual path is the real one, and there is no store to
+            # leave: a multi-file TIFF series is read whole, as tifffile.imread does
+            contextlib.nullcontext() if self._tree.contained else tiff_siblings_by_path(),
         ):
             return codec.decode(fh, limits=self.limits, path=vp, backend=self.name, **options)
 

@@ -387,3 +387,32 @@ def test_in_a_store_tifffile_gets_no_descriptor_and_no_path(tmp_path, monkeypatc
     seen.clear()
     DiskStorageBackend().load(str(tmp_path / "plane.tif"))  # no root: the real file
     assert seen == [(True, str(tmp_path), "plane.tif")]
+
+
+def test_a_tiff_reads_from_a_stream_with_only_read_seek_and_tell():
+    """A third-party backend's file object may lack ``readinto``: the stream tifffile
+    is given in a store then reads through ``read``."""
+    import io
+
+    import tifffile
+
+    from hcsflow.storage._decode import read_tiff
+
+    class Plain:
+        def __init__(self, data: bytes) -> None:
+            self._buf = io.BytesIO(data)
+
+        def read(self, n: int = -1) -> bytes:
+            return self._buf.read(n)
+
+        def seek(self, offset: int, whence: int = 0) -> int:
+            return self._buf.seek(offset, whence)
+
+        def tell(self) -> int:
+            return self._buf.tell()
+
+    stack = np.arange(3 * 5 * 7, dtype=np.uint16).reshape(3, 5, 7)
+    buf = io.BytesIO()
+    tifffile.imwrite(buf, stack, imagej=True, metadata={"axes": "ZYX"})
+    got = read_tiff(Plain(buf.getvalue()), limits=StorageLimits(), path="/s.tif", backend=None)
+    assert np.array_equal(got, stack) and is_aligned(got)

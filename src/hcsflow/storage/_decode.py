@@ -283,9 +283,17 @@ class _Unlocated:
     def __init__(self, fh: IO[bytes]) -> None:
         # bound methods of the real object: reading costs what it costs on ``fh``
         self.read = fh.read
-        self.readinto = fh.readinto  # type: ignore[attr-defined]
         self.seek = fh.seek
         self.tell = fh.tell
+        readinto = getattr(fh, "readinto", None)
+        self.readinto = readinto if readinto is not None else self._readinto_by_read
+
+    def _readinto_by_read(self, buffer: Any) -> int:
+        """``readinto`` for a file object that only has ``read``."""
+        view = memoryview(buffer).cast("B")
+        data = self.read(len(view))
+        view[: len(data)] = data
+        return len(data)
 
 
 def open_tiff(fh: IO[bytes], name: str | None = None) -> Any:

@@ -10,8 +10,8 @@
   each backend, against ``os.scandir`` + ``sorted`` (and, for zarr, zarr-python listing
   the group's members).  "First listing" rows forget the natural sort keys before each
   call; the others list a folder whose names were listed before.
-* **Batches.**  ``load_batch``/``save_batch`` of 100 TIFFs of 256x256 and of 1024x1024
-  against a sequential tifffile loop and an 8-thread pool calling tifffile directly;
+* **Batches.**  ``load_batch``/``save_batch`` of 100 TIFFs of 256x256, 512x512 and
+  1024x1024 against a sequential tifffile loop and an 8-thread pool calling tifffile directly;
   writes with the default ``fsync=True`` against the same durable write done by hand
   (temporary file, fsync, rename, directory fsync).  The zarr and memory backends'
   batches against a loop of single calls.
@@ -662,7 +662,7 @@ def bench_batches(tmp: str) -> list[dict[str, Any]]:
     rng = np.random.default_rng(1)
     pool = ThreadPoolExecutor(8)
     repeat = 3 if QUICK else 7
-    for side in (256, 1024):
+    for side in (256, 512, 1024):
         images = [rng.integers(0, 4096, (side, side), dtype=np.uint16) for _ in range(BATCH)]
         folder = os.path.join(tmp, f"batch{side}")
         os.makedirs(folder)

@@ -218,21 +218,22 @@ def declared_nbytes(
     """``prod(shape) * itemsize`` in Python integers (no overflow), refusing bad shapes."""
     try:
         dims = [int(s) for s in shape]
-        itemsize = np.dtype(dtype).itemsize
+        # every decoded file passes here: a dtype object needs no np.dtype() call
+        itemsize = dtype.itemsize if isinstance(dtype, np.dtype) else np.dtype(dtype).itemsize
     except (TypeError, ValueError, OverflowError) as exc:
         raise CorruptDataError(
             f"{what} declares an unusable shape {shape!r} or dtype {dtype!r}",
             path=path,
             backend=backend,
         ) from exc
-    if any(d < 0 for d in dims):
-        raise CorruptDataError(
-            f"{what} declares a negative dimension in shape {tuple(dims)}",
-            path=path,
-            backend=backend,
-        )
     total = itemsize
     for d in dims:
+        if d < 0:
+            raise CorruptDataError(
+                f"{what} declares a negative dimension in shape {tuple(dims)}",
+                path=path,
+                backend=backend,
+            )
         total *= d
     return total
 

@@ -10,8 +10,7 @@ import numpy as np
 import pytest
 
 from hcsflow.errors import BatchError, NotFoundError
-from hcsflow.storage import DiskStorageBackend, default_codecs
-from hcsflow.storage import _batch
+from hcsflow.storage import DiskStorageBackend, _batch, default_codecs
 from hcsflow.storage._batch import (
     MIN_THREADED_ITEM_BYTES,
     OVERLAP_WORKERS,

@@ -4,24 +4,20 @@ from __future__ import annotations
 
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
 
 from hcsflow.errors import BatchError, NotFoundError
-from hcsflow.storage import DiskStorageBackend, _batch, default_codecs
+from hcsflow.storage import DiskStorageBackend, default_codecs
 from hcsflow.storage._batch import (
     MIN_THREADED_ITEM_BYTES,
-    OVERLAP_WORKERS,
-    PROBE_ITEMS,
     THREADS_PER_CORE,
     batch_workers,
     mean_file_size,
     nbytes_of,
     releases_gil,
     run_batch,
-    run_batch_probed,
 )
 
 BIG = MIN_THREADED_ITEM_BYTES
@@ -121,9 +117,7 @@ def _uses_pool(backend: DiskStorageBackend) -> bool:
     return backend._pool is not None
 
 
-def test_disk_batches_pick_a_loop_for_small_quick_files(tmp_path, monkeypatch) -> None:
-    # "quick" is measured; a threshold no item reaches makes it so on any machine
-    monkeypatch.setattr(_batch, "MIN_OVERLAP_ITEM_SECONDS", 3600.0)
+def test_disk_batches_pick_a_loop_for_small_files(tmp_path) -> None:
     backend = DiskStorageBackend(tmp_path, fsync=False)
     images = [np.full((64, 64), i, np.uint16) for i in range(10)]
     paths = [f"/s{i}.tif" for i in range(10)]
@@ -131,90 +125,6 @@ def test_disk_batches_pick_a_loop_for_small_quick_files(tmp_path, monkeypatch) -
     out = backend.load_batch(paths)
     assert [int(a[0, 0]) for a in out] == list(range(10))
     assert not _uses_pool(backend)
-
-
-def test_disk_batches_overlap_small_files_that_prove_slow(tmp_path, monkeypatch) -> None:
-    monkeypatch.setattr(_batch, "MIN_OVERLAP_ITEM_SECONDS", 0.0)
-    monkeypatch.setattr(_batch, "available_cores", lambda: 2)
-    writer = DiskStorageBackend(tmp_path, fsync=False)
-    images = [np.full((64, 64), i, np.uint16) for i in range(10)]
-    paths = [f"/s{i}.tif" for i in range(10)]
-    writer.save_batch(images, paths)
-    assert _uses_pool(writer)
-    reader = DiskStorageBackend(tmp_path)
-    assert [int(a[0, 0]) for a in reader.load_batch(paths)] == list(range(10))
-    assert _uses_pool(reader)
-    # a format whose code holds the GIL is never threaded, however slow
-    (tmp_path / "text").mkdir()
-    text = DiskStorageBackend(tmp_path / "text", fsync=False)
-    text.save_batch([f"line {i}" for i in range(10)], [f"/t{i}.txt" for i in range(10)])
-    assert text.load_batch([f"/t{i}.txt" for i in range(10)])[3] == "line 3"
-    assert not _uses_pool(text)
-
-
-def _probed(count: int, seconds: float, **kw: int) -> tuple[list[int], list[int]]:
-    """Results and the threads each item ran on, for items sleeping ``seconds``."""
-    threads: list[int] = [0] * count
-
-    def item(i: int) -> int:
-        threads[i] = threading.get_ident()
-        time.sleep(seconds)
-        return i * 3
-
-    pool = ThreadPoolExecutor(4)
-    try:
-        out = run_batch_probed(item, count, lambda: pool, **kw)
-    finally:
-        pool.shutdown()
-    return out, threads
-
-
-def test_probed_batches_run_slow_items_on_two_threads_after_the_probe(monkeypatch) -> None:
-    monkeypatch.setattr(_batch, "MIN_OVERLAP_ITEM_SECONDS", 0.002)
-    out, threads = _probed(12, 0.005, max_workers=8, cores=4)
-    assert out == [i * 3 for i in range(12)]
-    caller = threading.get_ident()
-    assert threads[:PROBE_ITEMS] == [caller] * PROBE_ITEMS
-    rest = set(threads[PROBE_ITEMS:])
-    assert caller not in rest and 1 <= len(rest) <= OVERLAP_WORKERS
-
-
-@pytest.mark.parametrize(
-    ("seconds", "kw"),
-    [
-        (0.0, {"max_workers": 8, "cores": 4}),  # quick items
-        (0.005, {"max_workers": 1, "cores": 4}),  # the backend allows no thread
-        (0.005, {"max_workers": 8, "cores": 1}),  # one core: nothing to overlap with
-    ],
-)
-def test_probed_batches_stay_in_the_caller(monkeypatch, seconds: float, kw: dict[str, int]) -> None:
-    monkeypatch.setattr(_batch, "MIN_OVERLAP_ITEM_SECONDS", 0.002)
-    out, threads = _probed(6, seconds, **kw)
-    assert out == [i * 3 for i in range(6)]
-    assert set(threads) == {threading.get_ident()}
-
-
-def test_probed_batches_fail_like_a_loop(monkeypatch) -> None:
-    monkeypatch.setattr(_batch, "MIN_OVERLAP_ITEM_SECONDS", 0.0)
-    started: list[int] = []
-
-    def item(i: int) -> int:
-        started.append(i)
-        if i in (0, 5, 7):
-            raise ValueError(i)
-        return i
-
-    with ThreadPoolExecutor(4) as pool:
-        with pytest.raises(ValueError, match="^0$"):
-            run_batch_probed(item, 10, lambda: pool, max_workers=8, cores=2)
-        assert started == [0]  # a probe item's failure stops the batch at once
-        started.clear()
-        with pytest.raises(ValueError, match="^5$"):
-            run_batch_probed(lambda i: item(i + 1), 9, lambda: pool, max_workers=8, cores=2)
-        # the lowest failing item is raised (7 may have run too, as in run_batch)
-        assert {1, 2, 3, 4, 5} <= set(started)
-    assert run_batch_probed(lambda i: i, 0, lambda: pool, max_workers=8) == []
-    assert run_batch_probed(lambda i: i, 1, lambda: pool, max_workers=8) == [0]
 
 
 def test_disk_batches_thread_large_files_and_fsyncs(tmp_path) -> None:

@@ -14,14 +14,8 @@ concurrency is chosen from the work itself:
   (TIFF, PNG, NPY, NPZ, raw bytes) can run side by side; the others (JSON, CSV, text,
   pickle) are Python code and always run in a loop.  A :class:`~hcsflow.storage.Codec`
   can say which it is with a ``releases_gil`` class attribute;
-* **size**: items of :data:`MIN_THREADED_ITEM_BYTES` or more on average (file sizes
-  from ``stat`` for reads, array sizes for writes) go to the whole pool;
-* **time**: smaller items of such a format are timed as they run: the first
-  :data:`PROBE_ITEMS` run in the calling thread, and when each took at least
-  :data:`MIN_OVERLAP_ITEM_SECONDS` the rest run on :data:`OVERLAP_WORKERS` threads
-  (:func:`run_batch_probed`), so that one item's C code (reading, inflating, copying)
-  overlaps the next one's Python code; quicker items, whose switching would cost more
-  than the overlap gains, run in a loop;
+* **size**: below :data:`MIN_THREADED_ITEM_BYTES` per item on average (file sizes from
+  ``stat`` for reads, array sizes for writes) the batch runs in a loop;
 * **cores**: at most :data:`THREADS_PER_CORE` threads per available core, and never
   more than the backend's ``max_workers``.
 
@@ -33,17 +27,13 @@ from __future__ import annotations
 
 import os
 import threading
-import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from typing import Any, TypeVar
 
 __all__ = [
     "GIL_RELEASING_CODECS",
-    "MIN_OVERLAP_ITEM_SECONDS",
     "MIN_THREADED_ITEM_BYTES",
-    "OVERLAP_WORKERS",
-    "PROBE_ITEMS",
     "THREADS_PER_CORE",
     "available_cores",
     "batch_window",
@@ -52,7 +42,6 @@ __all__ = [
     "nbytes_of",
     "releases_gil",
     "run_batch",
-    "run_batch_probed",
 ]
 
 T = TypeVar("T")
@@ -66,20 +55,6 @@ MIN_THREADED_ITEM_BYTES = 1 << 20
 
 #: threads per available core for batches worth threading
 THREADS_PER_CORE = 4
-
-#: items of a smaller batch run and timed in the calling thread before it chooses
-PROBE_ITEMS = 2
-#: the least time an item must take in the calling thread for the rest of its batch to
-#: run on :data:`OVERLAP_WORKERS` threads.  Measured on 100-file batches (docs/storage.md,
-#: "Batches"): two threads lost up to 16% on items of 50 us (NPY of 128x128), broke
-#: even around 100 us, and gained from 150 us up (TIFF of 256x256 0.92-0.98x a loop,
-#: TIFF of 512x512 0.65x, PNG of 128x128 0.58x)
-MIN_OVERLAP_ITEM_SECONDS = 150e-6
-#: threads for items below :data:`MIN_THREADED_ITEM_BYTES` that take long enough: one
-#: item's GIL-free part (system calls, inflating, copying) overlaps another's Python
-#: code; more threads only queue for the GIL (four and eight were slower than two on
-#: TIFFs of 256x256)
-OVERLAP_WORKERS = 2
 
 
 def available_cores() -> int:
@@ -254,38 +229,4 @@ def run_batch(
             pool.shutdown(wait=True)
     if failures:
         raise failures[min(failures)]
-    return results
-
-
-def run_batch_probed(
-    fn: Callable[[int], T],
-    count: int,
-    executor: Callable[[], Executor],
-    *,
-    max_workers: int,
-    cores: int | None = None,
-) -> list[T]:
-    """``[fn(0), ..., fn(count - 1)]`` for a batch of small items of a format that
-    releases the GIL: threaded only if the items prove slow enough.
-
-    The first :data:`PROBE_ITEMS` run here, each timed; when the quickest took at least
-    :data:`MIN_OVERLAP_ITEM_SECONDS`, the rest run on :data:`OVERLAP_WORKERS` threads of
-    ``executor()`` (through :func:`run_batch`, with its order and failure rules),
-    otherwise in a loop here.  A failing item raises as in a loop: the probe's at once,
-    the rest's as :func:`run_batch` says.
-    """
-    probe = min(PROBE_ITEMS, count)
-    results: list[T] = []
-    quickest = float("inf")
-    clock = time.perf_counter
-    for index in range(probe):
-        started = clock()
-        results.append(fn(index))
-        quickest = min(quickest, clock() - started)
-    left = count - probe
-    workers = min(OVERLAP_WORKERS, max_workers, cores or available_cores(), left)
-    if workers < 2 or quickest < MIN_OVERLAP_ITEM_SECONDS:
-        results += [fn(index) for index in range(probe, count)]
-        return results
-    results += run_batch(lambda index: fn(probe + index), left, workers, executor())
     return results

@@ -14,13 +14,7 @@ from hcsflow.errors import (
     HcsflowError,
 )
 from hcsflow.storage._base import batch_item_error
-from hcsflow.storage._batch import (
-    batch_workers,
-    mean_file_size,
-    releases_gil,
-    run_batch,
-    run_batch_probed,
-)
+from hcsflow.storage._batch import batch_workers, mean_file_size, releases_gil, run_batch
 from hcsflow.storage._codecs import (
     Codec,
     check_codec_options,
@@ -91,21 +85,18 @@ class _DiskFormats(_DiskPaths):
                     index, "cannot be loaded", exc, path=str(path), backend=self.name
                 ) from exc
             jobs.append((codec, vp))
-        gil_free = all(releases_gil(codec) for codec in {job[0] for job in jobs})
         workers = batch_workers(
             len(jobs),
             mean_file_size([vp for _, vp in jobs], size_of=self._size_for_batch),
-            gil_free=gil_free,
+            gil_free=all(releases_gil(codec) for codec in {job[0] for job in jobs}),
             max_workers=self.max_workers,
         )
-
-        def item(i: int) -> Any:
-            return self._batch_item(i, jobs[i], options)
-
-        if workers == 1 and gil_free:
-            # small files: threaded only if they prove slow enough to overlap
-            return run_batch_probed(item, len(jobs), self._executor, max_workers=self.max_workers)
-        return run_batch(item, len(jobs), workers, self._executor() if workers > 1 else None)
+        return run_batch(
+            lambda i: self._batch_item(i, jobs[i], options),
+            len(jobs),
+            workers,
+            self._executor() if workers > 1 else None,
+        )
 
     def _size_for_batch(self, vp: str) -> int | None:
         """Bytes of the file at ``vp``, for choosing a batch's concurrency."""

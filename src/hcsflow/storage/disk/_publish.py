@@ -48,13 +48,7 @@ from hcsflow.errors import (
     StorageError,
 )
 from hcsflow.storage._base import _check_batch, _reason, batch_item_error
-from hcsflow.storage._batch import (
-    batch_workers,
-    nbytes_of,
-    releases_gil,
-    run_batch,
-    run_batch_probed,
-)
+from hcsflow.storage._batch import batch_workers, nbytes_of, releases_gil, run_batch
 from hcsflow.storage._codecs import Codec
 from hcsflow.storage._contain import copy_fd, copy_file_at, rename_noreplace, renameat2
 from hcsflow.storage._debris import (
@@ -575,20 +569,15 @@ class _DiskPublish(_DiskFormats):
                     index, "could not be written", exc, path=vp, backend=self.name
                 ) from exc
 
-        gil_free = all(releases_gil(codec) for codec in {plan[3] for plan in plans})
         workers = batch_workers(
             len(plans),
             sum(nbytes_of(plan[4]) for plan in plans) / max(1, len(plans)),
-            gil_free=gil_free,
+            gil_free=all(releases_gil(codec) for codec in {plan[3] for plan in plans}),
             durable=self.fsync,
             max_workers=self.max_workers,
         )
         try:
-            if workers == 1 and gil_free:
-                # small items: threaded only if they prove slow enough to overlap
-                run_batch_probed(write, len(plans), self._executor, max_workers=self.max_workers)
-            else:
-                run_batch(write, len(plans), workers, self._executor() if workers > 1 else None)
+            run_batch(write, len(plans), workers, self._executor() if workers > 1 else None)
         except BaseException:
             for item, (_, dir_fd, _, _, _) in zip(staged, plans, strict=True):
                 if item is not None:

@@ -10,9 +10,10 @@ On a local store this module does it in one pass instead:
 * the directory is opened once through the contained :class:`~hcsflow.storage._contain.Tree`
   and read with ``scandir`` on that descriptor (names and entry types without a
   system call per entry);
-* an entry that is a directory is classified by reading its ``zarr.json`` with two
-  ``openat`` calls relative to that descriptor, each refusing a symlink
-  (``O_NOFOLLOW``), so nothing outside the directory is reached.  The documents
+* an entry that is a directory is classified by reading its ``zarr.json``, opened
+  relative to that descriptor by one ``openat2`` refusing a symlink anywhere on the
+  way (or, without ``openat2``, two ``openat`` calls each refusing one with
+  ``O_NOFOLLOW``), so nothing outside the directory is reached.  The documents
   hcsflow itself writes for files and directories are recognised by one exact byte
   pattern (:data:`_PLAIN`) without parsing, which is what most of an entry's time
   went to; any other document is parsed and classified by the node rules.  A real

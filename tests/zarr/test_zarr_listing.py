@@ -427,3 +427,44 @@ def test_load_of_a_file_whose_data_array_vanishes_reads_the_new_one(
     monkeypatch.setattr(zarr, "open_array", vanished)
     with pytest.raises(ZarrError, match="missing data array"):
         b.load("/d/f.tif")
+
+
+@pytest.fixture(params=["openat2", "openat"])
+def opener(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A first listing with ``openat2`` where the kernel has it, and with the two
+    ``openat`` calls used where it does not."""
+    from hcsflow.storage._contain import _Openat2
+
+    if request.param == "openat":
+        monkeypatch.setattr(_Openat2, "available", False)
+    return str(request.param)
+
+
+def test_first_listing_reads_each_document_without_following_a_link(
+    tmp_path: Path, opener: str
+) -> None:
+    b = _backend(tmp_path)
+    _mixed(b)
+    assert _listings(b) == EXPECTED
+    d = Path(b.url_of("/d"))
+    fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        own = _listing._read_meta(fd, "img1.tif", 4096)
+        assert own is not None and _listing._PLAIN.fullmatch(own)
+        # a node whose zarr.json is a link (here to a file node's document outside the
+        # root) is never read through the link: the generic lookup decides, and refuses
+        outside = tmp_path / "outside"
+        outside.mkdir()
+        ZarrStorageBackend(outside).save(np.ones(2), "/doc.tif")
+        (d / "linked").mkdir()
+        (d / "linked" / "zarr.json").symlink_to(outside / "doc.tif" / "zarr.json")
+        assert _listing._read_meta(fd, "linked", 4096) is None
+        (d / "os_link").symlink_to(d / "img1.tif")  # a node reached through a link
+        assert _listing._read_meta(fd, "os_link", 4096) is None
+        (d / "os_link").unlink()
+        assert _listing._read_meta(fd, "missing", 4096) is None
+        assert _listing._read_meta(fd, "plain.txt", 4096) is None  # not a directory
+    finally:
+        os.close(fd)
+    with pytest.raises(PathEscapeError):  # the generic lookup refuses what leaves the root
+        b.list_files("/d")

@@ -136,7 +136,7 @@ def _read_meta(dir_fd: int, name: str, cap: int) -> bytes | None:
     when there is no such plain file, or it is larger than ``cap`` (at most
     :data:`_FIRST_READ`; the generic path then looks, and reports what is wrong)."""
     try:
-        # one openat2 refusing any symlink on the way (three system calls fewer than
+        # one openat2 refusing any symlink on the way (two system calls fewer than
         # opening the node, then its document); None: no openat2 here, or a race
         fd = _Openat2.call(dir_fd, name + "/zarr.json", _FILE)
     except OSError:

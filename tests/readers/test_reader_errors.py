@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import re
 import shutil
 from pathlib import Path
@@ -134,6 +135,17 @@ def test_broken_metaseries_description(ix):
         path, ix.plane(min(ix.files)), description="<MetaData><prop id=", metadata=None
     )
     _raises(ExportMetadataError, ix.root, path.name, "XML")
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
+def test_a_fifo_where_an_image_should_be_is_not_an_image(ix):
+    """Opening a FIFO for reading waits for a writer that never comes; a listed folder
+    does not count one as an image, so its plane is reported missing at once."""
+    path = ix.root / ix.files[min(ix.files)]
+    path.unlink()
+    os.mkfifo(path)
+    _raises(PlateLayoutError, ix.root, "well A01 is missing 1 image(s)")
 
 
 # --------------------------------------------------------------------------- Harmony
@@ -339,6 +351,39 @@ def test_ome_tiffdata_names_a_missing_file(ome):
     victim = ome.root / ome.files[max(ome.files)]
     victim.unlink()
     _raises(MissingPlaneError, ome.root, victim.name, "missing")
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
+def test_a_fifo_named_by_the_ome_xml_is_not_waited_on(ome):
+    """The OME-TIFF reader checks the files its OME-XML names against the folder's
+    listing, which does not count a FIFO as a file: reported missing at once."""
+    victim = ome.root / ome.files[max(ome.files)]
+    victim.unlink()
+    os.mkfifo(victim)
+    _raises(MissingPlaneError, ome.root, victim.name, "missing")
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
+def test_a_plate_source_refuses_a_fifo_or_a_folder_at_once(tmp_path):
+    """``PlateSource.open`` (what readers, third-party ones too, read file bytes with)
+    opens a FIFO without waiting for a writer and refuses it, naming it."""
+    from hcsflow.readers import PlateSource
+
+    os.mkfifo(tmp_path / "pipe.tif")
+    (tmp_path / "folder.tif").mkdir()
+    tifffile.imwrite(tmp_path / "plane.tif", np.ones((2, 2), np.uint16))
+    source = PlateSource(str(tmp_path))
+    for name, found in (("pipe.tif", "a FIFO"), ("folder.tif", "a directory")):
+        with (
+            pytest.raises(ExportMetadataError, match=f"expected a file, found {found}") as info,
+            source.open(str(tmp_path / name)),
+        ):
+            pass
+        assert info.value.path == str(tmp_path / name)
+    with source.open(str(tmp_path / "plane.tif")) as fh, tifffile.TiffFile(fh) as tif:
+        assert tif.asarray().sum() == 4 and tif.filename == "plane.tif"
 
 
 def test_ome_tiff_truncated(ome):

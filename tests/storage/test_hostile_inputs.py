@@ -416,3 +416,22 @@ def test_a_tiff_reads_from_a_stream_with_only_read_seek_and_tell():
     tifffile.imwrite(buf, stack, imagej=True, metadata={"axes": "ZYX"})
     got = read_tiff(Plain(buf.getvalue()), limits=StorageLimits(), path="/s.tif", backend=None)
     assert np.array_equal(got, stack) and is_aligned(got)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
+def test_a_fifo_is_refused_at_once_not_waited_on(tmp_path) -> None:
+    """Opening a FIFO for reading waits for a writer that never comes: a load of one (a
+    crafted store, a stray pipe in an export folder) must fail at once, not hang."""
+    from hcsflow.errors import DataFormatError
+
+    os.mkfifo(tmp_path / "pipe.tif")
+    for backend, path in (
+        (DiskStorageBackend(str(tmp_path)), "/pipe.tif"),
+        (DiskStorageBackend(), str(tmp_path / "pipe.tif")),
+    ):
+        with pytest.raises(DataFormatError, match="is a FIFO, not a regular file") as info:
+            backend.load(path)
+        assert info.value.path == path
+        with pytest.raises(DataFormatError, match="FIFO"):
+            backend.copy(path, path.replace("pipe", "copy"))

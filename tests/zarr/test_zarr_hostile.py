@@ -194,3 +194,29 @@ def test_names_are_limited_by_bytes(tmp_path) -> None:
     with pytest.raises(HcsflowError) as info:
         backend.save(np.arange(3), "/" + "é" * 130 + ".npy")  # 264 bytes
     assert "bytes" in str(info.value)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
+def test_a_fifo_in_a_store_is_refused_at_once_not_waited_on(tmp_path) -> None:
+    """A FIFO where a store keeps a document or a chunk would make a read wait forever
+    for a writer: listings and loads refuse it at once."""
+    b = ZarrStorageBackend(tmp_path)
+    b.ensure_directory("/d")
+    b.save(np.arange(4, dtype=np.uint16), "/d/a.tif")
+    b.save(np.arange(4, dtype=np.uint16), "/d/b.tif")
+    # a node whose document is a FIFO: the listing's one-pass read and the generic
+    # lookup both open it without waiting
+    (tmp_path / "d" / "evil").mkdir()
+    os.mkfifo(tmp_path / "d" / "evil" / "zarr.json")
+    with pytest.raises(CorruptStoreError, match="is a FIFO, not a regular file"):
+        b.list_files("/d")
+    # a file node whose data chunk is a FIFO
+    (chunk,) = [
+        p for p in (tmp_path / "d" / "b.tif").rglob("*") if p.is_file() and p.name != "zarr.json"
+    ]
+    chunk.unlink()
+    os.mkfifo(chunk)
+    with pytest.raises(CorruptStoreError, match="is a FIFO, not a regular file"):
+        b.load("/d/b.tif")
+    assert b.load("/d/a.tif").tolist() == [0, 1, 2, 3]

@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import os
 import posixpath
+import stat
 from collections.abc import Iterator
 from typing import IO, Any
 
@@ -37,7 +38,9 @@ from hcsflow.errors import (
     PlateReaderError,
 )
 from hcsflow.storage import Backend, BackendRegistry, DiskStorageBackend, FileManager
+from hcsflow.storage._contain import special_file
 from hcsflow.storage._fsspec import DIR_MARKER, LINK_MAGIC, FsspecStorageBackend
+from hcsflow.storage.disk._paths import file_object
 
 __all__ = ["PlateSource", "MAX_METADATA_BYTES", "URL_BACKEND", "HEADER_BLOCK_BYTES"]
 
@@ -288,16 +291,21 @@ class PlateSource:
         """
         if self._local:
             try:
-                fh: IO[bytes] = open(path, "rb")  # noqa: SIM115
+                # O_NONBLOCK: a FIFO in the folder opens at once (and is refused below)
+                # instead of waiting for a writer; regular files ignore the flag
+                fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
             except FileNotFoundError:
                 raise NotFoundError(
                     "file does not exist", path=path, backend=self.backend
                 ) from None
-            except IsADirectoryError:
+            mode = os.fstat(fd).st_mode
+            found = "a directory" if stat.S_ISDIR(mode) else special_file(mode)
+            if found is not None:
+                os.close(fd)
                 raise ExportMetadataError(
-                    "expected a file, found a directory", path=path, backend=self.backend
-                ) from None
-            with fh:
+                    f"expected a file, found {found}", path=path, backend=self.backend
+                )
+            with file_object(fd, "r", path, closefd=True) as fh:
                 yield fh
             return
         if self._remote is None:

@@ -55,12 +55,34 @@ __all__ = [
     "copy_file_at",
     "rename_noreplace",
     "renameat2",
+    "special_file",
 ]
 
 MAX_LINK_HOPS = 40
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | _CLOEXEC
 _NOFOLLOW = os.O_NOFOLLOW
+#: added to every file open: opening a FIFO found in a store returns at once instead of
+#: waiting forever for a writer (regular files ignore the flag); the caller's ``fstat``
+#: then refuses what is not a regular file (:func:`special_file`)
+_NONBLOCK = getattr(os, "O_NONBLOCK", 0)
+
+_SPECIAL = (
+    (stat_mod.S_ISFIFO, "a FIFO"),
+    (stat_mod.S_ISSOCK, "a socket"),
+    (stat_mod.S_ISCHR, "a character device"),
+    (stat_mod.S_ISBLK, "a block device"),
+)
+
+
+def special_file(mode: int) -> str | None:
+    """What an entry of ``st_mode`` ``mode`` is when it is neither a regular file nor a
+    directory ("a FIFO", "a socket"...), else ``None``: such an entry has no bytes to
+    load, and reading it could wait forever or never end."""
+    if stat_mod.S_ISREG(mode) or stat_mod.S_ISDIR(mode):
+        return None
+    return next((what for test, what in _SPECIAL if test(mode)), "not a regular file")
+
 
 # openat2(2): struct open_how and RESOLVE_* flags (linux/openat2.h)
 _SYS_OPENAT2 = 437  # one number on every architecture (the unified syscall table)
@@ -322,7 +344,10 @@ class Tree:
             vp = self.link_target(target, pvp)
 
     def open_file(self, vp: str, flags: int = os.O_RDONLY) -> tuple[int, str]:
-        """(descriptor, resolved virtual path) of the file ``vp``, links followed."""
+        """(descriptor, resolved virtual path) of the file ``vp``, links followed.
+
+        Opened with ``O_NONBLOCK``: a FIFO opens at once (check :func:`special_file`)."""
+        flags |= _NONBLOCK
         if self.root is None:
             return os.open(vp, flags | _CLOEXEC), vp
         root_fd = self.open_root()

@@ -21,6 +21,7 @@ from typing import IO, Any, NoReturn
 from hcsflow import paths as vpaths
 from hcsflow.errors import (
     AlreadyExistsError,
+    DataFormatError,
     DirectoryNotEmptyError,
     InvalidPathError,
     IsADirectoryStorageError,
@@ -32,7 +33,7 @@ from hcsflow.errors import (
 )
 from hcsflow.storage._base import Backend, EntryKind, StorageBackend
 from hcsflow.storage._codecs import CodecRegistry, default_codecs
-from hcsflow.storage._contain import EscapeError, Tree
+from hcsflow.storage._contain import EscapeError, Tree, special_file
 from hcsflow.storage._debris import NAME_MAX
 from hcsflow.storage._limits import StorageLimits
 
@@ -219,9 +220,16 @@ class _DiskPaths(StorageBackend):
             fd, rvp = self._tree.open_file(vp, flags)
         except (OSError, EscapeError) as exc:
             self._raise_os_error(exc, vp, what)
-        if stat_mod.S_ISDIR(os.fstat(fd).st_mode):
+        mode = os.fstat(fd).st_mode
+        if stat_mod.S_ISDIR(mode):
             os.close(fd)
             raise IsADirectoryStorageError(f"{what}: is a directory", path=vp, backend=self.name)
+        special = special_file(mode)
+        if special is not None:
+            os.close(fd)
+            raise DataFormatError(
+                f"{what}: is {special}, not a regular file", path=vp, backend=self.name
+            )
         return fd, rvp
 
 

@@ -85,7 +85,9 @@ _PLAIN = re.compile(
 _PLAIN_DEPTH = 3
 
 _DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
-_FILE = os.O_RDONLY | os.O_NOFOLLOW
+# O_NONBLOCK: a FIFO named zarr.json opens and reads (nothing) at once; the generic
+# lookup then refuses it
+_FILE = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK
 
 
 #: (kind, info) of the entry at a virtual path

@@ -23,8 +23,14 @@ import stat as stat_mod
 from typing import Any
 
 from hcsflow import paths as vpaths
-from hcsflow.errors import PathEscapeError
-from hcsflow.storage._contain import EscapeError, Tree, copy_file_at, rename_noreplace
+from hcsflow.errors import CorruptStoreError, PathEscapeError
+from hcsflow.storage._contain import (
+    EscapeError,
+    Tree,
+    copy_file_at,
+    rename_noreplace,
+    special_file,
+)
 from hcsflow.storage._debris import (
     NAME_MAX,
     bounded_name,
@@ -146,8 +152,14 @@ class LocalFS(_FS):
                 return None
             raise
         try:
-            if stat_mod.S_ISDIR(os.fstat(fd).st_mode):
+            mode = os.fstat(fd).st_mode
+            if stat_mod.S_ISDIR(mode):
                 return None
+            special = special_file(mode)
+            if special is not None:
+                raise CorruptStoreError(
+                    f"is {special}, not a regular file", path=path, backend=BACKEND
+                )
             return read_fd(fd, limit)
         finally:
             os.close(fd)

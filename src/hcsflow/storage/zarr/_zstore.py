@@ -20,8 +20,8 @@ from zarr.abc.store import OffsetByteRequest, RangeByteRequest, Store, SuffixByt
 from zarr.core.buffer.core import default_buffer_prototype
 
 from hcsflow import paths as vpaths
-from hcsflow.errors import PathEscapeError
-from hcsflow.storage._contain import EscapeError
+from hcsflow.errors import CorruptStoreError, PathEscapeError
+from hcsflow.storage._contain import EscapeError, special_file
 from hcsflow.storage.zarr._io import BACKEND, META_FILES
 from hcsflow.storage.zarr._localfs import LocalFS, read_fd
 
@@ -88,6 +88,11 @@ class ContainedStore(Store):
             st = os.fstat(fd)
             if stat_mod.S_ISDIR(st.st_mode):
                 return None
+            special = special_file(st.st_mode)
+            if special is not None:
+                raise CorruptStoreError(
+                    f"is {special}, not a regular file", path=self._real(key), backend=BACKEND
+                )
             if byte_range is None:
                 if key.rsplit("/", 1)[-1] in META_FILES:
                     limits = self.fs.limits

@@ -323,7 +323,12 @@ _OME_UUID_FILE = re.compile(rb"<(?:[\w.-]+:)?UUID\b[^>]*?\bFileName\s*=\s*(\"[^\
 
 
 def _other_ome_files(tif: Any) -> list[str]:
-    """Files other than this one that an OME-TIFF's metadata places planes in."""
+    """Files other than this one that an OME-TIFF's metadata places planes in.
+
+    A pattern over the raw document rather than the plate readers' OME-XML parser
+    (``hcsflow.readers._omexml``): this runs when tifffile could not build an OME series,
+    often because the document is odd, where that parser refuses what it does not
+    know; and the storage layer does not import the readers built on it."""
     raw = (tif.ome_metadata or "").encode("utf-8", "replace")
     own = str(tif.filename).lower()
     names: list[str] = []

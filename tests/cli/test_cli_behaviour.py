@@ -23,12 +23,19 @@ from hcsflow.testing import make_plate
 INPROCESS = ["--executor", "inprocess"]
 
 
-def _cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+def _cli(
+    *args: str, timeout: float = 120, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
     """The installed command in a fresh interpreter, as a user runs it."""
     exe = Path(sys.executable).with_name("hcsflow")
     cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "hcsflow.cli"]
     return subprocess.run(
-        [*cmd, *args], capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL
+        [*cmd, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+        cwd=cwd,
     )
 
 
@@ -82,11 +89,15 @@ def test_help_states_defaults(capsys) -> None:
         assert default in text
 
 
-def test_usage_errors_exit_2() -> None:
+def test_usage_errors_exit_2(tmp_path) -> None:
     out = _cli("run", "pipe.py")
     assert out.returncode == 2 and "required" in out.stderr
     out = _cli("frobnicate")
     assert out.returncode == 2 and "invalid choice" in out.stderr
+    # demo writes a local folder: a URL is refused, not made into a folder named "s3:"
+    out = _cli("demo", "--out", "s3://bucket/run", cwd=tmp_path)
+    assert out.returncode == 2 and "'s3://bucket/run' is a URL" in out.stderr
+    assert not any(tmp_path.iterdir())
 
 
 def test_exit_code_table() -> None:
@@ -296,6 +307,9 @@ def test_validate_reads_plates_and_runs_at_urls(tmp_path, plate, capsys) -> None
     out = capsys.readouterr().out
     assert "valid OME-Zarr plate" in out and str(tmp_path / "z" / "images.zarr") in out
     assert main(["validate", f"{url}/images.zarr", "--deep"]) == 0
+    capsys.readouterr()
+    assert main(["info", url]) == 0  # a file:// URL is the local run it names
+    assert capsys.readouterr().out.split()[:3] == ["hcsflow", "run", str(tmp_path / "z")]
     (tmp_path / "z" / "images.zarr" / "A" / "2" / "zarr.json").write_text("{not json")
     assert main(["validate", url]) == 1
     assert main(["validate", (tmp_path / "nowhere").as_uri()]) == 2

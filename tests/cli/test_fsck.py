@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from hcsflow.cli import main
 from hcsflow.storage import DiskStorageBackend, ZarrStorageBackend, find_debris
@@ -66,3 +67,13 @@ def test_fsck_of_a_clean_tree_and_of_a_missing_path(tmp_path, capsys) -> None:
     assert "no debris" in capsys.readouterr().out
     assert main(["fsck", str(tmp_path / "missing")]) == 2
     assert "missing" in capsys.readouterr().err
+
+
+def test_fsck_takes_a_file_url_and_refuses_other_urls(tmp_path, capsys) -> None:
+    DiskStorageBackend(tmp_path).save(np.arange(3), "/a.npy")
+    assert main(["fsck", f"file://{tmp_path}"]) == 0
+    assert f"{tmp_path}: no debris" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as info:
+        main(["fsck", "s3://bucket/run"])
+    assert info.value.code == 2
+    assert "'s3://bucket/run' is a URL; this command needs a local path" in capsys.readouterr().err

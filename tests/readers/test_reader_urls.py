@@ -182,6 +182,9 @@ def test_file_urls_are_local_paths(tmp_path):
     export = write_cellvoyager_export(tmp_path / "cv", wells=("A01",), fields=1)
     desc = read_plate(f"file://{export.root}")
     assert desc.root == str(export.root) and desc.backend == "disk"
+    source = PlateSource.from_url(f"file://{export.root}")
+    assert (source.root, source.backend) == (str(export.root), "disk")
+    assert source.files() == PlateSource(str(export.root)).files()
 
 
 def test_directory_markers_and_link_objects(tmp_path, memfs):

@@ -101,6 +101,23 @@ def test_reserved_marker_name_and_bad_root() -> None:
         backend.load("/nothing.npy")
 
 
+@pytest.mark.parametrize(
+    "url",
+    ["file://{}", "local://{}", "simplecache::file://{}", "dir::file://{}"],
+)
+def test_a_local_folder_is_refused_for_the_disk_backend(tmp_path, url) -> None:
+    """On a local folder the object-store conventions would break what the disk backend
+    keeps: fsspec writes files in place (no rename), a deleted directory's marker leaves
+    the folder behind, links on disk are followed out of the root, and a FIFO is read
+    forever.  So the folder is refused, naming the backend to use."""
+    (tmp_path / "a.npy").write_bytes(b"")
+    root = url.format(tmp_path)
+    with pytest.raises(InvalidPathError, match="use DiskStorageBackend") as info:
+        FsspecStorageBackend(root)
+    assert info.value.path == root
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.npy"]
+
+
 def test_batch_errors_name_the_item_and_why_like_every_backend(tmp_path) -> None:
     import numpy as np
 

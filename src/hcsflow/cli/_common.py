@@ -22,6 +22,8 @@ __all__ = [
     "layout_from",
     "add_storage_options",
     "parse_storage_options",
+    "path_or_url",
+    "local_path",
     "RUN_PLATE_NAME",
 ]
 
@@ -155,6 +157,19 @@ def parse_storage_options(text: str | None) -> dict[str, Any] | None:
     if not isinstance(options, dict):
         raise UsageError("--storage-options must be a JSON object")
     return options
+
+
+def path_or_url(text: str) -> str:
+    """A path or fsspec URL argument; a ``file://`` URL is the local path it names."""
+    return text[len("file://") :] if text.startswith("file://") else text
+
+
+def local_path(text: str) -> str:
+    """A local path argument (``file://`` URLs too); any other URL is refused as usage."""
+    text = path_or_url(text)
+    if "://" in text:
+        raise argparse.ArgumentTypeError(f"{text!r} is a URL; this command needs a local path")
+    return text
 
 
 def is_zarr_group(path: Path) -> bool:

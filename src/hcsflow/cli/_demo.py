@@ -15,6 +15,7 @@ from hcsflow.cli._common import (
     EXIT_WELLS_FAILED,
     add_command,
     add_parallel_options,
+    local_path,
 )
 from hcsflow.errors import RunDirectoryError, UsageError
 
@@ -59,7 +60,9 @@ def register(subparsers: Any) -> None:
         description=DESCRIPTION,
         epilog=EPILOG,
     )
-    p.add_argument("--out", default="demo-output", metavar="DIR", help="output directory")
+    p.add_argument(
+        "--out", default="demo-output", type=local_path, metavar="DIR", help="output directory"
+    )
     p.add_argument(
         "--overwrite", action="store_true", help="replace a previous run in the output directory"
     )

@@ -27,7 +27,7 @@ examples:
 
 def register(sub: Any) -> None:
     """Add the ``fsck`` subcommand to the ``hcsflow`` subparsers."""
-    from hcsflow.cli._common import add_command
+    from hcsflow.cli._common import add_command, local_path
 
     p = add_command(
         sub,
@@ -37,7 +37,11 @@ def register(sub: Any) -> None:
         description=DESCRIPTION,
         epilog=EPILOG,
     )
-    p.add_argument("path", help="a directory: a disk backend root, a zarr store or a run output")
+    p.add_argument(
+        "path",
+        type=local_path,
+        help="a local directory: a disk backend root, a zarr store or a run output",
+    )
     p.add_argument(
         "--fix", action="store_true", help="remove what is safe to remove (never a live writer's)"
     )

@@ -48,7 +48,7 @@ examples:
 
 def register(subparsers: Any) -> None:
     """Add ``hcsflow info``."""
-    from hcsflow.cli._common import add_command, add_storage_options
+    from hcsflow.cli._common import add_command, add_storage_options, path_or_url
 
     p = add_command(
         subparsers,
@@ -57,7 +57,9 @@ def register(subparsers: Any) -> None:
         description=DESCRIPTION,
         epilog=EPILOG,
     )
-    p.add_argument("path", metavar="PATH", help="plate or run directory (a path or a URL)")
+    p.add_argument(
+        "path", type=path_or_url, metavar="PATH", help="plate or run directory (a path or a URL)"
+    )
     p.add_argument(
         "--format",
         default=None,

@@ -19,6 +19,7 @@ from hcsflow.cli._common import (
     add_storage_options,
     layout_from,
     parse_storage_options,
+    path_or_url,
 )
 from hcsflow.errors import UsageError, describe_error
 
@@ -71,12 +72,14 @@ def register(subparsers: Any) -> None:
     p.add_argument("pipeline", metavar="PIPELINE.py", help="the pipeline file")
     p.add_argument(
         "plate",
+        type=path_or_url,
         metavar="PLATE",
         help="plate directory or URL (s3://bucket/plate/, gs://...): images, or an OME-Zarr plate",
     )
     p.add_argument(
         "--out",
         required=True,
+        type=path_or_url,
         metavar="DIR",
         help="output directory or URL (s3://bucket/prefix, gs://...) (required)",
     )

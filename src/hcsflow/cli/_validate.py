@@ -14,6 +14,7 @@ from hcsflow.cli._common import (
     add_storage_options,
     is_zarr_group,
     parse_storage_options,
+    path_or_url,
 )
 from hcsflow.errors import UsageError
 
@@ -45,7 +46,7 @@ def register(subparsers: Any) -> None:
         description=DESCRIPTION,
         epilog=EPILOG,
     )
-    p.add_argument("path", metavar="PATH", help="OME-Zarr plate or run directory")
+    p.add_argument("path", type=path_or_url, metavar="PATH", help="OME-Zarr plate or run directory")
     p.add_argument(
         "--deep",
         action="store_true",

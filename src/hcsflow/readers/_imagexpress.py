@@ -248,22 +248,6 @@ def metaseries_props(description: str, path: str, backend: str) -> dict[str, str
     }
 
 
-def _tiff_description(source: PlateSource, path: str) -> str:
-    """The first ``ImageDescription`` of the TIFF at ``path`` (its first IFD only)."""
-    import tifffile
-
-    with source.open(path) as fh:
-        try:
-            with tifffile.TiffFile(fh) as tif:
-                return tif.pages.first.description or ""
-        except (tifffile.TiffFileError, ValueError, IndexError) as exc:
-            raise ExportMetadataError(
-                f"not a readable TIFF (truncated?): {exc}",
-                path=path,
-                backend=source.backend,
-            ) from exc
-
-
 # --------------------------------------------------------------------------- the reader
 
 
@@ -411,7 +395,7 @@ class ImageXpressReader(PlateReader):
             if not source.can_open:
                 notes.append("TIFF headers not read (no byte access to the files): no pixel size")
                 break
-            found = metaseries_props(_tiff_description(source, path), path, source.backend)
+            found = metaseries_props(source.tiff_description(path), path, source.backend)
             if found is None:
                 notes.append(f"no MetaSeries metadata in {source.rel(path)!r}: no pixel size")
                 continue
@@ -448,7 +432,7 @@ class ImageXpressReader(PlateReader):
             for z in sorted(z_planes)[:2]:
                 found = (
                     metaseries_props(
-                        _tiff_description(source, z_planes[z]), z_planes[z], source.backend
+                        source.tiff_description(z_planes[z]), z_planes[z], source.backend
                     )
                     if source.can_open
                     else None

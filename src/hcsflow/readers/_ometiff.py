@@ -127,7 +127,7 @@ class _Parser:
                 raise self.fail(
                     tiff, "OME-TIFF headers can only be read from a local folder or an fsspec URL"
                 )
-            text = _description(src, tiff)
+            text = src.tiff_description(tiff)
             if not text.rstrip().endswith("OME>"):
                 continue  # no OME-XML in this file: placed by another document or unplaced
             pointer = _BINARY_ONLY.search(text)
@@ -374,17 +374,3 @@ class _Parser:
 
 
 _BINARY_ONLY = re.compile(r"<(?:\w+:)?BinaryOnly\b[^>]*\bMetadataFile=\"([^\"]*)\"")
-
-
-def _description(source: PlateSource, path: str) -> str:
-    """The first ``ImageDescription`` of the TIFF at ``path`` (its first IFD only)."""
-    import tifffile
-
-    with source.open(path) as fh:
-        try:
-            with tifffile.TiffFile(fh) as tif:
-                return tif.pages.first.description or ""
-        except (tifffile.TiffFileError, ValueError, IndexError) as exc:
-            raise ExportMetadataError(
-                f"not a readable TIFF (truncated?): {exc}", path=path, backend=source.backend
-            ) from exc

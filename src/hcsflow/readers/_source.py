@@ -90,10 +90,14 @@ class PlateSource:
     def from_url(cls, url: str, storage_options: dict[str, Any] | None = None) -> PlateSource:
         """The plate at ``url`` (any fsspec URL), read with fsspec ``storage_options``.
 
+        A ``file://`` URL is the local folder it names (a source on the disk backend).
+
         Virtual ``/`` is the URL; the source's backend is registered as
         :data:`URL_BACKEND` in its own :attr:`filemanager`.  Credentials come from
         ``storage_options`` or the environment, the standard way for the filesystem.
         """
+        if url.startswith("file://"):  # a local folder, read as one
+            return cls(os.path.abspath(url[len("file://") :]))
         backend = FsspecStorageBackend(url, storage_options=storage_options)
         fm = FileManager(BackendRegistry({URL_BACKEND: backend}))
         return cls("/", fm, URL_BACKEND)
@@ -316,6 +320,23 @@ class PlateSource:
             )
         with self._open_remote(self._remote, path) as fh:
             yield fh
+
+    def tiff_description(self, path: str) -> str:
+        """The ``ImageDescription`` of the first IFD of the TIFF at ``path`` ("" if none).
+
+        Reads the header only; a file that is no readable TIFF raises
+        :class:`ExportMetadataError`.
+        """
+        import tifffile
+
+        with self.open(path) as fh:
+            try:
+                with tifffile.TiffFile(fh) as tif:
+                    return tif.pages.first.description or ""
+            except (tifffile.TiffFileError, ValueError, IndexError) as exc:
+                raise ExportMetadataError(
+                    f"not a readable TIFF (truncated?): {exc}", path=path, backend=self.backend
+                ) from exc
 
     @contextlib.contextmanager
     def _open_remote(self, be: FsspecStorageBackend, path: str) -> Iterator[IO[bytes]]:

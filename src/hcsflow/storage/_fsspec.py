@@ -67,11 +67,15 @@ class FsspecStorageBackend(_FsspecPaths):
     """Files on any fsspec filesystem, encoded by extension like the disk backend.
 
     ``root``: a URL (``s3://bucket/prefix``, ``gs://...``, ``memory://...``); virtual ``/``
-    maps to it.  ``storage_options`` go to fsspec (``endpoint_url``, ``anon``...);
-    credentials come from the environment the standard way for the filesystem (for S3:
-    ``AWS_ACCESS_KEY_ID``, ``AWS_ENDPOINT_URL``... or the AWS config files).  Listings
-    are always read fresh (``use_listings_cache=False``), so other writers are seen.
-    ``max_workers``: threads for ``save_batch``/``load_batch`` (default 16).
+    maps to it.  A local folder (``file://``, ``local://``, or a chain ending in one) is
+    refused with :class:`~hcsflow.errors.InvalidPathError`: :class:`DiskStorageBackend`
+    is the backend for it, and runs, readers and the zarr backend take ``file://`` URLs
+    as the local paths they name.  ``storage_options`` go to fsspec (``endpoint_url``,
+    ``anon``...); credentials come from the environment the standard way for the
+    filesystem (for S3: ``AWS_ACCESS_KEY_ID``, ``AWS_ENDPOINT_URL``... or the AWS config
+    files).  Listings are always read fresh (``use_listings_cache=False``), so other
+    writers are seen.  ``max_workers``: threads for ``save_batch``/``load_batch``
+    (default 16).
     """
 
     name = "fsspec"
@@ -100,6 +104,13 @@ class FsspecStorageBackend(_FsspecPaths):
         opts.setdefault("use_listings_cache", False)
         with self._errors(root):
             self.fs, base = fsspec.core.url_to_fs(root, **opts)
+        if _is_local(self.fs):
+            raise InvalidPathError(
+                "is a local folder: use DiskStorageBackend for it (this backend keeps object "
+                "stores' conventions: no rename, no real directories or links)",
+                path=root,
+                backend=self.name,
+            )
         self._base = base.rstrip("/")
         self.codecs = codecs if codecs is not None else default_codecs()
         self.limits = limits if limits is not None else StorageLimits()
@@ -433,6 +444,19 @@ class FsspecStorageBackend(_FsspecPaths):
                 "cannot copy a directory into itself", path=dvp, backend=self.name
             )
         self._copy_objects(sreal, dreal)
+
+
+def _is_local(fs: Any) -> bool:
+    """Whether ``fs`` is, or wraps (a cache, a sub-directory view), the local file system."""
+    from fsspec.implementations.local import LocalFileSystem
+
+    for _ in range(8):  # chained URLs nest a few wrappers at most
+        if isinstance(fs, LocalFileSystem):
+            return True
+        fs = getattr(fs, "fs", None)
+        if fs is None:
+            return False
+    return False
 
 
 def _gather(futures: list[Future[Any]]) -> list[Any]:

@@ -24,6 +24,7 @@ import hashlib
 import inspect
 import json
 import os
+import sys
 import threading
 import time
 import weakref
@@ -288,8 +289,32 @@ def run_well(task: WellTask) -> WellResult:
     worker and :func:`commit_well` in the process that started the run.
     """
     written = write_well(task)
+    _leave_dask_slot()
     commit_well(task.root, written, fsync=task.plan.fsync)
     return written.result
+
+
+def _leave_dask_slot() -> None:
+    """On a Dask worker, give this task's thread slot to the next well now.
+
+    A commit is hashing and ``fsync`` waits: seceded, it overlaps the next well's
+    computation, as a local run's commits overlap its workers'.  The task still ends,
+    and so reports the well, only once the commit is done.  Nothing happens outside a
+    Dask worker (``distributed`` is not imported for this).
+    """
+    distributed = sys.modules.get("distributed")
+    if distributed is None:
+        return
+    try:
+        worker = distributed.get_worker()
+    except ValueError:  # not in a worker's task thread
+        return
+    from distributed.core import Status
+
+    # a closing worker joins its task threads while holding the lock secede() takes:
+    # seceding then would hang the close until the nanny kills the worker
+    if worker.status in (Status.running, Status.paused):
+        distributed.secede()
 
 
 #: how ``resume`` verifies a committed well's files before keeping it

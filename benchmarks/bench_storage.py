@@ -8,8 +8,9 @@
   OpenHCS's ``FileManager`` in a subprocess.
 * **Listings.**  ``list_files`` and ``list_image_files`` of a folder of 10,000 files on
   each backend, against ``os.scandir`` + ``sorted`` (and, for zarr, zarr-python listing
-  the group's members).  "First listing" rows forget the natural sort keys before each
-  call; the others list a folder whose names were listed before.
+  the group's members; for the fsspec backend, on fsspec's memory file system, against
+  that file system's own ``ls`` + ``sorted``).  "First listing" rows forget the natural
+  sort keys before each call; the others list a folder whose names were listed before.
 * **Batches.**  ``load_batch``/``save_batch`` of 100 TIFFs of 256x256, 512x512 and
   1024x1024 against a sequential tifffile loop and an 8-thread pool calling tifffile directly;
   writes with the default ``fsync=True`` against the same durable write done by hand
@@ -56,6 +57,7 @@ from hcsflow.storage import (
     BackendRegistry,
     DiskStorageBackend,
     FileManager,
+    FsspecStorageBackend,
     MemoryStorageBackend,
     ZarrStorageBackend,
 )
@@ -489,6 +491,7 @@ def bench_listings(tmp: str, peer: str | None) -> list[dict[str, Any]]:
             )
         )
     rows += _zarr_listing(tmp, names, repeat)
+    rows += _fsspec_listing(names, repeat)
     if peer is not None:
         got = _run_peer(peer, _PEER_LISTING, [folder, str(repeat)])
         rows.append(
@@ -621,6 +624,50 @@ def _zarr_listing(tmp: str, names: list[str], repeat: int) -> list[dict[str, Any
         )
     )
     return rows
+
+
+def _fsspec_listing(names: list[str], repeat: int) -> list[dict[str, Any]]:
+    """The fsspec backend lists a folder of fsspec's memory file system, against that
+    file system's ``ls`` + ``sorted`` (on object storage the requests dominate both)."""
+    import uuid
+
+    import fsspec
+
+    url = f"memory://hcsflow-bench-{uuid.uuid4().hex}"
+    backend = FsspecStorageBackend(url)
+    backend.ensure_directory("/listing")
+    fs, base = fsspec.core.url_to_fs(url)
+    count = 1000 if QUICK else LISTING
+    chosen = names[:count]
+    for name in chosen:
+        fs.pipe_file(f"{base}/listing/{name}", b"")
+    key = f"{base}/listing"
+
+    def ls_sorted() -> list[str]:
+        return sorted(p.rsplit("/", 1)[1] for p in fs.ls(key, detail=False))
+
+    expected = [f"/listing/{n}" for n in vpaths.natural_sorted(chosen)]
+    assert backend.list_files("/listing") == expected
+    contenders: dict[str, Callable[[], Any]] = {
+        "fsspec ls + sorted": ls_sorted,
+        "fsspec list_files": lambda: backend.list_files("/listing"),
+        "fsspec list_image_files": lambda: backend.list_image_files("/listing"),
+    }
+    times = rounds(contenders, repeat=repeat)
+    fs.rm(base, recursive=True)
+    return [
+        _row(
+            f"list {count:,} files",
+            name,
+            times[name],
+            "fsspec ls + sorted (memory://)",
+            times["fsspec ls + sorted"],
+            "<= 3x",
+            "ms",
+            1e3,
+        )
+        for name in ("fsspec list_files", "fsspec list_image_files")
+    ]
 
 
 # ---------------------------------------------------------------------- batches

@@ -269,3 +269,19 @@ def test_info_storage_options_reach_the_plate_and_a_run(tmp_path, bucket, capsys
     assert "object store unreachable" in err and len(err.splitlines()) <= 3
     assert main(["info", f"{url}/ix", "--storage-options", "[1]"]) == 2
     assert "--storage-options must be a JSON object" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("scheme", ["file://", "local://"])
+def test_local_urls_are_the_folders_they_name(tmp_path, scheme) -> None:
+    """A plate and an output given as ``file://`` or ``local://`` URLs are run as the
+    local folders they name: the same outputs as the plain paths, written by the disk
+    backend (atomic, fsynced), and no folder named after the scheme."""
+    export = write_imagexpress_export(tmp_path / "plate")
+    plain, as_url = tmp_path / "plain", tmp_path / "url"
+    assert run_pipeline(STEPS, export.root, plain, cfg("disk")).ok
+    res = run_pipeline(STEPS, f"{scheme}{export.root}", f"{scheme}{as_url}", cfg("disk"))
+    assert res.ok, res.failed[0].traceback if res.failed else ""
+    assert assert_same_outputs(as_url, plain) > 5
+    m = json.loads((as_url / "manifest.json").read_text())
+    assert m["plate"]["root"] == str(export.root)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["plain", "plate", "url"]

@@ -178,11 +178,12 @@ def test_a_url_is_not_combined_with_a_file_manager(tmp_path, memfs):
         read_plate("memory://x", backend="memory")
 
 
-def test_file_urls_are_local_paths(tmp_path):
+@pytest.mark.parametrize("scheme", ["file://", "local://"])
+def test_file_urls_are_local_paths(tmp_path, scheme):
     export = write_cellvoyager_export(tmp_path / "cv", wells=("A01",), fields=1)
-    desc = read_plate(f"file://{export.root}")
+    desc = read_plate(f"{scheme}{export.root}")
     assert desc.root == str(export.root) and desc.backend == "disk"
-    source = PlateSource.from_url(f"file://{export.root}")
+    source = PlateSource.from_url(f"{scheme}{export.root}")
     assert (source.root, source.backend) == (str(export.root), "disk")
     assert source.files() == PlateSource(str(export.root)).files()
 

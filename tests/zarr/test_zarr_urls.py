@@ -33,9 +33,12 @@ def test_memory_url_plate_and_backend() -> None:
     assert backend.load("/d/x.json") == {"a": 1} and backend.list_dir("/d") == ["x.json"]
 
 
-def test_file_url_is_a_local_path(tmp_path) -> None:
-    write_well(f"file://{tmp_path}/p.zarr", "A01", np.ones((1, 1, 4, 4), np.uint8))
+@pytest.mark.parametrize("scheme", ["file://", "local://"])
+def test_file_url_is_a_local_path(tmp_path, scheme) -> None:
+    write_well(f"{scheme}{tmp_path}/p.zarr", "A01", np.ones((1, 1, 4, 4), np.uint8))
     assert open_plate(str(tmp_path / "p.zarr")).wells == ("A01",)
+    # the local store: its own file system, not fsspec's (which writes in place)
+    assert ZarrStorageBackend(f"{scheme}{tmp_path}").url_of("/p.zarr") == f"{tmp_path}/p.zarr"
 
 
 def test_default_registry_uses_local_absolute_paths(tmp_path) -> None:

@@ -161,7 +161,9 @@ def parse_storage_options(text: str | None) -> dict[str, Any] | None:
 
 def path_or_url(text: str) -> str:
     """A path or fsspec URL argument; a ``file://`` URL is the local path it names."""
-    return text[len("file://") :] if text.startswith("file://") else text
+    from hcsflow.storage._fsspec_paths import as_local_path
+
+    return as_local_path(text)
 
 
 def local_path(text: str) -> str:

@@ -38,7 +38,7 @@ from hcsflow.storage import (
     StorageBackend,
     ZarrStorageBackend,
 )
-from hcsflow.storage._fsspec import is_url
+from hcsflow.storage._fsspec import as_local_path, is_url
 
 __all__ = ["OutputRoot", "WellSink", "INPUT_BACKEND", "ordered_map", "plate_location"]
 
@@ -175,9 +175,7 @@ class OutputRoot:
         cls, target: str | os.PathLike[str], storage_options: dict[str, Any] | None = None
     ) -> OutputRoot:
         """The root for a path or URL (``file://`` URLs become local paths)."""
-        raw = os.fspath(target)
-        if raw.startswith("file://"):
-            raw = raw[len("file://") :]
+        raw = as_local_path(os.fspath(target))
         if is_url(raw):
             return cls(raw.rstrip("/"), dict(storage_options or {}))
         return cls(os.path.abspath(raw), {})

@@ -93,7 +93,7 @@ from hcsflow.pipeline._output import INPUT_BACKEND, OutputRoot, ordered_map
 from hcsflow.pipeline._plate import PlateIndex
 from hcsflow.pipeline._step import FunctionStep, Pipeline
 from hcsflow.storage import Backend, neutralize_csv_text
-from hcsflow.storage._fsspec import is_url
+from hcsflow.storage._fsspec import as_local_path, is_url
 from hcsflow.storage.plate import PlateLayout
 
 __all__ = [
@@ -462,8 +462,8 @@ def run_pipeline(
         try:
             plate_arg: str | PlateIndex
             plate_url: str | None = None
-            if not isinstance(plate, PlateIndex) and os.fspath(plate).startswith("file://"):
-                plate = os.fspath(plate)[len("file://") :]
+            if not isinstance(plate, PlateIndex):
+                plate = as_local_path(os.fspath(plate))
             if isinstance(plate, PlateIndex):
                 plate_arg = plate
             elif is_url(os.fspath(plate)):

@@ -19,6 +19,7 @@ from hcsflow.readers._layouts import FileLayoutReader
 from hcsflow.readers._registry import ReaderRegistry, reader_registry
 from hcsflow.readers._source import PlateSource
 from hcsflow.storage import Backend, FileManager
+from hcsflow.storage._fsspec import as_local_path
 from hcsflow.storage.plate import PlateLayout
 
 __all__ = ["read_plate", "choose_reader"]
@@ -97,9 +98,7 @@ def read_plate(
     about a URL plate name the file by its URL.
     """
     bname = backend.value if isinstance(backend, Backend) else str(backend)
-    text = os.fspath(root)
-    if text.startswith("file://"):
-        text = text[len("file://") :]
+    text = as_local_path(os.fspath(root))
     if "://" in text:
         if filemanager is not None or bname != Backend.DISK.value:
             raise InvalidPathError(

@@ -39,7 +39,7 @@ from hcsflow.errors import (
 )
 from hcsflow.storage import Backend, BackendRegistry, DiskStorageBackend, FileManager
 from hcsflow.storage._contain import special_file
-from hcsflow.storage._fsspec import DIR_MARKER, LINK_MAGIC, FsspecStorageBackend
+from hcsflow.storage._fsspec import DIR_MARKER, LINK_MAGIC, FsspecStorageBackend, as_local_path
 from hcsflow.storage.disk._paths import file_object
 
 __all__ = ["PlateSource", "MAX_METADATA_BYTES", "URL_BACKEND", "HEADER_BLOCK_BYTES"]
@@ -96,8 +96,9 @@ class PlateSource:
         :data:`URL_BACKEND` in its own :attr:`filemanager`.  Credentials come from
         ``storage_options`` or the environment, the standard way for the filesystem.
         """
-        if url.startswith("file://"):  # a local folder, read as one
-            return cls(os.path.abspath(url[len("file://") :]))
+        local = as_local_path(url)
+        if local != url:  # a local folder, read as one
+            return cls(os.path.abspath(local))
         backend = FsspecStorageBackend(url, storage_options=storage_options)
         fm = FileManager(BackendRegistry({URL_BACKEND: backend}))
         return cls("/", fm, URL_BACKEND)

@@ -56,11 +56,12 @@ from hcsflow.storage._fsspec_paths import (
     DIR_MARKER,
     LINK_MAGIC,
     _FsspecPaths,
+    as_local_path,
     is_url,
 )
 from hcsflow.storage._limits import StorageLimits
 
-__all__ = ["FsspecStorageBackend", "DIR_MARKER", "LINK_MAGIC", "is_url"]
+__all__ = ["FsspecStorageBackend", "DIR_MARKER", "LINK_MAGIC", "as_local_path", "is_url"]
 
 
 class FsspecStorageBackend(_FsspecPaths):

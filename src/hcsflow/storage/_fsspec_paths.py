@@ -44,6 +44,19 @@ def is_url(path: str | os.PathLike[str]) -> bool:
     return "://" in os.fspath(path)
 
 
+#: URL schemes naming a path of this machine (fsspec's local file system)
+LOCAL_SCHEMES = ("file://", "local://")
+
+
+def as_local_path(text: str) -> str:
+    """``text`` without a ``file://`` or ``local://`` scheme, i.e. the local path such a
+    URL names; any other text comes back unchanged."""
+    for scheme in LOCAL_SCHEMES:
+        if text.startswith(scheme):
+            return text[len(scheme) :]
+    return text
+
+
 def _is_network_error(exc: BaseException) -> bool:
     mod = (type(exc).__module__ or "").split(".")[0]
     return isinstance(exc, (PermissionError, ConnectionError, TimeoutError)) or (

@@ -29,6 +29,7 @@ from hcsflow.errors import (
     PlateMetadataError,
     ZarrError,
 )
+from hcsflow.storage._fsspec_paths import as_local_path
 from hcsflow.storage._limits import StorageLimits
 
 __all__ = ["Location", "location", "store_errors", "BACKEND", "META_FILES"]
@@ -65,7 +66,7 @@ def store_errors(url: str, key: str = "") -> Iterator[None]:
         raise
     except Exception as exc:
         where = f"{url}/{key}" if key else url
-        remote = "://" in url and not url.startswith("file://")
+        remote = "://" in as_local_path(url)
         if (
             _is_network_error(exc)
             or "bucket" in str(exc).lower()
@@ -438,8 +439,7 @@ def location(
     raw = os.fspath(url)
     if not isinstance(raw, str) or not raw:
         raise ZarrError(f"a store URL must be a non-empty string, got {raw!r}", backend=BACKEND)
-    if raw.startswith("file://"):
-        raw = raw[len("file://") :]
+    raw = as_local_path(raw)
     if "://" not in raw:
         from hcsflow.storage.zarr._localfs import LocalFS
 

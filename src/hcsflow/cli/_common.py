@@ -160,14 +160,16 @@ def parse_storage_options(text: str | None) -> dict[str, Any] | None:
 
 
 def path_or_url(text: str) -> str:
-    """A path or fsspec URL argument; a ``file://`` URL is the local path it names."""
+    """A path or fsspec URL argument; a ``file://`` (or ``local://``) URL is the local
+    path it names."""
     from hcsflow.storage._fsspec_paths import as_local_path
 
     return as_local_path(text)
 
 
 def local_path(text: str) -> str:
-    """A local path argument (``file://`` URLs too); any other URL is refused as usage."""
+    """A local path argument (``file://`` and ``local://`` URLs too); any other URL is
+    refused as usage."""
     text = path_or_url(text)
     if "://" in text:
         raise argparse.ArgumentTypeError(f"{text!r} is a URL; this command needs a local path")

@@ -174,7 +174,7 @@ class OutputRoot:
     def of(
         cls, target: str | os.PathLike[str], storage_options: dict[str, Any] | None = None
     ) -> OutputRoot:
-        """The root for a path or URL (``file://`` URLs become local paths)."""
+        """The root for a path or URL (``file://`` and ``local://`` URLs become local paths)."""
         raw = as_local_path(os.fspath(target))
         if is_url(raw):
             return cls(raw.rstrip("/"), dict(storage_options or {}))

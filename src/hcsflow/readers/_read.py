@@ -82,7 +82,7 @@ def read_plate(
     the description's :attr:`~PlateDescription.root` is the URL and its planes are
     virtual paths of ``FsspecStorageBackend(root, storage_options=...)``, registered as
     ``"fsspec"`` (:data:`~hcsflow.readers.URL_BACKEND`); an OME-Zarr plate's planes
-    name the store URL.  ``file://`` URLs are local paths.
+    name the store URL.  ``file://`` and ``local://`` URLs are local paths.
 
     The reader is detected (see :data:`~hcsflow.readers.reader_registry`) unless
     ``format`` names one (``"imagexpress"``, ``"harmony"``, ``"cellvoyager"``,

@@ -90,7 +90,8 @@ class PlateSource:
     def from_url(cls, url: str, storage_options: dict[str, Any] | None = None) -> PlateSource:
         """The plate at ``url`` (any fsspec URL), read with fsspec ``storage_options``.
 
-        A ``file://`` URL is the local folder it names (a source on the disk backend).
+        A ``file://`` or ``local://`` URL is the local folder it names (a source on the
+        disk backend).
 
         Virtual ``/`` is the URL; the source's backend is registered as
         :data:`URL_BACKEND` in its own :attr:`filemanager`.  Credentials come from

@@ -324,6 +324,9 @@ def _call_payload(payload: bytes) -> Any:
     """Worker side of a Dask task: unpickle with cloudpickle and run."""
     import cloudpickle
 
+    # before the well's first zarr write: a Dask worker dies by the signal when the
+    # process group is told to stop, so a tracked Blosc lock would be reported as leaked
+    _untracked_blosc_lock()
     fn, args = cloudpickle.loads(payload)
     return fn(*args)
 
@@ -807,8 +810,16 @@ class _DaskPool(WellPool):
                     cloudpickle.register_pickle_by_value(module)
         self.scheduler = scheduler
         self.cluster: Any = None
+        self._quiet = contextlib.ExitStack()
         if scheduler is None:
             import dask
+            from distributed.utils import silence_logging_cmgr
+
+            # this process's own distributed log lines stay quiet until the cluster is
+            # closed and its event loop stopped: the cluster's own silencing ends when
+            # its close begins to return, and a comm to a worker dying of the same
+            # signal could still log its traceback under the run's one-line report
+            self._quiet.enter_context(silence_logging_cmgr(logging.CRITICAL))
 
             # a worker lost mid-well: the scheduler runs the well again elsewhere; the
             # cluster's event-loop thread and the worker processes it spawns (also those
@@ -851,6 +862,9 @@ class _DaskPool(WellPool):
         self.client.close()
         if self.cluster is not None:
             self.cluster.close()
+        # not in a finally: a close cut short by a signal is followed by kill(), and
+        # the cluster is still closing meanwhile
+        self._quiet.close()
 
     def kill(self) -> None:
         # cancels this run's tasks; a well already running on an existing cluster
@@ -859,6 +873,7 @@ class _DaskPool(WellPool):
         self.client.close()
         if self.cluster is not None:
             self.cluster.close()
+        self._quiet.close()
 
     def describe(self) -> dict[str, Any]:
         return {

@@ -143,26 +143,41 @@ class LocalFS(_FS):
     # ------------------------------------------------------------------ bytes
 
     def read(self, path: str, limit: int | None = None) -> bytes | None:
+        opened = self.open_regular(self.vpath(path))
+        if opened is None:
+            return None
+        fd, st = opened
         try:
-            fd, _ = self.tree.open_file(self.vpath(path), os.O_RDONLY)
+            return read_fd(fd, limit, st.st_size)
+        finally:
+            os.close(fd)
+
+    def open_regular(self, vp: str) -> tuple[int, os.stat_result] | None:
+        """(descriptor, ``fstat``) of the regular file at the virtual path ``vp``, open
+        for reading; ``None`` when nothing, or a directory, is there.  Anything else (a
+        FIFO...) raises :class:`CorruptStoreError`: reading it could wait forever."""
+        try:
+            fd, _ = self.tree.open_file(vp, os.O_RDONLY)
         except EscapeError as exc:
-            raise self._escape(path, exc) from exc
+            raise self._escape(self.tree.real(vp), exc) from exc
         except OSError as exc:
             if exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.ELOOP):
                 return None
             raise
         try:
-            mode = os.fstat(fd).st_mode
-            if stat_mod.S_ISDIR(mode):
-                return None
-            special = special_file(mode)
-            if special is not None:
-                raise CorruptStoreError(
-                    f"is {special}, not a regular file", path=path, backend=BACKEND
-                )
-            return read_fd(fd, limit)
-        finally:
+            st = os.fstat(fd)
+            if stat_mod.S_ISREG(st.st_mode):
+                return fd, st
+            special = None if stat_mod.S_ISDIR(st.st_mode) else special_file(st.st_mode)
+        except BaseException:
             os.close(fd)
+            raise
+        os.close(fd)
+        if special is not None:
+            raise CorruptStoreError(
+                f"is {special}, not a regular file", path=self.tree.real(vp), backend=BACKEND
+            )
+        return None
 
     def _write_new(self, dir_fd: int, name: str, data: Any, *, truncate: bool = False) -> None:
         flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | (os.O_TRUNC if truncate else os.O_EXCL)
@@ -484,8 +499,11 @@ def _locked_dir(dir_fd: int, name: str) -> bool:
         os.close(fd)
 
 
-def read_fd(fd: int, limit: int | None) -> bytes:
-    size = os.fstat(fd).st_size
+def read_fd(fd: int, limit: int | None, size: int | None = None) -> bytes:
+    """The bytes of ``fd`` (up to ``limit + 1`` of them); ``size``: its ``st_size``
+    when the caller has it (else one more ``fstat``)."""
+    if size is None:
+        size = os.fstat(fd).st_size
     want = size if limit is None else min(size, limit + 1)
     chunks = []
     while want > 0:

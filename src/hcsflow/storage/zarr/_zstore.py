@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
-import errno
 import os
-import stat as stat_mod
 from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
@@ -20,8 +18,7 @@ from zarr.abc.store import OffsetByteRequest, RangeByteRequest, Store, SuffixByt
 from zarr.core.buffer.core import default_buffer_prototype
 
 from hcsflow import paths as vpaths
-from hcsflow.errors import CorruptStoreError, PathEscapeError
-from hcsflow.storage._contain import EscapeError, special_file
+from hcsflow.errors import PathEscapeError
 from hcsflow.storage.zarr._io import BACKEND, META_FILES
 from hcsflow.storage.zarr._localfs import LocalFS, read_fd
 
@@ -76,30 +73,18 @@ class ContainedStore(Store):
 
     def get_sync(self, key: str, *, prototype: Any = None, byte_range: Any = None) -> Any:
         prototype = prototype or default_buffer_prototype()
+        opened = self.fs.open_regular(self._vp(key))
+        if opened is None:
+            return None
+        fd, st = opened
         try:
-            fd, _ = self.fs.tree.open_file(self._vp(key), os.O_RDONLY)
-        except EscapeError as exc:
-            raise self.fs._escape(self._real(key), exc) from exc
-        except OSError as exc:
-            if exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.ELOOP):
-                return None
-            raise
-        try:
-            st = os.fstat(fd)
-            if stat_mod.S_ISDIR(st.st_mode):
-                return None
-            special = special_file(st.st_mode)
-            if special is not None:
-                raise CorruptStoreError(
-                    f"is {special}, not a regular file", path=self._real(key), backend=BACKEND
-                )
             if byte_range is None:
                 if key.rsplit("/", 1)[-1] in META_FILES:
                     limits = self.fs.limits
-                    data = read_fd(fd, limits.max_metadata_bytes)
+                    data = read_fd(fd, limits.max_metadata_bytes, st.st_size)
                     limits.check_json(data, path=self._real(key), backend=BACKEND, metadata=True)
                 else:
-                    data = read_fd(fd, None)
+                    data = read_fd(fd, None, st.st_size)
             else:
                 size = st.st_size
                 if isinstance(byte_range, RangeByteRequest):
